@@ -1,0 +1,41 @@
+"""redismq: a distributed task and message queue on Redis Streams."""
+
+from .app import App, Subscription, Task
+from .client import Client
+from .consumer import Consumer
+from .context import current_job
+from .deadletters import DeadLetter
+from .errors import (
+    BrokerUnavailable,
+    InvalidMessage,
+    InvalidURL,
+    JobFailed,
+    JobTimeout,
+    RedisMQError,
+    TopicExists,
+    TopicNotFound,
+    UnknownTask,
+)
+from .job import Job
+from .message import Message
+
+__all__ = [
+    "App",
+    "BrokerUnavailable",
+    "Client",
+    "Consumer",
+    "DeadLetter",
+    "InvalidMessage",
+    "InvalidURL",
+    "Job",
+    "JobFailed",
+    "JobTimeout",
+    "Message",
+    "RedisMQError",
+    "Subscription",
+    "Task",
+    "TopicExists",
+    "TopicNotFound",
+    "UnknownTask",
+    "current_job",
+]

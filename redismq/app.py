@@ -1,0 +1,174 @@
+"""Apps: named tasks and message handlers, grouped into subscriptions (topic, group)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from .client import Client
+from .errors import InvalidMessage, RedisMQError, UnknownTask
+from .job import Job
+from .message import Message
+
+DEFAULT_TOPIC = "tasks"
+DEFAULT_GROUP = "workers"
+
+
+@dataclass(slots=True)
+class Options:
+    """How failures of a task or handler are treated."""
+
+    max_retries: int = 3
+    backoff: float = 1.0
+    time_limit: float | None = None
+
+
+class Task:
+    """A function registered as a task: call `.send()` to run it on a worker."""
+
+    def __init__(
+        self, app: App, fn: Callable[..., Any], name: str, topic: str, group: str, options: Options
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.topic = topic
+        self.group = group
+        self.options = options
+        self.is_async = asyncio.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, topic={self.topic!r}, group={self.group!r})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function here and now (not through the queue)."""
+        return self.fn(*args, **kwargs)
+
+    def send(self, *args: Any, **kwargs: Any) -> Job:
+        """Queue a run of the task with these arguments."""
+        return self.send_with_options(args=args, kwargs=kwargs)
+
+    def send_with_options(
+        self,
+        args: tuple | list = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        delay: float | timedelta | None = None,
+        key: str | None = None,
+        dedup_key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Job:
+        """Queue a run with a delay, an ordering key, a dedup key or headers."""
+        sent = self.app.client.send_message(
+            self.topic,
+            self.body(args, kwargs),
+            key=key,
+            delay=delay,
+            dedup_key=dedup_key,
+            headers=headers,
+        )
+        return Job(self.app.client, sent.id, self.topic, sent.queue, self.group, sent.entry_id)
+
+    def body(self, args: tuple | list = (), kwargs: dict[str, Any] | None = None) -> dict:
+        """The message body that names this task and its arguments."""
+        return {"task": self.name, "args": list(args), "kwargs": dict(kwargs or {})}
+
+
+@dataclass(slots=True)
+class Subscription:
+    """What one group does with one topic: run named tasks, or one plain handler."""
+
+    topic: str
+    group: str
+    tasks: dict[str, Task] = field(default_factory=dict)
+    handler: Callable[[Message], Any] | None = None
+    options: Options = field(default_factory=Options)
+
+    def resolve(self, msg: Message) -> tuple[Callable[..., Any], tuple, dict, Task | None]:
+        """The callable a message runs, its arguments and its task (None for a handler).
+
+        Raises InvalidMessage or UnknownTask for a body that names nothing runnable.
+        """
+        if self.handler is not None:
+            return self.handler, (msg,), {}, None
+        body = msg.body
+        if not isinstance(body, dict) or not isinstance(body.get("task"), str):
+            raise InvalidMessage(f"message {msg.id}: a task body must be an object with 'task'")
+        task = self.tasks.get(body["task"])
+        if task is None:
+            raise UnknownTask(
+                f"message {msg.id} names the unknown task {body['task']!r} "
+                f"(known on {self.topic}/{self.group}: {', '.join(sorted(self.tasks)) or 'none'})"
+            )
+        args, kwargs = body.get("args", []), body.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise InvalidMessage(f"message {msg.id}: 'args' must be a list, 'kwargs' an object")
+        return task.fn, tuple(args), kwargs, task
+
+    def options_for(self, task: Task | None) -> Options:
+        return task.options if task is not None else self.options
+
+
+class App:
+    """A set of tasks and handlers that workers run."""
+
+    def __init__(self, client: Client | str | None = None) -> None:
+        self.client = client if isinstance(client, Client) else Client(client)
+        self.subscriptions: dict[tuple[str, str], Subscription] = {}
+        self.tasks: dict[str, Task] = {}
+
+    def _subscription(self, topic: str, group: str) -> Subscription:
+        return self.subscriptions.setdefault((topic, group), Subscription(topic, group))
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        group: str = DEFAULT_GROUP,
+        name: str | None = None,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        time_limit: float | None = None,
+    ) -> Any:
+        """Register a function as a task (usable as `@app.task` or `@app.task(...)`)."""
+
+        def register(f: Callable[..., Any]) -> Task:
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            if task_name in self.tasks:
+                raise RedisMQError(f"a task named {task_name!r} is registered already")
+            sub = self._subscription(topic, group)
+            if sub.handler is not None:
+                raise RedisMQError(f"{topic}/{group} already has a message handler")
+            task = Task(self, f, task_name, topic, group, Options(max_retries, backoff, time_limit))
+            sub.tasks[task_name] = task
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def consumer(
+        self,
+        topic: str,
+        group: str,
+        *,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        time_limit: float | None = None,
+    ) -> Callable[[Callable[[Message], Any]], Callable[[Message], Any]]:
+        """Register a handler that receives every message of `topic` for `group`."""
+
+        def register(f: Callable[[Message], Any]) -> Callable[[Message], Any]:
+            sub = self._subscription(topic, group)
+            if sub.handler is not None or sub.tasks:
+                raise RedisMQError(f"{topic}/{group} already has tasks or a handler")
+            sub.handler = f
+            sub.options = Options(max_retries, backoff, time_limit)
+            return f
+
+        return register

@@ -1,0 +1,303 @@
+"""The producer side: topics, sending, dead letters, and the factory of consumers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .errors import BrokerUnavailable, InvalidMessage, RedisMQError, TopicNotFound
+from .keys import DEFAULT_NAMESPACE
+from .message import (
+    DEFAULT_MAX_BODY,
+    encode_body,
+    entry_fields,
+    new_message_id,
+    now_ms,
+)
+from .routing import Router, Topic, queue_for_key
+from .urls import check_url, connect, mask_url
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+    from .deadletters import DeadLetter
+
+DEFAULT_QUEUES = 4
+DEFAULT_RETENTION = 10_000
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Where a message went: its id, and the queue and stream entry that hold it."""
+
+    id: str
+    topic: str
+    queue: int
+    entry_id: str | None
+
+
+@contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Turn redis-py's connection and permission errors into one-line RedisMQErrors."""
+    try:
+        yield
+    except redis.AuthenticationError as exc:
+        raise BrokerUnavailable(f"authentication failed at {mask_url(url)}: {exc}") from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BrokerUnavailable(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
+    except redis.ResponseError as exc:
+        if str(exc).startswith("NOPERM"):
+            raise BrokerUnavailable(f"permission denied at {mask_url(url)}: {exc}") from None
+        raise
+
+
+def delay_ms(delay: float | timedelta | None) -> int:
+    """A delay in whole milliseconds; raises InvalidMessage when negative or not a number."""
+    if delay is None:
+        return 0
+    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds != seconds:
+        raise InvalidMessage(f"delay must be a number of seconds, not {delay!r}")
+    if seconds < 0:
+        raise InvalidMessage(f"delay must not be negative (got {seconds})")
+    return int(seconds * 1000)
+
+
+class Client:
+    """Connects to a redismq system through its meta Redis (a single broker is its own meta)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        auto_create_topics: bool = True,
+        default_queues: int = DEFAULT_QUEUES,
+        max_body: int = DEFAULT_MAX_BODY,
+        dedup_window: float = 86_400.0,
+        result_ttl: float = 86_400.0,
+        done_ttl: float = 86_400.0,
+    ) -> None:
+        self.url = check_url(url or os.environ.get("REDISMQ_URL", ""))
+        self.namespace = namespace
+        self.auto_create_topics = auto_create_topics
+        self.default_queues = default_queues
+        self.max_body = max_body
+        self.dedup_window_ms = int(dedup_window * 1000)
+        self.result_ttl_ms = int(result_ttl * 1000)
+        self.done_ttl_ms = int(done_ttl * 1000)
+        self.meta = connect(self.url)
+        self.router = Router(self.meta, namespace)
+
+    def __repr__(self) -> str:
+        return f"Client({mask_url(self.url)!r}, namespace={self.namespace!r})"
+
+    def errors(self) -> Any:
+        """Context in which redis-py errors become one-line RedisMQErrors."""
+        return redis_errors(self.url)
+
+    def ping(self) -> None:
+        """Check that the meta Redis answers; raises BrokerUnavailable."""
+        with self.errors():
+            self.meta.ping()
+
+    def close(self) -> None:
+        self.meta.close()
+
+    # -- topics ----------------------------------------------------------------------
+    def create_topic(
+        self,
+        name: str,
+        queues: int = DEFAULT_QUEUES,
+        *,
+        retention: int = DEFAULT_RETENTION,
+        hard_cap: int = 0,
+    ) -> Topic:
+        """Create a topic of `queues` queues (idempotent).
+
+        `retention`: how many entries every group has acknowledged are kept per queue (so a
+        group created later still finds them). `hard_cap`: if > 0, a queue never holds more
+        entries, even unacknowledged ones; what that drops is counted.
+        """
+        check_topic_name(name)
+        if not isinstance(queues, int) or not 1 <= queues <= 1024:
+            raise InvalidMessage(f"queues must be a whole number from 1 to 1024, not {queues!r}")
+        with self.errors():
+            return self.router.create_topic(name, queues, retention, hard_cap)
+
+    def topic(self, name: str, *, create: bool | None = None) -> Topic:
+        """A topic's record; creates it when missing if auto-creation is on."""
+        check_topic_name(name)
+        create = self.auto_create_topics if create is None else create
+        with self.errors():
+            try:
+                return self.router.topic(name)
+            except TopicNotFound:
+                if not create:
+                    raise
+        return self.create_topic(name, self.default_queues)
+
+    def topics(self) -> list[str]:
+        with self.errors():
+            return self.router.topic_names()
+
+    # -- sending ---------------------------------------------------------------------
+    def send(
+        self,
+        topic: str,
+        body: Any,
+        *,
+        key: str | None = None,
+        delay: float | timedelta | None = None,
+        dedup_key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Send one message; returns its id once the broker has stored it."""
+        return self.send_message(
+            topic, body, key=key, delay=delay, dedup_key=dedup_key, headers=headers
+        ).id
+
+    def send_message(
+        self,
+        topic: str,
+        body: Any,
+        *,
+        key: str | None = None,
+        delay: float | timedelta | None = None,
+        dedup_key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Sent:
+        """Send one message; returns where it went (id, queue and stream entry)."""
+        due = delay_ms(delay)
+        data, raw = encode_body(body, self.max_body)
+        check_headers(headers)
+        t = self.topic(topic)
+        route_key = key if key is not None else dedup_key
+        queue = queue_for_key(route_key, t.queues) if route_key is not None else t.next_queue()
+        qk = self.router.queue_keys(topic, queue)
+        mid = new_message_id()
+        fields = entry_fields(mid, data, raw, key=key, headers=headers)
+        with self.errors():
+            broker = self.router.queue_broker(t, queue)
+            if dedup_key is None and not due:
+                entry = broker.redis.xadd(qk.stream, fields)
+                return Sent(mid, topic, queue, entry.decode())
+            args: list[Any] = [mid, self.dedup_window_ms if dedup_key else 0]
+            args.append(now_ms() + due if due else 0)
+            for name, value in fields.items():
+                args += [name, value]
+            sent_id, _ = broker.scripts.send(
+                keys=[qk.stream, qk.delayed, qk.dedup(dedup_key or ""), qk.counters], args=args
+            )
+        return Sent(sent_id.decode(), topic, queue, None)
+
+    def send_many(
+        self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
+    ) -> list[str]:
+        """Send many messages round-robin over the topic's queues in one pipeline per broker."""
+        return [s.id for s in self.send_many_messages(topic, bodies, headers=headers)]
+
+    def send_many_messages(
+        self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
+    ) -> list[Sent]:
+        check_headers(headers)
+        t = self.topic(topic)
+        planned = []
+        for body in bodies:
+            data, raw = encode_body(body, self.max_body)
+            queue = t.next_queue()
+            mid = new_message_id()
+            planned.append((queue, mid, entry_fields(mid, data, raw, headers=headers)))
+        with self.errors():
+            pipes: dict[str, Any] = {}
+            order: dict[str, list[int]] = {}
+            for i, (queue, _, fields) in enumerate(planned):
+                name = t.placement[queue]
+                if name not in pipes:
+                    pipes[name] = self.router.broker(name).redis.pipeline(transaction=False)
+                    order[name] = []
+                pipes[name].xadd(self.router.queue_keys(topic, queue).stream, fields)
+                order[name].append(i)
+            entries: list[str | None] = [None] * len(planned)
+            for name, pipe in pipes.items():
+                for i, entry in zip(order[name], pipe.execute(), strict=True):
+                    entries[i] = entry.decode()
+        return [
+            Sent(mid, topic, queue, entries[i]) for i, (queue, mid, _) in enumerate(planned)
+        ]
+
+    # -- consuming -------------------------------------------------------------------
+    def consumer(
+        self,
+        topic: str,
+        group: str,
+        *,
+        visibility_timeout: float = 30.0,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        name: str | None = None,
+        create: bool = False,
+    ) -> Consumer:
+        """A consumer of every queue of a topic, as a member of `group`.
+
+        The topic must exist unless `create` is true. A group created after messages were
+        sent starts at the oldest retained entry.
+        """
+        from .consumer import Consumer
+
+        t = self.topic(topic, create=create)
+        return Consumer(
+            self,
+            t,
+            group,
+            visibility_timeout=visibility_timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            name=name,
+        )
+
+    # -- dead letters ----------------------------------------------------------------
+    def dead_letters(self, topic: str, group: str, *, count: int = 100) -> list[DeadLetter]:
+        """The oldest dead letters of a group, over all queues of the topic."""
+        from .deadletters import read_dead_letters
+
+        with self.errors():
+            return read_dead_letters(self, self.topic(topic, create=False), group, count)
+
+    def replay_dead_letters(
+        self, topic: str, group: str, *, ids: Iterable[str] | None = None, count: int = 1000
+    ) -> int:
+        """Give dead letters back to their group (only) with a fresh attempt count.
+
+        `ids` are dead-letter message ids; without them, up to `count` per queue.
+        Returns how many were replayed.
+        """
+        from .deadletters import replay
+
+        with self.errors():
+            return replay(self, self.topic(topic, create=False), group, ids, count)
+
+
+def check_topic_name(name: str) -> None:
+    """Raise InvalidMessage unless the name can be used as a topic or group name."""
+    if not isinstance(name, str) or not name or len(name) > 200:
+        raise InvalidMessage(f"a name must be a non-empty string of up to 200 characters: {name!r}")
+    bad = set("{}#:\n\r\t ") & set(name)
+    if bad:
+        raise InvalidMessage(f"name {name!r} must not contain {''.join(sorted(bad))!r}")
+
+
+def check_headers(headers: dict[str, str] | None) -> None:
+    if headers is None:
+        return
+    if not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers):
+        raise InvalidMessage("headers must be a dict with string keys")
+
+
+__all__ = ["Client", "Sent", "RedisMQError"]

@@ -1,0 +1,442 @@
+"""The consuming side of one group on one topic: receive, renew leases, settle outcomes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import random
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+
+from .errors import InvalidMessage
+from .message import Message, decode_entry, now_ms
+from .routing import Broker, Topic
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("redismq.consumer")
+
+_consumer_numbers = itertools.count(1)
+NO_RESULT = object()
+MAX_BACKOFF = 3600.0
+MOVE_BATCH = 500
+# How often due delayed messages and retries are looked for when none is known to be due
+# sooner; bounds how late a message sent with a delay by another process becomes visible.
+MOVE_TICK_MS = 250
+
+
+def consumer_name() -> str:
+    """A consumer name unique on this host: `host:pid:n`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{next(_consumer_numbers)}"
+
+
+def backoff_delay(backoff: float, attempt: int) -> float:
+    """Exponential backoff with jitter: between half and all of backoff·2^attempt, capped."""
+    return min(MAX_BACKOFF, backoff * (2**attempt)) * random.uniform(0.5, 1.0)
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` of an exception, on one line."""
+    text = str(exc).replace("\n", " ").strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(slots=True)
+class _Queue:
+    """One queue as this consumer sees it: its keys and its broker."""
+
+    index: int
+    keys: Any
+    broker: Broker
+
+
+class Consumer:
+    """A member of a consumer group that reads every queue of one topic.
+
+    Received messages stay pending (leased to this consumer) until they are acknowledged,
+    retried, dead-lettered or released; `renew()` keeps their leases fresh while they run.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        topic: Topic,
+        group: str,
+        *,
+        visibility_timeout: float = 30.0,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        from .client import check_topic_name
+
+        check_topic_name(group)
+        if visibility_timeout <= 0:
+            raise InvalidMessage("visibility_timeout must be positive")
+        self.client = client
+        self.topic = topic
+        self.group = group
+        self.name = name or consumer_name()
+        self.visibility_timeout = visibility_timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        router = client.router
+        self.queues = [
+            _Queue(q, router.queue_keys(topic.name, q), router.queue_broker(topic, q))
+            for q in range(topic.queues)
+        ]
+        self._by_stream: dict[bytes, tuple[_Queue, bool]] = {}
+        for q in self.queues:
+            self._by_stream[q.keys.stream.encode()] = (q, False)
+            self._by_stream[q.keys.retry_stream(group).encode()] = (q, True)
+        self._next_move = 0.0
+        self._next_claim = 0.0
+        self._claim_every = max(0.05, min(visibility_timeout / 4, 5.0))
+        with client.errors():
+            self._create_groups()
+
+    def __repr__(self) -> str:
+        return f"Consumer(topic={self.topic.name!r}, group={self.group!r}, name={self.name!r})"
+
+    # -- set-up ----------------------------------------------------------------------
+    def _create_groups(self) -> None:
+        """Create the group on every stream, starting at the oldest retained entry."""
+        self.client.router.add_group(self.topic.name, self.group)
+        for broker, queues in self._by_broker(self.queues).items():
+            pipe = broker.redis.pipeline(transaction=False)
+            for q in queues:
+                pipe.xgroup_create(q.keys.stream, self.group, id="0", mkstream=True)
+                pipe.xgroup_create(q.keys.retry_stream(self.group), self.group, id="0", mkstream=True)
+            for reply in pipe.execute(raise_on_error=False):
+                if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                    raise reply
+
+    @staticmethod
+    def _by_broker(queues: Iterable[_Queue]) -> dict[Broker, list[_Queue]]:
+        grouped: dict[Broker, list[_Queue]] = defaultdict(list)
+        for q in queues:
+            grouped[q.broker].append(q)
+        return grouped
+
+    # -- receiving -------------------------------------------------------------------
+    def receive(self, count: int = 100, block: float | None = 1.0) -> list[Message]:
+        """Up to about `count` messages, waiting up to `block` seconds for the first one.
+
+        Moves due delayed messages and retries into view, takes over messages whose lease
+        expired, dead-letters entries that cannot be decoded, and acknowledges (without
+        returning) messages this group has already completed.
+        """
+        with self.client.errors():
+            now = time.monotonic()
+            if now >= self._next_move:
+                self._move_due()
+            messages: list[Message] = []
+            if now >= self._next_claim:
+                self._next_claim = now + self._claim_every
+                messages = self._claim(count)
+            if not messages:
+                wait = self._block_ms(block)
+                messages = self._read(count, wait)
+            return self._drop_done(messages)
+
+    def _block_ms(self, block: float | None) -> int | None:
+        if not block:
+            return None
+        wait = min(block, max(0.0, self._next_move - time.monotonic()))
+        wait = min(wait, self._claim_every)
+        return max(1, int(wait * 1000))
+
+    def _read(self, count: int, block_ms: int | None) -> list[Message]:
+        by_broker = self._by_broker(self.queues)
+        per_stream = max(1, -(-count // (2 * len(self.queues))))
+        messages: list[Message] = []
+        for broker, queues in by_broker.items():
+            streams: dict[str, str] = {}
+            for q in queues:
+                streams[q.keys.stream] = ">"
+                streams[q.keys.retry_stream(self.group)] = ">"
+            reply = broker.redis.xreadgroup(
+                self.group,
+                self.name,
+                streams,
+                count=per_stream,
+                block=block_ms if len(by_broker) == 1 else None,
+            )
+            messages += self._decode(reply or [])
+        return messages
+
+    def _claim(self, count: int) -> list[Message]:
+        """Take over entries whose lease expired (their consumer died or stalled)."""
+        idle_ms = int(self.visibility_timeout * 1000)
+        messages: list[Message] = []
+        for broker, queues in self._by_broker(self.queues).items():
+            pipe = broker.redis.pipeline(transaction=False)
+            streams = []
+            for q in queues:
+                for stream in (q.keys.stream, q.keys.retry_stream(self.group)):
+                    pipe.xautoclaim(stream, self.group, self.name, idle_ms, "0-0", count=count)
+                    streams.append(stream.encode())
+            replies = pipe.execute()
+            for stream, reply in zip(streams, replies, strict=True):
+                entries = [(eid, f) for eid, f in reply[1] if eid is not None]
+                if entries:
+                    log.info("took over %d expired message(s) on %s", len(entries), stream)
+                messages += self._decode([[stream, entries]])
+        return messages
+
+    def _decode(self, reply: Sequence[Any]) -> list[Message]:
+        messages, bad = [], []
+        for stream, entries in reply:
+            q, from_retry = self._by_stream[stream]
+            for entry_id, fields in entries:
+                try:
+                    msg = decode_entry(self.topic.name, q.index, entry_id, fields)
+                except InvalidMessage as exc:
+                    bad.append((q, from_retry, entry_id, fields or {}, str(exc)))
+                    continue
+                msg.group = self.group
+                msg.from_retry = from_retry
+                messages.append(msg)
+        for q, from_retry, entry_id, fields, reason in bad:
+            log.warning("dead-lettered an undecodable entry of %s: %s", self.topic.name, reason)
+            self._dead(q, from_retry, entry_id.decode(), fields, reason, attempt=0, track=None)
+        return messages
+
+    def _drop_done(self, messages: list[Message]) -> list[Message]:
+        """Acknowledge, without returning them, messages the group already completed."""
+        if not messages:
+            return messages
+        by_queue = self._by_queue(messages)
+        seen: set[str] = set()
+        for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
+            pipe = broker.redis.pipeline(transaction=False)
+            for q in queues:
+                pipe.zmscore(q.keys.done(self.group), [m.id for m in by_queue[q.index]])
+            for q, scores in zip(queues, pipe.execute(), strict=True):
+                for m, score in zip(by_queue[q.index], scores, strict=True):
+                    if score is not None:
+                        seen.add(m.entry_id)
+        if not seen:
+            return messages
+        dupes = [m for m in messages if m.entry_id in seen]
+        log.info("acknowledged %d already completed message(s) without running", len(dupes))
+        self.ack_many(dupes)
+        return [m for m in messages if m.entry_id not in seen]
+
+    @staticmethod
+    def _by_queue(messages: Iterable[Message]) -> dict[int, list[Message]]:
+        grouped: dict[int, list[Message]] = defaultdict(list)
+        for m in messages:
+            grouped[m.queue].append(m)
+        return grouped
+
+    def _move_due(self) -> None:
+        """Move due delayed messages and this group's due retries into their streams."""
+        now = now_ms()
+        nearest = now + MOVE_TICK_MS
+        for broker, queues in self._by_broker(self.queues).items():
+            pipe = broker.redis.pipeline(transaction=False)
+            for q in queues:
+                k = q.keys
+                broker.scripts.move_due(keys=[k.delayed, k.stream], args=[now, MOVE_BATCH], client=pipe)
+                broker.scripts.move_due(
+                    keys=[k.retry(self.group), k.retry_stream(self.group)],
+                    args=[now, MOVE_BATCH],
+                    client=pipe,
+                )
+            for due in pipe.execute():
+                if due >= 0:
+                    nearest = min(nearest, due)
+        self._next_move = time.monotonic() + max(0, nearest - now_ms()) / 1000
+
+    # -- outcomes --------------------------------------------------------------------
+    def ack(self, msg: Message, result: Any = NO_RESULT) -> None:
+        """Acknowledge a message as done (and store its result, if one is given)."""
+        self.ack_many([msg], None if result is NO_RESULT else [result])
+
+    def ack_many(self, messages: Sequence[Message], results: Sequence[Any] | None = None) -> int:
+        """Acknowledge messages as done with one script call per queue.
+
+        `results`, if given, holds one result per message, NO_RESULT for none.
+        Returns how many were newly completed (the rest were duplicates).
+        """
+        if not messages:
+            return 0
+        stored = results or [NO_RESULT] * len(messages)
+        now = now_ms()
+        by_queue: dict[int, list[tuple[Message, Any]]] = defaultdict(list)
+        for m, r in zip(messages, stored, strict=True):
+            by_queue[m.queue].append((m, r))
+        completed = 0
+        with self.client.errors():
+            for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
+                pipe = broker.redis.pipeline(transaction=False)
+                for q in queues:
+                    keys, args = self._settle_call(q, by_queue[q.index], now)
+                    broker.scripts.settle(keys=keys, args=args, client=pipe)
+                completed += sum(done for done, _ in pipe.execute())
+        return completed
+
+    def _settle_call(
+        self, q: _Queue, items: list[tuple[Message, Any]], now: int
+    ) -> tuple[list[str], list[Any]]:
+        k = q.keys
+        keys = [k.stream, k.retry_stream(self.group), k.done(self.group), k.stats(self.group)]
+        args: list[Any] = [self.group, now, self.client.done_ttl_ms, self.client.result_ttl_ms]
+        for m, result in items:
+            encoded = "" if result is NO_RESULT else encode_result(result)
+            if encoded:
+                keys += [k.job(m.id), k.job_notify(m.id)]
+            args += [m.id, m.entry_id, 1 if m.from_retry else 0, encoded]
+        return keys, args
+
+    def retry(
+        self,
+        msg: Message,
+        exc: BaseException | str,
+        *,
+        delay: float | None = None,
+        max_retries: int | None = None,
+        backoff: float | None = None,
+        track: bool = False,
+    ) -> str:
+        """Schedule another attempt after a backoff, or dead-letter when attempts are spent.
+
+        Returns "retry" or "dead". `track` records the failure in the job's status.
+        """
+        error = exc if isinstance(exc, str) else describe(exc)
+        limit = self.max_retries if max_retries is None else max_retries
+        if msg.attempt >= limit:
+            self.dead_letter(msg, error, track=track)
+            return "dead"
+        wait = backoff_delay(self.backoff if backoff is None else backoff, msg.attempt)
+        due = now_ms() + int((wait if delay is None else delay) * 1000)
+        q = self.queues[msg.queue]
+        k = q.keys
+        src = k.retry_stream(self.group) if msg.from_retry else k.stream
+        args: list[Any] = [self.group, msg.entry_id, int(msg.from_retry), due, int(track)]
+        args += [self.client.result_ttl_ms, job_error(error)]
+        for name, value in msg.fields(attempt=msg.attempt + 1).items():
+            args += [name, value]
+        with self.client.errors():
+            q.broker.scripts.retry(
+                keys=[src, k.retry(self.group), k.stats(self.group), k.job(msg.id)], args=args
+            )
+        self._next_move = min(self._next_move, time.monotonic() + (due - now_ms()) / 1000)
+        return "retry"
+
+    def dead_letter(self, msg: Message, reason: str | BaseException, *, track: bool = False) -> None:
+        """Move a message to the group's dead-letter stream with the reason."""
+        text = reason if isinstance(reason, str) else describe(reason)
+        q = self.queues[msg.queue]
+        fields = msg.fields()
+        with self.client.errors():
+            self._dead(q, msg.from_retry, msg.entry_id, fields, text, msg.attempt, msg.id if track else None)
+
+    def _dead(
+        self,
+        q: _Queue,
+        from_retry: bool,
+        entry_id: str,
+        fields: dict,
+        reason: str,
+        attempt: int,
+        track: str | None,
+    ) -> None:
+        k = q.keys
+        src = k.retry_stream(self.group) if from_retry else k.stream
+        job_id = track or "-"
+        args: list[Any] = [self.group, entry_id, int(from_retry), int(track is not None)]
+        args += [self.client.result_ttl_ms, job_error(reason)]
+        for name, value in fields.items():
+            args += [name, value]
+        args += ["dead_reason", reason, "dead_at", now_ms(), "dead_attempts", attempt + 1]
+        args += ["dead_entry", entry_id]
+        q.broker.scripts.dead(
+            keys=[src, k.dead(self.group), k.stats(self.group), k.job(job_id), k.job_notify(job_id)],
+            args=args,
+        )
+
+    def release(self, messages: Iterable[Message]) -> None:
+        """Hand fetched but unstarted messages back to the group, for another consumer now."""
+        with self.client.errors():
+            for m in messages:
+                q = self.queues[m.queue]
+                k = q.keys
+                src = k.retry_stream(self.group) if m.from_retry else k.stream
+                args: list[Any] = [self.group, m.entry_id, int(m.from_retry)]
+                for name, value in m.fields().items():
+                    args += [name, value]
+                q.broker.scripts.release(keys=[src, k.retry_stream(self.group)], args=args)
+
+    def renew(self, messages: Iterable[Message]) -> list[Message]:
+        """Reset the lease of messages this consumer holds; returns those it no longer holds."""
+        by_stream: dict[tuple[int, bool], list[Message]] = defaultdict(list)
+        for m in messages:
+            by_stream[(m.queue, m.from_retry)].append(m)
+        lost: list[Message] = []
+        with self.client.errors():
+            for (index, from_retry), msgs in by_stream.items():
+                q = self.queues[index]
+                stream = q.keys.retry_stream(self.group) if from_retry else q.keys.stream
+                ids = q.broker.scripts.renew(
+                    keys=[stream], args=[self.group, self.name, *[m.entry_id for m in msgs]]
+                )
+                gone = {i.decode() for i in ids}
+                lost += [m for m in msgs if m.entry_id in gone]
+        return lost
+
+    # -- state -----------------------------------------------------------------------
+    def backlog(self) -> int:
+        """Messages of this group not yet settled: undelivered, pending, delayed or retrying."""
+        total = 0
+        with self.client.errors():
+            for broker, queues in self._by_broker(self.queues).items():
+                pipe = broker.redis.pipeline(transaction=False)
+                for q in queues:
+                    k = q.keys
+                    pipe.xpending(k.stream, self.group)
+                    pipe.xpending(k.retry_stream(self.group), self.group)
+                    pipe.zcard(k.delayed)
+                    pipe.zcard(k.retry(self.group))
+                    pipe.xinfo_groups(k.stream)
+                    pipe.xlen(k.retry_stream(self.group))
+                replies = pipe.execute()
+                for i in range(0, len(replies), 6):
+                    main, retry, delayed, retrying, groups, retry_len = replies[i : i + 6]
+                    total += main["pending"] + retry["pending"] + delayed + retrying
+                    total += group_lag(groups, self.group)
+                    total += max(0, retry_len - retry["pending"])
+        return total
+
+
+def group_lag(groups: list[dict], group: str) -> int:
+    """Entries of a stream not yet delivered to the group (0 when the server cannot tell)."""
+    for g in groups:
+        if g["name"].decode() == group:
+            return int(g.get("lag") or 0)
+    return 0
+
+
+def encode_result(result: Any) -> str:
+    """A task's return value as JSON text (its repr when it is not JSON-serialisable)."""
+    try:
+        return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return json.dumps(repr(result))
+
+
+def job_error(error: str) -> str:
+    kind, _, text = error.partition(": ")
+    return json.dumps({"type": kind, "message": text})
+
+
+__all__ = ["Consumer", "NO_RESULT", "backoff_delay", "describe"]

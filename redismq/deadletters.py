@@ -1,0 +1,91 @@
+"""Reading and replaying a group's dead-letter streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .routing import Topic
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message that a group gave up on, with the reason."""
+
+    id: str
+    topic: str
+    queue: int
+    group: str
+    reason: str
+    attempts: int
+    failed_at: int
+    body: Any
+    entry_id: str
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value is not None else ""
+
+
+def _body(fields: dict[bytes, bytes]) -> Any:
+    raw = fields.get(b"body")
+    if raw is None or fields.get(b"enc") == b"raw":
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def read_dead_letters(client: Client, topic: Topic, group: str, count: int) -> list[DeadLetter]:
+    """Up to `count` dead letters per queue, oldest first within a queue."""
+    out: list[DeadLetter] = []
+    for q in range(topic.queues):
+        keys = client.router.queue_keys(topic.name, q)
+        broker = client.router.queue_broker(topic, q)
+        for entry_id, f in broker.redis.xrange(keys.dead(group), count=count):
+            out.append(
+                DeadLetter(
+                    id=_text(f.get(b"id")) or _text(f.get(b"dead_entry")),
+                    topic=topic.name,
+                    queue=q,
+                    group=group,
+                    reason=_text(f.get(b"dead_reason")),
+                    attempts=int(f.get(b"dead_attempts", 0)),
+                    failed_at=int(f.get(b"dead_at", 0)),
+                    body=_body(f),
+                    entry_id=entry_id.decode(),
+                    fields={_text(k): _text(v) for k, v in f.items()},
+                )
+            )
+    out.sort(key=lambda d: d.failed_at)
+    return out
+
+
+def replay(
+    client: Client, topic: Topic, group: str, ids: Iterable[str] | None, count: int
+) -> int:
+    """Put dead letters back on the group's retry streams; returns how many."""
+    wanted = set(ids) if ids is not None else None
+    total = 0
+    for q in range(topic.queues):
+        keys = client.router.queue_keys(topic.name, q)
+        broker = client.router.queue_broker(topic, q)
+        entries: list[str] = []
+        if wanted is not None:
+            for entry_id, f in broker.redis.xrange(keys.dead(group)):
+                if _text(f.get(b"id")) in wanted or entry_id.decode() in wanted:
+                    entries.append(entry_id.decode())
+            if not entries:
+                continue
+        total += broker.scripts.replay(
+            keys=[keys.dead(group), keys.retry_stream(group), keys.stats(group)],
+            args=[count, *entries],
+        )
+    return total

@@ -1,0 +1,52 @@
+"""Error types. Each carries a one-line message meant for a person."""
+
+from __future__ import annotations
+
+
+class RedisMQError(Exception):
+    """Base class of every error redismq raises on purpose."""
+
+
+class InvalidURL(RedisMQError, ValueError):
+    """A broker or meta URL that cannot be used."""
+
+
+class BrokerUnavailable(RedisMQError, ConnectionError):
+    """A broker could not be reached (after bounded retries)."""
+
+
+class TopicNotFound(RedisMQError, LookupError):
+    """A topic that does not exist was named where one must exist."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(
+            f"topic {topic!r} does not exist (create it with: redismq topic create {topic})"
+        )
+        self.topic = topic
+
+
+class TopicExists(RedisMQError):
+    """A topic was created again with a different shape."""
+
+
+class InvalidMessage(RedisMQError, ValueError):
+    """A body, option or stream entry that cannot be sent or decoded."""
+
+
+class UnknownTask(RedisMQError, LookupError):
+    """A message names a task the app does not have."""
+
+
+class JobFailed(RedisMQError):
+    """A job ended in failure; carries the remote exception's type and message."""
+
+    def __init__(self, job_id: str, error_type: str, error: str, status: str = "dead") -> None:
+        super().__init__(f"job {job_id} {status}: {error_type}: {error}")
+        self.job_id = job_id
+        self.error_type = error_type
+        self.error = error
+        self.status = status
+
+
+class JobTimeout(RedisMQError, TimeoutError):
+    """A job's result did not arrive in time."""

@@ -1,0 +1,98 @@
+"""Jobs: the handle a task's sender keeps, to read its status and wait for its result."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import JobFailed, JobTimeout
+from .keys import QueueKeys
+
+if TYPE_CHECKING:
+    from .client import Client
+
+STATUSES = ("queued", "running", "done", "failed", "dead")
+
+
+class Job:
+    """A sent task. `status()` is one of queued, running, done, failed (will retry), dead."""
+
+    def __init__(
+        self,
+        client: Client,
+        id: str,
+        topic: str,
+        queue: int,
+        group: str,
+        entry_id: str | None = None,
+    ) -> None:
+        self.client = client
+        self.id = id
+        self.topic = topic
+        self.queue = queue
+        self.group = group
+        self.entry_id = entry_id
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, topic={self.topic!r}, queue={self.queue})"
+
+    @property
+    def keys(self) -> QueueKeys:
+        return self.client.router.queue_keys(self.topic, self.queue)
+
+    def _redis(self) -> Any:
+        return self.client.router.queue_broker(self.client.topic(self.topic), self.queue).redis
+
+    def info(self) -> dict[str, Any]:
+        """The stored record of the job (status, result, error), empty while it runs."""
+        with self.client.errors():
+            raw = self._redis().hgetall(self.keys.job(self.id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def status(self) -> str:
+        """Where the job is now."""
+        with self.client.errors():
+            r = self._redis()
+            pipe = r.pipeline(transaction=False)
+            pipe.hget(self.keys.job(self.id), "status")
+            pipe.zscore(self.keys.done(self.group), self.id)
+            if self.entry_id:
+                pipe.xpending_range(
+                    self.keys.stream, self.group, self.entry_id, self.entry_id, 1
+                )
+            replies = pipe.execute(raise_on_error=False)
+        stored, done = replies[0], replies[1]
+        if isinstance(stored, bytes):
+            return stored.decode()
+        if isinstance(done, float):
+            return "done"
+        if len(replies) > 2 and isinstance(replies[2], list) and replies[2]:
+            return "running"
+        return "queued"
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait up to `timeout` seconds (None: forever) for the result.
+
+        Returns the task's return value; raises JobFailed if it was dead-lettered, JobTimeout
+        if it has not finished in time. Waiting blocks on the server, it does not poll.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        notify = self.keys.job_notify(self.id)
+        with self.client.errors():
+            r = self._redis()
+            while True:
+                info = self.info()
+                if info.get("status") in ("done", "dead"):
+                    return self._final(info)
+                left = 5.0 if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise JobTimeout(f"job {self.id} has not finished (status: {self.status()})")
+                # BLMOVE onto itself: wakes every waiter and leaves the element for others.
+                r.blmove(notify, notify, min(left, 5.0), "LEFT", "RIGHT")
+
+    def _final(self, info: dict[str, str]) -> Any:
+        if info["status"] == "done":
+            return json.loads(info["result"]) if "result" in info else None
+        error = json.loads(info.get("error") or "{}")
+        raise JobFailed(self.id, error.get("type", "Error"), error.get("message", ""), "dead")

@@ -1,0 +1,103 @@
+"""Every Redis key name redismq uses, built in one place.
+
+All keys of one queue share the hash tag ``{<topic>#<q>}`` so that one Lua script can touch
+them atomically, also on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_NAMESPACE = "rmq"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """Key names of one queue of a topic."""
+
+    ns: str
+    topic: str
+    queue: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.ns}:{{{self.topic}#{self.queue}}}"
+
+    @property
+    def stream(self) -> str:
+        return f"{self.tag}:stream"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.tag}:delayed"
+
+    @property
+    def counters(self) -> str:
+        """Hash of queue-wide counters (sent, deduplicated, dropped)."""
+        return f"{self.tag}:counters"
+
+    def dedup(self, dedup_key: str) -> str:
+        return f"{self.tag}:dedup:{dedup_key}"
+
+    def retry(self, group: str) -> str:
+        """Zset of failed messages waiting for their next attempt, scored by due time."""
+        return f"{self.tag}:retry:{group}"
+
+    def retry_stream(self, group: str) -> str:
+        """Stream of due retries (and replayed or released messages) for one group only."""
+        return f"{self.tag}:rstream:{group}"
+
+    def dead(self, group: str) -> str:
+        return f"{self.tag}:dead:{group}"
+
+    def done(self, group: str) -> str:
+        """Zset of completed message ids, scored by completion time."""
+        return f"{self.tag}:done:{group}"
+
+    def stats(self, group: str) -> str:
+        """Hash of per-group counters (done, duplicates, retried, dead)."""
+        return f"{self.tag}:stats:{group}"
+
+    def job(self, message_id: str) -> str:
+        """Hash with a task's status, result or error."""
+        return f"{self.tag}:job:{message_id}"
+
+    def job_notify(self, message_id: str) -> str:
+        """List that receives one element when a job reaches a final state."""
+        return f"{self.tag}:notify:{message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class MetaKeys:
+    """Key names of the registry kept in the meta Redis."""
+
+    ns: str = DEFAULT_NAMESPACE
+
+    @property
+    def brokers(self) -> str:
+        return f"{self.ns}:brokers"
+
+    @property
+    def topics(self) -> str:
+        return f"{self.ns}:topics"
+
+    @property
+    def routes(self) -> str:
+        return f"{self.ns}:routes"
+
+    @property
+    def routes_version(self) -> str:
+        return f"{self.ns}:routes:version"
+
+    @property
+    def routes_channel(self) -> str:
+        return f"{self.ns}:routes:changed"
+
+    def groups(self, topic: str) -> str:
+        """Set of the groups known to consume a topic."""
+        return f"{self.ns}:groups:{topic}"
+
+    @property
+    def workers(self) -> str:
+        """Hash worker id -> JSON heartbeat record."""
+        return f"{self.ns}:workers"

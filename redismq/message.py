@@ -1,0 +1,149 @@
+"""Messages: their ids, how they are written into a stream entry and read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidMessage
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+# Stream entry field names.
+F_ID = b"id"
+F_BODY = b"body"
+F_ENC = b"enc"
+F_CREATED = b"created"
+F_ATTEMPT = b"attempt"
+F_KEY = b"key"
+F_HEADERS = b"headers"
+ENC_RAW = b"raw"
+
+
+def new_message_id() -> str:
+    """A globally unique id that sorts by creation time (48-bit ms clock + 80 random bits)."""
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode_body(body: Any, max_body: int = DEFAULT_MAX_BODY) -> tuple[bytes, bool]:
+    """Serialise a body: bytes are kept as they are, anything else becomes JSON.
+
+    Returns the bytes and whether they are raw (not JSON).
+    """
+    if isinstance(body, bytes | bytearray | memoryview):
+        data, raw = bytes(body), True
+    else:
+        try:
+            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidMessage(f"body is not JSON-serialisable: {exc}") from None
+        raw = False
+    if len(data) > max_body:
+        raise InvalidMessage(f"body is {len(data)} bytes, over the limit of {max_body} bytes")
+    return data, raw
+
+
+def entry_fields(
+    message_id: str,
+    data: bytes,
+    raw: bool,
+    *,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    created: int | None = None,
+    attempt: int = 0,
+) -> dict[bytes, bytes | str | int]:
+    """The fields of the stream entry that carries one message."""
+    fields: dict[bytes, bytes | str | int] = {F_ID: message_id, F_BODY: data}
+    if raw:
+        fields[F_ENC] = ENC_RAW
+    fields[F_CREATED] = created if created is not None else now_ms()
+    if attempt:
+        fields[F_ATTEMPT] = attempt
+    if key is not None:
+        fields[F_KEY] = key
+    if headers:
+        fields[F_HEADERS] = json.dumps(headers, separators=(",", ":"))
+    return fields
+
+
+@dataclass(slots=True)
+class Message:
+    """One received message: its identity, where it came from and its decoded body."""
+
+    id: str
+    topic: str
+    queue: int
+    body: Any
+    created: int
+    attempt: int = 0
+    key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    group: str = ""
+    entry_id: str = ""
+    from_retry: bool = False
+    raw: bytes = b""
+
+    def fields(self, attempt: int | None = None) -> dict[bytes, bytes | str | int]:
+        """The stream entry fields that re-create this message (for retry or replay)."""
+        is_raw = isinstance(self.body, bytes)
+        return entry_fields(
+            self.id,
+            self.raw,
+            is_raw,
+            key=self.key,
+            headers=self.headers,
+            created=self.created,
+            attempt=self.attempt if attempt is None else attempt,
+        )
+
+
+def decode_entry(
+    topic: str, queue: int, entry_id: bytes, fields: dict[bytes, bytes] | None
+) -> Message:
+    """Turn a stream entry into a Message; raise InvalidMessage saying what is wrong."""
+    eid = entry_id.decode()
+    if not fields:
+        raise InvalidMessage(f"entry {eid} has no fields")
+    try:
+        mid = fields[F_ID].decode()
+        raw = fields[F_BODY]
+    except KeyError as exc:
+        raise InvalidMessage(f"entry {eid} lacks the field {exc.args[0].decode()!r}") from None
+    except UnicodeDecodeError:
+        raise InvalidMessage(f"entry {eid} has an id that is not UTF-8") from None
+    if fields.get(F_ENC) == ENC_RAW:
+        body: Any = raw
+    else:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise InvalidMessage(f"message {mid}: body is not valid JSON ({exc})") from None
+    try:
+        created = int(fields.get(F_CREATED, 0))
+        attempt = int(fields.get(F_ATTEMPT, 0))
+        key = fields[F_KEY].decode() if F_KEY in fields else None
+        headers = json.loads(fields[F_HEADERS]) if F_HEADERS in fields else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidMessage(f"message {mid}: malformed metadata ({exc})") from None
+    if not isinstance(headers, dict):
+        raise InvalidMessage(f"message {mid}: headers are not an object")
+    return Message(
+        id=mid,
+        topic=topic,
+        queue=queue,
+        body=body,
+        created=created,
+        attempt=attempt,
+        key=key,
+        headers=headers,
+        entry_id=eid,
+        raw=raw,
+    )

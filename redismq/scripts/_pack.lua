@@ -1,0 +1,20 @@
+-- Binary-safe packing of a stream entry's field/value list into one string, so that a
+-- delayed or retried message can wait in a sorted set: "<len>:<bytes>" repeated.
+local function pack(list, first, last)
+  local parts = {}
+  for i = first, last do
+    parts[#parts + 1] = #list[i] .. ':' .. list[i]
+  end
+  return table.concat(parts)
+end
+
+local function unpack_fields(s)
+  local out, pos = {}, 1
+  while pos <= #s do
+    local colon = string.find(s, ':', pos, true)
+    local n = tonumber(string.sub(s, pos, colon - 1))
+    out[#out + 1] = string.sub(s, colon + 1, colon + n)
+    pos = colon + n + 1
+  end
+  return out
+end

@@ -1,0 +1,37 @@
+-- Record successful outcomes of one queue for one group: XACK, done record, counters and
+-- (for tasks) the stored result, all at once.
+-- KEYS[1] stream, KEYS[2] group's retry stream, KEYS[3] done zset, KEYS[4] stats hash,
+-- KEYS[5..] per stored result: job hash, notify list (in message order)
+-- ARGV[1] group, ARGV[2] now ms, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
+-- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
+--   result ('' = not stored, else the JSON result)
+-- Returns {completed, duplicates}
+local group, now = ARGV[1], tonumber(ARGV[2])
+local done_ttl, result_ttl = ARGV[3], ARGV[4]
+local completed, duplicates, k = 0, 0, 5
+local main, retried = {}, {}
+for i = 5, #ARGV, 4 do
+  local mid, eid, src, result = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
+  if redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1 then
+    completed = completed + 1
+    if result ~= '' then
+      redis.call('HSET', KEYS[k], 'status', 'done', 'result', result, 'finished', now)
+      redis.call('PEXPIRE', KEYS[k], result_ttl)
+      redis.call('RPUSH', KEYS[k + 1], 'done')
+      redis.call('PEXPIRE', KEYS[k + 1], result_ttl)
+    end
+  else
+    duplicates = duplicates + 1
+  end
+  if result ~= '' then k = k + 2 end
+end
+if #main > 0 then redis.call('XACK', KEYS[1], group, unpack(main)) end
+if #retried > 0 then
+  redis.call('XACK', KEYS[2], group, unpack(retried))
+  redis.call('XDEL', KEYS[2], unpack(retried))
+end
+if completed > 0 then redis.call('HINCRBY', KEYS[4], 'done', completed) end
+if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', duplicates) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(done_ttl))
+return {completed, duplicates}
