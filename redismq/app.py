@@ -118,9 +118,17 @@ class App:
     """A set of tasks and handlers that workers run."""
 
     def __init__(self, client: Client | str | None = None) -> None:
-        self.client = client if isinstance(client, Client) else Client(client)
+        self._client = client if isinstance(client, Client) else None
+        self._url = client if isinstance(client, str) else None
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self.tasks: dict[str, Task] = {}
+
+    @property
+    def client(self) -> Client:
+        """The app's client; made on first use (from $REDISMQ_URL when no URL was given)."""
+        if self._client is None:
+            self._client = Client(self._url)
+        return self._client
 
     def _subscription(self, topic: str, group: str) -> Subscription:
         return self.subscriptions.setdefault((topic, group), Subscription(topic, group))

@@ -70,13 +70,17 @@ def delay_ms(delay: float | timedelta | None) -> int:
 
 
 class Client:
-    """Connects to a redismq system through its meta Redis (a single broker is its own meta)."""
+    """Connects to a redismq system through its meta Redis (a single broker is its own meta).
+
+    `url` defaults to $REDISMQ_URL and `namespace` (the prefix of every key) to
+    $REDISMQ_NAMESPACE, else "rmq".
+    """
 
     def __init__(
         self,
         url: str | None = None,
         *,
-        namespace: str = DEFAULT_NAMESPACE,
+        namespace: str | None = None,
         auto_create_topics: bool = True,
         default_queues: int = DEFAULT_QUEUES,
         max_body: int = DEFAULT_MAX_BODY,
@@ -85,7 +89,7 @@ class Client:
         done_ttl: float = 86_400.0,
     ) -> None:
         self.url = check_url(url or os.environ.get("REDISMQ_URL", ""))
-        self.namespace = namespace
+        self.namespace = namespace or os.environ.get("REDISMQ_NAMESPACE") or DEFAULT_NAMESPACE
         self.auto_create_topics = auto_create_topics
         self.default_queues = default_queues
         self.max_body = max_body
@@ -93,7 +97,7 @@ class Client:
         self.result_ttl_ms = int(result_ttl * 1000)
         self.done_ttl_ms = int(done_ttl * 1000)
         self.meta = connect(self.url)
-        self.router = Router(self.meta, namespace)
+        self.router = Router(self.meta, self.namespace)
 
     def __repr__(self) -> str:
         return f"Client({mask_url(self.url)!r}, namespace={self.namespace!r})"
@@ -228,9 +232,7 @@ class Client:
             for name, pipe in pipes.items():
                 for i, entry in zip(order[name], pipe.execute(), strict=True):
                     entries[i] = entry.decode()
-        return [
-            Sent(mid, topic, queue, entries[i]) for i, (queue, mid, _) in enumerate(planned)
-        ]
+        return [Sent(mid, topic, queue, entries[i]) for i, (queue, mid, _) in enumerate(planned)]
 
     # -- consuming -------------------------------------------------------------------
     def consumer(

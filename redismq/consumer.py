@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-
 from .errors import InvalidMessage
 from .message import Message, decode_entry, now_ms
 from .routing import Broker, Topic
@@ -114,7 +113,9 @@ class Consumer:
             pipe = broker.redis.pipeline(transaction=False)
             for q in queues:
                 pipe.xgroup_create(q.keys.stream, self.group, id="0", mkstream=True)
-                pipe.xgroup_create(q.keys.retry_stream(self.group), self.group, id="0", mkstream=True)
+                pipe.xgroup_create(
+                    q.keys.retry_stream(self.group), self.group, id="0", mkstream=True
+                )
             for reply in pipe.execute(raise_on_error=False):
                 if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                     raise reply
@@ -246,7 +247,9 @@ class Consumer:
             pipe = broker.redis.pipeline(transaction=False)
             for q in queues:
                 k = q.keys
-                broker.scripts.move_due(keys=[k.delayed, k.stream], args=[now, MOVE_BATCH], client=pipe)
+                broker.scripts.move_due(
+                    keys=[k.delayed, k.stream], args=[now, MOVE_BATCH], client=pipe
+                )
                 broker.scripts.move_due(
                     keys=[k.retry(self.group), k.retry_stream(self.group)],
                     args=[now, MOVE_BATCH],
@@ -333,13 +336,23 @@ class Consumer:
         self._next_move = min(self._next_move, time.monotonic() + (due - now_ms()) / 1000)
         return "retry"
 
-    def dead_letter(self, msg: Message, reason: str | BaseException, *, track: bool = False) -> None:
+    def dead_letter(
+        self, msg: Message, reason: str | BaseException, *, track: bool = False
+    ) -> None:
         """Move a message to the group's dead-letter stream with the reason."""
         text = reason if isinstance(reason, str) else describe(reason)
         q = self.queues[msg.queue]
         fields = msg.fields()
         with self.client.errors():
-            self._dead(q, msg.from_retry, msg.entry_id, fields, text, msg.attempt, msg.id if track else None)
+            self._dead(
+                q,
+                msg.from_retry,
+                msg.entry_id,
+                fields,
+                text,
+                msg.attempt,
+                msg.id if track else None,
+            )
 
     def _dead(
         self,
@@ -361,7 +374,13 @@ class Consumer:
         args += ["dead_reason", reason, "dead_at", now_ms(), "dead_attempts", attempt + 1]
         args += ["dead_entry", entry_id]
         q.broker.scripts.dead(
-            keys=[src, k.dead(self.group), k.stats(self.group), k.job(job_id), k.job_notify(job_id)],
+            keys=[
+                src,
+                k.dead(self.group),
+                k.stats(self.group),
+                k.job(job_id),
+                k.job_notify(job_id),
+            ],
             args=args,
         )
 

@@ -68,9 +68,7 @@ def read_dead_letters(client: Client, topic: Topic, group: str, count: int) -> l
     return out
 
 
-def replay(
-    client: Client, topic: Topic, group: str, ids: Iterable[str] | None, count: int
-) -> int:
+def replay(client: Client, topic: Topic, group: str, ids: Iterable[str] | None, count: int) -> int:
     """Put dead letters back on the group's retry streams; returns how many."""
     wanted = set(ids) if ids is not None else None
     total = 0

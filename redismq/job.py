@@ -58,9 +58,7 @@ class Job:
             pipe.hget(self.keys.job(self.id), "status")
             pipe.zscore(self.keys.done(self.group), self.id)
             if self.entry_id:
-                pipe.xpending_range(
-                    self.keys.stream, self.group, self.entry_id, self.entry_id, 1
-                )
+                pipe.xpending_range(self.keys.stream, self.group, self.entry_id, self.entry_id, 1)
             replies = pipe.execute(raise_on_error=False)
         stored, done = replies[0], replies[1]
         if isinstance(stored, bytes):

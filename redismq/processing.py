@@ -67,12 +67,16 @@ class BatchRunner:
         self.subscription = subscription
         self._done: list[Message] = []
         self._results: list[Any] = []
+        self._batch: Sequence[Message] = ()
+        self._pos = 0
 
     def run(self, messages: Sequence[Message], stop: Callable[[], bool] = lambda: False) -> Counts:
         """Run each message; when `stop()` turns true, hand the unstarted ones back."""
         counts = Counts()
         last_flush = time.monotonic()
+        self._batch = messages
         for i, msg in enumerate(messages):
+            self._pos = i
             if stop():
                 rest = messages[i:]
                 self._flush(counts)
@@ -84,6 +88,7 @@ class BatchRunner:
                 self._flush(counts)
                 last_flush = time.monotonic()
         self._flush(counts)
+        self._batch = ()
         return counts
 
     def run_one(self, msg: Message, counts: Counts) -> None:
@@ -137,6 +142,6 @@ class BatchRunner:
         counts.processed += completed
         counts.duplicates += len(done) - completed
 
-    def pending(self) -> list[Message]:
-        """Messages run but not yet acknowledged (their leases must stay fresh)."""
-        return list(self._done)
+    def held(self) -> list[Message]:
+        """Messages of the running batch not yet settled (their leases must stay fresh)."""
+        return [*self._batch[self._pos :], *self._done]

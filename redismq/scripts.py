@@ -10,7 +10,16 @@ import redis
 
 NAMES = (
     "create_topic",
-    "send", "move_due", "settle", "retry", "dead", "replay", "renew", "release", "trim")
+    "send",
+    "move_due",
+    "settle",
+    "retry",
+    "dead",
+    "replay",
+    "renew",
+    "release",
+    "trim",
+)
 
 
 @cache

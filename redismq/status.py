@@ -1,0 +1,115 @@
+"""A read-only snapshot of the whole system: brokers, topics with their groups, workers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .consumer import group_lag
+from .urls import mask_url
+
+if TYPE_CHECKING:
+    from .client import Client
+
+BEAT_EVERY = 5.0
+MISSED_BEATS = 3
+
+
+def live_workers(client: Client) -> list[dict[str, Any]]:
+    """Records of the workers that beat within the last MISSED_BEATS beats."""
+    now = time.time()
+    live = []
+    for raw in client.meta.hvals(client.router.keys.workers):
+        try:
+            record = json.loads(raw)
+            if now - float(record["last_beat"]) <= BEAT_EVERY * MISSED_BEATS:
+                live.append(record)
+        except (ValueError, KeyError, TypeError):
+            continue
+    return sorted(live, key=lambda r: r["id"])
+
+
+def broker_status(client: Client) -> list[dict[str, Any]]:
+    out = []
+    for name in client.router.broker_names():
+        broker = client.router.broker(name)
+        url = broker.url or client.url
+        row: dict[str, Any] = {"name": name, "url": mask_url(url), "up": False, "role": None}
+        try:
+            info = broker.redis.info("replication")
+            row.update(up=True, role=info.get("role"))
+        except redis.RedisError as exc:
+            row["error"] = str(exc)
+        out.append(row)
+    return out
+
+
+def topic_status(client: Client, name: str) -> dict[str, Any]:
+    """Exact counts of one topic and each of its groups, summed over its queues."""
+    topic = client.router.topic(name)
+    groups = client.router.groups(name)
+    length = delayed = dropped = 0
+    per_group = {g: dict.fromkeys(GROUP_FIELDS, 0) for g in groups}
+    for q in range(topic.queues):
+        k = client.router.queue_keys(name, q)
+        r = client.router.queue_broker(topic, q).redis
+        pipe = r.pipeline(transaction=False)
+        pipe.xlen(k.stream)
+        pipe.zcard(k.delayed)
+        pipe.hget(k.counters, "dropped")
+        pipe.xinfo_groups(k.stream)
+        for g in groups:
+            pipe.xpending(k.stream, g)
+            pipe.xpending(k.retry_stream(g), g)
+            pipe.xlen(k.retry_stream(g))
+            pipe.zcard(k.retry(g))
+            pipe.xlen(k.dead(g))
+            pipe.zcard(k.done(g))
+            pipe.hgetall(k.stats(g))
+            pipe.xinfo_consumers(k.stream, g)
+        # A stream or group that does not exist yet answers with an error: it counts as empty.
+        replies = [None if isinstance(r, Exception) else r for r in pipe.execute(False)]
+        length += replies[0] or 0
+        delayed += replies[1] or 0
+        dropped += int(replies[2] or 0)
+        infos = replies[3] if isinstance(replies[3], list) else []
+        for i, g in enumerate(groups):
+            main, retry, retry_len, retrying, dead, done, stats, consumers = replies[
+                4 + 8 * i : 12 + 8 * i
+            ]
+            row = per_group[g]
+            retry_pending = retry["pending"] if isinstance(retry, dict) else 0
+            stats = stats or {}
+            row["pending"] += (main["pending"] if isinstance(main, dict) else 0) + retry_pending
+            row["lag"] += group_lag(infos, g) + max(0, (retry_len or 0) - retry_pending)
+            row["retrying"] += retrying or 0
+            row["dead"] += dead or 0
+            row["done"] += done or 0
+            row["duplicates"] += int(stats.get(b"duplicates", 0))
+            row["retried"] += int(stats.get(b"retried", 0))
+            if isinstance(consumers, list):
+                row["consumers"] = max(row["consumers"], len(consumers))
+    return {
+        "name": name,
+        "queues": topic.queues,
+        "length": length,
+        "delayed": delayed,
+        "dropped": dropped,
+        "groups": [{"name": g, **per_group[g]} for g in groups],
+    }
+
+
+GROUP_FIELDS = ("pending", "lag", "retrying", "retried", "dead", "done", "duplicates", "consumers")
+
+
+def snapshot(client: Client) -> dict[str, Any]:
+    """Brokers, topics (with per-group counts) and live workers, as plain data."""
+    with client.errors():
+        return {
+            "brokers": broker_status(client),
+            "topics": [topic_status(client, t) for t in client.router.topic_names()],
+            "workers": live_workers(client),
+        }

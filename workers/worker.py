@@ -1,0 +1,178 @@
+"""One worker process: a fetch loop per subscription, lease renewal and heartbeats."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from redismq import App, BrokerUnavailable, Consumer, Subscription
+from redismq.processing import BatchRunner, Counts
+
+from .heartbeat import BEAT_EVERY, Heartbeat
+
+log = logging.getLogger("redismq.worker")
+RECONNECT_MAX = 5.0
+
+
+class Loop:
+    """Fetches batches for one subscription and runs them; knows what it holds."""
+
+    def __init__(self, consumer: Consumer, subscription: Subscription, count: int) -> None:
+        self.consumer = consumer
+        self.runner = BatchRunner(consumer, subscription)
+        self.count = count
+        self.counts = Counts()
+        self.idle = False
+
+    def step(self, block: float, stopping: threading.Event) -> None:
+        """Receive one batch and run it."""
+        batch = self.consumer.receive(count=self.count, block=block)
+        self.idle = not batch
+        if batch:
+            self.counts.add(self.runner.run(batch, stop=stopping.is_set))
+
+
+class Worker:
+    """Consumes an app's subscriptions in one process until stopped (or idle, in burst mode)."""
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        topics: Iterable[str] | None = None,
+        group: str | None = None,
+        visibility_timeout: float = 30.0,
+        count: int = 100,
+        block: float = 1.0,
+        burst: bool = False,
+    ) -> None:
+        wanted = set(topics or [])
+        subs = [
+            s
+            for s in app.subscriptions.values()
+            if (not wanted or s.topic in wanted) and (group is None or s.group == group)
+        ]
+        if not subs:
+            raise ValueError("the app has no task or handler for the chosen topics and group")
+        self.app = app
+        self.subscriptions = subs
+        self.client = app.client
+        self.burst = burst
+        self.block = block
+        self.visibility_timeout = visibility_timeout
+        self.stopping = threading.Event()
+        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self.loops = [
+            Loop(
+                self.client.consumer(
+                    s.topic, s.group, visibility_timeout=visibility_timeout, create=True
+                ),
+                s,
+                count,
+            )
+            for s in subs
+        ]
+        self.heartbeat = Heartbeat(
+            self.client,
+            self.id,
+            {"topics": sorted({s.topic for s in subs}), "groups": sorted({s.group for s in subs})},
+        )
+
+    @property
+    def counts(self) -> Counts:
+        total = Counts()
+        for loop in self.loops:
+            total.add(loop.counts)
+        return total
+
+    def run(self) -> Counts:
+        """Run until stop() (or, in burst mode, until nothing is left); returns the counts."""
+        threads = [
+            threading.Thread(target=self._fetch, args=(loop,), name=f"fetch-{i}", daemon=True)
+            for i, loop in enumerate(self.loops)
+        ]
+        keeper = threading.Thread(target=self._keep_alive, name="keep-alive", daemon=True)
+        for t in threads:
+            t.start()
+        keeper.start()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        finally:
+            self.stopping.set()
+            keeper.join()
+            self._safe(self.heartbeat.remove)
+        return self.counts
+
+    def stop(self) -> None:
+        """Stop fetching; running messages finish, fetched unstarted ones are handed back."""
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop gracefully; a second one exits at once (leases then expire)."""
+
+        def handle(signum: int, frame: Any) -> None:
+            if self.stopping.is_set():
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            log.info("signal %d: finishing running work, then exiting", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def _fetch(self, loop: Loop) -> None:
+        pause = 0.1
+        while not self.stopping.is_set():
+            try:
+                loop.step(self.block, self.stopping)
+                if self.burst and loop.idle and loop.consumer.backlog() == 0:
+                    return
+                pause = 0.1
+            except BrokerUnavailable as exc:
+                log.error("%s (retrying in %.1fs)", exc, pause)
+                self.stopping.wait(pause)
+                pause = min(RECONNECT_MAX, pause * 2)
+            except Exception:
+                log.exception("unexpected error in the fetch loop of %s", loop.consumer)
+                self.stopping.wait(1.0)
+
+    def _keep_alive(self) -> None:
+        """Renew the leases of held messages and beat, until the worker stops."""
+        every = min(BEAT_EVERY, self.visibility_timeout / 3)
+        while True:
+            in_flight = 0
+            for loop in self.loops:
+                held = loop.runner.held()
+                in_flight += len(held)
+                if held:
+                    lost = self._safe(loop.consumer.renew, held) or []
+                    still = {m.entry_id for m in loop.runner.held()}
+                    for m in lost:
+                        if m.entry_id in still:
+                            log.warning("lease of %s was lost to another consumer", m.id)
+            counts = self.counts
+            self._safe(
+                self.heartbeat.beat,
+                processed=counts.processed,
+                failed=counts.failed,
+                in_flight=in_flight,
+            )
+            if self.stopping.wait(every):
+                return
+
+    @staticmethod
+    def _safe(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BrokerUnavailable as exc:
+            log.error("%s", exc)
+        except Exception:
+            log.exception("keep-alive step failed")
+        return None
