@@ -234,6 +234,24 @@ class Client:
                     entries[i] = entry.decode()
         return [Sent(mid, topic, queue, entries[i]) for i, (queue, mid, _) in enumerate(planned)]
 
+    def trim(self, topic: str) -> tuple[int, int]:
+        """Trim every queue of a topic by its retention; returns (trimmed, dropped).
+
+        Never removes an entry some group has not acknowledged, unless the topic has a
+        hard cap (then what it dropped is counted in status).
+        """
+        t = self.topic(topic, create=False)
+        trimmed = dropped = 0
+        with self.errors():
+            for q in range(t.queues):
+                k = self.router.queue_keys(topic, q)
+                broker = self.router.queue_broker(t, q)
+                a, b = broker.scripts.trim(
+                    keys=[k.stream, k.counters], args=[t.retention, t.hard_cap]
+                )
+                trimmed, dropped = trimmed + a, dropped + b
+        return trimmed, dropped
+
     # -- consuming -------------------------------------------------------------------
     def consumer(
         self,

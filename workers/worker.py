@@ -157,6 +157,8 @@ class Worker:
                     for m in lost:
                         if m.entry_id in still:
                             log.warning("lease of %s was lost to another consumer", m.id)
+            for topic in {s.topic for s in self.subscriptions}:
+                self._safe(self.client.trim, topic)
             counts = self.counts
             self._safe(
                 self.heartbeat.beat,
