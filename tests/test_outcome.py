@@ -1,0 +1,174 @@
+"""Rule 4 (outcome), rule 5 (time of retries) and rule 10 (bad entries), on a real server."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from redismq import JobFailed
+from redismq.keys import QueueKeys
+from redismq.processing import BatchRunner
+from redismq.status import topic_status
+
+
+def group_row(client, topic: str, group: str) -> dict:
+    return next(g for g in topic_status(client, topic)["groups"] if g["name"] == group)
+
+
+def run_until_idle(client, app, topic: str, group: str = "workers", timeout: float = 10.0):
+    """Process everything of one subscription in this process (retries included)."""
+    sub = app.subscriptions[(topic, group)]
+    consumer = client.consumer(topic, group, create=True)
+    runner = BatchRunner(consumer, sub)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = consumer.receive(count=100, block=0.1)
+        if batch:
+            runner.run(batch)
+        elif consumer.backlog() == 0:
+            return
+    raise AssertionError("work was left after the timeout")
+
+
+def test_success_acks_records_done_and_stores_the_result(client, app):
+    @app.task(topic="math")
+    def add(x, y):
+        return x + y
+
+    job = add.send(2, 3)
+    assert job.status() == "queued"
+    run_until_idle(client, app, "math")
+    assert job.status() == "done"
+    assert job.result(timeout=1) == 5
+    row = group_row(client, "math", "workers")
+    assert (row["done"], row["pending"], row["lag"]) == (1, 0, 0)
+
+
+def test_redelivered_done_message_is_acked_not_rerun(client, app):
+    runs = []
+
+    @app.consumer("events", group="once")
+    def handle(msg):
+        runs.append(msg.id)
+
+    client.create_topic("events", queues=1)
+    mid = client.send("events", {"n": 1})
+    run_until_idle(client, app, "events", "once")
+    # The same message comes back (as after a lost XACK on failover): put it in the stream again.
+    stream = QueueKeys("rmq", "events", 0).stream
+    _, fields = client.meta.xrange(stream)[0]
+    client.meta.xadd(stream, fields)
+    run_until_idle(client, app, "events", "once")
+    assert runs == [mid]
+    assert group_row(client, "events", "once")["duplicates"] == 1
+
+
+def test_failure_retries_with_backoff_then_dead_letters_with_the_error(client, app):
+    attempts = []
+
+    @app.task(topic="flaky", max_retries=2, backoff=0.05)
+    def boom(n):
+        attempts.append(time.monotonic())
+        raise ValueError(f"bad {n}")
+
+    job = boom.send(7)
+    run_until_idle(client, app, "flaky")
+    assert len(attempts) == 3
+    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    assert gaps[0] >= 0.025 and gaps[1] >= 0.05  # at least half of 0.05·2^attempt
+    assert job.status() == "dead"
+    with pytest.raises(JobFailed, match="ValueError: bad 7"):
+        job.result(timeout=1)
+    [dead] = client.dead_letters("flaky", "workers")
+    assert dead.id == job.id and dead.attempts == 3 and "ValueError: bad 7" in dead.reason
+
+
+def test_retry_is_per_group_and_does_not_disturb_another_group(client, app):
+    calls = {"ok": 0, "failing": 0}
+
+    @app.consumer("fanout", group="ok")
+    def fine(msg):
+        calls["ok"] += 1
+
+    @app.consumer("fanout", group="failing", max_retries=1, backoff=0.01)
+    def broken(msg):
+        calls["failing"] += 1
+        raise RuntimeError("down")
+
+    client.create_topic("fanout", queues=2)
+    client.send_many("fanout", [1, 2, 3])
+    run_until_idle(client, app, "fanout", "failing")
+    run_until_idle(client, app, "fanout", "ok")
+    assert calls == {"ok": 3, "failing": 6}
+    assert group_row(client, "fanout", "ok")["dead"] == 0
+    assert group_row(client, "fanout", "failing")["dead"] == 3
+
+
+def test_replayed_dead_letters_run_again_for_their_group_only(client, app):
+    state = {"fail": True, "runs": 0, "other": 0}
+
+    @app.consumer("replay", group="g", max_retries=0)
+    def handler(msg):
+        state["runs"] += 1
+        if state["fail"]:
+            raise RuntimeError("not yet")
+
+    @app.consumer("replay", group="other")
+    def other(msg):
+        state["other"] += 1
+
+    client.create_topic("replay", queues=2)
+    client.send_many("replay", [1, 2])
+    run_until_idle(client, app, "replay", "g")
+    run_until_idle(client, app, "replay", "other")
+    assert len(client.dead_letters("replay", "g")) == 2
+    state["fail"] = False
+    assert client.replay_dead_letters("replay", "g") == 2
+    run_until_idle(client, app, "replay", "g")
+    run_until_idle(client, app, "replay", "other")
+    assert state == {"fail": False, "runs": 4, "other": 2}
+    assert client.dead_letters("replay", "g") == []
+    assert group_row(client, "replay", "g")["done"] == 2
+
+
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"garbage": "x"}, "lacks the field 'id'"),
+        ({"id": "m1", "body": "{not json"}, "not valid JSON"),
+        ({"id": "m2", "body": '"just a string"'}, "a task body must be an object"),
+        ({"id": "m3", "body": '{"task": "nope", "args": []}'}, "unknown task 'nope'"),
+        ({"id": "m4", "body": '{"task": "t.ok", "args": 5}'}, "'args' must be a list"),
+        ({"id": b"\xff\xfe", "body": "{}"}, "not UTF-8"),
+    ],
+)
+def test_hand_written_bad_entry_is_dead_lettered_with_the_reason(client, app, fields, reason):
+    done = []
+
+    @app.task(topic="hand", name="t.ok")
+    def ok():
+        done.append(1)
+
+    client.create_topic("hand", queues=1)
+    client.meta.xadd(QueueKeys("rmq", "hand", 0).stream, fields)
+    ok.send()
+    run_until_idle(client, app, "hand")
+    [dead] = client.dead_letters("hand", "workers")
+    assert reason in dead.reason
+    assert done == [1]
+
+
+def test_job_result_waits_for_completion(client, app):
+    import threading
+
+    @app.task(topic="wait")
+    def slow():
+        return "finished"
+
+    job = slow.send()
+    worker = threading.Thread(target=run_until_idle, args=(client, app, "wait"))
+    timer = threading.Timer(0.3, worker.start)
+    timer.start()
+    assert job.result(timeout=10) == "finished"
+    worker.join()

@@ -1,0 +1,45 @@
+"""Rule 7 (retention): trimming never drops what a group has not acknowledged."""
+
+from __future__ import annotations
+
+from redismq.keys import QueueKeys
+
+
+def test_trim_keeps_everything_a_slow_group_has_not_acknowledged(client):
+    client.create_topic("logs", queues=1, retention=0)
+    fast = client.consumer("logs", "fast")
+    slow = client.consumer("logs", "slow")
+    ids = client.send_many("logs", list(range(50)))
+    got_fast = fast.receive(count=100, block=0.2)
+    fast.ack_many(got_fast)
+    got_slow = slow.receive(count=20, block=0.2)  # 20 pending, 30 not yet delivered
+    slow.ack_many(got_slow[:5])
+    trimmed, dropped = client.trim("logs")
+    assert (trimmed, dropped) == (5, 0)
+    stream = QueueKeys("rmq", "logs", 0).stream
+    kept = [f[b"id"].decode() for _, f in client.meta.xrange(stream)]
+    assert kept == ids[5:]
+    rest = slow.receive(count=100, block=0.2)
+    slow.ack_many(got_slow[5:] + rest)
+    assert sorted(m.id for m in got_slow + rest) == sorted(ids)
+    assert client.trim("logs") == (45, 0)
+
+
+def test_retention_keeps_recent_acknowledged_entries_for_later_groups(client):
+    client.create_topic("audit", queues=1, retention=10)
+    c = client.consumer("audit", "g")
+    client.send_many("audit", list(range(30)))
+    c.ack_many(c.receive(count=100, block=0.2))
+    assert client.trim("audit") == (20, 0)
+    late = client.consumer("audit", "late")
+    assert [m.body for m in late.receive(count=100, block=0.2)] == list(range(20, 30))
+
+
+def test_hard_cap_drops_oldest_and_counts_them(client):
+    from redismq.status import topic_status
+
+    client.create_topic("capped", queues=1, retention=0, hard_cap=10)
+    client.consumer("capped", "g")
+    client.send_many("capped", list(range(25)))
+    assert client.trim("capped") == (0, 15)
+    assert topic_status(client, "capped")["dropped"] == 15
