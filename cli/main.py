@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -15,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from redismq import App, Client, RedisMQError
+from redismq import Client, RedisMQError
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -43,25 +41,6 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def load_app(spec: str, url: str) -> App:
-    """Import `module:attribute` (the app), with the URL given to clients made on import."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name:
-        raise click.BadParameter("expected MODULE:APP, e.g. myproject.tasks:app", param_hint="APP")
-    os.environ["REDISMQ_URL"] = url
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(
-            f"cannot import {module_name!r}: {exc}", param_hint="APP"
-        ) from None
-    app = getattr(module, attr or "app", None)
-    if not isinstance(app, App):
-        raise click.BadParameter(f"{spec!r} is not a redismq App", param_hint="APP")
-    return app
-
-
 def parse_body(text: str) -> Any:
     try:
         return json.loads(text)
@@ -81,45 +60,61 @@ def main() -> None:
 @click.option("--topic", "topics", multiple=True, help="Consume only this topic (repeatable).")
 @click.option("--group", default=None, help="Consume only this group.")
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=os.cpu_count() or 1,
+    show_default="CPU count",
+    help="Worker processes; 1 runs in this process, more are supervised by this one.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Jobs run at once per process (threads; async handlers each on their thread's loop).",
+)
+@click.option(
     "--visibility-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds running jobs get to finish after SIGTERM/SIGINT.",
 )
 @click.option("--burst", is_flag=True, help="Exit once nothing is pending, delayed or retrying.")
 @click.option(
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
+@click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
 @friendly
-def worker(
-    app_spec: str,
-    url: str,
-    topics: tuple[str, ...],
-    group: str | None,
-    visibility_timeout: float,
-    burst: bool,
-    log_level: str,
-) -> None:
-    """Run a worker for an app's tasks and handlers.
+def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
+    """Run workers for an app's tasks and handlers.
 
-    Example: redismq worker myproject.tasks:app --url redis://127.0.0.1:6379/0
+    Example: redismq worker myproject.tasks:app --url redis://127.0.0.1:6379/0 --processes 2
     """
-    from workers.worker import Worker
+    from workers.loader import AppNotFound, load_app
+    from workers.supervisor import Supervisor, WorkerOptions, run_worker
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = load_app(app_spec, url)
-    app.client.ping()
+    os.environ["REDISMQ_URL"] = url
+    opts = WorkerOptions(app=app_spec, **options)
     try:
-        w = Worker(
-            app, topics=topics, group=group, visibility_timeout=visibility_timeout, burst=burst
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    w.install_signal_handlers()
-    logging.getLogger("redismq.worker").info(
-        "worker %s consuming %s", w.id, ", ".join(f"{s.topic}/{s.group}" for s in w.subscriptions)
-    )
-    counts = w.run()
-    logging.getLogger("redismq.worker").info(
-        "worker %s stopped: %d processed, %d failed", w.id, counts.processed, counts.failed
-    )
+        app = load_app(app_spec)
+    except AppNotFound as exc:
+        raise click.BadParameter(str(exc), param_hint="MODULE:APP") from None
+    if not any(
+        (not opts.topics or s.topic in opts.topics) and opts.group in (None, s.group)
+        for s in app.subscriptions.values()
+    ):
+        raise click.UsageError("the app has no task or handler for the chosen topics and group")
+    app.client.ping()
+    if processes == 1:
+        sys.exit(run_worker(opts))
+    from workers.logs import setup_logging
+
+    setup_logging(opts.log_level, opts.log_format)
+    sys.exit(Supervisor(opts, processes).run())
 
 
 @main.command()

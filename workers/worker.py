@@ -1,4 +1,4 @@
-"""One worker process: a fetch loop per subscription, lease renewal and heartbeats."""
+"""One worker process: fetch-and-run threads per subscription, lease renewal, heartbeats."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,13 +20,23 @@ log = logging.getLogger("redismq.worker")
 RECONNECT_MAX = 5.0
 
 
-class Loop:
-    """Fetches batches for one subscription and runs them; knows what it holds."""
+# A fetch takes as many messages as this thread can start within about this many seconds,
+# so that no message waits behind a long job while another worker idles.
+BATCH_SECONDS = 0.05
 
-    def __init__(self, consumer: Consumer, subscription: Subscription, count: int) -> None:
+
+class Loop:
+    """One fetch-and-run thread of one subscription; knows what it holds.
+
+    Its batch size follows the observed job duration: fast jobs are fetched in batches of
+    up to `max_count`, slow ones one at a time.
+    """
+
+    def __init__(self, consumer: Consumer, subscription: Subscription, max_count: int) -> None:
         self.consumer = consumer
         self.runner = BatchRunner(consumer, subscription)
-        self.count = count
+        self.max_count = max_count
+        self.count = 1
         self.counts = Counts()
         self.idle = False
 
@@ -33,8 +44,13 @@ class Loop:
         """Receive one batch and run it."""
         batch = self.consumer.receive(count=self.count, block=block)
         self.idle = not batch
-        if batch:
-            self.counts.add(self.runner.run(batch, stop=stopping.is_set))
+        if not batch:
+            return
+        started = time.perf_counter()
+        self.counts.add(self.runner.run(batch, stop=stopping.is_set))
+        per_message = (time.perf_counter() - started) / len(batch)
+        fits = int(BATCH_SECONDS / per_message) if per_message > 0 else self.max_count
+        self.count = max(1, min(self.max_count, fits, self.count * 2))
 
 
 class Worker:
@@ -47,9 +63,11 @@ class Worker:
         topics: Iterable[str] | None = None,
         group: str | None = None,
         visibility_timeout: float = 30.0,
+        concurrency: int = 1,
         count: int = 100,
         block: float = 1.0,
         burst: bool = False,
+        grace: float = 30.0,
     ) -> None:
         wanted = set(topics or [])
         subs = [
@@ -67,6 +85,7 @@ class Worker:
         self.visibility_timeout = visibility_timeout
         self.stopping = threading.Event()
         self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self.grace = grace
         self.loops = [
             Loop(
                 self.client.consumer(
@@ -76,6 +95,7 @@ class Worker:
                 count,
             )
             for s in subs
+            for _ in range(concurrency)
         ]
         self.heartbeat = Heartbeat(
             self.client,
@@ -101,14 +121,24 @@ class Worker:
             t.start()
         keeper.start()
         try:
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+            self._join(threads)
         finally:
             self.stopping.set()
             keeper.join()
             self._safe(self.heartbeat.remove)
         return self.counts
+
+    def _join(self, threads: list[threading.Thread]) -> None:
+        """Wait for the fetch threads; after a stop, at most `grace` seconds more."""
+        deadline = None
+        for t in threads:
+            while t.is_alive():
+                if deadline is None and self.stopping.is_set():
+                    deadline = time.monotonic() + self.grace
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning("grace period over: leaving unfinished jobs to lease expiry")
+                    return
+                t.join(0.1)
 
     def stop(self) -> None:
         """Stop fetching; running messages finish, fetched unstarted ones are handed back."""

@@ -1,0 +1,150 @@
+"""The parent of a worker pool: starts N worker processes, restarts any that dies, and
+stops them all on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redismq.process import die_with_parent
+
+from .loader import load_app
+from .logs import setup_logging
+
+log = logging.getLogger("redismq.supervisor")
+RESTART_DELAY_MAX = 10.0
+
+
+@dataclass(slots=True)
+class WorkerOptions:
+    """Everything a worker process needs to start (plain values only)."""
+
+    app: str
+    topics: tuple[str, ...] = ()
+    group: str | None = None
+    visibility_timeout: float = 30.0
+    concurrency: int = 8
+    burst: bool = False
+    grace: float = 30.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+
+def run_worker(options: WorkerOptions) -> int:
+    """Run one worker process in this process until it is stopped; returns the exit code."""
+    from .worker import Worker
+
+    setup_logging(options.log_level, options.log_format)
+    app = load_app(options.app)
+    app.client.ping()
+    worker = Worker(
+        app,
+        topics=options.topics,
+        group=options.group,
+        visibility_timeout=options.visibility_timeout,
+        concurrency=options.concurrency,
+        burst=options.burst,
+        grace=options.grace,
+    )
+    worker.install_signal_handlers()
+    log.info(
+        "worker %s consuming %s with %d threads each",
+        worker.id,
+        ", ".join(f"{s.topic}/{s.group}" for s in worker.subscriptions),
+        options.concurrency,
+    )
+    counts = worker.run()
+    log.info(
+        "worker %s stopped: %d processed, %d failed", worker.id, counts.processed, counts.failed
+    )
+    return 0
+
+
+def _child(options: dict[str, Any], parent: int) -> None:
+    die_with_parent(signal.SIGTERM, parent)
+    raise SystemExit(run_worker(WorkerOptions(**options)))
+
+
+class Supervisor:
+    """Keeps `processes` worker processes running until it is told to stop."""
+
+    def __init__(self, options: WorkerOptions, processes: int) -> None:
+        self.options = options
+        self.processes = processes
+        self.children: list[multiprocessing.process.BaseProcess | None] = [None] * processes
+        self.stopping = False
+        self.forced = False
+        self._context = multiprocessing.get_context("spawn")
+        self._delay = [0.5] * processes
+
+    def run(self) -> int:
+        """Supervise until stopped (or, in burst mode, until every child is done)."""
+        self._install_signal_handlers()
+        for slot in range(self.processes):
+            self._start(slot)
+        while not self.stopping:
+            if self.options.burst and all(c is not None and c.exitcode == 0 for c in self.children):
+                return 0
+            for slot, child in enumerate(self.children):
+                if child is not None and child.exitcode is not None and not self.stopping:
+                    self._replace(slot, child)
+            time.sleep(0.2)
+        return self._shutdown()
+
+    def _start(self, slot: int) -> None:
+        child = self._context.Process(
+            target=_child, args=(asdict(self.options), os.getpid()), name=f"worker-{slot}"
+        )
+        child.start()
+        self.children[slot] = child
+        log.info("started worker process %d (pid %d)", slot, child.pid)
+
+    def _replace(self, slot: int, child: multiprocessing.process.BaseProcess) -> None:
+        if self.options.burst and child.exitcode == 0:
+            return
+        log.warning(
+            "worker process %d (pid %s) exited with %s; restarting in %.1fs",
+            slot,
+            child.pid,
+            child.exitcode,
+            self._delay[slot],
+        )
+        time.sleep(self._delay[slot])
+        self._delay[slot] = min(RESTART_DELAY_MAX, self._delay[slot] * 2)
+        self._start(slot)
+
+    def _install_signal_handlers(self) -> None:
+        def handle(signum: int, frame: Any) -> None:
+            if self.stopping:
+                self.forced = True
+                self._signal_children(signal.SIGKILL)
+                return
+            log.info("signal %d: stopping %d worker processes", signum, self.processes)
+            self.stopping = True
+            self._signal_children(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def _signal_children(self, signum: int) -> None:
+        for child in self.children:
+            if child is not None and child.pid and child.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
+
+    def _shutdown(self) -> int:
+        deadline = time.monotonic() + self.options.grace + 5
+        for child in self.children:
+            if child is None:
+                continue
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.exitcode is None:
+                child.kill()
+                child.join()
+        return 1 if self.forced else 0
