@@ -19,7 +19,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redismq.errors import RedisMQError
+from redismq.process import die_with_parent
 
 __all__ = [
     "LocalServer",
@@ -127,38 +127,11 @@ def _free_port() -> int:
 
 # --- dying with the parent -------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
 
-
-def _load_prctl() -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl
-    except (OSError, AttributeError):  # pragma: no cover - exotic libc
-        return None
-
-
-_prctl = _load_prctl()
-
-
-def _make_preexec() -> Callable[[], None] | None:
+def _make_preexec() -> Callable[[], None]:
     """A child setup function that makes the child get SIGKILL when we die (Linux)."""
-    prctl = _prctl
-    if prctl is None:
-        return None
     parent = os.getpid()
-    sigkill = int(signal.SIGKILL)
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), sigkill)
-
-    return preexec
+    return lambda: die_with_parent(signal.SIGKILL, parent)
 
 
 class _Spawner:
@@ -268,7 +241,6 @@ class LocalServer:
         self._tmpdir: Path | None = None
         self.startup_timeout = startup_timeout
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
         self._log_offset = 0
         self._port_candidate = 0
         self._owner_pid = os.getpid()
@@ -375,7 +347,6 @@ class LocalServer:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
-            self._close_log()
 
     def __enter__(self) -> LocalServer:
         return self.start()
@@ -426,9 +397,11 @@ class LocalServer:
             args += ["--replicaof", self.replica_of.host, str(self.replica_of.port)]
         if self.password:
             args += ["--requirepass", self.password]
-        master_password = self.replica_of.password if self.replica_of is not None else None
-        if master_password or self.password:
-            args += ["--masterauth", master_password or self.password or ""]
+        # a replica authenticates with its master's password; a master keeps its own
+        # for the day it is turned into a replica of a sibling that shares it
+        master_password = self.replica_of.password if self.replica_of is not None else self.password
+        if master_password:
+            args += ["--masterauth", master_password]
         args += list(self.extra_args)
         return args
 
@@ -447,7 +420,7 @@ class LocalServer:
             except _AddressInUse as exc:
                 last_error = exc
                 if fixed_port is not None:  # our port: wait for it to free up
-                    time.sleep(0.2 * (attempt + 1))
+                    time.sleep(0.1 * (attempt + 1))
                 continue
             except BaseException:
                 self.kill()
@@ -459,25 +432,22 @@ class LocalServer:
         raise last_error
 
     def _spawn(self, port: int, workdir: Path) -> None:
-        self._close_log()
-        log_path = workdir / _LOG_NAME
-        log = open(log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
-        self._log_file = log
-        self._log_offset = log.tell()
-        try:
-            self._proc = _spawner.popen(
-                self._args(port, workdir),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(workdir),
-                close_fds=True,
-                start_new_session=True,
-                preexec_fn=_make_preexec(),
-            )
-        except OSError as exc:
-            self._close_log()
-            raise ServerError(f"cannot run {self.binary}: {exc.strerror or exc}") from None
+        args = self._args(port, workdir)
+        with open(workdir / _LOG_NAME, "ab") as log:
+            self._log_offset = log.tell()
+            try:
+                self._proc = _spawner.popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=str(workdir),
+                    close_fds=True,
+                    start_new_session=True,
+                    preexec_fn=_make_preexec(),
+                )
+            except OSError as exc:
+                raise ServerError(f"cannot run {self.binary}: {exc.strerror or exc}") from None
         self._port_candidate = port
 
     def _wait_ready(self) -> None:
@@ -490,7 +460,7 @@ class LocalServer:
             port=port,
             password=self.password,
             socket_connect_timeout=0.5,
-            socket_timeout=1.0,
+            socket_timeout=0.25,
             retry=Retry(NoBackoff(), 0),
         )
         try:
@@ -526,7 +496,6 @@ class LocalServer:
         if code is None:
             return
         tail = self._log_tail()
-        self._close_log()
         message = f"{os.path.basename(self.binary)} on port {port} exited with code {code}"
         if "Address already in use" in tail:
             raise _AddressInUse(f"{message}: port in use")
@@ -566,34 +535,28 @@ class LocalServer:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait()
-        self._close_log()
 
     def _request_shutdown(self) -> None:
         proc = self._proc
         assert proc is not None
-        asked = False
         if self._port is not None:
             conn = self.client(
                 socket_connect_timeout=1.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 0)
             )
             try:
                 conn.execute_command("SHUTDOWN", "NOSAVE", "NOW")
-            except redis.ConnectionError:
-                asked = True  # the server closed the connection: it is going down
             except (redis.RedisError, OSError):
-                pass
+                pass  # normally the server closing the connection as it goes down
             finally:
                 with contextlib.suppress(Exception):
                     conn.close()
-        if not asked:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            with contextlib.suppress(OSError):
-                self._log_file.close()
-            self._log_file = None
+            try:
+                proc.wait(1.0)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
 
     def _forget(self) -> None:
         with _live_lock:
