@@ -413,6 +413,19 @@ class Consumer:
                 lost += [m for m in msgs if m.entry_id in gone]
         return lost
 
+    def set_progress(self, msg: Message, fraction: float, text: str = "") -> None:
+        """Store a running job's progress in its job record."""
+        if not 0.0 <= fraction <= 1.0:
+            raise InvalidMessage(f"progress must be between 0 and 1, not {fraction!r}")
+        q = self.queues[msg.queue]
+        key = q.keys.job(msg.id)
+        progress = json.dumps({"fraction": fraction, "text": text, "at": now_ms()})
+        with self.client.errors():
+            pipe = q.broker.redis.pipeline(transaction=False)
+            pipe.hset(key, "progress", progress)
+            pipe.pexpire(key, self.client.result_ttl_ms)
+            pipe.execute()
+
     # -- state -----------------------------------------------------------------------
     def backlog(self) -> int:
         """Messages of this group not yet settled: undelivered, pending, delayed or retrying."""

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .message import Message
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
 
 _current: ContextVar[JobContext | None] = ContextVar("redismq_current_job", default=None)
 
@@ -16,6 +20,7 @@ class JobContext:
 
     message: Message
     task: str | None
+    consumer: Consumer | None = None
 
     @property
     def id(self) -> str:
@@ -24,6 +29,12 @@ class JobContext:
     @property
     def attempt(self) -> int:
         return self.message.attempt
+
+    def set_progress(self, fraction: float, text: str = "") -> None:
+        """Record how far the job is (0.0 to 1.0) and a short note; `job.progress()` reads it."""
+        if self.consumer is None:
+            return
+        self.consumer.set_progress(self.message, fraction, text)
 
 
 def current_job() -> JobContext:

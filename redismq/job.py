@@ -69,6 +69,14 @@ class Job:
             return "running"
         return "queued"
 
+    def progress(self) -> tuple[float, str] | None:
+        """The last progress the running task reported: (fraction, text), or None."""
+        raw = self.info().get("progress")
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return data["fraction"], data["text"]
+
     def result(self, timeout: float | None = None) -> Any:
         """Wait up to `timeout` seconds (None: forever) for the result.
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .app import Subscription
+from .app import Subscription, Task
 from .consumer import NO_RESULT, Consumer, describe
 from .context import JobContext, reset_current, set_current
 from .errors import InvalidMessage, UnknownTask
@@ -40,12 +40,22 @@ class Counts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def call_handler(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    """Call a handler; a coroutine function runs to completion on this thread's loop."""
+class TimeLimitExceeded(Exception):
+    """A job ran longer than its task's time limit."""
+
+
+def call_handler(
+    fn: Callable[..., Any], args: tuple, kwargs: dict, time_limit: float | None = None
+) -> Any:
+    """Call a handler; a coroutine function runs on this thread's loop, cancelled at the
+    time limit (a sync handler's limit is enforced by the worker, which replaces it)."""
     result = fn(*args, **kwargs)
-    if asyncio.iscoroutine(result):
-        return _loop().run_until_complete(result)
-    return result
+    if not asyncio.iscoroutine(result):
+        return result
+    try:
+        return _loop().run_until_complete(asyncio.wait_for(result, time_limit))
+    except TimeoutError:
+        raise TimeLimitExceeded(f"async job exceeded its time limit of {time_limit}s") from None
 
 
 _local = threading.local()
@@ -59,12 +69,62 @@ def _loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+class Hooks:
+    """Named points of a message's life; subclass and override what you need."""
+
+    def before_process(self, msg: Message, task: str | None) -> None:
+        """A handler is about to run."""
+
+    def after_process(
+        self, msg: Message, task: str | None, outcome: str, duration: float, error: str | None
+    ) -> None:
+        """A handler finished: outcome is done, retry or dead."""
+
+    def after_settle(self, completed: int, duplicates: int) -> None:
+        """Successes were acknowledged: `duplicates` had been completed before."""
+
+
+@dataclass(slots=True)
+class Running:
+    """The message a runner is executing now."""
+
+    message: Message
+    task: str | None
+    started: float
+    time_limit: float | None
+
+
+class OutcomeLog(Hooks):
+    """One line per outcome: done at INFO, failures at WARNING, with structured fields."""
+
+    def after_process(
+        self, msg: Message, task: str | None, outcome: str, duration: float, error: str | None
+    ) -> None:
+        level = logging.INFO if outcome == "done" else logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        fields = {
+            "id": msg.id,
+            "task": task or f"{msg.topic}/{msg.group}",
+            "attempt": msg.attempt + 1,
+            "duration": round(duration, 6),
+            "outcome": outcome,
+        }
+        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        log.log(level, "%s%s", text, f" error={error!r}" if error else "", extra=fields)
+
+
 class BatchRunner:
     """Runs batches of one subscription's messages and settles their outcomes."""
 
-    def __init__(self, consumer: Consumer, subscription: Subscription) -> None:
+    def __init__(
+        self, consumer: Consumer, subscription: Subscription, hooks: Sequence[Hooks] = ()
+    ) -> None:
         self.consumer = consumer
         self.subscription = subscription
+        self.hooks = [OutcomeLog(), *hooks]
+        self.running: Running | None = None
+        self.abandoned = False
         self._done: list[Message] = []
         self._results: list[Any] = []
         self._batch: Sequence[Message] = ()
@@ -77,6 +137,8 @@ class BatchRunner:
         self._batch = messages
         for i, msg in enumerate(messages):
             self._pos = i
+            if self.abandoned:
+                return counts
             if stop():
                 rest = messages[i:]
                 self._flush(counts)
@@ -96,23 +158,36 @@ class BatchRunner:
         try:
             fn, args, kwargs, task = sub.resolve(msg)
         except (InvalidMessage, UnknownTask) as exc:
-            log.warning("dead-lettered %s at once: %s", msg.id, exc)
             self.consumer.dead_letter(msg, describe(exc), track=sub.handler is None)
             counts.dead += 1
+            self._after(msg, None, "dead", 0.0, describe(exc))
             return
-        token = set_current(JobContext(msg, task.name if task else None))
+        name = task.name if task else None
+        limit = sub.options_for(task).time_limit
+        for hook in self.hooks:
+            hook.before_process(msg, name)
+        token = set_current(JobContext(msg, name, self.consumer))
         started = time.perf_counter()
+        self.running = Running(msg, name, time.monotonic(), limit)
         try:
-            result = call_handler(fn, args, kwargs)
+            result = call_handler(fn, args, kwargs, limit)
         except Exception as exc:
-            self._failed(msg, exc, task, counts, time.perf_counter() - started)
+            self.running = None
+            self.fail(msg, exc, task, counts, time.perf_counter() - started)
             return
         finally:
+            self.running = None
             reset_current(token)
+        if self.abandoned:
+            return
         self._done.append(msg)
         self._results.append(result if task is not None else NO_RESULT)
+        self._after(msg, name, "done", time.perf_counter() - started, None)
 
-    def _failed(self, msg: Message, exc: Exception, task: Any, counts: Counts, took: float) -> None:
+    def fail(
+        self, msg: Message, exc: BaseException, task: Task | None, counts: Counts, took: float
+    ) -> str:
+        """Retry a failed message, or dead-letter it once its retries are spent."""
         opts = self.subscription.options_for(task)
         self._flush(counts)
         outcome = self.consumer.retry(
@@ -123,15 +198,14 @@ class BatchRunner:
             counts.dead += 1
         else:
             counts.retried += 1
-        log.warning(
-            "message %s (%s) attempt %d failed after %.3fs, %s: %s",
-            msg.id,
-            task.name if task else self.subscription.topic,
-            msg.attempt + 1,
-            took,
-            "dead-lettered" if outcome == "dead" else "will retry",
-            describe(exc),
-        )
+        self._after(msg, task.name if task else None, outcome, took, describe(exc))
+        return outcome
+
+    def _after(
+        self, msg: Message, task: str | None, outcome: str, took: float, error: str | None
+    ) -> None:
+        for hook in self.hooks:
+            hook.after_process(msg, task, outcome, took, error)
 
     def _flush(self, counts: Counts) -> None:
         if not self._done:
@@ -141,6 +215,29 @@ class BatchRunner:
         completed = self.consumer.ack_many(done, results)
         counts.processed += completed
         counts.duplicates += len(done) - completed
+        for hook in self.hooks:
+            hook.after_settle(completed, len(done) - completed)
+
+    def abandon(self, counts: Counts) -> Running | None:
+        """Give up on the batch of a thread stuck in a handler (called from another thread).
+
+        Settles what finished, fails the running message with TimeLimitExceeded, hands the
+        unstarted rest back, and makes the stuck thread drop whatever it does next.
+        """
+        running = self.running
+        if running is None or self.abandoned:
+            return None
+        self.abandoned = True
+        rest = list(self._batch[self._pos + 1 :])
+        self._flush(counts)
+        task = self.subscription.tasks.get(running.task or "")
+        took = time.monotonic() - running.started
+        exc = TimeLimitExceeded(f"job exceeded its time limit of {running.time_limit}s")
+        self.fail(running.message, exc, task, counts, took)
+        self.consumer.release(rest)
+        counts.released += len(rest)
+        self._batch = ()
+        return running
 
     def held(self) -> list[Message]:
         """Messages of the running batch not yet settled (their leases must stay fresh)."""

@@ -6,22 +6,31 @@ import json
 import os
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redismq import Client
-from redismq.keys import MetaKeys
 from redismq.status import BEAT_EVERY
 
-__all__ = ["BEAT_EVERY", "Heartbeat"]
+from .housekeeping import Component
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+MAX_IDS = 100
 
 
-class Heartbeat:
+class Heartbeat(Component):
     """Writes this worker's record (id, host, pid, topics, counts, in flight, last beat)."""
 
-    def __init__(self, client: Client, worker_id: str, info: dict[str, Any]) -> None:
+    interval = BEAT_EVERY
+
+    def __init__(
+        self, client: Client, worker_id: str, worker: Worker, info: dict[str, Any]
+    ) -> None:
         self.client = client
         self.worker_id = worker_id
-        self.key = MetaKeys(client.namespace).workers
+        self.worker = worker
+        self.key = client.router.keys.workers
         self.record: dict[str, Any] = {
             "id": worker_id,
             "host": socket.gethostname(),
@@ -30,10 +39,17 @@ class Heartbeat:
             **info,
         }
 
-    def beat(self, **state: Any) -> None:
-        """Publish the current state."""
-        self.record.update(state, last_beat=time.time())
+    def tick(self) -> None:
+        counts = self.worker.counts
+        in_flight = self.worker.in_flight()
+        self.record.update(
+            processed=counts.processed,
+            failed=counts.failed,
+            in_flight=len(in_flight),
+            in_flight_ids=in_flight[:MAX_IDS],
+            last_beat=time.time(),
+        )
         self.client.meta.hset(self.key, self.worker_id, json.dumps(self.record))
 
-    def remove(self) -> None:
+    def stop(self) -> None:
         self.client.meta.hdel(self.key, self.worker_id)

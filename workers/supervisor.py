@@ -38,7 +38,7 @@ class WorkerOptions:
 
 def run_worker(options: WorkerOptions) -> int:
     """Run one worker process in this process until it is stopped; returns the exit code."""
-    from .worker import Worker
+    from .worker import EXIT_REPLACE, Worker
 
     setup_logging(options.log_level, options.log_format)
     app = load_app(options.app)
@@ -63,7 +63,7 @@ def run_worker(options: WorkerOptions) -> int:
     log.info(
         "worker %s stopped: %d processed, %d failed", worker.id, counts.processed, counts.failed
     )
-    return 0
+    return EXIT_REPLACE if worker.replaced else 0
 
 
 def _child(options: dict[str, Any], parent: int) -> None:

@@ -1,4 +1,5 @@
-"""One worker process: fetch-and-run threads per subscription, lease renewal, heartbeats."""
+"""One worker process: fetch-and-run threads per subscription, plus the housekeeping
+components (lease keeper, time-limit watchdog, trimmer, heartbeat, scheduler)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,20 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redismq import App, BrokerUnavailable, Consumer, Subscription
-from redismq.processing import BatchRunner, Counts
+from redismq.processing import BatchRunner, Counts, Hooks
 
-from .heartbeat import BEAT_EVERY, Heartbeat
+from .heartbeat import Heartbeat
+from .housekeeping import Component, Housekeeper, LeaseKeeper, Trimmer, Watchdog
 
 log = logging.getLogger("redismq.worker")
 RECONNECT_MAX = 5.0
-
-
+# Exit code of a process that had to give up a thread stuck past its time limit: the
+# supervisor replaces it.
+EXIT_REPLACE = 3
 # A fetch takes as many messages as this thread can start within about this many seconds,
 # so that no message waits behind a long job while another worker idles.
 BATCH_SECONDS = 0.05
@@ -32,9 +35,11 @@ class Loop:
     up to `max_count`, slow ones one at a time.
     """
 
-    def __init__(self, consumer: Consumer, subscription: Subscription, max_count: int) -> None:
+    def __init__(
+        self, consumer: Consumer, subscription: Subscription, max_count: int, hooks: Sequence[Hooks]
+    ) -> None:
         self.consumer = consumer
-        self.runner = BatchRunner(consumer, subscription)
+        self.runner = BatchRunner(consumer, subscription, hooks)
         self.max_count = max_count
         self.count = 1
         self.counts = Counts()
@@ -68,6 +73,8 @@ class Worker:
         block: float = 1.0,
         burst: bool = False,
         grace: float = 30.0,
+        hooks: Sequence[Hooks] = (),
+        components: Sequence[Component] = (),
     ) -> None:
         wanted = set(topics or [])
         subs = [
@@ -82,10 +89,10 @@ class Worker:
         self.client = app.client
         self.burst = burst
         self.block = block
-        self.visibility_timeout = visibility_timeout
+        self.grace = grace
+        self.replaced = False
         self.stopping = threading.Event()
         self.id = f"{socket.gethostname()}:{os.getpid()}"
-        self.grace = grace
         self.loops = [
             Loop(
                 self.client.consumer(
@@ -93,14 +100,30 @@ class Worker:
                 ),
                 s,
                 count,
+                hooks,
             )
             for s in subs
             for _ in range(concurrency)
         ]
-        self.heartbeat = Heartbeat(
+        heartbeat = Heartbeat(
             self.client,
             self.id,
-            {"topics": sorted({s.topic for s in subs}), "groups": sorted({s.group for s in subs})},
+            self,
+            {
+                "app": getattr(app, "name", ""),
+                "topics": sorted({s.topic for s in subs}),
+                "groups": sorted({s.group for s in subs}),
+                "concurrency": concurrency,
+            },
+        )
+        self.housekeeper = Housekeeper(
+            [
+                LeaseKeeper(self.loops, visibility_timeout),
+                Watchdog(self.loops, self._replace),
+                Trimmer(self.client, {s.topic for s in subs}),
+                heartbeat,
+                *components,
+            ]
         )
 
     @property
@@ -110,29 +133,31 @@ class Worker:
             total.add(loop.counts)
         return total
 
+    def in_flight(self) -> list[str]:
+        """Ids of the messages this process holds now."""
+        return [m.id for loop in self.loops for m in loop.runner.held()]
+
     def run(self) -> Counts:
         """Run until stop() (or, in burst mode, until nothing is left); returns the counts."""
         threads = [
             threading.Thread(target=self._fetch, args=(loop,), name=f"fetch-{i}", daemon=True)
             for i, loop in enumerate(self.loops)
         ]
-        keeper = threading.Thread(target=self._keep_alive, name="keep-alive", daemon=True)
+        self.housekeeper.start()
         for t in threads:
             t.start()
-        keeper.start()
         try:
             self._join(threads)
         finally:
             self.stopping.set()
-            keeper.join()
-            self._safe(self.heartbeat.remove)
+            self.housekeeper.stop()
         return self.counts
 
     def _join(self, threads: list[threading.Thread]) -> None:
         """Wait for the fetch threads; after a stop, at most `grace` seconds more."""
         deadline = None
-        for t in threads:
-            while t.is_alive():
+        for t, loop in zip(threads, self.loops, strict=True):
+            while t.is_alive() and not loop.runner.abandoned:
                 if deadline is None and self.stopping.is_set():
                     deadline = time.monotonic() + self.grace
                 if deadline is not None and time.monotonic() > deadline:
@@ -143,6 +168,11 @@ class Worker:
     def stop(self) -> None:
         """Stop fetching; running messages finish, fetched unstarted ones are handed back."""
         self.stopping.set()
+
+    def _replace(self) -> None:
+        """A thread is stuck past a time limit: stop, so the supervisor starts a fresh process."""
+        self.replaced = True
+        self.stop()
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop gracefully; a second one exits at once (leases then expire)."""
@@ -172,39 +202,3 @@ class Worker:
             except Exception:
                 log.exception("unexpected error in the fetch loop of %s", loop.consumer)
                 self.stopping.wait(1.0)
-
-    def _keep_alive(self) -> None:
-        """Renew the leases of held messages and beat, until the worker stops."""
-        every = min(BEAT_EVERY, self.visibility_timeout / 3)
-        while True:
-            in_flight = 0
-            for loop in self.loops:
-                held = loop.runner.held()
-                in_flight += len(held)
-                if held:
-                    lost = self._safe(loop.consumer.renew, held) or []
-                    still = {m.entry_id for m in loop.runner.held()}
-                    for m in lost:
-                        if m.entry_id in still:
-                            log.warning("lease of %s was lost to another consumer", m.id)
-            for topic in {s.topic for s in self.subscriptions}:
-                self._safe(self.client.trim, topic)
-            counts = self.counts
-            self._safe(
-                self.heartbeat.beat,
-                processed=counts.processed,
-                failed=counts.failed,
-                in_flight=in_flight,
-            )
-            if self.stopping.wait(every):
-                return
-
-    @staticmethod
-    def _safe(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BrokerUnavailable as exc:
-            log.error("%s", exc)
-        except Exception:
-            log.exception("keep-alive step failed")
-        return None

@@ -1,0 +1,56 @@
+"""Tasks for the worker runtime tests; side effects go to a SQLite file ($REDISMQ_TEST_DB)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+
+from redismq import App, current_job
+
+app = App()
+
+
+def record(kind: str, value: str) -> None:
+    with sqlite3.connect(os.environ["REDISMQ_TEST_DB"], timeout=30) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS runs (kind TEXT, value TEXT, pid INTEGER)")
+        db.execute("INSERT INTO runs VALUES (?, ?, ?)", (kind, value, os.getpid()))
+
+
+@app.task(topic="rt", name="sync_job")
+def sync_job(n: int) -> int:
+    record("sync", str(n))
+    return n * 2
+
+
+@app.task(topic="rt", name="async_job")
+async def async_job(n: int) -> int:
+    await asyncio.sleep(0.01)
+    record("async", str(n))
+    return n * 3
+
+
+@app.task(topic="rt", name="forever", time_limit=1.0, max_retries=0)
+def forever() -> None:
+    record("forever-start", current_job().id)
+    while True:
+        time.sleep(0.05)
+
+
+@app.task(topic="rt", name="async_forever", time_limit=0.5, max_retries=0)
+async def async_forever() -> None:
+    record("async-forever-start", current_job().id)
+    await asyncio.sleep(3600)
+
+
+@app.task(topic="rt", name="slow", max_retries=0)
+def slow(seconds: float, tag: str) -> str:
+    record("slow-start", tag)
+    job = current_job()
+    steps = max(1, int(seconds / 0.1))
+    for i in range(steps):
+        time.sleep(seconds / steps)
+        job.set_progress((i + 1) / steps, f"step {i + 1}")
+    record("slow-end", tag)
+    return tag

@@ -1,0 +1,137 @@
+"""The worker runtime with real processes: pool, threads, async, time limits, progress."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+
+import pytest
+
+from tests.apps import runtime_app
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    path = str(tmp_path / "runs.db")
+    monkeypatch.setenv("REDISMQ_TEST_DB", path)
+    runtime_app.record("init", "")
+    return path
+
+
+@pytest.fixture
+def rt(client, db):
+    """The runtime app bound to this test's client."""
+    runtime_app.app._client = client
+    yield runtime_app
+    runtime_app.app._client = None
+
+
+def rows(db: str, kind: str) -> list[tuple[str, int]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT value, pid FROM runs WHERE kind = ?", (kind,)).fetchall()
+
+
+def start_worker(processes, url, *args):
+    return processes.start(
+        "worker", "tests.apps.runtime_app:app", "--url", url, "--log-level", "WARNING", *args
+    )
+
+
+def test_pool_runs_sync_and_async_handlers_in_one_app(rt, url, db, processes):
+    jobs = [rt.sync_job.send(i) for i in range(50)] + [rt.async_job.send(i) for i in range(50)]
+    worker = start_worker(processes, url, "--processes", "2", "--concurrency", "4", "--burst")
+    assert worker.wait(60) == 0, worker.stdout.read()
+    assert [j.result(timeout=1) for j in jobs] == [i * 2 for i in range(50)] + [
+        i * 3 for i in range(50)
+    ]
+    assert len(rows(db, "sync")) == 50 and len(rows(db, "async")) == 50
+
+
+def test_sync_job_over_its_time_limit_is_stopped_and_the_process_replaced(
+    rt, url, db, processes
+):
+    stuck = rt.forever.send()
+    after = [rt.sync_job.send(i) for i in range(5)]
+    worker = start_worker(processes, url, "--processes", "1")
+    assert stuck.status() in ("queued", "running")
+    with pytest.raises(Exception, match="TimeLimitExceeded"):
+        stuck.result(timeout=20)
+    assert worker.wait(20) == 3  # the stuck process exits to be replaced
+    start_worker(processes, url, "--processes", "1", "--burst").wait(30)
+    assert [j.result(timeout=10) for j in after] == [0, 2, 4, 6, 8]
+    assert len(rows(db, "forever-start")) == 1
+
+
+def test_supervisor_replaces_the_process_of_a_stuck_job(rt, url, db, processes):
+    stuck = rt.forever.send()
+    worker = start_worker(processes, url, "--processes", "2", "--concurrency", "2")
+    with pytest.raises(Exception, match="TimeLimitExceeded"):
+        stuck.result(timeout=20)
+    [(_, stuck_pid)] = rows(db, "forever-start")
+    assert wait_for(lambda: not pid_alive(stuck_pid), timeout=10)
+    later = rt.sync_job.send(21)
+    assert later.result(timeout=20) == 42
+    assert worker.poll() is None
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def test_async_job_over_its_time_limit_is_cancelled(rt, url, db, processes):
+    job = rt.async_forever.send()
+    other = rt.async_job.send(1)
+    worker = start_worker(processes, url, "--processes", "1", "--concurrency", "2")
+    with pytest.raises(Exception, match="TimeLimitExceeded"):
+        job.result(timeout=20)
+    assert other.result(timeout=20) == 3
+    assert worker.poll() is None  # cancelling an async job does not cost the process
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def test_progress_is_readable_while_the_job_runs(rt, url, db, processes):
+    job = rt.slow.send(1.5, "p")
+    start_worker(processes, url, "--processes", "1")
+    assert wait_for(lambda: job.progress() is not None, timeout=20)
+    fraction, text = job.progress()
+    assert 0 < fraction <= 1 and text.startswith("step")
+    assert job.result(timeout=20) == "p"
+    assert job.progress() == (1.0, "step 15")
+
+
+def test_sigkilled_child_is_restarted_and_every_job_completes_once(rt, url, db, processes):
+    jobs = [rt.slow.send(0.05, str(i)) for i in range(60)]
+    worker = start_worker(
+        processes, url, "--processes", "2", "--concurrency", "2", "--visibility-timeout", "1"
+    )
+    assert wait_for(lambda: len(rows(db, "slow-end")) >= 10, timeout=30)
+    victim = rows(db, "slow-start")[-1][1]
+    os.kill(victim, signal.SIGKILL)
+    assert all(j.result(timeout=60) == str(i) for i, j in enumerate(jobs))
+    ends = [v for v, _ in rows(db, "slow-end")]
+    assert sorted(set(ends)) == sorted(str(i) for i in range(60))
+    assert len(ends) - 60 <= 4  # at most what the killed process held could run twice
+    assert worker.poll() is None
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def test_sigkilled_parent_takes_its_children_with_it(rt, url, db, processes):
+    job = rt.slow.send(0.5, "x")
+    worker = start_worker(processes, url, "--processes", "2")
+    assert wait_for(lambda: rows(db, "slow-start"), timeout=20)
+    children = {pid for _, pid in rows(db, "slow-start")}
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    assert wait_for(lambda: not any(pid_alive(p) for p in children), timeout=15)
+    start_worker(processes, url, "--processes", "1", "--burst").wait(60)
+    assert job.result(timeout=30) == "x"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
