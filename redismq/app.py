@@ -12,6 +12,7 @@ from .client import Client
 from .errors import InvalidMessage, RedisMQError, UnknownTask
 from .job import Job
 from .message import Message
+from .schedule import Schedule
 
 DEFAULT_TOPIC = "tasks"
 DEFAULT_GROUP = "workers"
@@ -79,6 +80,16 @@ class Task:
         return {"task": self.name, "args": list(args), "kwargs": dict(kwargs or {})}
 
 
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    """A task that workers send on a schedule, once per tick across all of them."""
+
+    task: Task
+    schedule: Schedule
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class Subscription:
     """What one group does with one topic: run named tasks, or one plain handler."""
@@ -122,6 +133,7 @@ class App:
         self._url = client if isinstance(client, str) else None
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self.tasks: dict[str, Task] = {}
+        self.periodics: list[Periodic] = []
 
     @property
     def client(self) -> Client:
@@ -159,6 +171,29 @@ class App:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: timedelta | float | None = None,
+        args: tuple = (),
+        kwargs: dict[str, Any] | None = None,
+        **task_options: Any,
+    ) -> Callable[[Callable[..., Any]], Task]:
+        """Register a task that running workers send on a schedule (cron, UTC; or every=).
+
+        Exactly one message is sent per tick however many workers run. Other keyword
+        arguments are those of `task()`.
+        """
+        schedule = Schedule.of(cron, every)
+
+        def register(f: Callable[..., Any]) -> Task:
+            task = self.task(f, **task_options)
+            self.periodics.append(Periodic(task, schedule, tuple(args), dict(kwargs or {})))
+            return task
+
+        return register
 
     def consumer(
         self,

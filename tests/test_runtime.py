@@ -49,9 +49,7 @@ def test_pool_runs_sync_and_async_handlers_in_one_app(rt, url, db, processes):
     assert len(rows(db, "sync")) == 50 and len(rows(db, "async")) == 50
 
 
-def test_sync_job_over_its_time_limit_is_stopped_and_the_process_replaced(
-    rt, url, db, processes
-):
+def test_sync_job_over_its_time_limit_is_stopped_and_the_process_replaced(rt, url, db, processes):
     stuck = rt.forever.send()
     after = [rt.sync_job.send(i) for i in range(5)]
     worker = start_worker(processes, url, "--processes", "1")
@@ -135,3 +133,16 @@ def pid_alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_periodic_task_is_sent_once_per_tick_across_three_workers(rt, url, db, processes):
+    workers = [
+        start_worker(processes, url, "--processes", "1", "--topic", "rt-periodic") for _ in range(3)
+    ]
+    assert wait_for(lambda: len(rows(db, "tick")) >= 4, timeout=30)
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    assert all(w.wait(30) == 0 for w in workers)
+    ticks = [float(v) for v, _ in rows(db, "tick")]
+    assert len(ticks) == len(set(ticks))  # one run per tick
+    assert all(b - a == 1.0 for a, b in zip(sorted(ticks), sorted(ticks)[1:], strict=False))

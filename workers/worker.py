@@ -17,6 +17,7 @@ from redismq.processing import BatchRunner, Counts, Hooks
 
 from .heartbeat import Heartbeat
 from .housekeeping import Component, Housekeeper, LeaseKeeper, Trimmer, Watchdog
+from .scheduler import Scheduler
 
 log = logging.getLogger("redismq.worker")
 RECONNECT_MAX = 5.0
@@ -56,6 +57,10 @@ class Loop:
         per_message = (time.perf_counter() - started) / len(batch)
         fits = int(BATCH_SECONDS / per_message) if per_message > 0 else self.max_count
         self.count = max(1, min(self.max_count, fits, self.count * 2))
+
+
+def keys(subs: Iterable[Subscription]) -> set[tuple[str, str]]:
+    return {(s.topic, s.group) for s in subs}
 
 
 class Worker:
@@ -116,12 +121,14 @@ class Worker:
                 "concurrency": concurrency,
             },
         )
+        periodics = [p for p in app.periodics if (p.task.topic, p.task.group) in keys(subs)]
         self.housekeeper = Housekeeper(
             [
                 LeaseKeeper(self.loops, visibility_timeout),
                 Watchdog(self.loops, self._replace),
                 Trimmer(self.client, {s.topic for s in subs}),
                 heartbeat,
+                *([Scheduler(self.client, periodics)] if periodics else []),
                 *components,
             ]
         )

@@ -54,3 +54,8 @@ def slow(seconds: float, tag: str) -> str:
         job.set_progress((i + 1) / steps, f"step {i + 1}")
     record("slow-end", tag)
     return tag
+
+
+@app.periodic(every=1.0, topic="rt-periodic", name="tick")
+def tick() -> None:
+    record("tick", current_job().message.headers["periodic-tick"])
