@@ -25,6 +25,7 @@ log = logging.getLogger("redismq.consumer")
 
 _consumer_numbers = itertools.count(1)
 NO_RESULT = object()
+CANCELLED = object()
 MAX_BACKOFF = 3600.0
 MOVE_BATCH = 500
 # How often due delayed messages and retries are looked for when none is known to be due
@@ -39,7 +40,7 @@ def consumer_name() -> str:
 
 def backoff_delay(backoff: float, attempt: int) -> float:
     """Exponential backoff with jitter: between half and all of backoff·2^attempt, capped."""
-    return min(MAX_BACKOFF, backoff * (2**attempt)) * random.uniform(0.5, 1.0)
+    return min(MAX_BACKOFF, backoff * 2.0 ** min(attempt, 64)) * random.uniform(0.5, 1.0)
 
 
 def describe(exc: BaseException) -> str:
@@ -212,25 +213,45 @@ class Consumer:
         return messages
 
     def _drop_done(self, messages: list[Message]) -> list[Message]:
-        """Acknowledge, without returning them, messages the group already completed."""
+        """Acknowledge, without returning them, messages the group already completed and
+        messages whose job was cancelled."""
         if not messages:
             return messages
         by_queue = self._by_queue(messages)
-        seen: set[str] = set()
+        done: set[str] = set()
+        cancelled: set[str] = set()
         for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
             pipe = broker.redis.pipeline(transaction=False)
             for q in queues:
-                pipe.zmscore(q.keys.done(self.group), [m.id for m in by_queue[q.index]])
-            for q, scores in zip(queues, pipe.execute(), strict=True):
-                for m, score in zip(by_queue[q.index], scores, strict=True):
+                ids = [m.id for m in by_queue[q.index]]
+                pipe.zmscore(q.keys.done(self.group), ids)
+                pipe.smismember(q.keys.cancelled, ids)
+            replies = pipe.execute()
+            for n, q in enumerate(queues):
+                scores, flags = replies[2 * n], replies[2 * n + 1]
+                for m, score, flag in zip(by_queue[q.index], scores, flags, strict=True):
                     if score is not None:
-                        seen.add(m.entry_id)
-        if not seen:
+                        done.add(m.entry_id)
+                    elif flag:
+                        cancelled.add(m.entry_id)
+        if not done and not cancelled:
             return messages
-        dupes = [m for m in messages if m.entry_id in seen]
-        log.info("acknowledged %d already completed message(s) without running", len(dupes))
-        self.ack_many(dupes)
-        return [m for m in messages if m.entry_id not in seen]
+        skipped = [m for m in messages if m.entry_id in done or m.entry_id in cancelled]
+        log.info("settled %d done or cancelled message(s) without running", len(skipped))
+        self.ack_many(
+            skipped, [CANCELLED if m.entry_id in cancelled else NO_RESULT for m in skipped]
+        )
+        return [m for m in messages if m.entry_id not in done and m.entry_id not in cancelled]
+
+    def cancelled(self, messages: Sequence[Message]) -> list[Message]:
+        """Those of the messages whose job has been cancelled."""
+        out: list[Message] = []
+        with self.client.errors():
+            for m in messages:
+                q = self.queues[m.queue]
+                if q.broker.redis.sismember(q.keys.cancelled, m.id):
+                    out.append(m)
+        return out
 
     @staticmethod
     def _by_queue(messages: Iterable[Message]) -> dict[int, list[Message]]:
@@ -268,7 +289,8 @@ class Consumer:
     def ack_many(self, messages: Sequence[Message], results: Sequence[Any] | None = None) -> int:
         """Acknowledge messages as done with one script call per queue.
 
-        `results`, if given, holds one result per message, NO_RESULT for none.
+        `results`, if given, holds one result per message: NO_RESULT for none, CANCELLED for
+        a cancelled job (acknowledged and recorded done, so that it never runs).
         Returns how many were newly completed (the rest were duplicates).
         """
         if not messages:
@@ -285,7 +307,7 @@ class Consumer:
                 for q in queues:
                     keys, args = self._settle_call(q, by_queue[q.index], now)
                     broker.scripts.settle(keys=keys, args=args, client=pipe)
-                completed += sum(done for done, _ in pipe.execute())
+                completed += sum(reply[0] for reply in pipe.execute())
         return completed
 
     def _settle_call(
@@ -293,10 +315,14 @@ class Consumer:
     ) -> tuple[list[str], list[Any]]:
         k = q.keys
         keys = [k.stream, k.retry_stream(self.group), k.done(self.group), k.stats(self.group)]
+        keys.append(k.cancelled)
         args: list[Any] = [self.group, now, self.client.done_ttl_ms, self.client.result_ttl_ms]
         for m, result in items:
-            encoded = "" if result is NO_RESULT else encode_result(result)
-            if encoded:
+            if result is CANCELLED:
+                encoded = "~"
+            else:
+                encoded = "" if result is NO_RESULT else encode_result(result)
+            if encoded not in ("", "~"):
                 keys += [k.job(m.id), k.job_notify(m.id)]
             args += [m.id, m.entry_id, 1 if m.from_retry else 0, encoded]
         return keys, args
@@ -471,4 +497,4 @@ def job_error(error: str) -> str:
     return json.dumps({"type": kind, "message": text})
 
 
-__all__ = ["Consumer", "NO_RESULT", "backoff_delay", "describe"]
+__all__ = ["CANCELLED", "Consumer", "NO_RESULT", "backoff_delay", "describe"]

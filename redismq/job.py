@@ -12,11 +12,12 @@ from .keys import QueueKeys
 if TYPE_CHECKING:
     from .client import Client
 
-STATUSES = ("queued", "running", "done", "failed", "dead")
+STATUSES = ("queued", "running", "done", "failed", "dead", "cancelled")
 
 
 class Job:
-    """A sent task. `status()` is one of queued, running, done, failed (will retry), dead."""
+    """A sent task. `status()` is one of queued, running, done, failed (will retry), dead,
+    cancelled."""
 
     def __init__(
         self,
@@ -69,6 +70,19 @@ class Job:
             return "running"
         return "queued"
 
+    def cancel(self) -> bool:
+        """Stop the job: a queued one never runs, a running one is stopped as a time limit
+        would stop it. Returns False if it had already finished."""
+        k = self.keys
+        with self.client.errors():
+            broker = self.client.router.queue_broker(self.client.topic(self.topic), self.queue)
+            return bool(
+                broker.scripts.cancel(
+                    keys=[k.job(self.id), k.job_notify(self.id), k.cancelled, k.done(self.group)],
+                    args=[self.id, self.client.result_ttl_ms],
+                )
+            )
+
     def progress(self) -> tuple[float, str] | None:
         """The last progress the running task reported: (fraction, text), or None."""
         raw = self.info().get("progress")
@@ -89,7 +103,7 @@ class Job:
             r = self._redis()
             while True:
                 info = self.info()
-                if info.get("status") in ("done", "dead"):
+                if info.get("status") in ("done", "dead", "cancelled"):
                     return self._final(info)
                 left = 5.0 if deadline is None else deadline - time.monotonic()
                 if left <= 0:
@@ -100,5 +114,7 @@ class Job:
     def _final(self, info: dict[str, str]) -> Any:
         if info["status"] == "done":
             return json.loads(info["result"]) if "result" in info else None
+        if info["status"] == "cancelled":
+            raise JobFailed(self.id, "Cancelled", "the job was cancelled", "cancelled")
         error = json.loads(info.get("error") or "{}")
         raise JobFailed(self.id, error.get("type", "Error"), error.get("message", ""), "dead")

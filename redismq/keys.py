@@ -36,6 +36,11 @@ class QueueKeys:
         """Hash of queue-wide counters (sent, deduplicated, dropped)."""
         return f"{self.tag}:counters"
 
+    @property
+    def cancelled(self) -> str:
+        """Set of ids of this queue's jobs cancelled before a worker settled them."""
+        return f"{self.tag}:cancelled"
+
     def dedup(self, dedup_key: str) -> str:
         return f"{self.tag}:dedup:{dedup_key}"
 

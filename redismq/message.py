@@ -41,7 +41,9 @@ def encode_body(body: Any, max_body: int = DEFAULT_MAX_BODY) -> tuple[bytes, boo
         data, raw = bytes(body), True
     else:
         try:
-            data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            data = json.dumps(
+                body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidMessage(f"body is not JSON-serialisable: {exc}") from None
         raw = False
@@ -131,7 +133,7 @@ def decode_entry(
         attempt = int(fields.get(F_ATTEMPT, 0))
         key = fields[F_KEY].decode() if F_KEY in fields else None
         headers = json.loads(fields[F_HEADERS]) if F_HEADERS in fields else {}
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidMessage(f"message {mid}: malformed metadata ({exc})") from None
     if not isinstance(headers, dict):
         raise InvalidMessage(f"message {mid}: headers are not an object")

@@ -10,6 +10,7 @@ import redis
 
 NAMES = (
     "create_topic",
+    "cancel",
     "send",
     "move_due",
     "settle",

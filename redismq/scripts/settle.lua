@@ -1,19 +1,24 @@
--- Record successful outcomes of one queue for one group: XACK, done record, counters and
--- (for tasks) the stored result, all at once.
+-- Record successful (or cancelled) outcomes of one queue for one group: XACK, done record,
+-- counters and (for tasks) the stored result, all at once.
 -- KEYS[1] stream, KEYS[2] group's retry stream, KEYS[3] done zset, KEYS[4] stats hash,
--- KEYS[5..] per stored result: job hash, notify list (in message order)
+-- KEYS[5] the queue's cancelled set,
+-- KEYS[6..] per stored result: job hash, notify list (in message order)
 -- ARGV[1] group, ARGV[2] now ms, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
 -- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
---   result ('' = not stored, else the JSON result)
--- Returns {completed, duplicates}
+--   result ('' = not stored, '~' = the job was cancelled, else the JSON result)
+-- Returns {completed, duplicates, cancelled}
 local group, now = ARGV[1], tonumber(ARGV[2])
 local done_ttl, result_ttl = ARGV[3], ARGV[4]
-local completed, duplicates, k = 0, 0, 5
+local completed, duplicates, cancelled, k = 0, 0, 0, 6
 local main, retried = {}, {}
 for i = 5, #ARGV, 4 do
   local mid, eid, src, result = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
-  if redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1 then
+  local first = redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1
+  if result == '~' then
+    redis.call('SREM', KEYS[5], mid)
+    if first then cancelled = cancelled + 1 end
+  elseif first then
     completed = completed + 1
     if result ~= '' then
       redis.call('HSET', KEYS[k], 'status', 'done', 'result', result, 'finished', now)
@@ -24,7 +29,7 @@ for i = 5, #ARGV, 4 do
   else
     duplicates = duplicates + 1
   end
-  if result ~= '' then k = k + 2 end
+  if result ~= '' and result ~= '~' then k = k + 2 end
 end
 if #main > 0 then redis.call('XACK', KEYS[1], group, unpack(main)) end
 if #retried > 0 then
@@ -33,5 +38,6 @@ if #retried > 0 then
 end
 if completed > 0 then redis.call('HINCRBY', KEYS[4], 'done', completed) end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', duplicates) end
+if cancelled > 0 then redis.call('HINCRBY', KEYS[4], 'cancelled', cancelled) end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(done_ttl))
-return {completed, duplicates}
+return {completed, duplicates, cancelled}

@@ -1,0 +1,237 @@
+"""The Lua scripts, run on fakeredis (with its Lua engine), one script at a time."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+import redis
+
+from redismq.scripts import NAMES, Scripts, source
+
+STREAM, DELAYED, DEDUP, COUNTERS = "s", "d", "dd", "c"
+SEND_KEYS = [STREAM, DELAYED, DEDUP, COUNTERS]
+
+
+@pytest.fixture
+def r() -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+@pytest.fixture
+def scripts(r: fakeredis.FakeRedis) -> Scripts:
+    s = Scripts(r)
+    try:
+        s.move_due(keys=["probe:z", "probe:s"], args=[0, 1])
+    except redis.ResponseError as exc:  # pragma: no cover - depends on the fakeredis build
+        pytest.skip(f"fakeredis cannot run Lua scripts here: {exc}")
+    return s
+
+
+def fields_args(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
+    return [x for pair in fields for x in pair]
+
+
+def test_every_script_has_a_source() -> None:
+    for name in NAMES:
+        text = source(name)
+        assert "local function pack" in text  # the shared helpers come first
+        assert len(text) > 200
+
+
+def test_unknown_script_attribute() -> None:
+    with pytest.raises(AttributeError):
+        Scripts(fakeredis.FakeRedis()).nonexistent  # noqa: B018
+
+
+# -- send ------------------------------------------------------------------------------------
+
+
+def test_send_plain_appends(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 0, b"id", b"m1", b"body", b"{}"])
+    assert reply == [b"m1", 1]
+    [(_, fields)] = r.xrange(STREAM)
+    assert fields == {b"id": b"m1", b"body": b"{}"}
+    assert not r.exists(DEDUP)
+    assert r.zcard(DELAYED) == 0
+
+
+def test_send_dedup_returns_the_first_id(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    first = scripts.send(keys=SEND_KEYS, args=["m1", 60_000, 0, b"id", b"m1", b"body", b"1"])
+    second = scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 0, b"id", b"m2", b"body", b"2"])
+    third = scripts.send(keys=SEND_KEYS, args=["m3", 60_000, 0, b"id", b"m3", b"body", b"3"])
+    assert first == [b"m1", 1]
+    assert second == [b"m1", 0]
+    assert third == [b"m1", 0]
+    assert r.xlen(STREAM) == 1
+    assert r.hget(COUNTERS, "deduplicated") == b"2"
+    assert r.get(DEDUP) == b"m1"
+    assert 0 < r.pttl(DEDUP) <= 60_000
+
+
+def test_send_dedup_window_expires(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    scripts.send(keys=SEND_KEYS, args=["m1", 60_000, 0, b"id", b"m1", b"body", b"1"])
+    r.delete(DEDUP)  # what expiry does when the window has passed
+    assert scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 0, b"id", b"m2"]) == [b"m2", 1]
+    assert r.xlen(STREAM) == 2
+
+
+def test_send_other_dedup_key_is_sent(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 0, b"id", b"m1"])
+    other = [STREAM, DELAYED, "dd2", COUNTERS]
+    assert scripts.send(keys=other, args=["m2", 1000, 0, b"id", b"m2"]) == [b"m2", 1]
+    assert r.xlen(STREAM) == 2
+
+
+def test_send_delayed_waits_in_the_zset(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 5000, b"id", b"m1", b"body", b"{}"])
+    assert reply == [b"m1", 1]
+    assert r.xlen(STREAM) == 0
+    [(member, score)] = r.zrange(DELAYED, 0, -1, withscores=True)
+    assert score == 5000
+    assert member == b"2:id2:m14:body2:{}"
+
+
+def test_send_delayed_with_dedup(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 5000, b"id", b"m1"])
+    assert scripts.send(keys=SEND_KEYS, args=["m2", 1000, 6000, b"id", b"m2"]) == [b"m1", 0]
+    assert r.zcard(DELAYED) == 1
+
+
+# -- move_due --------------------------------------------------------------------------------
+
+
+def schedule(scripts: Scripts, mid: str, due: int, body: bytes = b"{}") -> None:
+    scripts.send(keys=SEND_KEYS, args=[mid, 0, due, b"id", mid.encode(), b"body", body])
+
+
+def test_move_due_moves_only_due_entries(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    for mid, due in [("a", 1000), ("b", 2000), ("c", 3000), ("d", 4000)]:
+        schedule(scripts, mid, due)
+    nxt = scripts.move_due(keys=[DELAYED, STREAM], args=[2000, 500])
+    assert nxt == 3000
+    assert [f[b"id"] for _, f in r.xrange(STREAM)] == [b"a", b"b"]
+    assert r.zcard(DELAYED) == 2
+
+
+def test_move_due_none_due(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    schedule(scripts, "a", 9000)
+    assert scripts.move_due(keys=[DELAYED, STREAM], args=[8999, 500]) == 9000
+    assert r.xlen(STREAM) == 0
+
+
+def test_move_due_empty_returns_minus_one(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    assert scripts.move_due(keys=[DELAYED, STREAM], args=[10**13, 500]) == -1
+    schedule(scripts, "a", 1000)
+    assert scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500]) == -1
+    assert r.xlen(STREAM) == 1
+    assert not r.exists(DELAYED)
+
+
+def test_move_due_batch_limit(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    for i in range(5):
+        schedule(scripts, f"m{i}", 1000 + i)
+    # Two moved; the next one is already due, which tells the caller to run again at once.
+    assert scripts.move_due(keys=[DELAYED, STREAM], args=[5000, 2]) == 1002
+    assert r.xlen(STREAM) == 2
+    assert scripts.move_due(keys=[DELAYED, STREAM], args=[5000, 10]) == -1
+    assert [f[b"id"] for _, f in r.xrange(STREAM)] == [f"m{i}".encode() for i in range(5)]
+
+
+def test_move_due_twice_moves_once(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    schedule(scripts, "a", 1000)
+    scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500])
+    scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500])
+    assert r.xlen(STREAM) == 1
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b":",
+        b"12:34",
+        b"3:abc",
+        b"\x00\x01\xff\xfe",
+        "Zoë — 名前".encode(),
+        b'{"a":"b:c"}',
+        bytes(range(256)),
+        b"x" * 10_000,
+    ],
+)
+def test_packing_is_binary_safe(r: fakeredis.FakeRedis, scripts: Scripts, value: bytes) -> None:
+    fields = [(b"id", b"m"), (b"body", value), (b"k:e:y", value), (b"created", b"17")]
+    scripts.send(keys=SEND_KEYS, args=["m", 0, 1000, *fields_args(fields)])
+    scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500])
+    [(_, got)] = r.xrange(STREAM)
+    assert got == dict(fields)
+
+
+# -- create_topic ----------------------------------------------------------------------------
+
+
+def test_create_topic_is_idempotent(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    keys = ["topics", "routes", "version"]
+    first = scripts.create_topic(keys=keys, args=["chan", "t", '{"queues":2}', "b1", "b2"])
+    assert first == b'{"queues":2}'
+    assert r.hgetall("routes") == {b"t#0": b"b1", b"t#1": b"b2"}
+    assert r.get("version") == b"1"
+    again = scripts.create_topic(keys=keys, args=["chan", "t", '{"queues":5}', "x", "y"])
+    assert again == b'{"queues":2}'
+    assert r.hgetall("routes") == {b"t#0": b"b1", b"t#1": b"b2"}
+    assert r.get("version") == b"1"
+
+
+# -- settle ----------------------------------------------------------------------------------
+
+
+def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    e1 = r.xadd(STREAM, {"id": "m1"}).decode()
+    e2 = r.xadd(STREAM, {"id": "m2"}).decode()
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "c1", {STREAM: ">"})
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "job:m2", "notify:m2"]
+    args = ["g", 1000, 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, '{"ok":true}']
+    assert scripts.settle(keys=keys, args=args) == [2, 0, 0]
+    assert r.xpending(STREAM, "g")["pending"] == 0
+    assert r.zscore("done", "m1") == 1000
+    assert r.hgetall("stats") == {b"done": b"2"}
+    assert r.hget("job:m2", "result") == b'{"ok":true}'
+    assert r.lrange("notify:m2", 0, -1) == [b"done"]
+    assert not r.exists("job:m1")
+    # Settling again counts duplicates and stores nothing new.
+    assert scripts.settle(keys=keys, args=args) == [0, 2, 0]
+    assert r.hget("stats", "duplicates") == b"2"
+    assert r.llen("notify:m2") == 1
+
+
+def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    e = r.xadd("rs", {"id": "m1"}).decode()
+    r.xgroup_create("rs", "g", id="0")
+    r.xreadgroup("g", "c1", {"rs": ">"})
+    assert scripts.settle(
+        keys=[STREAM, "rs", "done", "stats", "cancelled"],
+        args=["g", 1000, 60_000, 0, "m1", e, 1, ""],
+    ) == [1, 0, 0]
+    assert r.xlen("rs") == 0
+    assert r.xpending("rs", "g")["pending"] == 0
+
+
+def test_settle_forgets_old_done_records(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    r.zadd("done", {"old": 100, "recent": 9_500})
+    scripts.settle(keys=[STREAM, "rs", "done", "stats", "cancelled"], args=["g", 10_000, 1000, 0])
+    assert r.zrange("done", 0, -1) == [b"recent"]
+
+
+def test_settle_of_a_cancelled_job_records_done_without_a_result(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    e = r.xadd(STREAM, {"id": "m1"}).decode()
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "c1", {STREAM: ">"})
+    r.sadd("cancelled", "m1")
+    keys = [STREAM, "rs", "done", "stats", "cancelled"]
+    assert scripts.settle(keys=keys, args=["g", 1000, 60_000, 0, "m1", e, 0, "~"]) == [0, 0, 1]
+    assert r.xpending(STREAM, "g")["pending"] == 0
+    assert r.zscore("done", "m1") == 1000
+    assert not r.sismember("cancelled", "m1")
+    assert r.hgetall("stats") == {b"cancelled": b"1"}
