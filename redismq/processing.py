@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .app import Subscription, Task
-from .consumer import NO_RESULT, Consumer, describe
+from .consumer import CANCELLED, NO_RESULT, Consumer, describe
 from .context import JobContext, reset_current, set_current
 from .errors import InvalidMessage, UnknownTask
 from .message import Message
@@ -34,6 +34,7 @@ class Counts:
     dead: int = 0
     duplicates: int = 0
     released: int = 0
+    cancelled: int = 0
 
     def add(self, other: Counts) -> None:
         for name in self.__slots__:
@@ -45,17 +46,25 @@ class TimeLimitExceeded(Exception):
 
 
 def call_handler(
-    fn: Callable[..., Any], args: tuple, kwargs: dict, time_limit: float | None = None
+    fn: Callable[..., Any], args: tuple, kwargs: dict, running: Running | None = None
 ) -> Any:
     """Call a handler; a coroutine function runs on this thread's loop, cancelled at the
-    time limit (a sync handler's limit is enforced by the worker, which replaces it)."""
+    time limit (a sync handler's limit is enforced by the worker, which replaces it).
+
+    `running`, if given, receives the asyncio task so that another thread can cancel it.
+    """
     result = fn(*args, **kwargs)
     if not asyncio.iscoroutine(result):
         return result
+    limit = running.time_limit if running is not None else None
+    loop = _loop()
+    task = loop.create_task(asyncio.wait_for(result, limit))
+    if running is not None:
+        running.loop, running.aio_task = loop, task
     try:
-        return _loop().run_until_complete(asyncio.wait_for(result, time_limit))
+        return loop.run_until_complete(task)
     except TimeoutError:
-        raise TimeLimitExceeded(f"async job exceeded its time limit of {time_limit}s") from None
+        raise TimeLimitExceeded(f"async job exceeded its time limit of {limit}s") from None
 
 
 _local = threading.local()
@@ -78,7 +87,7 @@ class Hooks:
     def after_process(
         self, msg: Message, task: str | None, outcome: str, duration: float, error: str | None
     ) -> None:
-        """A handler finished: outcome is done, retry or dead."""
+        """A handler finished: outcome is done, retry, dead or cancelled."""
 
     def after_settle(self, completed: int, duplicates: int) -> None:
         """Successes were acknowledged: `duplicates` had been completed before."""
@@ -92,6 +101,8 @@ class Running:
     task: str | None
     started: float
     time_limit: float | None
+    loop: asyncio.AbstractEventLoop | None = None
+    aio_task: asyncio.Task | None = None
 
 
 class OutcomeLog(Hooks):
@@ -168,9 +179,13 @@ class BatchRunner:
             hook.before_process(msg, name)
         token = set_current(JobContext(msg, name, self.consumer))
         started = time.perf_counter()
-        self.running = Running(msg, name, time.monotonic(), limit)
+        self.running = running = Running(msg, name, time.monotonic(), limit)
         try:
-            result = call_handler(fn, args, kwargs, limit)
+            result = call_handler(fn, args, kwargs, running)
+        except asyncio.CancelledError:
+            self.running = None
+            self._cancelled(msg, name, counts, time.perf_counter() - started)
+            return
         except Exception as exc:
             self.running = None
             self.fail(msg, exc, task, counts, time.perf_counter() - started)
@@ -218,11 +233,31 @@ class BatchRunner:
         for hook in self.hooks:
             hook.after_settle(completed, len(done) - completed)
 
-    def abandon(self, counts: Counts) -> Running | None:
+    def _cancelled(self, msg: Message, task: str | None, counts: Counts, took: float) -> None:
+        self._flush(counts)
+        self.consumer.ack_many([msg], [CANCELLED])
+        counts.cancelled += 1
+        self._after(msg, task, "cancelled", took, None)
+
+    def cancel_running(self, counts: Counts) -> Running | None:
+        """Stop the running job because it was cancelled (called from another thread).
+
+        An async job is cancelled on its loop; a sync one is abandoned (see `abandon`).
+        """
+        running = self.running
+        if running is None or self.abandoned:
+            return None
+        if running.aio_task is not None and running.loop is not None:
+            running.loop.call_soon_threadsafe(running.aio_task.cancel)
+            return running
+        return self.abandon(counts, cancelled=True)
+
+    def abandon(self, counts: Counts, cancelled: bool = False) -> Running | None:
         """Give up on the batch of a thread stuck in a handler (called from another thread).
 
-        Settles what finished, fails the running message with TimeLimitExceeded, hands the
-        unstarted rest back, and makes the stuck thread drop whatever it does next.
+        Settles what finished, fails the running message with TimeLimitExceeded (or settles
+        it as cancelled), hands the unstarted rest back, and makes the stuck thread drop
+        whatever it does next.
         """
         running = self.running
         if running is None or self.abandoned:
@@ -230,10 +265,13 @@ class BatchRunner:
         self.abandoned = True
         rest = list(self._batch[self._pos + 1 :])
         self._flush(counts)
-        task = self.subscription.tasks.get(running.task or "")
         took = time.monotonic() - running.started
-        exc = TimeLimitExceeded(f"job exceeded its time limit of {running.time_limit}s")
-        self.fail(running.message, exc, task, counts, took)
+        if cancelled:
+            self._cancelled(running.message, running.task, counts, took)
+        else:
+            task = self.subscription.tasks.get(running.task or "")
+            exc = TimeLimitExceeded(f"job exceeded its time limit of {running.time_limit}s")
+            self.fail(running.message, exc, task, counts, took)
         self.consumer.release(rest)
         counts.released += len(rest)
         self._batch = ()

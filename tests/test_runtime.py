@@ -146,3 +146,40 @@ def test_periodic_task_is_sent_once_per_tick_across_three_workers(rt, url, db, p
     ticks = [float(v) for v, _ in rows(db, "tick")]
     assert len(ticks) == len(set(ticks))  # one run per tick
     assert all(b - a == 1.0 for a, b in zip(sorted(ticks), sorted(ticks)[1:], strict=False))
+
+
+def test_cancelled_queued_job_never_runs(rt, url, db, processes):
+    job = rt.slow.send_with_options(args=(0.01, "never"), delay=1.0)
+    assert job.cancel() is True
+    assert job.status() == "cancelled"
+    after = rt.sync_job.send_with_options(args=(1,), delay=1.2)
+    start_worker(processes, url, "--processes", "1", "--burst").wait(30)
+    assert after.result(timeout=10) == 2
+    assert rows(db, "slow-start") == []
+    with pytest.raises(Exception, match="cancelled"):
+        job.result(timeout=1)
+    assert job.cancel() is False  # finished jobs cannot be cancelled again
+
+
+def test_cancelled_running_sync_job_is_stopped(rt, url, db, processes):
+    job = rt.slow.send(30, "long")
+    worker = start_worker(processes, url, "--processes", "1")
+    assert wait_for(lambda: rows(db, "slow-start"), timeout=20)
+    assert job.cancel() is True
+    assert worker.wait(20) == 3  # a sync job can only be stopped with its process
+    assert job.status() == "cancelled"
+    assert rows(db, "slow-end") == []
+
+
+def test_cancelled_running_async_job_is_cancelled_in_place(rt, url, db, processes):
+    job = rt.async_sleep.send(60)
+    worker = start_worker(processes, url, "--processes", "1")
+    assert wait_for(lambda: rows(db, "async-sleep-start"), timeout=20)
+    assert job.cancel() is True
+    later = rt.async_job.send(5)
+    assert later.result(timeout=20) == 15
+    assert worker.poll() is None
+    assert job.status() == "cancelled"
+    assert rows(db, "async-sleep-end") == []
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

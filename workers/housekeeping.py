@@ -119,6 +119,31 @@ class Watchdog(Component):
                 self.on_stuck()
 
 
+class Canceller(Component):
+    """Stops running jobs that were cancelled: an async one is cancelled on its loop, a
+    sync one is abandoned and the process asked to be replaced (`on_stuck`)."""
+
+    interval = 0.5
+
+    def __init__(self, loops: Sequence[Loop], on_stuck: Callable[[], None]) -> None:
+        self.loops = loops
+        self.on_stuck = on_stuck
+
+    def tick(self) -> None:
+        for loop in self.loops:
+            r = loop.runner.running
+            if r is None or not loop.consumer.cancelled([r.message]):
+                continue
+            counts = Counts()
+            stopped = loop.runner.cancel_running(counts)
+            loop.counts.add(counts)
+            if stopped is not None and stopped.aio_task is None:
+                log.warning(
+                    "job %s was cancelled while running: replacing this process", r.message.id
+                )
+                self.on_stuck()
+
+
 class Trimmer(Component):
     """Trims the consumed topics by their retention."""
 

@@ -16,7 +16,14 @@ from redismq import App, BrokerUnavailable, Consumer, Subscription
 from redismq.processing import BatchRunner, Counts, Hooks
 
 from .heartbeat import Heartbeat
-from .housekeeping import Component, Housekeeper, LeaseKeeper, Trimmer, Watchdog
+from .housekeeping import (
+    Canceller,
+    Component,
+    Housekeeper,
+    LeaseKeeper,
+    Trimmer,
+    Watchdog,
+)
 from .scheduler import Scheduler
 
 log = logging.getLogger("redismq.worker")
@@ -126,6 +133,7 @@ class Worker:
             [
                 LeaseKeeper(self.loops, visibility_timeout),
                 Watchdog(self.loops, self._replace),
+                Canceller(self.loops, self._replace),
                 Trimmer(self.client, {s.topic for s in subs}),
                 heartbeat,
                 *([Scheduler(self.client, periodics)] if periodics else []),

@@ -59,3 +59,10 @@ def slow(seconds: float, tag: str) -> str:
 @app.periodic(every=1.0, topic="rt-periodic", name="tick")
 def tick() -> None:
     record("tick", current_job().message.headers["periodic-tick"])
+
+
+@app.task(topic="rt", name="async_sleep", max_retries=0)
+async def async_sleep(seconds: float) -> None:
+    record("async-sleep-start", current_job().id)
+    await asyncio.sleep(seconds)
+    record("async-sleep-end", current_job().id)
