@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import time
 
 import pytest
 
@@ -183,3 +184,52 @@ def test_cancelled_running_async_job_is_cancelled_in_place(rt, url, db, processe
     assert rows(db, "async-sleep-end") == []
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+def test_sigterm_lets_running_jobs_finish_and_hands_the_rest_over_at_once(
+    rt, url, db, processes
+):
+    jobs = [rt.slow.send(1.0, str(i)) for i in range(220)]
+    first = start_worker(processes, url, "--processes", "1", "--concurrency", "20")
+    assert wait_for(lambda: len(rows(db, "slow-start")) >= 20, timeout=30)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(30) == 0
+    started_by_first = {v for v, _ in rows(db, "slow-start")}
+    assert started_by_first <= {v for v, _ in rows(db, "slow-end")}  # running ones finished
+    handed_over = time.monotonic()
+    second = start_worker(processes, url, "--processes", "1", "--concurrency", "50")
+    assert wait_for(lambda: len(rows(db, "slow-start")) > len(started_by_first), timeout=30)
+    takeover = time.monotonic() - handed_over
+    print(f"second worker started new jobs {takeover:.2f}s after the first exited")
+    assert all(j.result(timeout=60) == str(i) for i, j in enumerate(jobs))
+    starts = [v for v, _ in rows(db, "slow-start")]
+    assert sorted(starts) == sorted(str(i) for i in range(220))  # none lost, none run twice
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0
+
+
+def test_long_job_with_short_visibility_timeout_is_never_run_twice(rt, url, db, processes):
+    job = rt.slow.send(90, "long")
+    workers = [
+        start_worker(processes, url, "--processes", "1", "--visibility-timeout", "10")
+        for _ in range(2)
+    ]
+    assert job.result(timeout=150) == "long"
+    assert [v for v, _ in rows(db, "slow-start")] == ["long"]
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(30) == 0
+
+
+def test_worker_that_stops_beating_leaves_status_within_three_beats(
+    rt, client, url, db, processes
+):
+    from redismq.status import BEAT_EVERY, MISSED_BEATS, live_workers
+
+    worker = start_worker(processes, url, "--processes", "1")
+    assert wait_for(lambda: len(live_workers(client)) == 1, timeout=20)
+    [record] = live_workers(client)
+    assert record["pid"] == worker.pid and record["topics"] == ["rt", "rt-periodic"]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    assert wait_for(lambda: live_workers(client) == [], timeout=BEAT_EVERY * MISSED_BEATS + 2)
