@@ -191,8 +191,28 @@ class Consumer:
                 entries = [(eid, f) for eid, f in reply[1] if eid is not None]
                 if entries:
                     log.info("took over %d expired message(s) on %s", len(entries), stream)
-                messages += self._decode([[stream, entries]])
+                    messages += self._count_crashes(broker, stream, entries)
         return messages
+
+    def _count_crashes(self, broker: Broker, stream: bytes, entries: list) -> list[Message]:
+        """Count each earlier delivery that ended without an outcome as a failed attempt,
+        and dead-letter messages that took down their worker more than max_retries times."""
+        delivered = {
+            p["message_id"]: p["times_delivered"]
+            for p in broker.redis.xpending_range(
+                stream, self.group, entries[0][0], entries[-1][0], len(entries), self.name
+            )
+        }
+        alive = []
+        for msg in self._decode([[stream, entries]]):
+            msg.attempt += max(0, delivered.get(msg.entry_id.encode(), 1) - 1)
+            if msg.attempt > self.max_retries:
+                reason = f"delivered {msg.attempt} times without an outcome (its worker died)"
+                log.warning("dead-lettered %s: %s", msg.id, reason)
+                self.dead_letter(msg, reason, track=True)
+            else:
+                alive.append(msg)
+        return alive
 
     def _decode(self, reply: Sequence[Any]) -> list[Message]:
         messages, bad = [], []

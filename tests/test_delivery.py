@@ -98,3 +98,26 @@ def test_released_message_is_available_to_another_consumer_at_once(client):
 def test_consumer_of_unknown_topic_is_a_clear_error(client):
     with pytest.raises(TopicNotFound, match="'nope' does not exist"):
         client.consumer("nope", "g")
+
+
+def test_message_that_keeps_killing_its_worker_is_dead_lettered(client):
+    client.create_topic("poison", queues=1)
+    mid = client.send("poison", {"x": 1})
+    for _ in range(3):  # three consumers take it and die without an outcome
+        doomed = client.consumer("poison", "g", visibility_timeout=0.1, max_retries=2)
+        assert wait_for_one(doomed, mid)
+        time.sleep(0.15)
+    last = client.consumer("poison", "g", visibility_timeout=0.1, max_retries=2)
+    time.sleep(0.15)
+    assert last.receive(count=10, block=0.2) == []
+    [dead] = client.dead_letters("poison", "g")
+    assert dead.id == mid and "without an outcome" in dead.reason
+
+
+def wait_for_one(consumer, mid: str) -> bool:
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        got = consumer.receive(count=10, block=0.1)
+        if got:
+            return [m.id for m in got] == [mid]
+    return False
