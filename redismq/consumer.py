@@ -97,6 +97,11 @@ class Consumer:
         for q in self.queues:
             self._by_stream[q.keys.stream.encode()] = (q, False)
             self._by_stream[q.keys.retry_stream(group).encode()] = (q, True)
+        self._streams = {
+            broker: {s: ">" for q in queues for s in (q.keys.stream, q.keys.retry_stream(group))}
+            for broker, queues in self._by_broker(self.queues).items()
+        }
+        self._active_streams = 1
         self._next_move = 0.0
         self._next_claim = 0.0
         self._claim_every = max(0.05, min(visibility_timeout / 4, 5.0))
@@ -157,22 +162,28 @@ class Consumer:
         return max(1, int(wait * 1000))
 
     def _read(self, count: int, block_ms: int | None) -> list[Message]:
-        by_broker = self._by_broker(self.queues)
-        per_stream = max(1, -(-count // (2 * len(self.queues))))
+        """Read up to `count` new messages over all streams.
+
+        XREADGROUP's COUNT is per stream: it is set from how many streams had messages
+        last time, and what comes beyond `count` is handed back at once.
+        """
+        per_stream = max(1, -(-count // self._active_streams))
         messages: list[Message] = []
-        for broker, queues in by_broker.items():
-            streams: dict[str, str] = {}
-            for q in queues:
-                streams[q.keys.stream] = ">"
-                streams[q.keys.retry_stream(self.group)] = ">"
+        active = 0
+        for broker, streams in self._streams.items():
             reply = broker.redis.xreadgroup(
                 self.group,
                 self.name,
                 streams,
                 count=per_stream,
-                block=block_ms if len(by_broker) == 1 else None,
+                block=block_ms if len(self._streams) == 1 else None,
             )
+            active += len(reply or [])
             messages += self._decode(reply or [])
+        self._active_streams = max(1, active)
+        if len(messages) > count:
+            self.release(messages[count:])
+            del messages[count:]
         return messages
 
     def _claim(self, count: int) -> list[Message]:
@@ -340,10 +351,12 @@ class Consumer:
         for m, result in items:
             if result is CANCELLED:
                 encoded = "~"
+            elif result is NO_RESULT:
+                encoded = ""
             else:
-                encoded = "" if result is NO_RESULT else encode_result(result)
-            if encoded not in ("", "~"):
-                keys += [k.job(m.id), k.job_notify(m.id)]
+                value = "null" if result is None else encode_result(result)
+                encoded = f'{{"status":"done","result":{value}}}'
+                keys.append(k.outcome(m.id))
             args += [m.id, m.entry_id, 1 if m.from_retry else 0, encoded]
         return keys, args
 
@@ -425,7 +438,7 @@ class Consumer:
                 k.dead(self.group),
                 k.stats(self.group),
                 k.job(job_id),
-                k.job_notify(job_id),
+                k.outcome(job_id),
             ],
             args=args,
         )

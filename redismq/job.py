@@ -54,18 +54,19 @@ class Job:
     def status(self) -> str:
         """Where the job is now."""
         with self.client.errors():
-            r = self._redis()
-            pipe = r.pipeline(transaction=False)
+            pipe = self._redis().pipeline(transaction=False)
             pipe.hget(self.keys.job(self.id), "status")
             pipe.zscore(self.keys.done(self.group), self.id)
             if self.entry_id:
                 pipe.xpending_range(self.keys.stream, self.group, self.entry_id, self.entry_id, 1)
             replies = pipe.execute(raise_on_error=False)
-        stored, done = replies[0], replies[1]
-        if isinstance(stored, bytes):
-            return stored.decode()
-        if isinstance(done, float):
+        stored = replies[0].decode() if isinstance(replies[0], bytes) else None
+        if stored in ("dead", "cancelled"):
+            return stored
+        if isinstance(replies[1], float):
             return "done"
+        if stored is not None:
+            return stored
         if len(replies) > 2 and isinstance(replies[2], list) and replies[2]:
             return "running"
         return "queued"
@@ -78,7 +79,7 @@ class Job:
             broker = self.client.router.queue_broker(self.client.topic(self.topic), self.queue)
             return bool(
                 broker.scripts.cancel(
-                    keys=[k.job(self.id), k.job_notify(self.id), k.cancelled, k.done(self.group)],
+                    keys=[k.job(self.id), k.outcome(self.id), k.cancelled, k.done(self.group)],
                     args=[self.id, self.client.result_ttl_ms],
                 )
             )
@@ -94,27 +95,28 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """Wait up to `timeout` seconds (None: forever) for the result.
 
-        Returns the task's return value; raises JobFailed if it was dead-lettered, JobTimeout
-        if it has not finished in time. Waiting blocks on the server, it does not poll.
+        Returns the task's return value; raises JobFailed if it was dead-lettered or
+        cancelled, JobTimeout if it has not finished in time. Waiting blocks on the server,
+        it does not poll.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        notify = self.keys.job_notify(self.id)
+        key = self.keys.outcome(self.id)
         with self.client.errors():
             r = self._redis()
             while True:
-                info = self.info()
-                if info.get("status") in ("done", "dead", "cancelled"):
-                    return self._final(info)
+                outcome = r.lindex(key, 0)
+                if outcome is not None:
+                    return self._final(json.loads(outcome))
                 left = 5.0 if deadline is None else deadline - time.monotonic()
                 if left <= 0:
                     raise JobTimeout(f"job {self.id} has not finished (status: {self.status()})")
                 # BLMOVE onto itself: wakes every waiter and leaves the element for others.
-                r.blmove(notify, notify, min(left, 5.0), "LEFT", "RIGHT")
+                r.blmove(key, key, min(left, 5.0), "LEFT", "RIGHT")
 
-    def _final(self, info: dict[str, str]) -> Any:
-        if info["status"] == "done":
-            return json.loads(info["result"]) if "result" in info else None
-        if info["status"] == "cancelled":
+    def _final(self, outcome: dict[str, Any]) -> Any:
+        if outcome["status"] == "done":
+            return outcome.get("result")
+        if outcome["status"] == "cancelled":
             raise JobFailed(self.id, "Cancelled", "the job was cancelled", "cancelled")
-        error = json.loads(info.get("error") or "{}")
+        error = json.loads(self.info().get("error") or "{}")
         raise JobFailed(self.id, error.get("type", "Error"), error.get("message", ""), "dead")

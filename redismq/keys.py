@@ -11,35 +11,35 @@ from dataclasses import dataclass
 DEFAULT_NAMESPACE = "rmq"
 
 
-@dataclass(frozen=True, slots=True)
 class QueueKeys:
     """Key names of one queue of a topic."""
 
-    ns: str
-    topic: str
-    queue: int
+    __slots__ = ("ns", "topic", "queue", "tag", "stream", "delayed", "counters", "cancelled")
 
-    @property
-    def tag(self) -> str:
-        return f"{self.ns}:{{{self.topic}#{self.queue}}}"
+    def __init__(self, ns: str, topic: str, queue: int) -> None:
+        self.ns = ns
+        self.topic = topic
+        self.queue = queue
+        self.tag = f"{ns}:{{{topic}#{queue}}}"
+        self.stream = f"{self.tag}:stream"
+        self.delayed = f"{self.tag}:delayed"
+        # Hash of queue-wide counters (deduplicated, dropped).
+        self.counters = f"{self.tag}:counters"
+        # Set of ids of this queue's jobs cancelled before a worker settled them.
+        self.cancelled = f"{self.tag}:cancelled"
 
-    @property
-    def stream(self) -> str:
-        return f"{self.tag}:stream"
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, QueueKeys) and (self.ns, self.topic, self.queue) == (
+            other.ns,
+            other.topic,
+            other.queue,
+        )
 
-    @property
-    def delayed(self) -> str:
-        return f"{self.tag}:delayed"
+    def __hash__(self) -> int:
+        return hash((self.ns, self.topic, self.queue))
 
-    @property
-    def counters(self) -> str:
-        """Hash of queue-wide counters (sent, deduplicated, dropped)."""
-        return f"{self.tag}:counters"
-
-    @property
-    def cancelled(self) -> str:
-        """Set of ids of this queue's jobs cancelled before a worker settled them."""
-        return f"{self.tag}:cancelled"
+    def __repr__(self) -> str:
+        return f"QueueKeys({self.ns!r}, {self.topic!r}, {self.queue})"
 
     def dedup(self, dedup_key: str) -> str:
         return f"{self.tag}:dedup:{dedup_key}"
@@ -67,9 +67,10 @@ class QueueKeys:
         """Hash with a task's status, result or error."""
         return f"{self.tag}:job:{message_id}"
 
-    def job_notify(self, message_id: str) -> str:
-        """List that receives one element when a job reaches a final state."""
-        return f"{self.tag}:notify:{message_id}"
+    def outcome(self, message_id: str) -> str:
+        """List of one element, the job's final outcome as JSON (status and result);
+        `job.result()` blocks on it."""
+        return f"{self.tag}:outcome:{message_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,19 +189,20 @@ def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) 
     e2 = r.xadd(STREAM, {"id": "m2"}).decode()
     r.xgroup_create(STREAM, "g", id="0")
     r.xreadgroup("g", "c1", {STREAM: ">"})
-    keys = [STREAM, "rs", "done", "stats", "cancelled", "job:m2", "notify:m2"]
-    args = ["g", 1000, 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, '{"ok":true}']
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "outcome:m2"]
+    outcome = '{"status":"done","result":{"ok":true}}'
+    args = ["g", 1000, 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, outcome]
     assert scripts.settle(keys=keys, args=args) == [2, 0, 0]
     assert r.xpending(STREAM, "g")["pending"] == 0
     assert r.zscore("done", "m1") == 1000
     assert r.hgetall("stats") == {b"done": b"2"}
-    assert r.hget("job:m2", "result") == b'{"ok":true}'
-    assert r.lrange("notify:m2", 0, -1) == [b"done"]
-    assert not r.exists("job:m1")
+    assert r.lrange("outcome:m2", 0, -1) == [outcome.encode()]
+    assert r.pttl("outcome:m2") > 0
+    assert not r.exists("outcome:m1")
     # Settling again counts duplicates and stores nothing new.
     assert scripts.settle(keys=keys, args=args) == [0, 2, 0]
     assert r.hget("stats", "duplicates") == b"2"
-    assert r.llen("notify:m2") == 1
+    assert r.llen("outcome:m2") == 1
 
 
 def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scripts) -> None:

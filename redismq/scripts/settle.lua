@@ -2,10 +2,10 @@
 -- counters and (for tasks) the stored result, all at once.
 -- KEYS[1] stream, KEYS[2] group's retry stream, KEYS[3] done zset, KEYS[4] stats hash,
 -- KEYS[5] the queue's cancelled set,
--- KEYS[6..] per stored result: job hash, notify list (in message order)
+-- KEYS[6..] per stored result: the job's outcome list (in message order)
 -- ARGV[1] group, ARGV[2] now ms, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
 -- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
---   result ('' = not stored, '~' = the job was cancelled, else the JSON result)
+--   outcome ('' = not stored, '~' = the job was cancelled, else the JSON outcome to store)
 -- Returns {completed, duplicates, cancelled}
 local group, now = ARGV[1], tonumber(ARGV[2])
 local done_ttl, result_ttl = ARGV[3], ARGV[4]
@@ -21,15 +21,13 @@ for i = 5, #ARGV, 4 do
   elseif first then
     completed = completed + 1
     if result ~= '' then
-      redis.call('HSET', KEYS[k], 'status', 'done', 'result', result, 'finished', now)
+      redis.call('RPUSH', KEYS[k], result)
       redis.call('PEXPIRE', KEYS[k], result_ttl)
-      redis.call('RPUSH', KEYS[k + 1], 'done')
-      redis.call('PEXPIRE', KEYS[k + 1], result_ttl)
     end
   else
     duplicates = duplicates + 1
   end
-  if result ~= '' and result ~= '~' then k = k + 2 end
+  if result ~= '' and result ~= '~' then k = k + 1 end
 end
 if #main > 0 then redis.call('XACK', KEYS[1], group, unpack(main)) end
 if #retried > 0 then
