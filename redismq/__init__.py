@@ -1,5 +1,6 @@
 """redismq: a distributed task and message queue on Redis Streams."""
 
+from .aio import AsyncClient
 from .app import App, Subscription, Task
 from .client import Client
 from .consumer import Consumer
@@ -21,6 +22,7 @@ from .message import Message
 
 __all__ = [
     "App",
+    "AsyncClient",
     "BrokerUnavailable",
     "Client",
     "Consumer",

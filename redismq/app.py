@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
+from .aio import AsyncClient
 from .client import Client
 from .errors import InvalidMessage, RedisMQError, UnknownTask
 from .job import Job
@@ -53,6 +55,11 @@ class Task:
     def send(self, *args: Any, **kwargs: Any) -> Job:
         """Queue a run of the task with these arguments."""
         return self.send_with_options(args=args, kwargs=kwargs)
+
+    async def send_async(self, *args: Any, **kwargs: Any) -> Job:
+        """Queue a run of the task with these arguments from async code (no blocking I/O)."""
+        sent = await self.app.async_client.send_message(self.topic, self.body(args, kwargs))
+        return Job(self.app.client, sent.id, self.topic, sent.queue, self.group, sent.entry_id)
 
     def send_with_options(
         self,
@@ -141,6 +148,11 @@ class App:
         if self._client is None:
             self._client = Client(self._url)
         return self._client
+
+    @cached_property
+    def async_client(self) -> AsyncClient:
+        """The app's async client, made on first use with the URL and options of `client`."""
+        return AsyncClient.like(self.client)
 
     def _subscription(self, topic: str, group: str) -> Subscription:
         return self.subscriptions.setdefault((topic, group), Subscription(topic, group))

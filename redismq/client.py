@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .errors import BrokerUnavailable, InvalidMessage, RedisMQError, TopicNotFound
-from .keys import DEFAULT_NAMESPACE
+from .keys import DEFAULT_NAMESPACE, QueueKeys
 from .message import (
     DEFAULT_MAX_BODY,
     encode_body,
@@ -62,11 +63,113 @@ def delay_ms(delay: float | timedelta | None) -> int:
     if delay is None:
         return 0
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds != seconds:
-        raise InvalidMessage(f"delay must be a number of seconds, not {delay!r}")
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not math.isfinite(seconds)
+    ):
+        raise InvalidMessage(f"delay must be a finite number of seconds, not {delay!r}")
     if seconds < 0:
         raise InvalidMessage(f"delay must not be negative (got {seconds})")
     return int(seconds * 1000)
+
+
+def client_settings(url: str | None, namespace: str | None) -> tuple[str, str]:
+    """The checked URL ($REDISMQ_URL if None) and namespace ($REDISMQ_NAMESPACE, else "rmq")."""
+    checked = check_url(url or os.environ.get("REDISMQ_URL", ""))
+    return checked, namespace or os.environ.get("REDISMQ_NAMESPACE") or DEFAULT_NAMESPACE
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One checked and encoded message, not yet written to a queue."""
+
+    id: str
+    fields: dict[bytes, bytes | str | int]
+    key: str | None = None
+    dedup_key: str | None = None
+    delay_ms: int = 0
+
+    @property
+    def route_key(self) -> str | None:
+        """What picks the queue: the key, else the dedup key (None: round-robin)."""
+        return self.key if self.key is not None else self.dedup_key
+
+    @property
+    def needs_script(self) -> bool:
+        """Whether the `send` script must store it (dedup or delay) instead of a plain XADD."""
+        return self.dedup_key is not None or self.delay_ms > 0
+
+
+def prepare_message(
+    body: Any,
+    *,
+    key: str | None = None,
+    delay: float | timedelta | None = None,
+    dedup_key: str | None = None,
+    headers: dict[str, str] | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> Outgoing:
+    """Check and encode one message; raises InvalidMessage before anything is sent."""
+    due = delay_ms(delay)
+    data, raw = encode_body(body, max_body)
+    check_headers(headers)
+    check_key("key", key)
+    check_key("dedup_key", dedup_key)
+    mid = new_message_id()
+    fields = entry_fields(mid, data, raw, key=key, headers=headers)
+    return Outgoing(mid, fields, key, dedup_key, due)
+
+
+def prepare_batch(
+    bodies: Iterable[Any], headers: dict[str, str] | None, max_body: int = DEFAULT_MAX_BODY
+) -> list[Outgoing]:
+    """Check and encode many plain messages (no key, delay or dedup) sharing headers."""
+    check_headers(headers)
+    msgs = []
+    for body in bodies:
+        data, raw = encode_body(body, max_body)
+        mid = new_message_id()
+        msgs.append(Outgoing(mid, entry_fields(mid, data, raw, headers=headers)))
+    return msgs
+
+
+def choose_queue(topic: Topic, msg: Outgoing) -> int:
+    """The queue a message goes to: by its key (or dedup key), else the next round-robin."""
+    route_key = msg.route_key
+    return queue_for_key(route_key, topic.queues) if route_key is not None else topic.next_queue()
+
+
+def send_script_call(
+    keys: QueueKeys, msg: Outgoing, dedup_window_ms: int
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the `send` script for one message (dedup and/or delay)."""
+    args: list[Any] = [msg.id, dedup_window_ms if msg.dedup_key else 0]
+    args.append(now_ms() + msg.delay_ms if msg.delay_ms else 0)
+    for name, value in msg.fields.items():
+        args += [name, value]
+    return [keys.stream, keys.delayed, keys.dedup(msg.dedup_key or ""), keys.counters], args
+
+
+def script_sent(reply: list[Any], topic: str, queue: int) -> Sent:
+    """Where the `send` script put a message (the first id if it was a duplicate)."""
+    sent_id, _ = reply
+    return Sent(sent_id.decode(), topic, queue, None)
+
+
+def batch_by_broker(topic: Topic, queues: list[int]) -> dict[str, list[int]]:
+    """The positions of a batch's messages grouped by the broker of their queue, in order."""
+    groups: dict[str, list[int]] = {}
+    for i, queue in enumerate(queues):
+        groups.setdefault(topic.placement[queue], []).append(i)
+    return groups
+
+
+def batch_sent(
+    topic: str, msgs: list[Outgoing], queues: list[int], entries: list[str | None]
+) -> list[Sent]:
+    """Where each message of a batch went, in the order they were given."""
+    return [Sent(m.id, topic, q, e) for m, q, e in zip(msgs, queues, entries, strict=True)]
 
 
 class Client:
@@ -88,8 +191,7 @@ class Client:
         result_ttl: float = 86_400.0,
         done_ttl: float = 86_400.0,
     ) -> None:
-        self.url = check_url(url or os.environ.get("REDISMQ_URL", ""))
-        self.namespace = namespace or os.environ.get("REDISMQ_NAMESPACE") or DEFAULT_NAMESPACE
+        self.url, self.namespace = client_settings(url, namespace)
         self.auto_create_topics = auto_create_topics
         self.default_queues = default_queues
         self.max_body = max_body
@@ -125,13 +227,13 @@ class Client:
     ) -> Topic:
         """Create a topic of `queues` queues (idempotent).
 
-        `retention`: how many entries every group has acknowledged are kept per queue (so a
-        group created later still finds them). `hard_cap`: if > 0, a queue never holds more
-        entries, even unacknowledged ones; what that drops is counted.
+        `retention`: the length each queue's stream is trimmed to, counting only entries
+        every group has acknowledged (what a group still needs is always kept, so a queue
+        can be longer); a group created later finds the retained history. `hard_cap`: if
+        > 0, a queue never holds more entries, even unacknowledged ones; what that drops
+        is counted.
         """
-        check_topic_name(name)
-        if not isinstance(queues, int) or not 1 <= queues <= 1024:
-            raise InvalidMessage(f"queues must be a whole number from 1 to 1024, not {queues!r}")
+        check_topic_shape(name, queues)
         with self.errors():
             return self.router.create_topic(name, queues, retention, hard_cap)
 
@@ -178,28 +280,20 @@ class Client:
         headers: dict[str, str] | None = None,
     ) -> Sent:
         """Send one message; returns where it went (id, queue and stream entry)."""
-        due = delay_ms(delay)
-        data, raw = encode_body(body, self.max_body)
-        check_headers(headers)
+        msg = prepare_message(
+            body, key=key, delay=delay, dedup_key=dedup_key, headers=headers, max_body=self.max_body
+        )
         t = self.topic(topic)
-        route_key = key if key is not None else dedup_key
-        queue = queue_for_key(route_key, t.queues) if route_key is not None else t.next_queue()
+        queue = choose_queue(t, msg)
         qk = self.router.queue_keys(topic, queue)
-        mid = new_message_id()
-        fields = entry_fields(mid, data, raw, key=key, headers=headers)
         with self.errors():
             broker = self.router.queue_broker(t, queue)
-            if dedup_key is None and not due:
-                entry = broker.redis.xadd(qk.stream, fields)
-                return Sent(mid, topic, queue, entry.decode())
-            args: list[Any] = [mid, self.dedup_window_ms if dedup_key else 0]
-            args.append(now_ms() + due if due else 0)
-            for name, value in fields.items():
-                args += [name, value]
-            sent_id, _ = broker.scripts.send(
-                keys=[qk.stream, qk.delayed, qk.dedup(dedup_key or ""), qk.counters], args=args
-            )
-        return Sent(sent_id.decode(), topic, queue, None)
+            if not msg.needs_script:
+                entry = broker.redis.xadd(qk.stream, msg.fields)
+                return Sent(msg.id, topic, queue, entry.decode())
+            keys, args = send_script_call(qk, msg, self.dedup_window_ms)
+            reply = broker.scripts.send(keys=keys, args=args)
+        return script_sent(reply, topic, queue)
 
     def send_many(
         self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
@@ -210,29 +304,19 @@ class Client:
     def send_many_messages(
         self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
     ) -> list[Sent]:
-        check_headers(headers)
+        """Send many messages round-robin in one pipeline per broker; returns where they went."""
+        msgs = prepare_batch(bodies, headers, self.max_body)
         t = self.topic(topic)
-        planned = []
-        for body in bodies:
-            data, raw = encode_body(body, self.max_body)
-            queue = t.next_queue()
-            mid = new_message_id()
-            planned.append((queue, mid, entry_fields(mid, data, raw, headers=headers)))
+        queues = [t.next_queue() for _ in msgs]
+        entries: list[str | None] = [None] * len(msgs)
         with self.errors():
-            pipes: dict[str, Any] = {}
-            order: dict[str, list[int]] = {}
-            for i, (queue, _, fields) in enumerate(planned):
-                name = t.placement[queue]
-                if name not in pipes:
-                    pipes[name] = self.router.broker(name).redis.pipeline(transaction=False)
-                    order[name] = []
-                pipes[name].xadd(self.router.queue_keys(topic, queue).stream, fields)
-                order[name].append(i)
-            entries: list[str | None] = [None] * len(planned)
-            for name, pipe in pipes.items():
-                for i, entry in zip(order[name], pipe.execute(), strict=True):
+            for name, indexes in batch_by_broker(t, queues).items():
+                pipe = self.router.broker(name).redis.pipeline(transaction=False)
+                for i in indexes:
+                    pipe.xadd(self.router.queue_keys(topic, queues[i]).stream, msgs[i].fields)
+                for i, entry in zip(indexes, pipe.execute(), strict=True):
                     entries[i] = entry.decode()
-        return [Sent(mid, topic, queue, entries[i]) for i, (queue, mid, _) in enumerate(planned)]
+        return batch_sent(topic, msgs, queues, entries)
 
     def trim(self, topic: str) -> tuple[int, int]:
         """Trim every queue of a topic by its retention; returns (trimmed, dropped).
@@ -313,11 +397,32 @@ def check_topic_name(name: str) -> None:
         raise InvalidMessage(f"name {name!r} must not contain {''.join(sorted(bad))!r}")
 
 
+def check_topic_shape(name: str, queues: int) -> None:
+    """Raise InvalidMessage unless a topic of that name and number of queues can be made."""
+    check_topic_name(name)
+    if not isinstance(queues, int) or not 1 <= queues <= 1024:
+        raise InvalidMessage(f"queues must be a whole number from 1 to 1024, not {queues!r}")
+
+
+def check_key(what: str, value: str | None) -> None:
+    """Raise InvalidMessage unless the value is None or a non-empty encodable string."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not value:
+        raise InvalidMessage(f"{what} must be a non-empty string, not {value!r}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidMessage(f"{what} is not encodable as UTF-8: {value!r}") from None
+
+
 def check_headers(headers: dict[str, str] | None) -> None:
     if headers is None:
         return
-    if not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers):
-        raise InvalidMessage("headers must be a dict with string keys")
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise InvalidMessage("headers must be a dict of strings to strings")
 
 
 __all__ = ["Client", "Sent", "RedisMQError"]

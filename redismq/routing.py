@@ -12,7 +12,9 @@ import json
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -33,6 +35,88 @@ def queue_for_key(key: str, queues: int) -> int:
 def rendezvous(brokers: list[str], queue_name: str) -> str:
     """The broker with the highest rendezvous score for a queue."""
     return max(brokers, key=lambda b: hashlib.blake2b(f"{b}|{queue_name}".encode()).digest())
+
+
+def queue_name(topic: str, queue: int) -> str:
+    """The name of one queue of a topic in the route table: ``<topic>#<q>``."""
+    return f"{topic}#{queue}"
+
+
+def route_fields(topic: str, queues: int) -> list[str]:
+    """The route-table fields of every queue of a topic, in queue order."""
+    return [queue_name(topic, q) for q in range(queues)]
+
+
+def sorted_names(raw_names: Iterable[bytes]) -> list[str]:
+    """Names read from Redis (hash fields, set members), decoded and sorted."""
+    return sorted(n.decode() for n in raw_names)
+
+
+def broker_list(raw_names: Iterable[bytes]) -> list[str]:
+    """Registered broker names, sorted; a system with none registered has the meta Redis."""
+    return sorted_names(raw_names) or [DEFAULT_BROKER]
+
+
+def broker_url(name: str, raw: bytes | None) -> str | None:
+    """A broker's URL from its registry record (None: the meta Redis itself).
+
+    Raises LookupError for an unregistered broker other than the default one.
+    """
+    if raw is None and name != DEFAULT_BROKER:
+        raise LookupError(f"broker {name!r} is not registered")
+    return json.loads(raw)["url"] if raw else None
+
+
+def topic_record(name: str, raw: bytes | None) -> dict[str, Any]:
+    """A topic's stored record; raises TopicNotFound when there is none."""
+    if raw is None:
+        raise TopicNotFound(name)
+    return json.loads(raw)
+
+
+def parse_topic(name: str, record: dict[str, Any], placed: list[bytes | None]) -> Topic:
+    """A Topic from its stored record and the route-table entries of its queues."""
+    return Topic(
+        name=name,
+        queues=record["queues"],
+        retention=record.get("retention", 0),
+        hard_cap=record.get("hard_cap", 0),
+        placement=[(p or DEFAULT_BROKER.encode()).decode() for p in placed],
+    )
+
+
+def create_topic_call(
+    keys: MetaKeys,
+    name: str,
+    queues: int,
+    retention: int,
+    hard_cap: int,
+    brokers: list[str],
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of the `create_topic` script, new queues placed by rendezvous."""
+    record = json.dumps(
+        {
+            "queues": queues,
+            "retention": retention,
+            "hard_cap": hard_cap,
+            "created": int(time.time() * 1000),
+        }
+    )
+    placement = [rendezvous(brokers, queue_name(name, q)) for q in range(queues)]
+    return (
+        [keys.topics, keys.routes, keys.routes_version],
+        [keys.routes_channel, name, record, *placement],
+    )
+
+
+def check_created(name: str, stored: bytes, queues: int) -> None:
+    """Raise TopicExists when the stored topic has another number of queues."""
+    existing = json.loads(stored)["queues"]
+    if existing != queues:
+        raise TopicExists(
+            f"topic {name!r} exists with {existing} queues, not {queues} "
+            f"(add queues with: redismq topic expand {name} --queues {queues})"
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -60,6 +144,53 @@ class Topic:
         return next(self._rr) % self.queues
 
 
+class RouteCache:
+    """Topics read from the meta Redis, kept until the route version changes.
+
+    The version is re-read at most once per REFRESH_INTERVAL seconds.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._topics: dict[str, Topic] = {}
+        self._version: bytes | None = None
+        self._checked = 0.0
+
+    def get(self, name: str) -> Topic | None:
+        """The cached topic, or None."""
+        with self._lock:
+            return self._topics.get(name)
+
+    def put(self, topic: Topic, version: bytes | None) -> None:
+        """Remember a topic read at this route version."""
+        with self._lock:
+            self._topics[topic.name] = topic
+            self._version = version
+
+    def drop(self, name: str) -> None:
+        """Forget one topic."""
+        with self._lock:
+            self._topics.pop(name, None)
+
+    def clear(self) -> None:
+        """Forget every topic."""
+        with self._lock:
+            self._topics.clear()
+
+    def check_due(self) -> bool:
+        """Whether the route version should be read again now (and mark it as read)."""
+        now = time.monotonic()
+        if now - self._checked < REFRESH_INTERVAL:
+            return False
+        self._checked = now
+        return True
+
+    def seen(self, version: bytes | None) -> None:
+        """The route version just read: forget every topic if it changed."""
+        if version != self._version:
+            self.clear()
+
+
 class Router:
     """Reads topics, routes and brokers from the meta Redis and caches them."""
 
@@ -69,9 +200,7 @@ class Router:
         self.namespace = namespace
         self._lock = threading.Lock()
         self._brokers: dict[str, Broker] = {}
-        self._topics: dict[str, Topic] = {}
-        self._version: bytes | None = None
-        self._checked = 0.0
+        self._cache = RouteCache()
         self.meta_scripts = Scripts(meta)
 
     # -- brokers ---------------------------------------------------------------------
@@ -81,10 +210,7 @@ class Router:
             found = self._brokers.get(name)
         if found is not None:
             return found
-        raw = self.meta.hget(self.keys.brokers, name)
-        url = json.loads(raw)["url"] if raw else None
-        if raw is None and name != DEFAULT_BROKER:
-            raise LookupError(f"broker {name!r} is not registered")
+        url = broker_url(name, self.meta.hget(self.keys.brokers, name))
         conn = self.meta if url is None else connect(url)
         broker = Broker(name, url, conn, self.meta_scripts if url is None else Scripts(conn))
         with self._lock:
@@ -92,15 +218,13 @@ class Router:
 
     def broker_names(self) -> list[str]:
         """Registered brokers; a system with none registered has the meta Redis itself."""
-        names = sorted(n.decode() for n in self.meta.hkeys(self.keys.brokers))
-        return names or [DEFAULT_BROKER]
+        return broker_list(self.meta.hkeys(self.keys.brokers))
 
     # -- topics ----------------------------------------------------------------------
     def topic(self, name: str) -> Topic:
         """The topic's record; raises TopicNotFound."""
         self._maybe_refresh()
-        with self._lock:
-            found = self._topics.get(name)
+        found = self._cache.get(name)
         return found if found is not None else self._load_topic(name)
 
     def _load_topic(self, name: str) -> Topic:
@@ -108,52 +232,25 @@ class Router:
         pipe.hget(self.keys.topics, name)
         pipe.get(self.keys.routes_version)
         raw, version = pipe.execute()
-        if raw is None:
-            raise TopicNotFound(name)
-        record = json.loads(raw)
-        queues = record["queues"]
-        fields = [f"{name}#{q}" for q in range(queues)]
+        record = topic_record(name, raw)
+        fields = route_fields(name, record["queues"])
         placed = self.meta.hmget(self.keys.routes, fields) if fields else []
-        topic = Topic(
-            name=name,
-            queues=queues,
-            retention=record.get("retention", 0),
-            hard_cap=record.get("hard_cap", 0),
-            placement=[(p or DEFAULT_BROKER.encode()).decode() for p in placed],
-        )
-        with self._lock:
-            self._topics[name] = topic
-            self._version = version
+        topic = parse_topic(name, record, placed)
+        self._cache.put(topic, version)
         return topic
 
     def create_topic(self, name: str, queues: int, retention: int, hard_cap: int) -> Topic:
         """Create a topic and place its queues; idempotent for the same shape."""
-        brokers = self.broker_names()
-        record = json.dumps(
-            {
-                "queues": queues,
-                "retention": retention,
-                "hard_cap": hard_cap,
-                "created": int(time.time() * 1000),
-            }
+        keys, args = create_topic_call(
+            self.keys, name, queues, retention, hard_cap, self.broker_names()
         )
-        placement = [rendezvous(brokers, f"{name}#{q}") for q in range(queues)]
-        stored = self.meta_scripts.create_topic(
-            keys=[self.keys.topics, self.keys.routes, self.keys.routes_version],
-            args=[self.keys.routes_channel, name, record, *placement],
-        )
-        existing = json.loads(stored)["queues"]
-        if existing != queues:
-            raise TopicExists(
-                f"topic {name!r} exists with {existing} queues, not {queues} "
-                f"(add queues with: redismq topic expand {name} --queues {queues})"
-            )
-        with self._lock:
-            self._topics.pop(name, None)
+        stored = self.meta_scripts.create_topic(keys=keys, args=args)
+        check_created(name, stored, queues)
+        self._cache.drop(name)
         return self.topic(name)
 
     def topic_names(self) -> list[str]:
-        return sorted(n.decode() for n in self.meta.hkeys(self.keys.topics))
+        return sorted_names(self.meta.hkeys(self.keys.topics))
 
     def queue_keys(self, topic: str, queue: int) -> QueueKeys:
         return QueueKeys(self.namespace, topic, queue)
@@ -167,19 +264,13 @@ class Router:
         self.meta.sadd(self.keys.groups(topic), group)
 
     def groups(self, topic: str) -> list[str]:
-        return sorted(g.decode() for g in self.meta.smembers(self.keys.groups(topic)))
+        return sorted_names(self.meta.smembers(self.keys.groups(topic)))
 
     # -- cache -----------------------------------------------------------------------
     def invalidate(self) -> None:
         """Forget cached topics (after a broker error or a route change)."""
-        with self._lock:
-            self._topics.clear()
+        self._cache.clear()
 
     def _maybe_refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked < REFRESH_INTERVAL:
-            return
-        self._checked = now
-        version = self.meta.get(self.keys.routes_version)
-        if version != self._version:
-            self.invalidate()
+        if self._cache.check_due():
+            self._cache.seen(self.meta.get(self.keys.routes_version))

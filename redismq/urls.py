@@ -1,10 +1,14 @@
-"""Broker URLs: checked, masked for display, and turned into redis-py clients."""
+"""Broker URLs: checked, masked for display, and turned into redis-py clients (sync or asyncio)."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -21,8 +25,15 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<invalid url>"
-    if parts.password is None:
+    if parts.password is None and "password=" not in parts.query:
         return url
+    if "password=" in parts.query:
+        query = "&".join(
+            "password=***" if q.startswith("password=") else q for q in parts.query.split("&")
+        )
+        parts = parts._replace(query=query)
+    if parts.password is None:
+        return parts.geturl()
     user = parts.username or ""
     host = parts.netloc.rsplit("@", 1)[1]
     return parts._replace(netloc=f"{user}:***@{host}").geturl()
@@ -52,6 +63,8 @@ def check_url(url: str) -> str:
         db = parts.path.strip("/")
         if db and not db.isdigit():
             raise InvalidURL(f"database must be a number in {mask_url(url)!r}, not {db!r}")
+    except InvalidURL:
+        raise
     except ValueError as exc:
         raise InvalidURL(f"malformed URL {mask_url(url)!r}: {exc}") from None
     return url
@@ -64,7 +77,7 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict]:
     name = parts.path.strip("/")
     if not hosts or not name:
         raise InvalidURL(
-            f"a Sentinel URL looks like sentinel://h1:26379,h2:26379/mastername, "
+            f"a Sentinel URL looks like sentinel://host1:26379,host2:26379/mymaster, "
             f"not {mask_url(url)!r}"
         )
     addresses = []
@@ -81,18 +94,36 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict]:
     return addresses, name, opts
 
 
-def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
-    """A redis-py client for the URL, with bounded reconnect retries."""
-    check_url(url)
-    common = {
+def connection_options(
+    socket_timeout: float, retry_class: type[Retry] | type[AsyncRetry] = Retry
+) -> dict[str, Any]:
+    """The options every redismq connection uses: timeouts and bounded reconnect retries."""
+    return {
         "socket_connect_timeout": 5.0,
         "socket_timeout": socket_timeout,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        "retry": retry_class(ExponentialBackoff(cap=1.0, base=0.05), 3),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         "health_check_interval": 30,
     }
+
+
+def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
+    """A redis-py client for the URL, with bounded reconnect retries."""
+    check_url(url)
+    common = connection_options(socket_timeout)
     if url.startswith("sentinel://"):
         addresses, name, opts = _sentinel_parts(url)
         sentinel = Sentinel(addresses, sentinel_kwargs=dict(opts), **opts, **common)
         return sentinel.master_for(name)
     return redis.Redis.from_url(url, **common)
+
+
+def connect_async(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> AsyncRedis:
+    """A redis.asyncio client for the URL, with the same options as `connect`."""
+    check_url(url)
+    common = connection_options(socket_timeout, AsyncRetry)
+    if url.startswith("sentinel://"):
+        addresses, name, opts = _sentinel_parts(url)
+        sentinel = AsyncSentinel(addresses, sentinel_kwargs=dict(opts), **opts, **common)
+        return sentinel.master_for(name)
+    return AsyncRedis.from_url(url, **common)
