@@ -113,18 +113,31 @@ class Consumer:
 
     # -- set-up ----------------------------------------------------------------------
     def _create_groups(self) -> None:
-        """Create the group on every stream, starting at the oldest retained entry."""
+        """Create the group on every stream, starting at the oldest retained entry, and
+        register this consumer in it (so that it shows while idle, on every engine)."""
         self.client.router.add_group(self.topic.name, self.group)
-        for broker, queues in self._by_broker(self.queues).items():
+        for broker, streams in self._streams.items():
             pipe = broker.redis.pipeline(transaction=False)
-            for q in queues:
-                pipe.xgroup_create(q.keys.stream, self.group, id="0", mkstream=True)
-                pipe.xgroup_create(
-                    q.keys.retry_stream(self.group), self.group, id="0", mkstream=True
-                )
+            for stream in streams:
+                pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
+                pipe.xgroup_createconsumer(stream, self.group, self.name)
             for reply in pipe.execute(raise_on_error=False):
                 if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                     raise reply
+
+    def close(self) -> None:
+        """Leave the group: remove this consumer from every stream where it holds nothing.
+
+        (A consumer that still holds messages stays, so that they can be taken over.)
+        """
+        with self.client.errors():
+            for broker, streams in self._streams.items():
+                for stream in streams:
+                    mine = broker.redis.xpending_range(
+                        stream, self.group, "-", "+", 1, consumername=self.name
+                    )
+                    if not mine:
+                        broker.redis.xgroup_delconsumer(stream, self.group, self.name)
 
     @staticmethod
     def _by_broker(queues: Iterable[_Queue]) -> dict[Broker, list[_Queue]]:
@@ -187,22 +200,22 @@ class Consumer:
         return messages
 
     def _claim(self, count: int) -> list[Message]:
-        """Take over entries whose lease expired (their consumer died or stalled)."""
+        """Take over up to `count` entries whose lease expired (their consumer died or
+        stalled), stream by stream."""
         idle_ms = int(self.visibility_timeout * 1000)
         messages: list[Message] = []
-        for broker, queues in self._by_broker(self.queues).items():
-            pipe = broker.redis.pipeline(transaction=False)
-            streams = []
-            for q in queues:
-                for stream in (q.keys.stream, q.keys.retry_stream(self.group)):
-                    pipe.xautoclaim(stream, self.group, self.name, idle_ms, "0-0", count=count)
-                    streams.append(stream.encode())
-            replies = pipe.execute()
-            for stream, reply in zip(streams, replies, strict=True):
+        for q in self.queues:
+            for stream in (q.keys.stream, q.keys.retry_stream(self.group)):
+                left = count - len(messages)
+                if left <= 0:
+                    return messages
+                reply = q.broker.redis.xautoclaim(
+                    stream, self.group, self.name, idle_ms, "0-0", count=left
+                )
                 entries = [(eid, f) for eid, f in reply[1] if eid is not None]
                 if entries:
                     log.info("took over %d expired message(s) on %s", len(entries), stream)
-                    messages += self._count_crashes(broker, stream, entries)
+                    messages += self._count_crashes(q.broker, stream.encode(), entries)
         return messages
 
     def _count_crashes(self, broker: Broker, stream: bytes, entries: list) -> list[Message]:

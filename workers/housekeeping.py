@@ -46,7 +46,7 @@ class Housekeeper:
         self._stop.set()
         self._thread.join()
         for c in self.components:
-            _safely(c.stop)
+            safely(c.stop)
 
     def _run(self) -> None:
         due = [0.0] * len(self.components)
@@ -55,11 +55,12 @@ class Housekeeper:
             for i, c in enumerate(self.components):
                 if now >= due[i]:
                     due[i] = now + c.interval
-                    _safely(c.tick)
+                    safely(c.tick)
             self._stop.wait(TICK)
 
 
-def _safely(fn: Callable[[], None]) -> None:
+def safely(fn: Callable[[], None]) -> None:
+    """Run one step; log (never raise) what goes wrong."""
     try:
         fn()
     except BrokerUnavailable as exc:

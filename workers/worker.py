@@ -23,6 +23,7 @@ from .housekeeping import (
     LeaseKeeper,
     Trimmer,
     Watchdog,
+    safely,
 )
 from .scheduler import Scheduler
 
@@ -166,6 +167,8 @@ class Worker:
         finally:
             self.stopping.set()
             self.housekeeper.stop()
+            for loop in self.loops:
+                safely(loop.consumer.close)
         return self.counts
 
     def _join(self, threads: list[threading.Thread]) -> None:

@@ -1,0 +1,219 @@
+"""The `redismq` command: `status --json` (shape, exact counts, masked passwords), `send`,
+and bad input — one clear error, exit 1 (runtime) or 2 (usage), never a traceback."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from conftest import wait_for
+
+from cli.main import main
+from redismq import Client
+from redismq.server import LocalServer
+
+BROKER_FIELDS = {"name", "url", "up", "role"}
+TOPIC_FIELDS = {"name", "queues", "length", "delayed", "groups"}
+GROUP_FIELDS = {"name", "pending", "lag", "retrying", "dead", "done", "duplicates", "consumers"}
+WORKER_APP = "tests.apps.worker_app:app"
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """Run the command in this process; its exit code and everything it printed."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def status_json(url: str) -> dict:
+    code, output = invoke("status", "--json", "--url", url)
+    assert code == 0, output
+    return json.loads(output)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound and released at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(processes, *args: str) -> tuple[int, str]:
+    """Run the command as a real process, output piped (not a terminal), 80 columns."""
+    proc = processes.start(*args, env={"COLUMNS": "80"}, stdin=subprocess.DEVNULL)
+    output, _ = proc.communicate(timeout=60)
+    return proc.returncode, output
+
+
+def error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.lower().startswith("error:")]
+
+
+# -- status ----------------------------------------------------------------------------
+def test_status_json_has_the_documented_shape_and_exact_counts(client, url):
+    client.create_topic("emails", queues=2)
+    for i in range(10):
+        client.send("emails", {"n": i})
+    for i in range(2):
+        client.send("emails", {"later": i}, delay=3600)
+    mailer = client.consumer("emails", "mailer", visibility_timeout=60)
+    received = mailer.receive(count=100, block=0.5)
+    assert len(received) == 10
+    mailer.ack_many(received[:4])  # done 4
+    mailer.retry(received[4], "boom", delay=3600)  # retrying 1
+    mailer.dead_letter(received[5], "bad")  # dead 1; received[6:] stay pending (4)
+    mailer.ack(received[0])  # completed before: a duplicate
+    client.consumer("emails", "audit")  # a group whose one consumer has read nothing yet
+
+    snap = status_json(url)
+
+    assert set(snap) == {"brokers", "topics", "workers"}
+    [broker] = snap["brokers"]
+    assert set(broker) >= BROKER_FIELDS
+    assert (broker["url"], broker["up"], broker["role"]) == (url, True, "master")
+    [topic] = snap["topics"]
+    assert set(topic) >= TOPIC_FIELDS
+    assert (topic["name"], topic["queues"], topic["length"], topic["delayed"]) == (
+        "emails",
+        2,
+        10,
+        2,
+    )
+    groups = {g["name"]: g for g in topic["groups"]}
+    assert set(groups) == {"mailer", "audit"}
+    assert all(set(g) >= GROUP_FIELDS for g in groups.values())
+    fields = sorted(GROUP_FIELDS - {"name"})
+    assert {f: groups["mailer"][f] for f in fields} == {
+        "pending": 4,
+        "lag": 0,
+        "retrying": 1,
+        "dead": 1,
+        "done": 4,
+        "duplicates": 1,
+        "consumers": 1,
+    }
+    assert {f: groups["audit"][f] for f in fields} == {
+        "pending": 0,
+        "lag": 10,
+        "retrying": 0,
+        "dead": 0,
+        "done": 0,
+        "duplicates": 0,
+        "consumers": 1,
+    }
+    assert snap["workers"] == []
+
+
+def test_status_lists_a_running_worker(url, processes, tmp_path):
+    worker = processes.start(
+        "worker",
+        WORKER_APP,
+        "--url",
+        url,
+        "--processes",
+        "1",
+        "--topic",
+        "work",
+        "--log-level",
+        "WARNING",
+        env={"REDISMQ_TEST_DB": str(tmp_path / "unused.db")},
+    )
+    assert wait_for(
+        lambda: any(w.get("pid") == worker.pid for w in status_json(url)["workers"]), timeout=30
+    )
+    [record] = status_json(url)["workers"]
+    assert "work" in record["topics"]
+
+
+def test_status_masks_the_password_of_the_url():
+    with LocalServer(password="s3cret") as server:
+        assert "s3cret" in server.url
+        Client(server.url).create_topic("emails", queues=1)
+
+        snap = status_json(server.url)
+        [broker] = snap["brokers"]
+        assert broker["up"] is True
+        assert "***" in broker["url"]
+        assert "s3cret" not in json.dumps(snap)
+
+        code, table = invoke("status", "--url", server.url)
+        assert code == 0, table
+        assert "s3cret" not in table
+
+        code, output = invoke("status", "--url", server.url.replace("s3cret", "n0tthis"))
+        assert code == 1
+        assert "n0tthis" not in output and "s3cret" not in output
+        assert "***" in output
+        assert "Traceback" not in output
+
+
+# -- send ------------------------------------------------------------------------------
+def test_send_prints_the_id_of_the_stored_message(client, url):
+    code, output = invoke("send", "emails", '{"to": "a@b.c"}', "--url", url)
+    assert code == 0, output
+    message_id = output.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", message_id), output
+
+    code, output = invoke("send", "emails", "plain text", "--delay", "60", "--url", url)
+    assert code == 0, output
+    assert re.fullmatch(r"[0-9a-f]{32}", output.strip()), output
+
+    [received] = client.consumer("emails", "g").receive(count=10, block=0.5)
+    assert (received.id, received.body) == (message_id, {"to": "a@b.c"})
+    assert status_json(url)["topics"][0]["delayed"] == 1
+
+
+# -- bad input -------------------------------------------------------------------------
+UNREACHABLE = "redis://127.0.0.1:{port}/0"
+
+BAD_INPUTS = [
+    pytest.param(1, ["status", "--url", "http://127.0.0.1:6379/0"], id="url-scheme"),
+    pytest.param(1, ["status", "--url", "redis://127.0.0.1:notaport/0"], id="url-port"),
+    pytest.param(1, ["status", "--url", UNREACHABLE], id="unreachable-status"),
+    pytest.param(1, ["send", "emails", "x", "--url", UNREACHABLE], id="unreachable-send"),
+    pytest.param(
+        1, ["worker", WORKER_APP, "--processes", "1", "--url", UNREACHABLE], id="unreachable-worker"
+    ),
+    pytest.param(
+        2, ["send", "emails", "x", "--delay", "-1", "--url", "{url}"], id="negative-delay"
+    ),
+    pytest.param(2, ["worker", "no_such_module_xyz:app", "--url", "{url}"], id="worker-no-module"),
+    pytest.param(
+        2, ["worker", WORKER_APP, "--topic", "nope", "--url", "{url}"], id="worker-unknown-topic"
+    ),
+    pytest.param(
+        1, ["dlq", "list", "no-such-topic", "--group", "g", "--url", "{url}"], id="dlq-no-topic"
+    ),
+]
+
+
+@pytest.mark.parametrize(("expected", "args"), BAD_INPUTS)
+def test_bad_input_is_one_clear_error_and_no_traceback(expected, args, url, processes):
+    port = free_port()
+    args = [a.format(url=url, port=port) for a in args]
+
+    code, output = run_cli(processes, *args)
+
+    assert code == expected, output
+    assert "Traceback" not in output, output
+    assert len(error_lines(output)) == 1, output
+
+
+def test_error_stays_on_one_line_when_output_is_piped(processes):
+    url = UNREACHABLE.format(port=free_port())
+
+    code, output = run_cli(processes, "status", "--url", url)
+
+    assert code == 1
+    assert output.strip().count("\n") == 0, output
+
+
+def test_error_text_is_not_read_as_markup(url, processes):
+    code, output = run_cli(processes, "dlq", "list", "a[/b]", "--group", "g", "--url", url)
+
+    assert "Traceback" not in output, output
+    assert code == 1
+    assert "a[/b]" in output
