@@ -12,6 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from redismq import Client, RedisMQError
 
@@ -35,7 +36,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except RedisMQError as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(Text.assemble(("error:", "red"), " ", str(exc)), soft_wrap=True)
             sys.exit(1)
 
     return wrapper
@@ -88,6 +89,18 @@ def main() -> None:
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"])
 )
 @click.option("--log-format", default="text", type=click.Choice(["text", "json"]))
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port (http://HOST:PORT/metrics).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint binds to (0.0.0.0 for every interface).",
+)
 @friendly
 def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
     """Run workers for an app's tasks and handlers.
@@ -295,6 +308,11 @@ def demo(tasks: int) -> None:
     from cli.demo import run_demo
 
     run_demo(tasks)
+
+
+from cli.bench import bench  # noqa: E402  (cli.bench does not import this module)
+
+main.add_command(bench)
 
 
 if __name__ == "__main__":

@@ -347,8 +347,9 @@ class Client:
         backoff: float = 1.0,
         name: str | None = None,
         create: bool = False,
+        queues: Iterable[int] | None = None,
     ) -> Consumer:
-        """A consumer of every queue of a topic, as a member of `group`.
+        """A consumer of every queue of a topic (or of `queues`), as a member of `group`.
 
         The topic must exist unless `create` is true. A group created after messages were
         sent starts at the oldest retained entry.
@@ -364,6 +365,7 @@ class Client:
             max_retries=max_retries,
             backoff=backoff,
             name=name,
+            queues=queues,
         )
 
     # -- dead letters ----------------------------------------------------------------

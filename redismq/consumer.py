@@ -31,6 +31,7 @@ MOVE_BATCH = 500
 # How often due delayed messages and retries are looked for when none is known to be due
 # sooner; bounds how late a message sent with a delay by another process becomes visible.
 MOVE_TICK_MS = 250
+MULTI_BROKER_BLOCK_MS = 100
 
 
 def consumer_name() -> str:
@@ -59,7 +60,8 @@ class _Queue:
 
 
 class Consumer:
-    """A member of a consumer group that reads every queue of one topic.
+    """A member of a consumer group that reads every queue of one topic (or the `queues`
+    given, e.g. those of one broker).
 
     Received messages stay pending (leased to this consumer) until they are acknowledged,
     retried, dead-lettered or released; `renew()` keeps their leases fresh while they run.
@@ -75,6 +77,7 @@ class Consumer:
         max_retries: int = 3,
         backoff: float = 1.0,
         name: str | None = None,
+        queues: Iterable[int] | None = None,
     ) -> None:
         from .client import check_topic_name
 
@@ -89,19 +92,21 @@ class Consumer:
         self.max_retries = max_retries
         self.backoff = backoff
         router = client.router
-        self.queues = [
-            _Queue(q, router.queue_keys(topic.name, q), router.queue_broker(topic, q))
-            for q in range(topic.queues)
-        ]
+        indexes = range(topic.queues) if queues is None else sorted(set(queues))
+        self.queues = {
+            q: _Queue(q, router.queue_keys(topic.name, q), router.queue_broker(topic, q))
+            for q in indexes
+        }
         self._by_stream: dict[bytes, tuple[_Queue, bool]] = {}
-        for q in self.queues:
+        for q in self.queues.values():
             self._by_stream[q.keys.stream.encode()] = (q, False)
             self._by_stream[q.keys.retry_stream(group).encode()] = (q, True)
         self._streams = {
             broker: {s: ">" for q in queues for s in (q.keys.stream, q.keys.retry_stream(group))}
-            for broker, queues in self._by_broker(self.queues).items()
+            for broker, queues in self._by_broker(self.queues.values()).items()
         }
         self._active_streams = 1
+        self._rotation = itertools.cycle(list(self._streams))
         self._next_move = 0.0
         self._next_claim = 0.0
         self._claim_every = max(0.05, min(visibility_timeout / 4, 5.0))
@@ -181,30 +186,36 @@ class Consumer:
         last time, and what comes beyond `count` is handed back at once.
         """
         per_stream = max(1, -(-count // self._active_streams))
-        messages: list[Message] = []
-        active = 0
-        for broker, streams in self._streams.items():
-            reply = broker.redis.xreadgroup(
-                self.group,
-                self.name,
-                streams,
-                count=per_stream,
-                block=block_ms if len(self._streams) == 1 else None,
-            )
-            active += len(reply or [])
-            messages += self._decode(reply or [])
-        self._active_streams = max(1, active)
+        replies: list[Any] = []
+        if len(self._streams) == 1:
+            [(broker, streams)] = self._streams.items()
+            replies += self._xread(broker, streams, per_stream, block_ms)
+        else:
+            # One consumer over several brokers: look at each, then block on one at a time.
+            # (The worker avoids this: it runs one consumer per broker.)
+            for broker, streams in self._streams.items():
+                replies += self._xread(broker, streams, per_stream, None)
+            if not replies and block_ms:
+                broker = next(self._rotation)
+                wait = min(block_ms, MULTI_BROKER_BLOCK_MS)
+                replies += self._xread(broker, self._streams[broker], per_stream, wait)
+        self._active_streams = max(1, len(replies))
+        messages = self._decode(replies)
         if len(messages) > count:
             self.release(messages[count:])
             del messages[count:]
         return messages
+
+    def _xread(self, broker: Broker, streams: dict, count: int, block_ms: int | None) -> list:
+        reply = broker.redis.xreadgroup(self.group, self.name, streams, count=count, block=block_ms)
+        return reply or []
 
     def _claim(self, count: int) -> list[Message]:
         """Take over up to `count` entries whose lease expired (their consumer died or
         stalled), stream by stream."""
         idle_ms = int(self.visibility_timeout * 1000)
         messages: list[Message] = []
-        for q in self.queues:
+        for q in self.queues.values():
             for stream in (q.keys.stream, q.keys.retry_stream(self.group)):
                 left = count - len(messages)
                 if left <= 0:
@@ -308,7 +319,7 @@ class Consumer:
         """Move due delayed messages and this group's due retries into their streams."""
         now = now_ms()
         nearest = now + MOVE_TICK_MS
-        for broker, queues in self._by_broker(self.queues).items():
+        for broker, queues in self._by_broker(self.queues.values()).items():
             pipe = broker.redis.pipeline(transaction=False)
             for q in queues:
                 k = q.keys
@@ -503,7 +514,7 @@ class Consumer:
         """Messages of this group not yet settled: undelivered, pending, delayed or retrying."""
         total = 0
         with self.client.errors():
-            for broker, queues in self._by_broker(self.queues).items():
+            for broker, queues in self._by_broker(self.queues.values()).items():
                 pipe = broker.redis.pipeline(transaction=False)
                 for q in queues:
                     k = q.keys

@@ -10,12 +10,15 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redismq.process import die_with_parent
 
 from .loader import load_app
 from .logs import setup_logging
+
+if TYPE_CHECKING:
+    from .metrics import MultiProcessExporter
 
 log = logging.getLogger("redismq.supervisor")
 RESTART_DELAY_MAX = 10.0
@@ -34,15 +37,36 @@ class WorkerOptions:
     grace: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
 
-def run_worker(options: WorkerOptions) -> int:
-    """Run one worker process in this process until it is stopped; returns the exit code."""
+def run_worker(options: WorkerOptions, serve_metrics: bool = True) -> int:
+    """Run one worker process in this process until it is stopped; returns the exit code.
+
+    With a metrics port, the worker records Prometheus metrics and, unless a supervisor
+    serves them (`serve_metrics=False`), serves them itself.
+    """
     from .worker import EXIT_REPLACE, Worker
 
     setup_logging(options.log_level, options.log_format)
     app = load_app(options.app)
     app.client.ping()
+    hooks, components, server = [], [], None
+    if options.metrics_port is not None:
+        from .metrics import LagCollector, Metrics, MetricsServer
+
+        metrics = Metrics()
+        own = [
+            (s.topic, s.group)
+            for s in app.subscriptions.values()
+            if (not options.topics or s.topic in options.topics)
+            and options.group in (None, s.group)
+        ]
+        hooks.append(metrics)
+        components.append(LagCollector(app.client, metrics.queue_lag, own))
+        if serve_metrics:
+            server = MetricsServer(options.metrics_host, options.metrics_port)
     worker = Worker(
         app,
         topics=options.topics,
@@ -51,6 +75,8 @@ def run_worker(options: WorkerOptions) -> int:
         concurrency=options.concurrency,
         burst=options.burst,
         grace=options.grace,
+        hooks=hooks,
+        components=components,
     )
     worker.install_signal_handlers()
     log.info(
@@ -59,7 +85,11 @@ def run_worker(options: WorkerOptions) -> int:
         ", ".join(f"{s.topic}/{s.group}" for s in worker.subscriptions),
         options.concurrency,
     )
-    counts = worker.run()
+    try:
+        counts = worker.run()
+    finally:
+        if server is not None:
+            server.close()
     log.info(
         "worker %s stopped: %d processed, %d failed", worker.id, counts.processed, counts.failed
     )
@@ -68,7 +98,7 @@ def run_worker(options: WorkerOptions) -> int:
 
 def _child(options: dict[str, Any], parent: int) -> None:
     die_with_parent(signal.SIGTERM, parent)
-    raise SystemExit(run_worker(WorkerOptions(**options)))
+    raise SystemExit(run_worker(WorkerOptions(**options), serve_metrics=False))
 
 
 class Supervisor:
@@ -82,10 +112,25 @@ class Supervisor:
         self.forced = False
         self._context = multiprocessing.get_context("spawn")
         self._delay = [0.5] * processes
+        self.exporter: MultiProcessExporter | None = None
 
     def run(self) -> int:
         """Supervise until stopped (or, in burst mode, until every child is done)."""
         self._install_signal_handlers()
+        if self.options.metrics_port is not None:
+            from .metrics import MultiProcessExporter
+
+            # Before the first child starts: the children inherit its directory.
+            self.exporter = MultiProcessExporter(
+                self.options.metrics_host, self.options.metrics_port
+            )
+        try:
+            return self._supervise()
+        finally:
+            if self.exporter is not None:
+                self.exporter.close()
+
+    def _supervise(self) -> int:
         for slot in range(self.processes):
             self._start(slot)
         while not self.stopping:
@@ -115,8 +160,14 @@ class Supervisor:
             child.exitcode,
             self._delay[slot],
         )
+        if self.exporter is not None and child.pid is not None:
+            self.exporter.process_dead(child.pid)
         time.sleep(self._delay[slot])
         self._delay[slot] = min(RESTART_DELAY_MAX, self._delay[slot] * 2)
+        # Told to stop while waiting: a child started now would never be signalled, and
+        # would hold the shutdown for the whole grace period.
+        if self.stopping:
+            return
         self._start(slot)
 
     def _install_signal_handlers(self) -> None:

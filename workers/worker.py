@@ -109,13 +109,14 @@ class Worker:
         self.loops = [
             Loop(
                 self.client.consumer(
-                    s.topic, s.group, visibility_timeout=visibility_timeout, create=True
+                    s.topic, s.group, visibility_timeout=visibility_timeout, queues=queues
                 ),
                 s,
                 count,
                 hooks,
             )
             for s in subs
+            for queues in self._queues_by_broker(s.topic)
             for _ in range(concurrency)
         ]
         heartbeat = Heartbeat(
@@ -141,6 +142,15 @@ class Worker:
                 *components,
             ]
         )
+
+    def _queues_by_broker(self, topic: str) -> list[list[int]]:
+        """The topic's queue numbers grouped by broker: each group gets its own fetch
+        threads, so that every broker has a blocking read of its own."""
+        t = self.client.topic(topic, create=True)
+        groups: dict[str, list[int]] = {}
+        for q, broker in enumerate(t.placement):
+            groups.setdefault(broker, []).append(q)
+        return list(groups.values())
 
     @property
     def counts(self) -> Counts:
