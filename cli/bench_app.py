@@ -1,0 +1,56 @@
+"""The tasks `redismq bench` runs: no-ops, and a probe that records when it started.
+
+The redismq worker loads ``cli.bench_app:app`` (with no URL: the CLI sets $REDISMQ_URL);
+RQ imports ``rq_noop`` and ``rq_record_start`` by their dotted paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import redis
+
+from redismq import App
+
+TOPIC = "bench"
+LATENCY_TOPIC = "bench-latency"
+# The Redis list where `record_start` and `rq_record_start` push [sent_at, started_at].
+LATENCY_LIST = "bench:latency"
+
+app = App()
+
+_redis: redis.Redis | None = None
+
+
+def _conn() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(os.environ["REDISMQ_URL"])
+    return _redis
+
+
+def _record(sent_at: float) -> None:
+    started = time.time()
+    _conn().rpush(LATENCY_LIST, json.dumps([sent_at, started]))
+
+
+@app.task(topic=TOPIC, name="bench.noop")
+def noop() -> None:
+    """Does nothing: what is measured is the queue."""
+
+
+@app.task(topic=LATENCY_TOPIC, name="bench.record_start")
+def record_start(sent_at: float) -> None:
+    """Records when it started next to when it was sent (time.time() of both)."""
+    _record(sent_at)
+
+
+def rq_noop() -> None:
+    """The RQ twin of `noop`."""
+
+
+def rq_record_start(sent_at: float) -> None:
+    """The RQ twin of `record_start`."""
+    _record(sent_at)
