@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .errors import BrokerUnavailable, InvalidMessage, RedisMQError, TopicNotFound
+from .errors import (
+    BrokerUnavailable,
+    InvalidMessage,
+    NotReplicated,
+    QueueUnavailable,
+    RedisMQError,
+    TopicNotFound,
+)
 from .keys import DEFAULT_NAMESPACE, QueueKeys
 from .message import (
     DEFAULT_MAX_BODY,
@@ -23,6 +31,11 @@ from .message import (
 )
 from .routing import Router, Topic, queue_for_key
 from .urls import check_url, connect, mask_url
+
+log = logging.getLogger("redismq.client")
+DURABILITIES = ("master", "replicated")
+# Tries of a keyless send on different brokers before its error is raised.
+SEND_ATTEMPTS = 3
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -134,10 +147,13 @@ def prepare_batch(
     return msgs
 
 
-def choose_queue(topic: Topic, msg: Outgoing) -> int:
-    """The queue a message goes to: by its key (or dedup key), else the next round-robin."""
+def choose_queue(topic: Topic, msg: Outgoing, usable: Callable[[str], bool] | None = None) -> int:
+    """The queue a message goes to: by its key (or dedup key), else the next round-robin
+    queue on a `usable` broker."""
     route_key = msg.route_key
-    return queue_for_key(route_key, topic.queues) if route_key is not None else topic.next_queue()
+    if route_key is not None:
+        return queue_for_key(route_key, topic.queues)
+    return topic.next_queue(usable)
 
 
 def send_script_call(
@@ -188,6 +204,8 @@ class Client:
         default_queues: int = DEFAULT_QUEUES,
         max_body: int = DEFAULT_MAX_BODY,
         dedup_window: float = 86_400.0,
+        durability: str = "master",
+        replica_timeout: float = 1.0,
         result_ttl: float = 86_400.0,
         done_ttl: float = 86_400.0,
     ) -> None:
@@ -196,6 +214,9 @@ class Client:
         self.default_queues = default_queues
         self.max_body = max_body
         self.dedup_window_ms = int(dedup_window * 1000)
+        self.durability = durability
+        self.replica_timeout_ms = int(replica_timeout * 1000)
+        self._replicated(durability)
         self.result_ttl_ms = int(result_ttl * 1000)
         self.done_ttl_ms = int(done_ttl * 1000)
         self.meta = connect(self.url)
@@ -263,10 +284,20 @@ class Client:
         delay: float | timedelta | None = None,
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
+        durability: str | None = None,
     ) -> str:
-        """Send one message; returns its id once the broker has stored it."""
+        """Send one message; returns its id once the broker has stored it.
+
+        `durability="replicated"` also waits until a replica has it (else NotReplicated).
+        """
         return self.send_message(
-            topic, body, key=key, delay=delay, dedup_key=dedup_key, headers=headers
+            topic,
+            body,
+            key=key,
+            delay=delay,
+            dedup_key=dedup_key,
+            headers=headers,
+            durability=durability,
         ).id
 
     def send_message(
@@ -278,43 +309,109 @@ class Client:
         delay: float | timedelta | None = None,
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
+        durability: str | None = None,
     ) -> Sent:
-        """Send one message; returns where it went (id, queue and stream entry)."""
+        """Send one message; returns where it went (id, queue and stream entry).
+
+        Without a key, a message whose broker fails goes to a queue on another broker; a
+        keyed message stays on its queue (moving it would break its order) and the error
+        is raised.
+        """
         msg = prepare_message(
             body, key=key, delay=delay, dedup_key=dedup_key, headers=headers, max_body=self.max_body
         )
+        replicated = self._replicated(durability)
         t = self.topic(topic)
-        queue = choose_queue(t, msg)
-        qk = self.router.queue_keys(topic, queue)
+        queue = choose_queue(t, msg, self.router.usable)
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                return self._send_to(t, queue, msg, replicated)
+            except BrokerUnavailable as exc:
+                broker = t.placement[queue]
+                self.router.mark_down(broker)
+                if msg.route_key is not None:
+                    raise QueueUnavailable(
+                        f"queue {queue} of {topic!r} (broker {broker!r}) cannot take the "
+                        f"message: {exc}; a keyed message stays on its queue to keep its order"
+                    ) from None
+                if attempt == SEND_ATTEMPTS - 1:
+                    raise
+                log.warning("%s; sending to another broker", exc)
+                t = self.topic(topic)
+                queue = t.next_queue(self.router.usable)
+        raise AssertionError("unreachable")
+
+    def _replicated(self, durability: str | None) -> bool:
+        chosen = durability or self.durability
+        if chosen not in DURABILITIES:
+            raise InvalidMessage(f"durability must be one of {', '.join(DURABILITIES)}")
+        return chosen == "replicated"
+
+    def _send_to(self, t: Topic, queue: int, msg: Outgoing, replicated: bool) -> Sent:
+        """Write one message to one queue (and wait for a replica if asked)."""
+        qk = self.router.queue_keys(t.name, queue)
         with self.errors():
             broker = self.router.queue_broker(t, queue)
-            if not msg.needs_script:
+            if not replicated and not msg.needs_script:
                 entry = broker.redis.xadd(qk.stream, msg.fields)
-                return Sent(msg.id, topic, queue, entry.decode())
-            keys, args = send_script_call(qk, msg, self.dedup_window_ms)
-            reply = broker.scripts.send(keys=keys, args=args)
-        return script_sent(reply, topic, queue)
+                return Sent(msg.id, t.name, queue, entry.decode())
+            pipe = broker.redis.pipeline(transaction=False)
+            if msg.needs_script:
+                keys, args = send_script_call(qk, msg, self.dedup_window_ms)
+                broker.scripts.send(keys=keys, args=args, client=pipe)
+            else:
+                pipe.xadd(qk.stream, msg.fields)
+            if replicated:
+                pipe.wait(1, self.replica_timeout_ms)
+            replies = pipe.execute()
+        if replicated and replies[-1] < 1:
+            raise NotReplicated(msg.id, broker.name, self.replica_timeout_ms)
+        if msg.needs_script:
+            return script_sent(replies[0], t.name, queue)
+        return Sent(msg.id, t.name, queue, replies[0].decode())
 
     def send_many(
-        self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
+        self,
+        topic: str,
+        bodies: Iterable[Any],
+        *,
+        headers: dict[str, str] | None = None,
+        durability: str | None = None,
     ) -> list[str]:
         """Send many messages round-robin over the topic's queues in one pipeline per broker."""
-        return [s.id for s in self.send_many_messages(topic, bodies, headers=headers)]
+        return [
+            s.id
+            for s in self.send_many_messages(topic, bodies, headers=headers, durability=durability)
+        ]
 
     def send_many_messages(
-        self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
+        self,
+        topic: str,
+        bodies: Iterable[Any],
+        *,
+        headers: dict[str, str] | None = None,
+        durability: str | None = None,
     ) -> list[Sent]:
-        """Send many messages round-robin in one pipeline per broker; returns where they went."""
+        """Send many messages round-robin in one pipeline per broker; returns where they went.
+
+        Queues on brokers known to be down or draining are skipped.
+        """
         msgs = prepare_batch(bodies, headers, self.max_body)
+        replicated = self._replicated(durability)
         t = self.topic(topic)
-        queues = [t.next_queue() for _ in msgs]
+        queues = [t.next_queue(self.router.usable) for _ in msgs]
         entries: list[str | None] = [None] * len(msgs)
         with self.errors():
             for name, indexes in batch_by_broker(t, queues).items():
                 pipe = self.router.broker(name).redis.pipeline(transaction=False)
                 for i in indexes:
                     pipe.xadd(self.router.queue_keys(topic, queues[i]).stream, msgs[i].fields)
-                for i, entry in zip(indexes, pipe.execute(), strict=True):
+                if replicated:
+                    pipe.wait(1, self.replica_timeout_ms)
+                replies = pipe.execute()
+                if replicated and replies.pop() < 1:
+                    raise NotReplicated(msgs[indexes[0]].id, name, self.replica_timeout_ms)
+                for i, entry in zip(indexes, replies, strict=True):
                     entries[i] = entry.decode()
         return batch_sent(topic, msgs, queues, entries)
 

@@ -25,6 +25,21 @@ class TopicNotFound(RedisMQError, LookupError):
         self.topic = topic
 
 
+class NotReplicated(RedisMQError):
+    """A message stored on a master that no replica confirmed in time."""
+
+    def __init__(self, message_id: str, broker: str, timeout_ms: int) -> None:
+        super().__init__(
+            f"message {message_id} is on the master of broker {broker!r} but no replica "
+            f"confirmed it within {timeout_ms} ms (resending with the same dedup_key is safe)"
+        )
+        self.message_id = message_id
+
+
+class QueueUnavailable(RedisMQError):
+    """A keyed message's queue cannot take it (its broker is down or draining)."""
+
+
 class TopicExists(RedisMQError):
     """A topic was created again with a different shape."""
 

@@ -84,6 +84,16 @@ class MetaKeys:
         return f"{self.ns}:brokers"
 
     @property
+    def broker_health(self) -> str:
+        """Hash broker name -> JSON health record written by the NameServer."""
+        return f"{self.ns}:brokers:health"
+
+    @property
+    def nameserver_lease(self) -> str:
+        """The lease that elects the one acting NameServer."""
+        return f"{self.ns}:nameserver:lease"
+
+    @property
     def topics(self) -> str:
         return f"{self.ns}:topics"
 

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,8 @@ from .scripts import Scripts
 from .urls import connect
 
 DEFAULT_BROKER = "default"
+# How long a client avoids a broker after a failed send, for messages that may go elsewhere.
+DOWN_FOR = 2.0
 REFRESH_INTERVAL = 1.0
 
 
@@ -65,6 +67,20 @@ def broker_url(name: str, raw: bytes | None) -> str | None:
     if raw is None and name != DEFAULT_BROKER:
         raise LookupError(f"broker {name!r} is not registered")
     return json.loads(raw)["url"] if raw else None
+
+
+ACTIVE, DRAINING, DOWN = "active", "draining", "down"
+
+
+def broker_states(records: dict[bytes, bytes], health: dict[bytes, bytes]) -> dict[str, str]:
+    """Broker name -> active, draining or down, from registry records and health records."""
+    states = {}
+    for raw_name, raw in records.items():
+        name = raw_name.decode()
+        state = json.loads(raw).get("state", ACTIVE)
+        checked = json.loads(health[raw_name]) if raw_name in health else {}
+        states[name] = DOWN if checked.get("up") is False else state
+    return states
 
 
 def topic_record(name: str, raw: bytes | None) -> dict[str, Any]:
@@ -140,7 +156,13 @@ class Topic:
     placement: list[str] = field(default_factory=list)
     _rr: itertools.count = field(default_factory=itertools.count)
 
-    def next_queue(self) -> int:
+    def next_queue(self, usable: Callable[[str], bool] | None = None) -> int:
+        """The next queue round-robin, skipping queues whose broker is not `usable`
+        (when every broker is unusable, the next queue anyway: the send then fails clearly)."""
+        for _ in range(self.queues):
+            q = next(self._rr) % self.queues
+            if usable is None or usable(self.placement[q]):
+                return q
         return next(self._rr) % self.queues
 
 
@@ -202,6 +224,9 @@ class Router:
         self._brokers: dict[str, Broker] = {}
         self._cache = RouteCache()
         self.meta_scripts = Scripts(meta)
+        self._states: dict[str, str] = {}
+        self._states_read = float("-inf")
+        self._down: dict[str, float] = {}
 
     # -- brokers ---------------------------------------------------------------------
     def broker(self, name: str) -> Broker:
@@ -219,6 +244,35 @@ class Router:
     def broker_names(self) -> list[str]:
         """Registered brokers; a system with none registered has the meta Redis itself."""
         return broker_list(self.meta.hkeys(self.keys.brokers))
+
+    def placeable(self) -> list[str]:
+        """Brokers new queues may go to: active (not draining) and not known to be down."""
+        states = self.states()
+        names = [n for n in self.broker_names() if states.get(n, ACTIVE) == ACTIVE]
+        return names or self.broker_names()
+
+    def states(self) -> dict[str, str]:
+        """Broker name -> active, draining or down (from the registry and the NameServer)."""
+        pipe = self.meta.pipeline(transaction=False)
+        pipe.hgetall(self.keys.brokers)
+        pipe.hgetall(self.keys.broker_health)
+        records, health = pipe.execute()
+        self._states = broker_states(records, health)
+        self._states_read = time.monotonic()
+        return self._states
+
+    def usable(self, name: str) -> bool:
+        """Whether a send may go to this broker now (writable, not known to be down)."""
+        if time.monotonic() - self._states_read > REFRESH_INTERVAL:
+            self.states()
+        if self._down.get(name, 0.0) > time.monotonic():
+            return False
+        return self._states.get(name, ACTIVE) == ACTIVE
+
+    def mark_down(self, name: str) -> None:
+        """Avoid a broker for a moment after a failed send."""
+        self._down[name] = time.monotonic() + DOWN_FOR
+        self.invalidate()
 
     # -- topics ----------------------------------------------------------------------
     def topic(self, name: str) -> Topic:
@@ -242,7 +296,7 @@ class Router:
     def create_topic(self, name: str, queues: int, retention: int, hard_cap: int) -> Topic:
         """Create a topic and place its queues; idempotent for the same shape."""
         keys, args = create_topic_call(
-            self.keys, name, queues, retention, hard_cap, self.broker_names()
+            self.keys, name, queues, retention, hard_cap, self.placeable()
         )
         stored = self.meta_scripts.create_topic(keys=keys, args=args)
         check_created(name, stored, queues)

@@ -11,6 +11,8 @@ import redis
 NAMES = (
     "create_topic",
     "cancel",
+    "registry_set",
+    "expand_topic",
     "send",
     "move_due",
     "settle",

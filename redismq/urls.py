@@ -99,7 +99,7 @@ def connection_options(
 ) -> dict[str, Any]:
     """The options every redismq connection uses: timeouts and bounded reconnect retries."""
     return {
-        "socket_connect_timeout": 5.0,
+        "socket_connect_timeout": min(5.0, socket_timeout),
         "socket_timeout": socket_timeout,
         "retry": retry_class(ExponentialBackoff(cap=1.0, base=0.05), 3),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],

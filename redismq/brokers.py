@@ -1,0 +1,219 @@
+"""The broker registry kept by the NameServer in the meta Redis: add, list, drain, remove
+brokers, and add queues to topics. Every change bumps the route version, so clients
+re-read their routes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .client import check_topic_name
+from .errors import InvalidMessage, RedisMQError
+from .routing import ACTIVE, DRAINING, queue_name, rendezvous, route_fields
+from .urls import check_url, connect, mask_url
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .routing import Topic
+
+
+log = logging.getLogger("redismq.brokers")
+
+
+class BrokerError(RedisMQError):
+    """A broker command that cannot be carried out (nothing was changed)."""
+
+
+@dataclass(slots=True)
+class BrokerInfo:
+    """A registered broker and its last known health."""
+
+    name: str
+    url: str
+    replicas: list[str] = field(default_factory=list)
+    state: str = ACTIVE
+    health: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """As plain data with passwords masked."""
+        return {
+            "name": self.name,
+            "url": mask_url(self.url),
+            "replicas": [mask_url(u) for u in self.replicas],
+            "state": self.state,
+            "health": self.health,
+        }
+
+
+def list_brokers(client: Client) -> list[BrokerInfo]:
+    """Registered brokers with their health, sorted by name."""
+    keys = client.router.keys
+    with client.errors():
+        pipe = client.meta.pipeline(transaction=False)
+        pipe.hgetall(keys.brokers)
+        pipe.hgetall(keys.broker_health)
+        records, health = pipe.execute()
+    out = []
+    for raw_name, raw in sorted(records.items()):
+        record = json.loads(raw)
+        out.append(
+            BrokerInfo(
+                name=raw_name.decode(),
+                url=record["url"],
+                replicas=record.get("replicas", []),
+                state=record.get("state", ACTIVE),
+                health=json.loads(health[raw_name]) if raw_name in health else {},
+            )
+        )
+    return out
+
+
+def _record(client: Client, name: str) -> dict[str, Any]:
+    raw = client.meta.hget(client.router.keys.brokers, name)
+    if raw is None:
+        known = ", ".join(b.name for b in list_brokers(client)) or "none"
+        raise BrokerError(f"broker {name!r} is not registered (registered: {known})")
+    return json.loads(raw)
+
+
+def _set(client: Client, mode: str, name: str, record: dict[str, Any] | None = None) -> int:
+    keys = client.router.keys
+    value = json.dumps(record) if record is not None else ""
+    changed = client.router.meta_scripts.registry_set(
+        keys=[keys.brokers, keys.routes_version],
+        args=[keys.routes_channel, mode, name, value],
+    )
+    client.router.invalidate()
+    return int(changed)
+
+
+def add_broker(client: Client, name: str, url: str, replicas: list[str] | None = None) -> None:
+    """Register a broker (its master URL and optional replica URLs) after checking that it
+    answers. Existing queues stay where they are; new queues may be placed on it."""
+    check_topic_name(name)
+    for u in [url, *(replicas or [])]:
+        check_url(u)
+        _ping(u)
+    record = {"url": url, "replicas": list(replicas or []), "state": ACTIVE, "added": time.time()}
+    with client.errors():
+        if not _set(client, "nx", name, record):
+            raise BrokerError(f"a broker named {name!r} is registered already")
+
+
+def _ping(url: str) -> None:
+    conn = connect(url, socket_timeout=5.0)
+    try:
+        conn.ping()
+        policy = conn.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+    except redis.ResponseError:
+        policy = "noeviction"  # CONFIG may be forbidden by ACL; nothing to warn about then
+    except redis.RedisError as exc:
+        raise BrokerError(f"broker at {mask_url(url)} does not answer: {exc}") from None
+    finally:
+        conn.close()
+    if policy != "noeviction":
+        log.warning(
+            "broker at %s has maxmemory-policy %s: it may silently drop queued messages "
+            "(use noeviction)",
+            mask_url(url),
+            policy,
+        )
+
+
+def drain_broker(client: Client, name: str) -> None:
+    """Make a broker's queues read-only: no new sends go there, consumers empty them."""
+    with client.errors():
+        record = _record(client, name)
+        record["state"] = DRAINING
+        _set(client, "xx", name, record)
+
+
+def undrain_broker(client: Client, name: str) -> None:
+    """Let sends go to a drained broker again."""
+    with client.errors():
+        record = _record(client, name)
+        record["state"] = ACTIVE
+        _set(client, "xx", name, record)
+
+
+def remove_broker(client: Client, name: str) -> None:
+    """Unregister a broker; refused while any of its queues holds unconsumed messages.
+
+    Its (empty) queues are placed on the remaining brokers.
+    """
+    with client.errors():
+        _record(client, name)
+        held = [
+            (t, q)
+            for t in client.router.topic_names()
+            for q, broker in enumerate(client.router.topic(t).placement)
+            if broker == name
+        ]
+        busy = {f"{t}#{q}": n for t, q in held if (n := unconsumed(client, t, q))}
+        if busy:
+            listed = ", ".join(f"{k} ({n})" for k, n in sorted(busy.items()))
+            raise BrokerError(
+                f"broker {name!r} still holds unconsumed messages: {listed} "
+                f"(drain it first: redismq broker drain {name})"
+            )
+        others = [b for b in client.router.placeable() if b != name]
+        if held and not others:
+            raise BrokerError(f"broker {name!r} holds queues and no other broker can take them")
+        keys = client.router.keys
+        pipe = client.meta.pipeline(transaction=True)
+        for t, q in held:
+            pipe.hset(keys.routes, queue_name(t, q), rendezvous(others, queue_name(t, q)))
+        pipe.execute()
+        _set(client, "del", name)
+
+
+def unconsumed(client: Client, topic: str, queue: int) -> int:
+    """Messages of one queue some group has not finished: undelivered, pending, delayed,
+    retrying (entries of a queue no group reads count as unconsumed too)."""
+    t = client.router.topic(topic)
+    k = client.router.queue_keys(topic, queue)
+    r = client.router.queue_broker(t, queue).redis
+    groups = client.router.groups(topic)
+    pipe = r.pipeline(transaction=False)
+    pipe.xlen(k.stream)
+    pipe.zcard(k.delayed)
+    pipe.xinfo_groups(k.stream)
+    for g in groups:
+        pipe.zcard(k.retry(g))
+        pipe.xlen(k.retry_stream(g))
+    replies = pipe.execute(raise_on_error=False)
+    length, delayed, infos = replies[0], replies[1], replies[2]
+    total = delayed + sum(r for r in replies[3:] if isinstance(r, int))
+    infos = infos if isinstance(infos, list) else []
+    if not infos:
+        return total + length
+    return total + sum(int(g["pending"]) + int(g.get("lag") or 0) for g in infos)
+
+
+def expand_topic(client: Client, name: str, queues: int) -> Topic:
+    """Give a topic more queues; existing queues stay where they are, new ones are placed
+    by rendezvous over the brokers that take new queues."""
+    if not isinstance(queues, int) or queues > 1024:
+        raise InvalidMessage(f"queues must be a whole number up to 1024, not {queues!r}")
+    with client.errors():
+        t = client.topic(name, create=False)
+        if queues <= t.queues:
+            raise BrokerError(f"topic {name!r} has {t.queues} queues; expand takes a larger number")
+        keys = client.router.keys
+        record = json.loads(client.meta.hget(keys.topics, name))
+        record["queues"] = queues
+        brokers = client.router.placeable()
+        placement = [rendezvous(brokers, f) for f in route_fields(name, queues)[t.queues :]]
+        changed = client.router.meta_scripts.expand_topic(
+            keys=[keys.topics, keys.routes, keys.routes_version],
+            args=[keys.routes_channel, name, t.queues, json.dumps(record), *placement],
+        )
+        if not changed:
+            raise BrokerError(f"topic {name!r} changed meanwhile; try again")
+        client.router.invalidate()
+        return client.router.topic(name)

@@ -1,0 +1,139 @@
+"""The NameServer: checks every broker (master and replicas) every second, records their
+health in the meta Redis and bumps the route version when something clients need changes.
+Several may run; a lease makes one act at a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .brokers import BrokerInfo, list_brokers
+from .urls import connect, mask_url
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("redismq.nameserver")
+CHECK_TIMEOUT = 1.0
+
+
+def check_server(conn: redis.Redis) -> dict[str, Any]:
+    """Up, role, replication offset and (for a replica) link state of one server."""
+    try:
+        info = conn.info("replication")
+    except redis.RedisError as exc:
+        return {"up": False, "error": str(exc)}
+    out: dict[str, Any] = {"up": True, "role": info.get("role")}
+    if info.get("role") == "master":
+        out["offset"] = info.get("master_repl_offset", 0)
+        out["replicas"] = info.get("connected_slaves", 0)
+    else:
+        out["offset"] = info.get("slave_repl_offset", 0)
+        out["link"] = info.get("master_link_status")
+        out["master"] = f"{info.get('master_host')}:{info.get('master_port')}"
+    return out
+
+
+class NameServer:
+    """Keeps broker health and routes fresh; `run()` until `stop()`."""
+
+    def __init__(self, client: Client, interval: float = 1.0) -> None:
+        self.client = client
+        self.interval = interval
+        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self.lease_ms = int(max(3.0, interval * 3) * 1000)
+        self._conns: dict[str, redis.Redis] = {}
+        self._last: dict[str, tuple] = {}
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        """Check brokers every interval while holding the lease."""
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                if self.acquire():
+                    self.check_all()
+            except redis.RedisError as exc:
+                log.error("meta Redis unavailable: %s", exc)
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        self.release()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def acquire(self) -> bool:
+        """Take or keep the lease; True while this NameServer is the acting one."""
+        key = self.client.router.keys.nameserver_lease
+        meta = self.client.meta
+        if meta.set(key, self.id, nx=True, px=self.lease_ms):
+            log.info("nameserver %s is now acting", self.id)
+            return True
+        if meta.get(key) == self.id.encode():
+            meta.pexpire(key, self.lease_ms)
+            return True
+        return False
+
+    def release(self) -> None:
+        key = self.client.router.keys.nameserver_lease
+        try:
+            if self.client.meta.get(key) == self.id.encode():
+                self.client.meta.delete(key)
+        except redis.RedisError:
+            pass
+
+    def check_all(self) -> dict[str, dict[str, Any]]:
+        """Check every broker once, store the results, bump routes on a change."""
+        keys = self.client.router.keys
+        results = {b.name: self.check_broker(b) for b in list_brokers(self.client)}
+        changed = False
+        pipe = self.client.meta.pipeline(transaction=False)
+        for name, health in results.items():
+            pipe.hset(keys.broker_health, name, json.dumps(health))
+            summary = (health["up"], health.get("address"))
+            if self._last.get(name) not in (None, summary):
+                log.warning("broker %s changed: %s -> %s", name, self._last[name], summary)
+                changed = True
+            self._last[name] = summary
+        if changed:
+            pipe.incr(keys.routes_version)
+        pipe.execute()
+        if changed:
+            self.client.meta.publish(keys.routes_channel, "health")
+        return results
+
+    def check_broker(self, broker: BrokerInfo) -> dict[str, Any]:
+        """Health of one broker: its master (followed through Sentinel) and replicas."""
+        master = check_server(self._conn(broker.url))
+        health: dict[str, Any] = {"up": master["up"], "checked": time.time(), "master": master}
+        if master["up"]:
+            health["address"] = self._address(broker.url)
+        replicas = []
+        for url in broker.replicas:
+            state = check_server(self._conn(url))
+            if master["up"] and state["up"]:
+                state["lag"] = max(0, master.get("offset", 0) - state.get("offset", 0))
+            replicas.append({"url": mask_url(url), **state})
+        health["replicas"] = replicas
+        return health
+
+    def _conn(self, url: str) -> redis.Redis:
+        if url not in self._conns:
+            self._conns[url] = connect(url, socket_timeout=CHECK_TIMEOUT)
+        return self._conns[url]
+
+    def _address(self, url: str) -> str:
+        """host:port of the server now answering as the broker's master."""
+        conn = self._conns[url]
+        pool = conn.connection_pool
+        if hasattr(pool, "get_master_address"):  # Sentinel: the master it follows now
+            host, port = pool.get_master_address()
+            return f"{host}:{port}"
+        kw = pool.connection_kwargs
+        return f"{kw.get('host')}:{kw.get('port')}"
