@@ -106,6 +106,7 @@ class Subscription:
     tasks: dict[str, Task] = field(default_factory=dict)
     handler: Callable[[Message], Any] | None = None
     options: Options = field(default_factory=Options)
+    ordered: bool = False
 
     def resolve(self, msg: Message) -> tuple[Callable[..., Any], tuple, dict, Task | None]:
         """The callable a message runs, its arguments and its task (None for a handler).
@@ -154,8 +155,13 @@ class App:
         """The app's async client, made on first use with the URL and options of `client`."""
         return AsyncClient.like(self.client)
 
-    def _subscription(self, topic: str, group: str) -> Subscription:
-        return self.subscriptions.setdefault((topic, group), Subscription(topic, group))
+    def _subscription(self, topic: str, group: str, ordered: bool = False) -> Subscription:
+        sub = self.subscriptions.setdefault(
+            (topic, group), Subscription(topic, group, ordered=ordered)
+        )
+        if sub.ordered != ordered:
+            raise RedisMQError(f"{topic}/{group} is ordered for some tasks and not for others")
+        return sub
 
     def task(
         self,
@@ -167,14 +173,19 @@ class App:
         max_retries: int = 3,
         backoff: float = 1.0,
         time_limit: float | None = None,
+        ordered: bool = False,
     ) -> Any:
-        """Register a function as a task (usable as `@app.task` or `@app.task(...)`)."""
+        """Register a function as a task (usable as `@app.task` or `@app.task(...)`).
+
+        `ordered=True` makes the group ordered: each queue is processed by one worker at a
+        time, strictly in order, and a failing message is retried in place.
+        """
 
         def register(f: Callable[..., Any]) -> Task:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             if task_name in self.tasks:
                 raise RedisMQError(f"a task named {task_name!r} is registered already")
-            sub = self._subscription(topic, group)
+            sub = self._subscription(topic, group, ordered)
             if sub.handler is not None:
                 raise RedisMQError(f"{topic}/{group} already has a message handler")
             task = Task(self, f, task_name, topic, group, Options(max_retries, backoff, time_limit))
@@ -215,11 +226,13 @@ class App:
         max_retries: int = 3,
         backoff: float = 1.0,
         time_limit: float | None = None,
+        ordered: bool = False,
     ) -> Callable[[Callable[[Message], Any]], Callable[[Message], Any]]:
-        """Register a handler that receives every message of `topic` for `group`."""
+        """Register a handler that receives every message of `topic` for `group`
+        (`ordered=True`: one consumer per queue at a time, strictly in order)."""
 
         def register(f: Callable[[Message], Any]) -> Callable[[Message], Any]:
-            sub = self._subscription(topic, group)
+            sub = self._subscription(topic, group, ordered)
             if sub.handler is not None or sub.tasks:
                 raise RedisMQError(f"{topic}/{group} already has tasks or a handler")
             sub.handler = f

@@ -445,16 +445,19 @@ class Client:
         name: str | None = None,
         create: bool = False,
         queues: Iterable[int] | None = None,
+        ordered: bool = False,
     ) -> Consumer:
         """A consumer of every queue of a topic (or of `queues`), as a member of `group`.
 
         The topic must exist unless `create` is true. A group created after messages were
-        sent starts at the oldest retained entry.
+        sent starts at the oldest retained entry. `ordered=True` gives an OrderedConsumer
+        (queue leases, strict order, retries in place).
         """
         from .consumer import Consumer
+        from .ordered import OrderedConsumer
 
         t = self.topic(topic, create=create)
-        return Consumer(
+        return (OrderedConsumer if ordered else Consumer)(
             self,
             t,
             group,

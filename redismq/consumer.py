@@ -202,9 +202,13 @@ class Consumer:
         self._active_streams = max(1, len(replies))
         messages = self._decode(replies)
         if len(messages) > count:
-            self.release(messages[count:])
+            self._excess(messages[count:])
             del messages[count:]
         return messages
+
+    def _excess(self, messages: list[Message]) -> None:
+        """What a read brought beyond the count asked for: handed back at once."""
+        self.release(messages)
 
     def _xread(self, broker: Broker, streams: dict, count: int, block_ms: int | None) -> list:
         reply = broker.redis.xreadgroup(self.group, self.name, streams, count=count, block=block_ms)

@@ -41,6 +41,10 @@ class QueueKeys:
     def __repr__(self) -> str:
         return f"QueueKeys({self.ns!r}, {self.topic!r}, {self.queue})"
 
+    def lease(self, group: str) -> str:
+        """The lease that gives one consumer of an ordered group this queue."""
+        return f"{self.tag}:lease:{group}"
+
     def dedup(self, dedup_key: str) -> str:
         return f"{self.tag}:dedup:{dedup_key}"
 
@@ -112,6 +116,11 @@ class MetaKeys:
     def groups(self, topic: str) -> str:
         """Set of the groups known to consume a topic."""
         return f"{self.ns}:groups:{topic}"
+
+    def members(self, topic: str, group: str, share: str) -> str:
+        """Zset of the live consumers of an ordered group sharing a set of queues, scored by
+        their last beat."""
+        return f"{self.ns}:members:{topic}:{group}:{share}"
 
     @property
     def workers(self) -> str:

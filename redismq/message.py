@@ -92,6 +92,7 @@ class Message:
     entry_id: str = ""
     from_retry: bool = False
     raw: bytes = b""
+    hold_for: float = 0.0
 
     def fields(self, attempt: int | None = None) -> dict[bytes, bytes | str | int]:
         """The stream entry fields that re-create this message (for retry or replay)."""

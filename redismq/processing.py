@@ -156,7 +156,13 @@ class BatchRunner:
                 self.consumer.release(rest)
                 counts.released += len(rest)
                 break
-            self.run_one(msg, counts)
+            outcome = self.run_one(msg, counts)
+            while outcome == "hold" and not self._hold(msg, stop):
+                outcome = self.run_one(msg, counts)
+            if outcome == "hold":  # stopped while holding: leave it and the rest pending
+                self._flush(counts)
+                self.consumer.release(messages[i:])
+                break
             if time.monotonic() - last_flush > FLUSH_EVERY:
                 self._flush(counts)
                 last_flush = time.monotonic()
@@ -164,7 +170,19 @@ class BatchRunner:
         self._batch = ()
         return counts
 
-    def run_one(self, msg: Message, counts: Counts) -> None:
+    @staticmethod
+    def _hold(msg: Message, stop: Callable[[], bool]) -> bool:
+        """Wait before running a message again in place; True if stopped meanwhile."""
+        deadline = time.monotonic() + msg.hold_for
+        while time.monotonic() < deadline:
+            if stop():
+                return True
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return stop()
+
+    def run_one(self, msg: Message, counts: Counts) -> str | None:
+        """Run one message and settle or schedule its outcome: done, retry, hold (run it
+        again in place: ordered groups), dead or cancelled; None if abandoned."""
         sub = self.subscription
         try:
             fn, args, kwargs, task = sub.resolve(msg)
@@ -172,7 +190,7 @@ class BatchRunner:
             self.consumer.dead_letter(msg, describe(exc), track=sub.handler is None)
             counts.dead += 1
             self._after(msg, None, "dead", 0.0, describe(exc))
-            return
+            return "dead"
         name = task.name if task else None
         limit = sub.options_for(task).time_limit
         for hook in self.hooks:
@@ -185,19 +203,19 @@ class BatchRunner:
         except asyncio.CancelledError:
             self.running = None
             self._cancelled(msg, name, counts, time.perf_counter() - started)
-            return
+            return "cancelled"
         except Exception as exc:
             self.running = None
-            self.fail(msg, exc, task, counts, time.perf_counter() - started)
-            return
+            return self.fail(msg, exc, task, counts, time.perf_counter() - started)
         finally:
             self.running = None
             reset_current(token)
         if self.abandoned:
-            return
+            return None
         self._done.append(msg)
         self._results.append(result if task is not None else NO_RESULT)
         self._after(msg, name, "done", time.perf_counter() - started, None)
+        return "done"
 
     def fail(
         self, msg: Message, exc: BaseException, task: Task | None, counts: Counts, took: float
@@ -213,7 +231,8 @@ class BatchRunner:
             counts.dead += 1
         else:
             counts.retried += 1
-        self._after(msg, task.name if task else None, outcome, took, describe(exc))
+        reported = "retry" if outcome == "hold" else outcome
+        self._after(msg, task.name if task else None, reported, took, describe(exc))
         return outcome
 
     def _after(

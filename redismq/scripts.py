@@ -13,6 +13,7 @@ NAMES = (
     "cancel",
     "registry_set",
     "expand_topic",
+    "lease",
     "send",
     "move_due",
     "settle",

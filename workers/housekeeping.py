@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from redismq import BrokerUnavailable, Client
+from redismq.ordered import OrderedConsumer
 from redismq.processing import Counts
 
 if TYPE_CHECKING:
@@ -157,3 +158,16 @@ class Trimmer(Component):
     def tick(self) -> None:
         for topic in self.topics:
             self.client.trim(topic)
+
+
+class LeaseBalancer(Component):
+    """Keeps the queue leases of ordered consumers: renews them, takes a fair share, marks
+    extra ones to give back."""
+
+    def __init__(self, loops: Sequence[Loop], visibility_timeout: float) -> None:
+        self.loops = [loop for loop in loops if isinstance(loop.consumer, OrderedConsumer)]
+        self.interval = max(0.05, visibility_timeout / 3)
+
+    def tick(self) -> None:
+        for loop in self.loops:
+            loop.consumer.rebalance()

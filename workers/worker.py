@@ -20,6 +20,7 @@ from .housekeeping import (
     Canceller,
     Component,
     Housekeeper,
+    LeaseBalancer,
     LeaseKeeper,
     Trimmer,
     Watchdog,
@@ -109,7 +110,11 @@ class Worker:
         self.loops = [
             Loop(
                 self.client.consumer(
-                    s.topic, s.group, visibility_timeout=visibility_timeout, queues=queues
+                    s.topic,
+                    s.group,
+                    visibility_timeout=visibility_timeout,
+                    queues=queues,
+                    ordered=s.ordered,
                 ),
                 s,
                 count,
@@ -134,6 +139,7 @@ class Worker:
         self.housekeeper = Housekeeper(
             [
                 LeaseKeeper(self.loops, visibility_timeout),
+                LeaseBalancer(self.loops, visibility_timeout),
                 Watchdog(self.loops, self._replace),
                 Canceller(self.loops, self._replace),
                 Trimmer(self.client, {s.topic for s in subs}),
