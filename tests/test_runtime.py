@@ -233,3 +233,19 @@ def test_worker_that_stops_beating_leaves_status_within_three_beats(
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
     assert wait_for(lambda: live_workers(client) == [], timeout=BEAT_EVERY * MISSED_BEATS + 2)
+
+
+def test_running_worker_consumes_queues_added_by_topic_expand(rt, client, url, db, processes):
+    from redismq.brokers import expand_topic
+    from redismq.routing import queue_for_key
+
+    rt.sync_job.send(0)
+    worker = start_worker(processes, url, "--processes", "1")
+    assert wait_for(lambda: len(rows(db, "sync")) == 1, timeout=20)
+    expand_topic(client, "rt", 6)
+    keys = [k for k in (f"key-{i}" for i in range(100)) if queue_for_key(k, 6) >= 4][:5]
+    jobs = [rt.sync_job.send_with_options(args=(i,), key=k) for i, k in enumerate(keys)]
+    assert {j.queue for j in jobs} <= {4, 5}
+    assert [j.result(timeout=30) for j in jobs] == [i * 2 for i in range(len(keys))]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

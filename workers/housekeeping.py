@@ -14,7 +14,7 @@ from redismq.ordered import OrderedConsumer
 from redismq.processing import Counts
 
 if TYPE_CHECKING:
-    from .worker import Loop
+    from .worker import Loop, Worker
 
 log = logging.getLogger("redismq.worker")
 TICK = 0.1
@@ -165,9 +165,22 @@ class LeaseBalancer(Component):
     extra ones to give back."""
 
     def __init__(self, loops: Sequence[Loop], visibility_timeout: float) -> None:
-        self.loops = [loop for loop in loops if isinstance(loop.consumer, OrderedConsumer)]
+        self.loops = loops
         self.interval = max(0.05, visibility_timeout / 3)
 
     def tick(self) -> None:
-        for loop in self.loops:
-            loop.consumer.rebalance()
+        for loop in list(self.loops):
+            if isinstance(loop.consumer, OrderedConsumer) and not loop.retired:
+                loop.consumer.rebalance()
+
+
+class RouteWatcher(Component):
+    """Follows route changes: the worker starts consuming new queues without a restart."""
+
+    interval = 2.0
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def tick(self) -> None:
+        self.worker.refresh_routes()

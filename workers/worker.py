@@ -22,6 +22,7 @@ from .housekeeping import (
     Housekeeper,
     LeaseBalancer,
     LeaseKeeper,
+    RouteWatcher,
     Trimmer,
     Watchdog,
     safely,
@@ -54,6 +55,9 @@ class Loop:
         self.count = 1
         self.counts = Counts()
         self.idle = False
+        # Set when routes changed and this loop's queues are no longer one broker's set.
+        self.retired = False
+        self.thread: threading.Thread | None = None
 
     def step(self, block: float, stopping: threading.Event) -> None:
         """Receive one batch and run it."""
@@ -107,19 +111,12 @@ class Worker:
         self.replaced = False
         self.stopping = threading.Event()
         self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self.visibility_timeout = visibility_timeout
+        self.concurrency = concurrency
+        self.count = count
+        self.hooks = hooks
         self.loops = [
-            Loop(
-                self.client.consumer(
-                    s.topic,
-                    s.group,
-                    visibility_timeout=visibility_timeout,
-                    queues=queues,
-                    ordered=s.ordered,
-                ),
-                s,
-                count,
-                hooks,
-            )
+            self._loop(s, queues)
             for s in subs
             for queues in self._queues_by_broker(s.topic)
             for _ in range(concurrency)
@@ -140,6 +137,7 @@ class Worker:
             [
                 LeaseKeeper(self.loops, visibility_timeout),
                 LeaseBalancer(self.loops, visibility_timeout),
+                RouteWatcher(self),
                 Watchdog(self.loops, self._replace),
                 Canceller(self.loops, self._replace),
                 Trimmer(self.client, {s.topic for s in subs}),
@@ -148,6 +146,16 @@ class Worker:
                 *components,
             ]
         )
+
+    def _loop(self, sub: Subscription, queues: list[int]) -> Loop:
+        consumer = self.client.consumer(
+            sub.topic,
+            sub.group,
+            visibility_timeout=self.visibility_timeout,
+            queues=queues,
+            ordered=sub.ordered,
+        )
+        return Loop(consumer, sub, self.count, self.hooks)
 
     def _queues_by_broker(self, topic: str) -> list[list[int]]:
         """The topic's queue numbers grouped by broker: each group gets its own fetch
@@ -171,15 +179,11 @@ class Worker:
 
     def run(self) -> Counts:
         """Run until stop() (or, in burst mode, until nothing is left); returns the counts."""
-        threads = [
-            threading.Thread(target=self._fetch, args=(loop,), name=f"fetch-{i}", daemon=True)
-            for i, loop in enumerate(self.loops)
-        ]
+        for loop in self.loops:
+            self._start(loop)
         self.housekeeper.start()
-        for t in threads:
-            t.start()
         try:
-            self._join(threads)
+            self._join()
         finally:
             self.stopping.set()
             self.housekeeper.stop()
@@ -187,17 +191,48 @@ class Worker:
                 safely(loop.consumer.close)
         return self.counts
 
-    def _join(self, threads: list[threading.Thread]) -> None:
+    def _start(self, loop: Loop) -> None:
+        loop.thread = threading.Thread(
+            target=self._fetch, args=(loop,), name=f"fetch-{len(self.loops)}", daemon=True
+        )
+        loop.thread.start()
+
+    def _join(self) -> None:
         """Wait for the fetch threads; after a stop, at most `grace` seconds more."""
         deadline = None
-        for t, loop in zip(threads, self.loops, strict=True):
-            while t.is_alive() and not loop.runner.abandoned:
-                if deadline is None and self.stopping.is_set():
-                    deadline = time.monotonic() + self.grace
-                if deadline is not None and time.monotonic() > deadline:
-                    log.warning("grace period over: leaving unfinished jobs to lease expiry")
-                    return
-                t.join(0.1)
+        while True:
+            alive = [
+                loop.thread
+                for loop in list(self.loops)
+                if loop.thread is not None and loop.thread.is_alive() and not loop.runner.abandoned
+            ]
+            if not alive:
+                return
+            if deadline is None and self.stopping.is_set():
+                deadline = time.monotonic() + self.grace
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("grace period over: leaving unfinished jobs to lease expiry")
+                return
+            alive[0].join(0.1)
+
+    def refresh_routes(self) -> None:
+        """Follow route changes (new queues, queues moved off a removed broker): start
+        fetch threads for new per-broker queue sets, retire those of sets that are gone."""
+        for s in self.subscriptions:
+            wanted = {tuple(q) for q in self._queues_by_broker(s.topic)}
+            mine = [
+                loop for loop in self.loops if loop.runner.subscription is s and not loop.retired
+            ]
+            current = {tuple(sorted(loop.consumer.queues)) for loop in mine}
+            for loop in mine:
+                if tuple(sorted(loop.consumer.queues)) not in wanted:
+                    loop.retired = True
+            for queues in sorted(wanted - current):
+                log.info("routes of %s changed: now also consuming queues %s", s.topic, queues)
+                for _ in range(self.concurrency):
+                    loop = self._loop(s, list(queues))
+                    self.loops.append(loop)
+                    self._start(loop)
 
     def stop(self) -> None:
         """Stop fetching; running messages finish, fetched unstarted ones are handed back."""
@@ -223,7 +258,7 @@ class Worker:
 
     def _fetch(self, loop: Loop) -> None:
         pause = 0.1
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not loop.retired:
             try:
                 loop.step(self.block, self.stopping)
                 if self.burst and loop.idle and loop.consumer.backlog() == 0:
@@ -236,3 +271,5 @@ class Worker:
             except Exception:
                 log.exception("unexpected error in the fetch loop of %s", loop.consumer)
                 self.stopping.wait(1.0)
+        if loop.retired:
+            safely(loop.consumer.close)
