@@ -96,8 +96,15 @@ def add_broker(client: Client, name: str, url: str, replicas: list[str] | None =
     """Register a broker (its master URL and optional replica URLs) after checking that it
     answers. Existing queues stay where they are; new queues may be placed on it."""
     check_topic_name(name)
-    for u in [url, *(replicas or [])]:
+    urls = [url, *(replicas or [])]
+    for u in urls:
         check_url(u)
+    with client.errors():
+        taken = {u: b.name for b in list_brokers(client) for u in [b.url, *b.replicas]}
+    for u in urls:
+        if u in taken and taken[u] != name:
+            raise BrokerError(f"{mask_url(u)} is registered already, as broker {taken[u]!r}")
+    for u in urls:
         _ping(u)
     record = {"url": url, "replicas": list(replicas or []), "state": ACTIVE, "added": time.time()}
     with client.errors():
@@ -109,9 +116,10 @@ def _ping(url: str) -> None:
     conn = connect(url, socket_timeout=5.0)
     try:
         conn.ping()
-        policy = conn.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
-    except redis.ResponseError:
-        policy = "noeviction"  # CONFIG may be forbidden by ACL; nothing to warn about then
+        try:
+            policy = conn.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+        except redis.ResponseError:
+            policy = "noeviction"  # CONFIG may be forbidden by ACL; nothing to warn about then
     except redis.RedisError as exc:
         raise BrokerError(f"broker at {mask_url(url)} does not answer: {exc}") from None
     finally:
@@ -170,6 +178,8 @@ def remove_broker(client: Client, name: str) -> None:
             pipe.hset(keys.routes, queue_name(t, q), rendezvous(others, queue_name(t, q)))
         pipe.execute()
         _set(client, "del", name)
+        # a broker added again later under this name must not inherit this one's health
+        client.meta.hdel(keys.broker_health, name)
 
 
 def unconsumed(client: Client, topic: str, queue: int) -> int:

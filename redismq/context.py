@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .message import Message
+from .steps import Step
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -29,6 +30,10 @@ class JobContext:
     @property
     def attempt(self) -> int:
         return self.message.attempt
+
+    def once(self, name: str) -> Step:
+        """An effect-once step of this job (a context manager; see redismq.steps)."""
+        return Step(self.consumer, self.message, name)
 
     def set_progress(self, fraction: float, text: str = "") -> None:
         """Record how far the job is (0.0 to 1.0) and a short note; `job.progress()` reads it."""

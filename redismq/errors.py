@@ -40,6 +40,10 @@ class QueueUnavailable(RedisMQError):
     """A keyed message's queue cannot take it (its broker is down or draining)."""
 
 
+class StepBusy(RedisMQError):
+    """Another live run of the same job holds an effect-once step (the job is retried)."""
+
+
 class TopicExists(RedisMQError):
     """A topic was created again with a different shape."""
 

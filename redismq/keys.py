@@ -45,6 +45,10 @@ class QueueKeys:
         """The lease that gives one consumer of an ordered group this queue."""
         return f"{self.tag}:lease:{group}"
 
+    def step(self, group: str, message_id: str, name: str) -> str:
+        """The record of one effect-once step of a job, per group."""
+        return f"{self.tag}:step:{group}:{message_id}:{name}"
+
     def dedup(self, dedup_key: str) -> str:
         return f"{self.tag}:dedup:{dedup_key}"
 

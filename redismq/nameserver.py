@@ -4,6 +4,8 @@ Several may run; a lease makes one act at a time."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .brokers import BrokerInfo, list_brokers
+from .errors import RedisMQError
 from .urls import connect, mask_url
 
 if TYPE_CHECKING:
@@ -22,6 +25,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("redismq.nameserver")
 CHECK_TIMEOUT = 1.0
+# Extend (ARGV[2] > 0) or give up (ARGV[2] = 0) the lease only while we still hold it:
+# a GET then PEXPIRE/DEL could act on the lease another NameServer took meanwhile.
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+"""
+_numbers = itertools.count(1)
 
 
 def check_server(conn: redis.Redis) -> dict[str, Any]:
@@ -47,8 +58,11 @@ class NameServer:
     def __init__(self, client: Client, interval: float = 1.0) -> None:
         self.client = client
         self.interval = interval
-        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        # unique per instance, so that two NameServers in one process do not share a lease
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{next(_numbers)}"
         self.lease_ms = int(max(3.0, interval * 3) * 1000)
+        self.acting = False
+        self._renew = client.meta.register_script(RENEW_LEASE)
         self._conns: dict[str, redis.Redis] = {}
         self._last: dict[str, tuple] = {}
         self._stop = threading.Event()
@@ -58,9 +72,11 @@ class NameServer:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                if self.acquire():
+                self.acting = self.acquire()
+                if self.acting:
                     self.check_all()
-            except redis.RedisError as exc:
+            except (redis.RedisError, RedisMQError) as exc:
+                self.acting = False
                 log.error("meta Redis unavailable: %s", exc)
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
         self.release()
@@ -75,18 +91,18 @@ class NameServer:
         if meta.set(key, self.id, nx=True, px=self.lease_ms):
             log.info("nameserver %s is now acting", self.id)
             return True
-        if meta.get(key) == self.id.encode():
-            meta.pexpire(key, self.lease_ms)
+        if self._renew(keys=[key], args=[self.id, self.lease_ms]):
             return True
+        if self.acting:
+            log.warning("nameserver %s lost its lease; standing by", self.id)
         return False
 
     def release(self) -> None:
+        """Give up the lease (if still ours), so that a standby takes over at once."""
         key = self.client.router.keys.nameserver_lease
-        try:
-            if self.client.meta.get(key) == self.id.encode():
-                self.client.meta.delete(key)
-        except redis.RedisError:
-            pass
+        with contextlib.suppress(redis.RedisError):
+            self._renew(keys=[key], args=[self.id, 0])
+        self.acting = False
 
     def check_all(self) -> dict[str, dict[str, Any]]:
         """Check every broker once, store the results, bump routes on a change."""
@@ -113,7 +129,10 @@ class NameServer:
         master = check_server(self._conn(broker.url))
         health: dict[str, Any] = {"up": master["up"], "checked": time.time(), "master": master}
         if master["up"]:
-            health["address"] = self._address(broker.url)
+            try:
+                health["address"] = self._address(broker.url)
+            except redis.RedisError as exc:  # e.g. every Sentinel stopped answering meanwhile
+                health.update(up=False, master={"up": False, "error": str(exc)})
         replicas = []
         for url in broker.replicas:
             state = check_server(self._conn(url))

@@ -14,6 +14,7 @@ NAMES = (
     "registry_set",
     "expand_topic",
     "lease",
+    "step",
     "send",
     "move_due",
     "settle",

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from .metrics import MultiProcessExporter
 
 log = logging.getLogger("redismq.supervisor")
+RESTART_DELAY_MIN = 0.1
 RESTART_DELAY_MAX = 10.0
+# A child that ran this long before exiting is restarted quickly again (no backoff).
+STABLE_AFTER = 10.0
 
 
 @dataclass(slots=True)
@@ -111,7 +114,9 @@ class Supervisor:
         self.stopping = False
         self.forced = False
         self._context = multiprocessing.get_context("spawn")
-        self._delay = [0.5] * processes
+        self._delay = [RESTART_DELAY_MIN] * processes
+        self._started = [0.0] * processes
+        self._restart_at: list[float | None] = [None] * processes
         self.exporter: MultiProcessExporter | None = None
 
     def run(self) -> int:
@@ -139,7 +144,11 @@ class Supervisor:
             for slot, child in enumerate(self.children):
                 if child is not None and child.exitcode is not None and not self.stopping:
                     self._replace(slot, child)
-            time.sleep(0.2)
+                due = self._restart_at[slot]
+                if due is not None and time.monotonic() >= due and not self.stopping:
+                    self._restart_at[slot] = None
+                    self._start(slot)
+            time.sleep(0.1)
         return self._shutdown()
 
     def _start(self, slot: int) -> None:
@@ -148,11 +157,14 @@ class Supervisor:
         )
         child.start()
         self.children[slot] = child
+        self._started[slot] = time.monotonic()
         log.info("started worker process %d (pid %d)", slot, child.pid)
 
     def _replace(self, slot: int, child: multiprocessing.process.BaseProcess) -> None:
         if self.options.burst and child.exitcode == 0:
             return
+        if time.monotonic() - self._started[slot] > STABLE_AFTER:
+            self._delay[slot] = RESTART_DELAY_MIN
         log.warning(
             "worker process %d (pid %s) exited with %s; restarting in %.1fs",
             slot,
@@ -162,13 +174,9 @@ class Supervisor:
         )
         if self.exporter is not None and child.pid is not None:
             self.exporter.process_dead(child.pid)
-        time.sleep(self._delay[slot])
+        self.children[slot] = None
+        self._restart_at[slot] = time.monotonic() + self._delay[slot]
         self._delay[slot] = min(RESTART_DELAY_MAX, self._delay[slot] * 2)
-        # Told to stop while waiting: a child started now would never be signalled, and
-        # would hold the shutdown for the whole grace period.
-        if self.stopping:
-            return
-        self._start(slot)
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, frame: Any) -> None:
