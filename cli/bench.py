@@ -48,6 +48,7 @@ from rich.text import Text
 
 from redismq import App, Client, RedisMQError, Task
 from redismq.keys import QueueKeys
+from redismq.process import die_with_parent
 from redismq.server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,9 @@ QUICK_JOBS = 500
 LATENCY_SENDS = 500
 LATENCY_SENDS_QUICK = 50
 LATENCY_GAP = 0.005
+# RQ needs ~5 ms per job here: probes 5 ms apart would queue up behind each other, so
+# they are spaced enough to find its queue idle.
+RQ_LATENCY_GAP = 0.025
 SAMPLE_EVERY = 0.02
 RAW_STREAM_ONE = "raw:one"
 RAW_STREAM = "raw:stream"
@@ -109,6 +113,7 @@ class Spec:
     section: str
     label: str
     unit: str
+    short: str = ""  # how the ratio column names this figure as a baseline
     target: Target | None = None
     ratios: tuple[tuple[str, Target | None], ...] = ()
 
@@ -118,22 +123,36 @@ RMQ = "redismq"
 RQ = "RQ"
 
 SPECS: tuple[Spec, ...] = (
-    Spec("raw_xadd_rate", RAW, "XADD one by one", "msg/s"),
-    Spec("raw_xadd_pipelined_rate", RAW, "XADD pipelined, batches of 100", "msg/s"),
+    Spec("raw_xadd_rate", RAW, "XADD one by one", "msg/s", short="raw XADD"),
+    Spec(
+        "raw_xadd_pipelined_rate",
+        RAW,
+        "XADD pipelined, batches of 100",
+        "msg/s",
+        short="raw pipelined XADD",
+    ),
     Spec(
         "raw_consume_rate",
         RAW,
         "XREADGROUP COUNT 100, JSON decode, no-op call, XACK per batch",
         "msg/s",
+        short="raw consumer loop",
     ),
-    Spec("raw_consume_cpu_us", RAW, "consumer CPU per message", "µs"),
-    Spec("raw_commands_per_msg", RAW, "Redis commands per message (send + consume)", "cmd"),
-    Spec("raw_server_us_per_msg", RAW, "Redis CPU per message (send + consume)", "µs"),
+    Spec("raw_consume_cpu_us", RAW, "consumer CPU per message", "µs", short="raw loop"),
+    Spec(
+        "raw_commands_per_msg",
+        RAW,
+        "Redis commands per message (send + consume)",
+        "cmd",
+        short="raw",
+    ),
+    Spec("raw_server_us_per_msg", RAW, "Redis CPU per message (send + consume)", "µs", short="raw"),
     Spec(
         "send_rate",
         RMQ,
         "Task.send one by one",
         "msg/s",
+        short="redismq send",
         ratios=(("raw_xadd_rate", Target(">=", 0.85)),),
     ),
     Spec(
@@ -148,6 +167,7 @@ SPECS: tuple[Spec, ...] = (
         RMQ,
         "1 worker process draining (--burst)",
         "tasks/s",
+        short="redismq 1 process",
         ratios=(("raw_consume_rate", Target(">=", 0.3)), ("rq_simple_rate", Target(">=", 100))),
     ),
     Spec(
@@ -155,6 +175,7 @@ SPECS: tuple[Spec, ...] = (
         RMQ,
         "worker CPU per task, 1 process",
         "µs",
+        short="redismq 1 process",
         ratios=(("raw_consume_cpu_us", None),),
     ),
     Spec(
@@ -176,6 +197,7 @@ SPECS: tuple[Spec, ...] = (
         RMQ,
         "Redis commands per completed task (send_many + 1 worker)",
         "cmd",
+        short="redismq",
         target=Target("<=", 3),
         ratios=(("raw_commands_per_msg", None),),
     ),
@@ -184,11 +206,26 @@ SPECS: tuple[Spec, ...] = (
         RMQ,
         "Redis CPU per completed task (send_many + 1 worker)",
         "µs",
+        short="redismq",
         target=Target("<=", 15),
         ratios=(("raw_server_us_per_msg", None),),
     ),
-    Spec("latency_p50_ms", RMQ, "idle queue, send → start, p50", "ms", target=Target("<", 0.7)),
-    Spec("latency_p99_ms", RMQ, "idle queue, send → start, p99", "ms", target=Target("<", 1.5)),
+    Spec(
+        "latency_p50_ms",
+        RMQ,
+        f"idle queue, send → start, p50 ({LATENCY_GAP * 1000:g} ms apart)",
+        "ms",
+        short="redismq",
+        target=Target("<", 0.7),
+    ),
+    Spec(
+        "latency_p99_ms",
+        RMQ,
+        f"idle queue, send → start, p99 ({LATENCY_GAP * 1000:g} ms apart)",
+        "ms",
+        short="redismq",
+        target=Target("<", 1.5),
+    ),
     Spec(
         "rq_enqueue_rate",
         RQ,
@@ -201,6 +238,7 @@ SPECS: tuple[Spec, ...] = (
         RQ,
         "SimpleWorker draining (--burst)",
         "jobs/s",
+        short="RQ SimpleWorker",
         ratios=(("raw_consume_rate", None),),
     ),
     Spec(
@@ -241,14 +279,14 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "rq_latency_p50_ms",
         RQ,
-        "idle queue, enqueue → start, p50 (SimpleWorker)",
+        f"idle queue, enqueue → start, p50 (SimpleWorker, {RQ_LATENCY_GAP * 1000:g} ms apart)",
         "ms",
         ratios=(("latency_p50_ms", None),),
     ),
     Spec(
         "rq_latency_p99_ms",
         RQ,
-        "idle queue, enqueue → start, p99 (SimpleWorker)",
+        f"idle queue, enqueue → start, p99 (SimpleWorker, {RQ_LATENCY_GAP * 1000:g} ms apart)",
         "ms",
         ratios=(("latency_p99_ms", None),),
     ),
@@ -279,7 +317,9 @@ class Results:
     notes: list[str] = field(default_factory=list)
     server: str = ""
 
-    def put(self, name: str, value: float, sent: int | None = None, done: int | None = None) -> None:
+    def put(
+        self, name: str, value: float, sent: int | None = None, done: int | None = None
+    ) -> None:
         if name not in FIGURES:
             raise KeyError(name)
         self.values[name] = Measured(value, sent, done)
@@ -342,6 +382,14 @@ def _number(value: float) -> str:
     return f"{value:.2f}"
 
 
+def _times(ratio: float) -> str:
+    if ratio >= 10:
+        return f"{ratio:,.0f}×"
+    if ratio >= 1:
+        return f"{ratio:.2f}×"
+    return f"{ratio:.2g}×"
+
+
 def _mark(met: bool | None) -> str:
     return "" if met is None else (" [green]✓[/green]" if met else " [red]✗[/red]")
 
@@ -365,7 +413,7 @@ def print_report(rep: dict[str, Any], console: Console) -> None:
         ("target", "left"),
     ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    labels = {s.name: s.label for s in SPECS}
+    shorts = {s.name: s.short or s.label for s in SPECS}
     section = None
     for spec in SPECS:
         fig = rep["figures"].get(spec.name)
@@ -377,7 +425,7 @@ def print_report(rep: dict[str, Any], console: Console) -> None:
             table.add_row(f"[bold]{section}[/bold]")
         ratio_lines, target_lines = [], []
         for r in fig["ratios"]:
-            ratio_lines.append(f"{r['ratio']:.3g}× {labels[r['baseline']]}")
+            ratio_lines.append(f"{_times(r['ratio'])} {shorts[r['baseline']]}")
             target_lines.append(f"{r['target']}{_mark(r['met'])}" if r["target"] else "")
         if fig["target"]:
             target_lines.insert(0, f"{fig['target']} {fig['unit']}{_mark(fig['met'])}")
@@ -423,9 +471,7 @@ class ServerStats:
 
 def per_task(calls: dict[str, int], tasks: int) -> dict[str, float]:
     """Calls per command per task, most frequent first."""
-    return {
-        name: round(n / tasks, 4) for name, n in sorted(calls.items(), key=lambda kv: -kv[1])
-    }
+    return {name: round(n / tasks, 4) for name, n in sorted(calls.items(), key=lambda kv: -kv[1])}
 
 
 def server_name(srv: LocalServer) -> str:
@@ -510,6 +556,7 @@ def _env(url: str) -> dict[str, str]:
 @contextlib.contextmanager
 def worker_process(args: list[str], url: str) -> Iterator[subprocess.Popen[bytes]]:
     """A worker subprocess (stderr to a temporary file), stopped and reaped at the end."""
+    parent = os.getpid()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [sys.executable, *args],
@@ -518,6 +565,8 @@ def worker_process(args: list[str], url: str) -> Iterator[subprocess.Popen[bytes
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            # a bench killed outright takes its workers along
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM, parent),
         )
         proc.log_file = log  # type: ignore[attr-defined]
         try:
@@ -774,9 +823,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def probe_latency(
-    r: redis.Redis, send: Callable[[float], object], sends: int, proc: subprocess.Popen[bytes]
+    r: redis.Redis,
+    send: Callable[[float], object],
+    sends: int,
+    proc: subprocess.Popen[bytes],
+    gap: float = LATENCY_GAP,
 ) -> list[float]:
-    """Warm up, then `sends` probes LATENCY_GAP apart; the send → start delays in ms."""
+    """Warm up, then `sends` probes `gap` seconds apart; the send → start delays in ms."""
     from cli.bench_app import LATENCY_LIST
 
     def wait_for(count: int, timeout: float) -> None:
@@ -797,7 +850,7 @@ def probe_latency(
     started = time.perf_counter()
     for i in range(sends):
         send(time.time())
-        pause = started + (i + 1) * LATENCY_GAP - time.perf_counter()
+        pause = started + (i + 1) * gap - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
     wait_for(sends, 30.0)
@@ -899,7 +952,9 @@ def bench_rq_latency(res: Results, sends: int) -> None:
         r = redis.Redis.from_url(srv.url)
         queue = rq.Queue(RQ_QUEUE, connection=r)
         with worker_process(rq_worker_args(srv.url, "simple", burst=False), srv.url) as proc:
-            delays = probe_latency(r, lambda t: queue.enqueue(rq_record_start, t), sends, proc)
+            delays = probe_latency(
+                r, lambda t: queue.enqueue(rq_record_start, t), sends, proc, RQ_LATENCY_GAP
+            )
         r.close()
     res.put("rq_latency_p50_ms", percentile(delays, 50), sends, len(delays))
     res.put("rq_latency_p99_ms", percentile(delays, 99), sends, len(delays))
@@ -937,12 +992,36 @@ def run_bench(
         "Drain rates and worker CPU are steady state: from the first to the last completion "
         "the queue recorded (start-up and burst exit excluded); CPU is the worker process "
         "tree's.",
-        f"RQ's forking Worker drains {fork_jobs:,} jobs (not {n:,}): it forks once per job.",
+        *(
+            [f"RQ's forking Worker drains {fork_jobs:,} jobs (not {n:,}): it forks once per job."]
+            if fork_jobs < n
+            else []
+        ),
         "Redis commands count those run inside Lua scripts; Redis CPU is used_cpu_user + "
         "used_cpu_sys; both span sending and draining.",
+        *(
+            f"Redis commands per task, {who}: {top_commands(res.commands[who])}"
+            for who in ("redismq", "rq")
+            if who in res.commands
+        ),
         "Other work on this machine makes the figures noisy; targets are shown, not enforced.",
+        *(
+            [
+                f"--quick: {n:,} jobs are a smoke test; start-up (threads, groups, batch sizes "
+                "ramping up) weighs on every per-task figure. Run without --quick to compare."
+            ]
+            if quick
+            else []
+        ),
     ]
     return report(res)
+
+
+def top_commands(per_task: dict[str, float], count: int = 8) -> str:
+    """The most frequent commands per task, as `name n, ...`."""
+    shown = [f"{name.upper()} {n:.2f}" for name, n in list(per_task.items())[:count]]
+    rest = sum(list(per_task.values())[count:])
+    return ", ".join(shown + ([f"others {rest:.2f}"] if rest else []))
 
 
 # --- the command --------------------------------------------------------------------
@@ -981,7 +1060,7 @@ def bench(jobs: int | None, quick: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rep, indent=2, ensure_ascii=False))
     else:
-        print_report(rep, Console(highlight=False))
+        print_report(rep, Console(highlight=False, width=None if sys.stdout.isatty() else 150))
 
 
 # --- RQ's worker, as a subprocess ---------------------------------------------------

@@ -1,0 +1,170 @@
+"""`redismq bench --quick`: it runs, and its numbers are consistent (never that they are fast)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from rich.console import Console
+
+from cli.bench import Target, percentile, print_report
+from cli.main import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FIGURES = {
+    "raw_xadd_rate",
+    "raw_xadd_pipelined_rate",
+    "raw_consume_rate",
+    "raw_consume_cpu_us",
+    "raw_commands_per_msg",
+    "raw_server_us_per_msg",
+    "send_rate",
+    "send_many_rate",
+    "worker1_rate",
+    "worker1_cpu_us",
+    "worker2_rate",
+    "worker2_cpu_us",
+    "commands_per_task",
+    "server_us_per_task",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "rq_enqueue_rate",
+    "rq_simple_rate",
+    "rq_simple_cpu_us",
+    "rq_fork_rate",
+    "rq_fork_cpu_us",
+    "rq_commands_per_task",
+    "rq_server_us_per_task",
+    "rq_latency_p50_ms",
+    "rq_latency_p99_ms",
+}
+# Drains and probes: how many tasks each was given in --quick.
+SENT = {
+    "raw_consume_rate": 500,
+    "worker1_rate": 500,
+    "worker1_cpu_us": 500,
+    "worker2_rate": 500,
+    "worker2_cpu_us": 500,
+    "rq_simple_rate": 500,
+    "rq_simple_cpu_us": 500,
+    "rq_fork_rate": 100,
+    "rq_fork_cpu_us": 100,
+    "latency_p50_ms": 50,
+    "latency_p99_ms": 50,
+    "rq_latency_p50_ms": 50,
+    "rq_latency_p99_ms": 50,
+}
+
+
+@pytest.fixture(scope="module")
+def quick() -> dict[str, Any]:
+    """One `redismq bench --quick --json` run, as a real command."""
+    env = {k: v for k, v in os.environ.items() if k not in ("REDISMQ_URL", "REDISMQ_NAMESPACE")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "--quick", "--json"],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_every_figure_is_positive_and_finite(quick: dict[str, Any]) -> None:
+    figures = quick["figures"]
+    assert set(figures) == FIGURES
+    for name, fig in figures.items():
+        assert isinstance(fig["value"], float | int), name
+        assert math.isfinite(fig["value"]) and fig["value"] > 0, (name, fig["value"])
+        assert fig["unit"] and fig["label"], name
+    assert quick["jobs"] == 500 and quick["quick"] is True
+    assert quick["rq_fork_jobs"] == 100 and quick["latency_sends"] == 50
+    assert quick["queues"] == 4
+
+
+def test_ratios_are_value_over_baseline(quick: dict[str, Any]) -> None:
+    figures = quick["figures"]
+    seen = 0
+    for name, fig in figures.items():
+        for r in fig["ratios"]:
+            base = figures[r["baseline"]]["value"]
+            assert math.isclose(r["ratio"], fig["value"] / base, rel_tol=1e-9), (name, r)
+            assert r["met"] in (None, True, False)
+            assert (r["met"] is None) == (r["target"] is None)
+            seen += 1
+    assert seen >= 15
+    # the targets of the issue are printed next to their figures
+    targets = {
+        (name, r["baseline"]): r["target"] for name, f in figures.items() for r in f["ratios"]
+    }
+    assert targets[("send_rate", "raw_xadd_rate")] == "≥ 0.85"
+    assert targets[("send_many_rate", "raw_xadd_pipelined_rate")] == "≥ 0.5"
+    assert targets[("worker1_rate", "raw_consume_rate")] == "≥ 0.3"
+    assert targets[("worker1_rate", "rq_simple_rate")] == "≥ 100"
+    assert figures["commands_per_task"]["target"] == "≤ 3"
+    assert figures["server_us_per_task"]["target"] == "≤ 15"
+    assert figures["latency_p50_ms"]["target"] == "< 0.7"
+    assert figures["latency_p99_ms"]["target"] == "< 1.5"
+
+
+def test_every_task_completed(quick: dict[str, Any]) -> None:
+    figures = quick["figures"]
+    for name, sent in SENT.items():
+        assert figures[name]["sent"] == sent, name
+        assert figures[name]["completed"] == sent, name
+    runs = quick["runs"]
+    assert set(runs) == {"redismq_worker_1", "redismq_worker_2", "rq_simple", "rq_fork"}
+    for name, run in runs.items():
+        assert run["exit_code"] == 0, name
+        assert run["completed"] == run["sent"], name
+        assert 0 < run["tasks_in_window"] <= run["completed"], name
+
+
+def test_commands_per_task(quick: dict[str, Any]) -> None:
+    figures = quick["figures"]
+    assert figures["commands_per_task"]["value"] > 0
+    assert figures["rq_commands_per_task"]["value"] > 0
+    # every redismq task is sent with one XADD and completed with one ZADD (done record)
+    redismq = quick["commands"]["redismq"]
+    assert redismq["xadd"] >= 1 and redismq["zadd"] >= 1
+    assert sum(redismq.values()) == pytest.approx(figures["commands_per_task"]["value"], 0.01)
+    assert sum(quick["commands"]["rq"].values()) == pytest.approx(
+        figures["rq_commands_per_task"]["value"], 0.01
+    )
+    assert quick["commands"]["raw"]["xadd"] == 1
+
+
+def test_the_table_shows_every_figure(quick: dict[str, Any]) -> None:
+    buf = io.StringIO()
+    print_report(quick, Console(file=buf, width=200, color_system=None))
+    text = buf.getvalue()
+    for fig in quick["figures"].values():
+        assert fig["label"] in text
+    assert "500/500" in text and "100/100" in text
+    assert "forking Worker drains 100 jobs" in text
+
+
+def test_bad_options_are_one_line_errors() -> None:
+    result = CliRunner().invoke(main, ["bench", "--jobs", "0"])
+    assert result.exit_code == 2
+    assert "--jobs" in result.output and "Traceback" not in result.output
+
+
+def test_helpers() -> None:
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
+    assert percentile([5.0], 99) == 5.0
+    assert Target(">=", 0.85).met(0.85) and not Target(">=", 0.85).met(0.84)
+    assert Target("<", 0.7).met(0.69) and not Target("<", 0.7).met(0.7)
+    assert str(Target("<=", 3)) == "≤ 3"
