@@ -18,6 +18,7 @@ from redis.asyncio import Redis as AsyncRedis
 from .client import (
     DEFAULT_QUEUES,
     DEFAULT_RETENTION,
+    Outgoing,
     Sent,
     batch_by_broker,
     batch_sent,
@@ -25,18 +26,21 @@ from .client import (
     check_topic_shape,
     choose_queue,
     client_settings,
+    full_message,
     prepare_batch,
     prepare_message,
+    queue_bound,
     redis_errors,
     script_sent,
     send_script_call,
 )
-from .errors import TopicNotFound
+from .errors import TopicFull, TopicNotFound
 from .keys import MetaKeys, QueueKeys
 from .message import DEFAULT_MAX_BODY
 from .routing import (
     RouteCache,
     Topic,
+    TopicSettings,
     broker_list,
     broker_url,
     check_created,
@@ -121,19 +125,18 @@ class AsyncRouter:
         async with self.meta.pipeline(transaction=False) as pipe:
             pipe.hget(self.keys.topics, name)
             pipe.get(self.keys.routes_version)
-            raw, version = await pipe.execute()
+            pipe.smembers(self.keys.groups(name))
+            raw, version, groups = await pipe.execute()
         record = topic_record(name, raw)
         fields = route_fields(name, record["queues"])
         placed = await self.meta.hmget(self.keys.routes, fields) if fields else []
-        topic = parse_topic(name, record, placed)
+        topic = parse_topic(name, record, placed, groups)
         self._cache.put(topic, version)
         return topic
 
-    async def create_topic(self, name: str, queues: int, retention: int, hard_cap: int) -> Topic:
+    async def create_topic(self, name: str, queues: int, settings: TopicSettings) -> Topic:
         """Create a topic and place its queues; idempotent for the same shape."""
-        keys, args = create_topic_call(
-            self.keys, name, queues, retention, hard_cap, await self.broker_names()
-        )
+        keys, args = create_topic_call(self.keys, name, queues, settings, await self.broker_names())
         stored = await self._create_topic(keys=keys, args=args)
         check_created(name, stored, queues)
         self._cache.drop(name)
@@ -235,11 +238,14 @@ class AsyncClient:
         *,
         retention: int = DEFAULT_RETENTION,
         hard_cap: int = 0,
+        max_backlog: int = 0,
     ) -> Topic:
         """Create a topic of `queues` queues (idempotent); see `Client.create_topic`."""
         check_topic_shape(name, queues)
         with self.errors():
-            return await self.router.create_topic(name, queues, retention, hard_cap)
+            return await self.router.create_topic(
+                name, queues, TopicSettings(retention, hard_cap, max_backlog)
+            )
 
     async def topic(self, name: str, *, create: bool | None = None) -> Topic:
         """A topic's record; creates it when missing if auto-creation is on."""
@@ -293,17 +299,24 @@ class AsyncClient:
         msg = prepare_message(
             body, key=key, delay=delay, dedup_key=dedup_key, headers=headers, max_body=self.max_body
         )
-        t = await self.topic(topic)
+        return await self._send_prepared(await self.topic(topic), msg)
+
+    async def _send_prepared(self, t: Topic, msg: Outgoing) -> Sent:
+        """Write one checked message to the queue it maps to."""
+        topic = t.name
         queue = choose_queue(t, msg)
         qk = self.router.queue_keys(topic, queue)
+        bound = queue_bound(t)
         with self.errors():
             broker = await self.router.queue_broker(t, queue)
-            if not msg.needs_script:
+            if not msg.needs_script and not bound:
                 entry = await broker.redis.xadd(qk.stream, msg.fields)
                 return Sent(msg.id, topic, queue, entry.decode())
-            keys, args = send_script_call(qk, msg, self.dedup_window_ms)
-            reply = await broker.send(keys=keys, args=args)
-        return script_sent(reply, topic, queue)
+            keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)
+            sent = script_sent(await broker.send(keys=keys, args=args), topic, queue)
+        if sent is None:
+            raise TopicFull(full_message(t))
+        return sent
 
     async def send_many(
         self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
@@ -320,6 +333,8 @@ class AsyncClient:
         """Send many messages round-robin in one pipeline per broker; returns where they went."""
         msgs = prepare_batch(bodies, headers, self.max_body)
         t = await self.topic(topic)
+        if t.max_backlog:  # every message must pass the bound: one checked send each
+            return [await self._send_prepared(t, m) for m in msgs]
         queues = [t.next_queue() for _ in msgs]
         entries: list[str | None] = [None] * len(msgs)
 

@@ -150,12 +150,15 @@ def undrain_broker(client: Client, name: str) -> None:
 
 
 def remove_broker(client: Client, name: str) -> None:
-    """Unregister a broker; refused while any of its queues holds unconsumed messages.
+    """Unregister a broker; refused while any of its queues holds unconsumed messages,
+    and, if it holds queues, unless it was drained first (so that no client still sends to
+    it while it is removed).
 
     Its (empty) queues are placed on the remaining brokers.
     """
     with client.errors():
-        _record(client, name)
+        record = _record(client, name)
+        client.router.invalidate()  # placements as stored now, not as cached
         held = [
             (t, q)
             for t in client.router.topic_names()
@@ -168,6 +171,12 @@ def remove_broker(client: Client, name: str) -> None:
             raise BrokerError(
                 f"broker {name!r} still holds unconsumed messages: {listed} "
                 f"(drain it first: redismq broker drain {name})"
+            )
+        if held and record.get("state", ACTIVE) != DRAINING:
+            raise BrokerError(
+                f"broker {name!r} holds {len(held)} queue(s) and is not drained: "
+                f"drain it first (redismq broker drain {name}), let consumers empty it, "
+                f"then remove it"
             )
         others = [b for b in client.router.placeable() if b != name]
         if held and not others:

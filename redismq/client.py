@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .errors import (
     NotReplicated,
     QueueUnavailable,
     RedisMQError,
+    TopicFull,
     TopicNotFound,
 )
 from .keys import DEFAULT_NAMESPACE, QueueKeys
@@ -29,7 +31,7 @@ from .message import (
     new_message_id,
     now_ms,
 )
-from .routing import Router, Topic, queue_for_key
+from .routing import Router, Topic, TopicSettings, queue_for_key
 from .urls import check_url, connect, mask_url
 
 log = logging.getLogger("redismq.client")
@@ -157,20 +159,45 @@ def choose_queue(topic: Topic, msg: Outgoing, usable: Callable[[str], bool] | No
 
 
 def send_script_call(
-    keys: QueueKeys, msg: Outgoing, dedup_window_ms: int
+    keys: QueueKeys,
+    msg: Outgoing,
+    dedup_window_ms: int,
+    bound: int = 0,
+    groups: Iterable[str] = (),
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of the `send` script for one message (dedup and/or delay)."""
+    """KEYS and ARGV of the `send` script for one message (dedup, delay, and the bound of
+    a queue's backlog, which counts the retries of the `groups`)."""
+    names = list(groups) if bound else []
+    script_keys = [keys.stream, keys.delayed, keys.dedup(msg.dedup_key or ""), keys.counters]
+    for g in names:
+        script_keys += [keys.retry_stream(g), keys.retry(g)]
     args: list[Any] = [msg.id, dedup_window_ms if msg.dedup_key else 0]
     args.append(now_ms() + msg.delay_ms if msg.delay_ms else 0)
+    args += [bound, len(names), *names]
     for name, value in msg.fields.items():
         args += [name, value]
-    return [keys.stream, keys.delayed, keys.dedup(msg.dedup_key or ""), keys.counters], args
+    return script_keys, args
 
 
-def script_sent(reply: list[Any], topic: str, queue: int) -> Sent:
-    """Where the `send` script put a message (the first id if it was a duplicate)."""
-    sent_id, _ = reply
+def script_sent(reply: list[Any], topic: str, queue: int) -> Sent | None:
+    """Where the `send` script put a message (the first id if it was a duplicate); None
+    when the queue was full."""
+    sent_id, outcome = reply
+    if outcome == -1:
+        return None
     return Sent(sent_id.decode(), topic, queue, None)
+
+
+def full_message(topic: Topic) -> str:
+    return (
+        f"topic {topic.name!r} is full: its backlog reached its bound of {topic.max_backlog} "
+        f"unfinished messages"
+    )
+
+
+def queue_bound(topic: Topic) -> int:
+    """The most unfinished messages one queue of a bounded topic may hold (0: no bound)."""
+    return -(-topic.max_backlog // topic.queues) if topic.max_backlog else 0
 
 
 def batch_by_broker(topic: Topic, queues: list[int]) -> dict[str, list[int]]:
@@ -206,6 +233,8 @@ class Client:
         dedup_window: float = 86_400.0,
         durability: str = "master",
         replica_timeout: float = 1.0,
+        on_full: str = "raise",
+        full_timeout: float = 30.0,
         result_ttl: float = 86_400.0,
         done_ttl: float = 86_400.0,
     ) -> None:
@@ -215,6 +244,8 @@ class Client:
         self.max_body = max_body
         self.dedup_window_ms = int(dedup_window * 1000)
         self.durability = durability
+        self.on_full = on_full
+        self.full_timeout = full_timeout
         self.replica_timeout_ms = int(replica_timeout * 1000)
         self._replicated(durability)
         self.result_ttl_ms = int(result_ttl * 1000)
@@ -245,6 +276,7 @@ class Client:
         *,
         retention: int = DEFAULT_RETENTION,
         hard_cap: int = 0,
+        max_backlog: int = 0,
     ) -> Topic:
         """Create a topic of `queues` queues (idempotent).
 
@@ -252,11 +284,14 @@ class Client:
         every group has acknowledged (what a group still needs is always kept, so a queue
         can be longer); a group created later finds the retained history. `hard_cap`: if
         > 0, a queue never holds more entries, even unacknowledged ones; what that drops
-        is counted.
+        is counted. `max_backlog`: if > 0, sends are refused (TopicFull) or wait while the
+        topic holds that many unfinished messages (split evenly over its queues).
         """
         check_topic_shape(name, queues)
         with self.errors():
-            return self.router.create_topic(name, queues, retention, hard_cap)
+            return self.router.create_topic(
+                name, queues, TopicSettings(retention, hard_cap, max_backlog)
+            )
 
     def topic(self, name: str, *, create: bool | None = None) -> Topic:
         """A topic's record; creates it when missing if auto-creation is on."""
@@ -285,10 +320,14 @@ class Client:
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
         durability: str | None = None,
+        on_full: str | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Send one message; returns its id once the broker has stored it.
 
         `durability="replicated"` also waits until a replica has it (else NotReplicated).
+        In a bounded topic that is full, `on_full="raise"` raises TopicFull at once and
+        `on_full="block"` waits up to `timeout` seconds for room, then raises TopicFull.
         """
         return self.send_message(
             topic,
@@ -298,6 +337,8 @@ class Client:
             dedup_key=dedup_key,
             headers=headers,
             durability=durability,
+            on_full=on_full,
+            timeout=timeout,
         ).id
 
     def send_message(
@@ -310,6 +351,8 @@ class Client:
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
         durability: str | None = None,
+        on_full: str | None = None,
+        timeout: float | None = None,
     ) -> Sent:
         """Send one message; returns where it went (id, queue and stream entry).
 
@@ -325,7 +368,7 @@ class Client:
         queue = choose_queue(t, msg, self.router.usable)
         for attempt in range(SEND_ATTEMPTS):
             try:
-                return self._send_to(t, queue, msg, replicated)
+                return self._send_to(t, queue, msg, replicated, self._room(on_full, timeout))
             except BrokerUnavailable as exc:
                 broker = t.placement[queue]
                 self.router.mark_down(broker)
@@ -341,34 +384,62 @@ class Client:
                 queue = t.next_queue(self.router.usable)
         raise AssertionError("unreachable")
 
+    def _room(self, on_full: str | None, timeout: float | None) -> float | None:
+        """How long a send waits for room in a full topic (None: it raises at once)."""
+        chosen = on_full or self.on_full
+        if chosen not in ("raise", "block"):
+            raise InvalidMessage(f"on_full must be 'raise' or 'block', not {chosen!r}")
+        return None if chosen == "raise" else (self.full_timeout if timeout is None else timeout)
+
     def _replicated(self, durability: str | None) -> bool:
         chosen = durability or self.durability
         if chosen not in DURABILITIES:
             raise InvalidMessage(f"durability must be one of {', '.join(DURABILITIES)}")
         return chosen == "replicated"
 
-    def _send_to(self, t: Topic, queue: int, msg: Outgoing, replicated: bool) -> Sent:
-        """Write one message to one queue (and wait for a replica if asked)."""
+    def _send_to(
+        self, t: Topic, queue: int, msg: Outgoing, replicated: bool, room: float | None
+    ) -> Sent:
+        """Write one message to one queue (waiting for a replica if asked, and up to `room`
+        seconds for room in a bounded topic; None: raise TopicFull at once)."""
+        deadline = time.monotonic() + (room or 0.0)
+        pause = 0.01
+        while True:
+            sent = self._write(t, queue, msg, replicated)
+            if sent is not None:
+                return sent
+            if room is None or time.monotonic() >= deadline:
+                raise TopicFull(full_message(t))
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(0.2, pause * 2)
+
+    def _write(self, t: Topic, queue: int, msg: Outgoing, replicated: bool) -> Sent | None:
         qk = self.router.queue_keys(t.name, queue)
+        bound = queue_bound(t)
+        script = msg.needs_script or bound > 0
         with self.errors():
             broker = self.router.queue_broker(t, queue)
-            if not replicated and not msg.needs_script:
+            if not replicated and not script:
                 entry = broker.redis.xadd(qk.stream, msg.fields)
                 return Sent(msg.id, t.name, queue, entry.decode())
             pipe = broker.redis.pipeline(transaction=False)
-            if msg.needs_script:
-                keys, args = send_script_call(qk, msg, self.dedup_window_ms)
+            if script:
+                keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)
                 broker.scripts.send(keys=keys, args=args, client=pipe)
             else:
                 pipe.xadd(qk.stream, msg.fields)
             if replicated:
                 pipe.wait(1, self.replica_timeout_ms)
             replies = pipe.execute()
+        if script:
+            sent = script_sent(replies[0], t.name, queue)
+            if sent is None:
+                return None
+        else:
+            sent = Sent(msg.id, t.name, queue, replies[0].decode())
         if replicated and replies[-1] < 1:
             raise NotReplicated(msg.id, broker.name, self.replica_timeout_ms)
-        if msg.needs_script:
-            return script_sent(replies[0], t.name, queue)
-        return Sent(msg.id, t.name, queue, replies[0].decode())
+        return sent
 
     def send_many(
         self,
@@ -399,6 +470,12 @@ class Client:
         msgs = prepare_batch(bodies, headers, self.max_body)
         replicated = self._replicated(durability)
         t = self.topic(topic)
+        if t.max_backlog:  # every message must pass the bound: one checked send each
+            room = self._room(None, None)
+            return [
+                self._send_to(t, t.next_queue(self.router.usable), m, replicated, room)
+                for m in msgs
+            ]
         queues = [t.next_queue(self.router.usable) for _ in msgs]
         entries: list[str | None] = [None] * len(msgs)
         with self.errors():

@@ -40,6 +40,10 @@ class QueueUnavailable(RedisMQError):
     """A keyed message's queue cannot take it (its broker is down or draining)."""
 
 
+class TopicFull(RedisMQError):
+    """A bounded topic had no room for the message (in time)."""
+
+
 class StepBusy(RedisMQError):
     """Another live run of the same job holds an effect-once step (the job is retried)."""
 

@@ -90,31 +90,41 @@ def topic_record(name: str, raw: bytes | None) -> dict[str, Any]:
     return json.loads(raw)
 
 
-def parse_topic(name: str, record: dict[str, Any], placed: list[bytes | None]) -> Topic:
-    """A Topic from its stored record and the route-table entries of its queues."""
+def parse_topic(
+    name: str, record: dict[str, Any], placed: list[bytes | None], groups: Iterable[bytes] = ()
+) -> Topic:
+    """A Topic from its stored record, the route-table entries of its queues and the
+    groups known to consume it."""
     return Topic(
         name=name,
         queues=record["queues"],
         retention=record.get("retention", 0),
         hard_cap=record.get("hard_cap", 0),
+        max_backlog=record.get("max_backlog", 0),
+        groups=tuple(sorted_names(groups)),
         placement=[(p or DEFAULT_BROKER.encode()).decode() for p in placed],
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TopicSettings:
+    """What a topic keeps and bounds: see Client.create_topic."""
+
+    retention: int = 10_000
+    hard_cap: int = 0
+    max_backlog: int = 0
+
+
 def create_topic_call(
-    keys: MetaKeys,
-    name: str,
-    queues: int,
-    retention: int,
-    hard_cap: int,
-    brokers: list[str],
+    keys: MetaKeys, name: str, queues: int, settings: TopicSettings, brokers: list[str]
 ) -> tuple[list[str], list[str]]:
     """KEYS and ARGV of the `create_topic` script, new queues placed by rendezvous."""
     record = json.dumps(
         {
             "queues": queues,
-            "retention": retention,
-            "hard_cap": hard_cap,
+            "retention": settings.retention,
+            "hard_cap": settings.hard_cap,
+            "max_backlog": settings.max_backlog,
             "created": int(time.time() * 1000),
         }
     )
@@ -153,6 +163,8 @@ class Topic:
     queues: int
     retention: int
     hard_cap: int
+    max_backlog: int = 0
+    groups: tuple[str, ...] = ()
     placement: list[str] = field(default_factory=list)
     _rr: itertools.count = field(default_factory=itertools.count)
 
@@ -285,19 +297,18 @@ class Router:
         pipe = self.meta.pipeline(transaction=False)
         pipe.hget(self.keys.topics, name)
         pipe.get(self.keys.routes_version)
-        raw, version = pipe.execute()
+        pipe.smembers(self.keys.groups(name))
+        raw, version, groups = pipe.execute()
         record = topic_record(name, raw)
         fields = route_fields(name, record["queues"])
         placed = self.meta.hmget(self.keys.routes, fields) if fields else []
-        topic = parse_topic(name, record, placed)
+        topic = parse_topic(name, record, placed, groups)
         self._cache.put(topic, version)
         return topic
 
-    def create_topic(self, name: str, queues: int, retention: int, hard_cap: int) -> Topic:
+    def create_topic(self, name: str, queues: int, settings: TopicSettings) -> Topic:
         """Create a topic and place its queues; idempotent for the same shape."""
-        keys, args = create_topic_call(
-            self.keys, name, queues, retention, hard_cap, self.placeable()
-        )
+        keys, args = create_topic_call(self.keys, name, queues, settings, self.placeable())
         stored = self.meta_scripts.create_topic(keys=keys, args=args)
         check_created(name, stored, queues)
         self._cache.drop(name)
@@ -314,8 +325,11 @@ class Router:
 
     # -- groups ----------------------------------------------------------------------
     def add_group(self, topic: str, group: str) -> None:
-        """Remember that a group consumes a topic (for status and trimming)."""
-        self.meta.sadd(self.keys.groups(topic), group)
+        """Remember that a group consumes a topic (for status, trimming and bounds); a new
+        group bumps the route version so that producers learn of it."""
+        if self.meta.sadd(self.keys.groups(topic), group):
+            self.meta.incr(self.keys.routes_version)
+            self._cache.drop(topic)
 
     def groups(self, topic: str) -> list[str]:
         return sorted_names(self.meta.smembers(self.keys.groups(topic)))

@@ -92,12 +92,15 @@ def topic_status(client: Client, name: str) -> dict[str, Any]:
             row["retried"] += int(stats.get(b"retried", 0))
             if isinstance(consumers, list):
                 row["consumers"] = max(row["consumers"], len(consumers))
+    unfinished = [row["pending"] + row["lag"] for row in per_group.values()]
     return {
         "name": name,
         "queues": topic.queues,
         "length": length,
         "delayed": delayed,
         "dropped": dropped,
+        "backlog": (max(unfinished) if unfinished else length) + delayed,
+        "max_backlog": topic.max_backlog,
         "groups": [{"name": g, **per_group[g]} for g in groups],
     }
 

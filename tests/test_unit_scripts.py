@@ -47,7 +47,7 @@ def test_unknown_script_attribute() -> None:
 
 
 def test_send_plain_appends(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 0, b"id", b"m1", b"body", b"{}"])
+    reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 0, 0, 0, b"id", b"m1", b"body", b"{}"])
     assert reply == [b"m1", 1]
     [(_, fields)] = r.xrange(STREAM)
     assert fields == {b"id": b"m1", b"body": b"{}"}
@@ -56,9 +56,9 @@ def test_send_plain_appends(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
 
 
 def test_send_dedup_returns_the_first_id(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    first = scripts.send(keys=SEND_KEYS, args=["m1", 60_000, 0, b"id", b"m1", b"body", b"1"])
-    second = scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 0, b"id", b"m2", b"body", b"2"])
-    third = scripts.send(keys=SEND_KEYS, args=["m3", 60_000, 0, b"id", b"m3", b"body", b"3"])
+    first = scripts.send(keys=SEND_KEYS, args=["m1", 60_000, 0, 0, 0, b"id", b"m1", b"body", b"1"])
+    second = scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 0, 0, 0, b"id", b"m2", b"body", b"2"])
+    third = scripts.send(keys=SEND_KEYS, args=["m3", 60_000, 0, 0, 0, b"id", b"m3", b"body", b"3"])
     assert first == [b"m1", 1]
     assert second == [b"m1", 0]
     assert third == [b"m1", 0]
@@ -69,21 +69,21 @@ def test_send_dedup_returns_the_first_id(r: fakeredis.FakeRedis, scripts: Script
 
 
 def test_send_dedup_window_expires(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    scripts.send(keys=SEND_KEYS, args=["m1", 60_000, 0, b"id", b"m1", b"body", b"1"])
+    scripts.send(keys=SEND_KEYS, args=["m1", 60_000, 0, 0, 0, b"id", b"m1", b"body", b"1"])
     r.delete(DEDUP)  # what expiry does when the window has passed
-    assert scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 0, b"id", b"m2"]) == [b"m2", 1]
+    assert scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 0, 0, 0, b"id", b"m2"]) == [b"m2", 1]
     assert r.xlen(STREAM) == 2
 
 
 def test_send_other_dedup_key_is_sent(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 0, b"id", b"m1"])
+    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 0, 0, 0, b"id", b"m1"])
     other = [STREAM, DELAYED, "dd2", COUNTERS]
-    assert scripts.send(keys=other, args=["m2", 1000, 0, b"id", b"m2"]) == [b"m2", 1]
+    assert scripts.send(keys=other, args=["m2", 1000, 0, 0, 0, b"id", b"m2"]) == [b"m2", 1]
     assert r.xlen(STREAM) == 2
 
 
 def test_send_delayed_waits_in_the_zset(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 5000, b"id", b"m1", b"body", b"{}"])
+    reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 5000, 0, 0, b"id", b"m1", b"body", b"{}"])
     assert reply == [b"m1", 1]
     assert r.xlen(STREAM) == 0
     [(member, score)] = r.zrange(DELAYED, 0, -1, withscores=True)
@@ -92,8 +92,8 @@ def test_send_delayed_waits_in_the_zset(r: fakeredis.FakeRedis, scripts: Scripts
 
 
 def test_send_delayed_with_dedup(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 5000, b"id", b"m1"])
-    assert scripts.send(keys=SEND_KEYS, args=["m2", 1000, 6000, b"id", b"m2"]) == [b"m1", 0]
+    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 5000, 0, 0, b"id", b"m1"])
+    assert scripts.send(keys=SEND_KEYS, args=["m2", 1000, 6000, 0, 0, b"id", b"m2"]) == [b"m1", 0]
     assert r.zcard(DELAYED) == 1
 
 
@@ -101,7 +101,7 @@ def test_send_delayed_with_dedup(r: fakeredis.FakeRedis, scripts: Scripts) -> No
 
 
 def schedule(scripts: Scripts, mid: str, due: int, body: bytes = b"{}") -> None:
-    scripts.send(keys=SEND_KEYS, args=[mid, 0, due, b"id", mid.encode(), b"body", body])
+    scripts.send(keys=SEND_KEYS, args=[mid, 0, due, 0, 0, b"id", mid.encode(), b"body", body])
 
 
 def test_move_due_moves_only_due_entries(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
@@ -160,7 +160,7 @@ def test_move_due_twice_moves_once(r: fakeredis.FakeRedis, scripts: Scripts) -> 
 )
 def test_packing_is_binary_safe(r: fakeredis.FakeRedis, scripts: Scripts, value: bytes) -> None:
     fields = [(b"id", b"m"), (b"body", value), (b"k:e:y", value), (b"created", b"17")]
-    scripts.send(keys=SEND_KEYS, args=["m", 0, 1000, *fields_args(fields)])
+    scripts.send(keys=SEND_KEYS, args=["m", 0, 1000, 0, 0, *fields_args(fields)])
     scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500])
     [(_, got)] = r.xrange(STREAM)
     assert got == dict(fields)
