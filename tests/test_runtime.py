@@ -186,9 +186,7 @@ def test_cancelled_running_async_job_is_cancelled_in_place(rt, url, db, processe
     assert worker.wait(30) == 0
 
 
-def test_sigterm_lets_running_jobs_finish_and_hands_the_rest_over_at_once(
-    rt, url, db, processes
-):
+def test_sigterm_lets_running_jobs_finish_and_hands_the_rest_over_at_once(rt, url, db, processes):
     jobs = [rt.slow.send(1.0, str(i)) for i in range(220)]
     first = start_worker(processes, url, "--processes", "1", "--concurrency", "20")
     assert wait_for(lambda: len(rows(db, "slow-start")) >= 20, timeout=30)
@@ -221,9 +219,7 @@ def test_long_job_with_short_visibility_timeout_is_never_run_twice(rt, url, db, 
         assert w.wait(30) == 0
 
 
-def test_worker_that_stops_beating_leaves_status_within_three_beats(
-    rt, client, url, db, processes
-):
+def test_worker_that_stops_beating_leaves_status_within_three_beats(rt, client, url, db, processes):
     from redismq.status import BEAT_EVERY, MISSED_BEATS, live_workers
 
     worker = start_worker(processes, url, "--processes", "1")

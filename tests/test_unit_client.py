@@ -222,9 +222,7 @@ def test_ack_stores_result(fclient: Client, fake: fakeredis.FakeRedis) -> None:
     [msg] = receive(con)
     con.ack(msg, {"answer": 42})
     k = keys("jobs", msg.queue)
-    assert fake.lrange(k.outcome(msg.id), 0, -1) == [
-        b'{"status":"done","result":{"answer":42}}'
-    ]
+    assert fake.lrange(k.outcome(msg.id), 0, -1) == [b'{"status":"done","result":{"answer":42}}']
 
 
 def test_raw_bytes_round_trip(fclient: Client) -> None:
