@@ -324,18 +324,18 @@ class Consumer:
         now = now_ms()
         nearest = now + MOVE_TICK_MS
         for broker, queues in self._by_broker(self.queues.values()).items():
-            pipe = broker.redis.pipeline(transaction=False)
+            calls = []
             for q in queues:
                 k = q.keys
-                broker.scripts.move_due(
-                    keys=[k.delayed, k.stream], args=[now, MOVE_BATCH], client=pipe
+                calls.append(("move_due", [k.delayed, k.stream], [now, MOVE_BATCH]))
+                calls.append(
+                    (
+                        "move_due",
+                        [k.retry(self.group), k.retry_stream(self.group)],
+                        [now, MOVE_BATCH],
+                    )
                 )
-                broker.scripts.move_due(
-                    keys=[k.retry(self.group), k.retry_stream(self.group)],
-                    args=[now, MOVE_BATCH],
-                    client=pipe,
-                )
-            for due in pipe.execute():
+            for due in broker.scripts.run(calls):
                 if due >= 0:
                     nearest = min(nearest, due)
         self._next_move = time.monotonic() + max(0, nearest - now_ms()) / 1000
@@ -362,11 +362,8 @@ class Consumer:
         completed = 0
         with self.client.errors():
             for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
-                pipe = broker.redis.pipeline(transaction=False)
-                for q in queues:
-                    keys, args = self._settle_call(q, by_queue[q.index], now)
-                    broker.scripts.settle(keys=keys, args=args, client=pipe)
-                completed += sum(reply[0] for reply in pipe.execute())
+                calls = [("settle", *self._settle_call(q, by_queue[q.index], now)) for q in queues]
+                completed += sum(reply[0] for reply in broker.scripts.run(calls))
         return completed
 
     def _settle_call(
@@ -374,7 +371,7 @@ class Consumer:
     ) -> tuple[list[str], list[Any]]:
         k = q.keys
         keys = [k.stream, k.retry_stream(self.group), k.done(self.group), k.stats(self.group)]
-        keys.append(k.cancelled)
+        keys += [k.cancelled, k.waiting]
         args: list[Any] = [self.group, now, self.client.done_ttl_ms, self.client.result_ttl_ms]
         for m, result in items:
             if result is CANCELLED:
@@ -382,8 +379,11 @@ class Consumer:
             elif result is NO_RESULT:
                 encoded = ""
             else:
-                value = "null" if result is None else encode_result(result)
-                encoded = f'{{"status":"done","result":{value}}}'
+                encoded = (
+                    "N"
+                    if result is None
+                    else f'{{"status":"done","result":{encode_result(result)}}}'
+                )
                 keys.append(k.outcome(m.id))
             args += [m.id, m.entry_id, 1 if m.from_retry else 0, encoded]
         return keys, args
@@ -473,15 +473,18 @@ class Consumer:
 
     def release(self, messages: Iterable[Message]) -> None:
         """Hand fetched but unstarted messages back to the group, for another consumer now."""
+        calls: dict[Broker, list] = defaultdict(list)
+        for m in messages:
+            q = self.queues[m.queue]
+            k = q.keys
+            src = k.retry_stream(self.group) if m.from_retry else k.stream
+            args: list[Any] = [self.group, m.entry_id, int(m.from_retry)]
+            for name, value in m.fields().items():
+                args += [name, value]
+            calls[q.broker].append(("release", [src, k.retry_stream(self.group)], args))
         with self.client.errors():
-            for m in messages:
-                q = self.queues[m.queue]
-                k = q.keys
-                src = k.retry_stream(self.group) if m.from_retry else k.stream
-                args: list[Any] = [self.group, m.entry_id, int(m.from_retry)]
-                for name, value in m.fields().items():
-                    args += [name, value]
-                q.broker.scripts.release(keys=[src, k.retry_stream(self.group)], args=args)
+            for broker, batch in calls.items():
+                broker.scripts.run(batch)
 
     def renew(self, messages: Iterable[Message]) -> list[Message]:
         """Reset the lease of messages this consumer holds; returns those it no longer holds."""

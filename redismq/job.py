@@ -100,18 +100,32 @@ class Job:
         it does not poll.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        key = self.keys.outcome(self.id)
+        k = self.keys
+        key = k.outcome(self.id)
         with self.client.errors():
             r = self._redis()
-            while True:
-                outcome = r.lindex(key, 0)
-                if outcome is not None:
-                    return self._final(json.loads(outcome))
-                left = 5.0 if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    raise JobTimeout(f"job {self.id} has not finished (status: {self.status()})")
-                # BLMOVE onto itself: wakes every waiter and leaves the element for others.
-                r.blmove(key, key, min(left, 5.0), "LEFT", "RIGHT")
+            # Registered before looking, so that a task finishing now stores its outcome
+            # even when it returned None (those are stored only for someone waiting).
+            r.sadd(k.waiting, self.id)
+            try:
+                while True:
+                    pipe = r.pipeline(transaction=False)
+                    pipe.lindex(key, 0)
+                    pipe.zscore(k.done(self.group), self.id)
+                    outcome, done = pipe.execute()
+                    if outcome is not None:
+                        return self._final(json.loads(outcome))
+                    if done is not None:
+                        return None  # completed before anyone waited: it returned None
+                    left = 5.0 if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        raise JobTimeout(
+                            f"job {self.id} has not finished (status: {self.status()})"
+                        )
+                    # BLMOVE onto itself: wakes every waiter and leaves the element.
+                    r.blmove(key, key, min(left, 5.0), "LEFT", "RIGHT")
+            finally:
+                r.srem(k.waiting, self.id)
 
     def _final(self, outcome: dict[str, Any]) -> Any:
         if outcome["status"] == "done":

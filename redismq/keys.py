@@ -14,7 +14,17 @@ DEFAULT_NAMESPACE = "rmq"
 class QueueKeys:
     """Key names of one queue of a topic."""
 
-    __slots__ = ("ns", "topic", "queue", "tag", "stream", "delayed", "counters", "cancelled")
+    __slots__ = (
+        "ns",
+        "topic",
+        "queue",
+        "tag",
+        "stream",
+        "delayed",
+        "counters",
+        "cancelled",
+        "waiting",
+    )
 
     def __init__(self, ns: str, topic: str, queue: int) -> None:
         self.ns = ns
@@ -27,6 +37,8 @@ class QueueKeys:
         self.counters = f"{self.tag}:counters"
         # Set of ids of this queue's jobs cancelled before a worker settled them.
         self.cancelled = f"{self.tag}:cancelled"
+        # Set of ids of jobs whose result someone waits for (`job.result()`).
+        self.waiting = f"{self.tag}:waiting"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, QueueKeys) and (self.ns, self.topic, self.queue) == (

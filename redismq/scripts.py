@@ -7,6 +7,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 NAMES = (
     "create_topic",
@@ -35,11 +36,29 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """The scripts registered on one Redis client; `scripts.settle(keys, args, client=pipe)`."""
+    """The scripts registered on one Redis client: `scripts.settle(keys=..., args=...)`
+    for one call, `scripts.run([(name, keys, args), ...])` for a pipeline of calls."""
 
     def __init__(self, client: redis.Redis) -> None:
+        self.client = client
         for name in NAMES:
             setattr(self, name, client.register_script(source(name)))
+
+    def run(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Run script calls in one round trip, by SHA; if the server has lost the scripts
+        (a restart), load them and run the calls again (none of them ran)."""
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(getattr(self, name).sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                for name in {c[0] for c in calls}:
+                    self.client.script_load(source(name))
+        raise AssertionError("unreachable")
 
     def __getattr__(self, name: str) -> Any:  # for type checkers: attributes are set above
         raise AttributeError(name)

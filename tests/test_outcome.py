@@ -172,3 +172,34 @@ def test_job_result_waits_for_completion(client, app):
     timer.start()
     assert job.result(timeout=10) == "finished"
     worker.join()
+
+
+def test_none_results_are_stored_only_for_someone_waiting(client, app):
+    import threading
+
+    @app.task(topic="quiet")
+    def nothing():
+        return None
+
+    unwatched = nothing.send()
+    watched = nothing.send()
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(watched.result(timeout=10)))
+    waiter.start()
+    assert wait_for_member(client, watched)
+    run_until_idle(client, app, "quiet")
+    waiter.join()
+    assert got == [None]
+    assert client.meta.exists(watched.keys.outcome(watched.id)) == 1
+    assert client.meta.exists(unwatched.keys.outcome(unwatched.id)) == 0
+    assert unwatched.result(timeout=1) is None  # done without an outcome: it returned None
+    assert client.meta.scard(watched.keys.waiting) == 0
+
+
+def wait_for_member(client, job) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if client.meta.sismember(job.keys.waiting, job.id):
+            return True
+        time.sleep(0.01)
+    return False

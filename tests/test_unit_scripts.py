@@ -189,7 +189,7 @@ def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) 
     e2 = r.xadd(STREAM, {"id": "m2"}).decode()
     r.xgroup_create(STREAM, "g", id="0")
     r.xreadgroup("g", "c1", {STREAM: ">"})
-    keys = [STREAM, "rs", "done", "stats", "cancelled", "outcome:m2"]
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2"]
     outcome = '{"status":"done","result":{"ok":true}}'
     args = ["g", 1000, 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, outcome]
     assert scripts.settle(keys=keys, args=args) == [2, 0, 0]
@@ -210,7 +210,7 @@ def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scrip
     r.xgroup_create("rs", "g", id="0")
     r.xreadgroup("g", "c1", {"rs": ">"})
     assert scripts.settle(
-        keys=[STREAM, "rs", "done", "stats", "cancelled"],
+        keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"],
         args=["g", 1000, 60_000, 0, "m1", e, 1, ""],
     ) == [1, 0, 0]
     assert r.xlen("rs") == 0
@@ -219,7 +219,9 @@ def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scrip
 
 def test_settle_forgets_old_done_records(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
     r.zadd("done", {"old": 100, "recent": 9_500})
-    scripts.settle(keys=[STREAM, "rs", "done", "stats", "cancelled"], args=["g", 10_000, 1000, 0])
+    scripts.settle(
+        keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"], args=["g", 10_000, 1000, 0]
+    )
     assert r.zrange("done", 0, -1) == [b"recent"]
 
 
@@ -230,7 +232,7 @@ def test_settle_of_a_cancelled_job_records_done_without_a_result(
     r.xgroup_create(STREAM, "g", id="0")
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.sadd("cancelled", "m1")
-    keys = [STREAM, "rs", "done", "stats", "cancelled"]
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
     assert scripts.settle(keys=keys, args=["g", 1000, 60_000, 0, "m1", e, 0, "~"]) == [0, 0, 1]
     assert r.xpending(STREAM, "g")["pending"] == 0
     assert r.zscore("done", "m1") == 1000

@@ -1,33 +1,47 @@
 -- Record successful (or cancelled) outcomes of one queue for one group: XACK, done record,
--- counters and (for tasks) the stored result, all at once.
+-- counters and (for tasks) the outcome their senders wait for, all at once.
 -- KEYS[1] stream, KEYS[2] group's retry stream, KEYS[3] done zset, KEYS[4] stats hash,
--- KEYS[5] the queue's cancelled set,
--- KEYS[6..] per stored result: the job's outcome list (in message order)
+-- KEYS[5] the queue's cancelled set, KEYS[6] the queue's set of awaited job ids,
+-- KEYS[7..] per task message (outcome not ''): its outcome list, in message order
 -- ARGV[1] group, ARGV[2] now ms, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
 -- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
---   outcome ('' = not stored, '~' = the job was cancelled, else the JSON outcome to store)
+--   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
+--   outcome is stored only if someone waits for it), else the JSON outcome to store
 -- Returns {completed, duplicates, cancelled}
 local group, now = ARGV[1], tonumber(ARGV[2])
 local done_ttl, result_ttl = ARGV[3], ARGV[4]
-local completed, duplicates, cancelled, k = 0, 0, 0, 6
-local main, retried = {}, {}
+local completed, duplicates, cancelled, k = 0, 0, 0, 7
+local main, retried, silent, silent_keys = {}, {}, {}, {}
 for i = 5, #ARGV, 4 do
-  local mid, eid, src, result = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local mid, eid, src, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
   local first = redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1
-  if result == '~' then
+  if outcome == '~' then
     redis.call('SREM', KEYS[5], mid)
     if first then cancelled = cancelled + 1 end
   elseif first then
     completed = completed + 1
-    if result ~= '' then
-      redis.call('RPUSH', KEYS[k], result)
+    if outcome == 'N' then
+      silent[#silent + 1] = mid
+      silent_keys[#silent_keys + 1] = KEYS[k]
+    elseif outcome ~= '' then
+      redis.call('RPUSH', KEYS[k], outcome)
       redis.call('PEXPIRE', KEYS[k], result_ttl)
     end
   else
     duplicates = duplicates + 1
   end
-  if result ~= '' and result ~= '~' then k = k + 1 end
+  if outcome ~= '' then k = k + 1 end
+end
+if #silent > 0 then
+  local awaited = redis.call('SMISMEMBER', KEYS[6], unpack(silent))
+  for i, yes in ipairs(awaited) do
+    if yes == 1 then
+      redis.call('RPUSH', silent_keys[i], '{"status":"done","result":null}')
+      redis.call('PEXPIRE', silent_keys[i], result_ttl)
+      redis.call('SREM', KEYS[6], silent[i])
+    end
+  end
 end
 if #main > 0 then redis.call('XACK', KEYS[1], group, unpack(main)) end
 if #retried > 0 then
