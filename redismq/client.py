@@ -6,8 +6,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -58,19 +57,30 @@ class Sent:
     entry_id: str | None
 
 
-@contextmanager
-def redis_errors(url: str) -> Iterator[None]:
-    """Turn redis-py's connection and permission errors into one-line RedisMQErrors."""
-    try:
-        yield
-    except redis.AuthenticationError as exc:
-        raise BrokerUnavailable(f"authentication failed at {mask_url(url)}: {exc}") from None
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise BrokerUnavailable(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
-    except redis.ResponseError as exc:
-        if str(exc).startswith("NOPERM"):
-            raise BrokerUnavailable(f"permission denied at {mask_url(url)}: {exc}") from None
-        raise
+class redis_errors:  # noqa: N801 - used like the context manager function it replaced
+    """Context in which redis-py's connection and permission errors become one-line
+    RedisMQErrors (a class, not @contextmanager: it is entered on every send)."""
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is None:
+            return
+        url = mask_url(self.url)
+        if isinstance(exc, redis.AuthenticationError):
+            raise BrokerUnavailable(f"authentication failed at {url}: {exc}") from None
+        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+            raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
+        if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOPERM"):
+            raise BrokerUnavailable(f"permission denied at {url}: {exc}") from None
 
 
 def delay_ms(delay: float | timedelta | None) -> int:
@@ -95,7 +105,7 @@ def client_settings(url: str | None, namespace: str | None) -> tuple[str, str]:
     return checked, namespace or os.environ.get("REDISMQ_NAMESPACE") or DEFAULT_NAMESPACE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outgoing:
     """One checked and encoded message, not yet written to a queue."""
 
@@ -295,6 +305,9 @@ class Client:
 
     def topic(self, name: str, *, create: bool | None = None) -> Topic:
         """A topic's record; creates it when missing if auto-creation is on."""
+        cached = self.router.cached(name)
+        if cached is not None:
+            return cached
         check_topic_name(name)
         create = self.auto_create_topics if create is None else create
         with self.errors():

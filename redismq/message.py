@@ -11,6 +11,7 @@ from typing import Any
 from .errors import InvalidMessage
 
 DEFAULT_MAX_BODY = 1024 * 1024
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # Stream entry field names.
 F_ID = b"id"
@@ -41,9 +42,7 @@ def encode_body(body: Any, max_body: int = DEFAULT_MAX_BODY) -> tuple[bytes, boo
         data, raw = bytes(body), True
     else:
         try:
-            data = json.dumps(
-                body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            ).encode()
+            data = _encode(body).encode()
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidMessage(f"body is not JSON-serialisable: {exc}") from None
         raw = False

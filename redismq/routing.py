@@ -191,9 +191,8 @@ class RouteCache:
         self._checked = 0.0
 
     def get(self, name: str) -> Topic | None:
-        """The cached topic, or None."""
-        with self._lock:
-            return self._topics.get(name)
+        """The cached topic, or None (a plain dict read: atomic, no lock needed)."""
+        return self._topics.get(name)
 
     def put(self, topic: Topic, version: bytes | None) -> None:
         """Remember a topic read at this route version."""
@@ -210,6 +209,10 @@ class RouteCache:
         """Forget every topic."""
         with self._lock:
             self._topics.clear()
+
+    def fresh(self) -> bool:
+        """Whether the route version was read within the last REFRESH_INTERVAL seconds."""
+        return time.monotonic() - self._checked < REFRESH_INTERVAL
 
     def check_due(self) -> bool:
         """Whether the route version should be read again now (and mark it as read)."""
@@ -237,6 +240,7 @@ class Router:
         self._cache = RouteCache()
         self.meta_scripts = Scripts(meta)
         self._states: dict[str, str] = {}
+        self._queue_keys: dict[tuple[str, int], QueueKeys] = {}
         self._states_read = float("-inf")
         self._down: dict[str, float] = {}
 
@@ -287,6 +291,10 @@ class Router:
         self.invalidate()
 
     # -- topics ----------------------------------------------------------------------
+    def cached(self, name: str) -> Topic | None:
+        """The topic if it is cached and the route version was checked recently, else None."""
+        return self._cache.get(name) if self._cache.fresh() else None
+
     def topic(self, name: str) -> Topic:
         """The topic's record; raises TopicNotFound."""
         self._maybe_refresh()
@@ -318,7 +326,10 @@ class Router:
         return sorted_names(self.meta.hkeys(self.keys.topics))
 
     def queue_keys(self, topic: str, queue: int) -> QueueKeys:
-        return QueueKeys(self.namespace, topic, queue)
+        found = self._queue_keys.get((topic, queue))
+        if found is None:
+            found = self._queue_keys[(topic, queue)] = QueueKeys(self.namespace, topic, queue)
+        return found
 
     def queue_broker(self, topic: Topic, queue: int) -> Broker:
         return self.broker(topic.placement[queue])
