@@ -11,6 +11,7 @@ from typing import Any
 from .errors import InvalidMessage
 
 DEFAULT_MAX_BODY = 1024 * 1024
+_decode = json.JSONDecoder().decode
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # Stream entry field names.
@@ -125,7 +126,7 @@ def decode_entry(
         body: Any = raw
     else:
         try:
-            body = json.loads(raw)
+            body = _decode(raw.decode())  # ValueError covers invalid UTF-8 too
         except (ValueError, RecursionError) as exc:
             raise InvalidMessage(f"message {mid}: body is not valid JSON ({exc})") from None
     try:
