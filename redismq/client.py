@@ -79,7 +79,9 @@ class redis_errors:  # noqa: N801 - used like the context manager function it re
             raise BrokerUnavailable(f"authentication failed at {url}: {exc}") from None
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
-        if isinstance(exc, redis.ResponseError) and str(exc).startswith("NOPERM"):
+        if isinstance(exc, redis.exceptions.NoPermissionError) or (
+            isinstance(exc, redis.ResponseError) and str(exc).startswith("NOPERM")
+        ):
             raise BrokerUnavailable(f"permission denied at {url}: {exc}") from None
 
 
