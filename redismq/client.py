@@ -79,6 +79,10 @@ class redis_errors:  # noqa: N801 - used like the context manager function it re
             raise BrokerUnavailable(f"authentication failed at {url}: {exc}") from None
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
+        if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+            isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM")
+        ):
+            raise BrokerUnavailable(f"the broker at {url} is out of memory: {exc}") from None
         if isinstance(exc, redis.exceptions.NoPermissionError) or (
             isinstance(exc, redis.ResponseError) and str(exc).startswith("NOPERM")
         ):
