@@ -14,7 +14,7 @@ import redis
 
 from .client import check_topic_name
 from .errors import InvalidMessage, RedisMQError
-from .routing import ACTIVE, DRAINING, queue_name, rendezvous, route_fields
+from .routing import ACTIVE, DRAINING, REFRESH_INTERVAL, queue_name, rendezvous, route_fields
 from .urls import check_url, connect, mask_url
 
 if TYPE_CHECKING:
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("redismq.brokers")
+# How long a broker must have been draining before it can be removed: every client re-reads
+# broker states at least every REFRESH_INTERVAL, so after this none sends to it any more.
+DRAIN_SETTLE = 2 * REFRESH_INTERVAL
 
 
 class BrokerError(RedisMQError):
@@ -116,29 +119,45 @@ def _ping(url: str) -> None:
     conn = connect(url, socket_timeout=5.0)
     try:
         conn.ping()
-        try:
-            policy = conn.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
-        except redis.ResponseError:
-            policy = "noeviction"  # CONFIG may be forbidden by ACL; nothing to warn about then
+        warn_if_evicting(conn, mask_url(url))
     except redis.RedisError as exc:
         raise BrokerError(f"broker at {mask_url(url)} does not answer: {exc}") from None
     finally:
         conn.close()
-    if policy != "noeviction":
-        log.warning(
-            "broker at %s has maxmemory-policy %s: it may silently drop queued messages "
-            "(use noeviction)",
-            mask_url(url),
-            policy,
-        )
+
+
+def warn_if_evicting(conn: redis.Redis, where: str) -> bool:
+    """Log a warning when a broker may evict keys (it can silently drop queued work);
+    True if it may. A user without CONFIG rights gets no warning."""
+    try:
+        policy = conn.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+    except redis.ResponseError:
+        return False
+    if policy == "noeviction":
+        return False
+    log.warning(
+        "broker %s has maxmemory-policy %s: it may silently drop queued messages "
+        "(set maxmemory-policy noeviction)",
+        where,
+        policy,
+    )
+    return True
 
 
 def drain_broker(client: Client, name: str) -> None:
     """Make a broker's queues read-only: no new sends go there, consumers empty them."""
     with client.errors():
         record = _record(client, name)
-        record["state"] = DRAINING
-        _set(client, "xx", name, record)
+        if record.get("state", ACTIVE) != DRAINING:
+            record["state"] = DRAINING
+            record["drained"] = _meta_time(client)
+            _set(client, "xx", name, record)
+
+
+def _meta_time(client: Client) -> float:
+    """The meta Redis clock (one clock for every process that compares drain times)."""
+    seconds, micros = client.meta.time()
+    return seconds + micros / 1e6
 
 
 def undrain_broker(client: Client, name: str) -> None:
@@ -146,13 +165,14 @@ def undrain_broker(client: Client, name: str) -> None:
     with client.errors():
         record = _record(client, name)
         record["state"] = ACTIVE
+        record.pop("drained", None)
         _set(client, "xx", name, record)
 
 
 def remove_broker(client: Client, name: str) -> None:
     """Unregister a broker; refused while any of its queues holds unconsumed messages,
-    and, if it holds queues, unless it was drained first (so that no client still sends to
-    it while it is removed).
+    and, if it holds queues, unless it was drained at least DRAIN_SETTLE seconds ago (every
+    client re-reads broker states within REFRESH_INTERVAL, so none still sends to it).
 
     Its (empty) queues are placed on the remaining brokers.
     """
@@ -177,6 +197,12 @@ def remove_broker(client: Client, name: str) -> None:
                 f"broker {name!r} holds {len(held)} queue(s) and is not drained: "
                 f"drain it first (redismq broker drain {name}), let consumers empty it, "
                 f"then remove it"
+            )
+        age = _meta_time(client) - record.get("drained", 0.0)
+        if held and age < DRAIN_SETTLE:
+            raise BrokerError(
+                f"broker {name!r} was drained {age:.1f}s ago: clients may still be sending to "
+                f"it; try again in {DRAIN_SETTLE - age:.1f}s"
             )
         others = [b for b in client.router.placeable() if b != name]
         if held and not others:

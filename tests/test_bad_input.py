@@ -142,3 +142,23 @@ def test_worker_and_producer_ride_through_a_server_restart(tmp_path, processes):
         assert worker.poll() is None, "the worker survived the restart"
     finally:
         srv.stop()
+
+
+def test_worker_warns_about_a_broker_that_may_evict(tmp_path, processes):
+    with LocalServer(extra_args=["--maxmemory-policy", "allkeys-lru"]) as srv:
+        worker = processes.start(
+            "worker",
+            "tests.apps.worker_app:app",
+            "--url",
+            srv.url,
+            "--processes",
+            "1",
+            "--topic",
+            "work",
+            "--burst",
+            "--log-level",
+            "WARNING",
+        )
+        assert worker.wait(60) == 0
+        out = worker.stdout.read()
+        assert "maxmemory-policy allkeys-lru" in out and "noeviction" in out

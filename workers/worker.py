@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redismq import App, BrokerUnavailable, Consumer, Subscription
+from redismq.brokers import warn_if_evicting
 from redismq.processing import BatchRunner, Counts, Hooks
 
 from .heartbeat import Heartbeat
@@ -121,6 +122,10 @@ class Worker:
             for queues in self._queues_by_broker(s.topic)
             for _ in range(concurrency)
         ]
+        for broker in {
+            loop.consumer.queues[q].broker for loop in self.loops for q in loop.consumer.queues
+        }:
+            warn_if_evicting(broker.redis, f"{broker.name!r}")
         heartbeat = Heartbeat(
             self.client,
             self.id,
