@@ -1,0 +1,76 @@
+"""The welcome e-mail: composed, sent over SMTP, and recorded so that it goes out once.
+
+`deliver_welcome()` is what the worker's task runs (and what the web app runs itself in the
+"inline" mode that `measure` compares against). How "once" works:
+
+1. check the database: if the user's welcome e-mail is recorded as sent, stop;
+2. send it over SMTP;
+3. record it as sent, in one transaction whose unique key is the user id.
+
+A task runs at least once: a worker killed after step 3 but before the queue's
+acknowledgement has its message delivered again, and the next run stops at step 1. What
+remains is the window between the SMTP server's "250 OK" in step 2 and the commit in step 3
+(a few milliseconds): a crash exactly there sends the e-mail twice, because SMTP has no way
+to ask "did you get this one already?". The Message-ID is derived from the user id, so that
+such a duplicate is at least recognisable downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+
+from . import db
+
+log = logging.getLogger("registration.mail")
+SENDER = "welcome@registration.example"
+
+
+def smtp_address() -> tuple[str, int]:
+    """$SMTP_HOST and $SMTP_PORT (default 127.0.0.1:8025, the sink's default)."""
+    return os.environ.get("SMTP_HOST", "127.0.0.1"), int(os.environ.get("SMTP_PORT", "8025"))
+
+
+def message_id(user_id: int) -> str:
+    """The same Message-ID for every attempt at one user's welcome e-mail."""
+    return f"<welcome-{user_id}@registration.example>"
+
+
+def compose(user_id: int, email: str, name: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = formataddr(("Registration example", SENDER))
+    msg["To"] = formataddr((name, email))
+    msg["Subject"] = f"Welcome, {name}!"
+    msg["Date"] = formatdate(localtime=True)
+    msg["Message-ID"] = message_id(user_id)
+    msg.set_content(
+        f"Hello {name},\n\nyour account #{user_id} is ready. Welcome aboard!\n\n"
+        "-- the registration example of redismq\n"
+    )
+    return msg
+
+
+def deliver_welcome(
+    user_id: int, email: str, name: str, *, job_id: str | None = None, db_path: str | None = None
+) -> str:
+    """Send the user's welcome e-mail unless it was sent already.
+
+    Returns "sent" or "already sent"; raises (so that the task is retried) when the SMTP
+    server cannot be reached or refuses the e-mail.
+    """
+    conn = db.connect(db_path)
+    try:
+        if db.welcome_record(conn, user_id) is not None:
+            return "already sent"
+        host, port = smtp_address()
+        with smtplib.SMTP(host, port, timeout=30) as smtp:
+            smtp.send_message(compose(user_id, email, name))
+        # <- the window: the SMTP server has the e-mail, the database does not know yet
+        if not db.record_welcome(conn, user_id, message_id(user_id), job_id):
+            log.warning("welcome e-mail of user %s was sent by two runs at once", user_id)
+        return "sent"
+    finally:
+        conn.close()

@@ -1,0 +1,42 @@
+"""The worker side: what runs when a user signs up.
+
+One topic, `user-registered`, and one message per sign-up, read by two groups (fan-out):
+
+- `mailer` runs the message as the task `send_welcome_email` (the e-mail, sent once);
+- `analytics` receives the same message with a plain handler and records the event.
+
+Every group gets every message once, so a third group (say, a CRM sync) is one more
+`@app.consumer` here and no change to the web app.
+
+Run it: redismq worker examples.registration.tasks:app --processes 2
+"""
+
+from __future__ import annotations
+
+from redismq import App, Message, current_job
+
+from . import db
+from .mail import deliver_welcome
+
+TOPIC = "user-registered"
+
+app = App()  # connects on first use to $REDISMQ_URL
+
+
+@app.task(
+    topic=TOPIC, group="mailer", name="registration.send_welcome_email", max_retries=3, backoff=0.5
+)
+def send_welcome_email(user_id: int, email: str, name: str) -> str:
+    """Send the welcome e-mail over SMTP, once (see mail.deliver_welcome)."""
+    return deliver_welcome(user_id, email, name, job_id=current_job().id)
+
+
+@app.consumer(TOPIC, group="analytics")
+def record_signup(msg: Message) -> None:
+    """Count the sign-up by e-mail domain (idempotent: one row per message id)."""
+    user = msg.body["kwargs"]
+    conn = db.connect()
+    try:
+        db.record_event(conn, msg.id, user["user_id"], user["email"].rpartition("@")[2])
+    finally:
+        conn.close()
