@@ -53,6 +53,7 @@ def topic_status(client: Client, name: str) -> dict[str, Any]:
     groups = client.router.groups(name)
     length = delayed = dropped = 0
     per_group = {g: dict.fromkeys(GROUP_FIELDS, 0) for g in groups}
+    unreachable: list[int] = []
     for q in range(topic.queues):
         k = client.router.queue_keys(name, q)
         r = client.router.queue_broker(topic, q).redis
@@ -70,8 +71,13 @@ def topic_status(client: Client, name: str) -> dict[str, Any]:
             pipe.zcard(k.done(g))
             pipe.hgetall(k.stats(g))
             pipe.xinfo_consumers(k.stream, g)
+        try:
+            raw = pipe.execute(False)
+        except redis.RedisError:  # its broker is down: the other queues are still shown
+            unreachable.append(q)
+            continue
         # A stream or group that does not exist yet answers with an error: it counts as empty.
-        replies = [None if isinstance(r, Exception) else r for r in pipe.execute(False)]
+        replies = [None if isinstance(r, Exception) else r for r in raw]
         length += replies[0] or 0
         delayed += replies[1] or 0
         dropped += int(replies[2] or 0)
@@ -101,6 +107,7 @@ def topic_status(client: Client, name: str) -> dict[str, Any]:
         "dropped": dropped,
         "backlog": (max(unfinished) if unfinished else length) + delayed,
         "max_backlog": topic.max_backlog,
+        "unreachable_queues": unreachable,
         "groups": [{"name": g, **per_group[g]} for g in groups],
     }
 

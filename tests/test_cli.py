@@ -7,6 +7,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -217,3 +218,28 @@ def test_error_text_is_not_read_as_markup(url, processes):
     assert "Traceback" not in output, output
     assert code == 1
     assert "a[/b]" in output
+
+
+def test_status_shows_a_down_broker_instead_of_failing(tmp_path):
+    from redismq.brokers import add_broker
+
+    with LocalServer() as meta, LocalServer() as b1, LocalServer() as b2:
+        client = Client(meta.url)
+        add_broker(client, "b1", b1.url)
+        add_broker(client, "b2", b2.url)
+        client.create_topic("spread", queues=4)
+        client.send_many("spread", list(range(8)))
+        b2.kill()
+        out = subprocess.run(
+            [sys.executable, "-m", "cli.main", "status", "--json", "--url", meta.url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        snap = json.loads(out.stdout)
+        down = {b["name"]: b["up"] for b in snap["brokers"]}
+        assert down == {"b1": True, "b2": False}
+        [topic] = snap["topics"]
+        placement = client.topic("spread").placement
+        assert topic["unreachable_queues"] == [q for q, b in enumerate(placement) if b == "b2"]
