@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, overload
 
 from .aio import AsyncClient
 from .client import Client
@@ -63,7 +63,7 @@ class Task:
 
     def send_with_options(
         self,
-        args: tuple | list = (),
+        args: tuple[Any, ...] | list[Any] = (),
         kwargs: dict[str, Any] | None = None,
         *,
         delay: float | timedelta | None = None,
@@ -82,7 +82,9 @@ class Task:
         )
         return Job(self.app.client, sent.id, self.topic, sent.queue, self.group, sent.entry_id)
 
-    def body(self, args: tuple | list = (), kwargs: dict[str, Any] | None = None) -> dict:
+    def body(
+        self, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The message body that names this task and its arguments."""
         return {"task": self.name, "args": list(args), "kwargs": dict(kwargs or {})}
 
@@ -93,7 +95,7 @@ class Periodic:
 
     task: Task
     schedule: Schedule
-    args: tuple = ()
+    args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,7 +110,9 @@ class Subscription:
     options: Options = field(default_factory=Options)
     ordered: bool = False
 
-    def resolve(self, msg: Message) -> tuple[Callable[..., Any], tuple, dict, Task | None]:
+    def resolve(
+        self, msg: Message
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Task | None]:
         """The callable a message runs, its arguments and its task (None for a handler).
 
         Raises InvalidMessage or UnknownTask for a body that names nothing runnable.
@@ -163,6 +167,34 @@ class App:
             raise RedisMQError(f"{topic}/{group} is ordered for some tasks and not for others")
         return sub
 
+    @overload
+    def task(
+        self,
+        fn: Callable[..., Any],
+        *,
+        topic: str = ...,
+        group: str = ...,
+        name: str | None = ...,
+        max_retries: int = ...,
+        backoff: float = ...,
+        time_limit: float | None = ...,
+        ordered: bool = ...,
+    ) -> Task: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        *,
+        topic: str = ...,
+        group: str = ...,
+        name: str | None = ...,
+        max_retries: int = ...,
+        backoff: float = ...,
+        time_limit: float | None = ...,
+        ordered: bool = ...,
+    ) -> Callable[[Callable[..., Any]], Task]: ...
+
     def task(
         self,
         fn: Callable[..., Any] | None = None,
@@ -174,7 +206,7 @@ class App:
         backoff: float = 1.0,
         time_limit: float | None = None,
         ordered: bool = False,
-    ) -> Any:
+    ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register a function as a task (usable as `@app.task` or `@app.task(...)`).
 
         `ordered=True` makes the group ordered: each queue is processed by one worker at a
@@ -200,7 +232,7 @@ class App:
         cron: str | None = None,
         *,
         every: timedelta | float | None = None,
-        args: tuple = (),
+        args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         **task_options: Any,
     ) -> Callable[[Callable[..., Any]], Task]:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -39,6 +39,8 @@ DURABILITIES = ("master", "replicated")
 SEND_ATTEMPTS = 3
 
 if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
     from .consumer import Consumer
     from .deadletters import DeadLetter
 
@@ -116,7 +118,7 @@ class Outgoing:
     """One checked and encoded message, not yet written to a queue."""
 
     id: str
-    fields: dict[bytes, bytes | str | int]
+    fields: dict[FieldT, EncodableT]
     key: str | None = None
     dedup_key: str | None = None
     delay_ms: int = 0
@@ -440,7 +442,7 @@ class Client:
             broker = self.router.queue_broker(t, queue)
             if not replicated and not script:
                 entry = broker.redis.xadd(qk.stream, msg.fields)
-                return Sent(msg.id, t.name, queue, entry.decode())
+                return Sent(msg.id, t.name, queue, cast(bytes, entry).decode())
             pipe = broker.redis.pipeline(transaction=False)
             if script:
                 keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)

@@ -319,20 +319,31 @@ class Consumer:
             grouped[m.queue].append(m)
         return grouped
 
-    def _move_due(self) -> None:
+    def move_due(self, until_ms: int | None = None) -> None:
+        """Move delayed messages and this group's retries that are due into view now.
+
+        `until_ms` (milliseconds since the epoch, default now) moves everything due by then:
+        a far-future value makes every waiting message due at once (tests use it to skip
+        backoffs and delays). `receive()` calls this by itself when something is due.
+        """
+        with self.client.errors():
+            self._move_due(until_ms)
+
+    def _move_due(self, until_ms: int | None = None) -> None:
         """Move due delayed messages and this group's due retries into their streams."""
         now = now_ms()
+        due_by = now if until_ms is None else max(now, until_ms)
         nearest = now + MOVE_TICK_MS
         for broker, queues in self._by_broker(self.queues.values()).items():
             calls = []
             for q in queues:
                 k = q.keys
-                calls.append(("move_due", [k.delayed, k.stream], [now, MOVE_BATCH]))
+                calls.append(("move_due", [k.delayed, k.stream], [due_by, MOVE_BATCH]))
                 calls.append(
                     (
                         "move_due",
                         [k.retry(self.group), k.retry_stream(self.group)],
-                        [now, MOVE_BATCH],
+                        [due_by, MOVE_BATCH],
                     )
                 )
             for due in broker.scripts.run(calls):

@@ -6,9 +6,12 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidMessage
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 DEFAULT_MAX_BODY = 1024 * 1024
 _decode = json.JSONDecoder().decode
@@ -61,9 +64,9 @@ def entry_fields(
     headers: dict[str, str] | None = None,
     created: int | None = None,
     attempt: int = 0,
-) -> dict[bytes, bytes | str | int]:
+) -> dict[FieldT, EncodableT]:
     """The fields of the stream entry that carries one message."""
-    fields: dict[bytes, bytes | str | int] = {F_ID: message_id, F_BODY: data}
+    fields: dict[FieldT, EncodableT] = {F_ID: message_id, F_BODY: data}
     if raw:
         fields[F_ENC] = ENC_RAW
     fields[F_CREATED] = created if created is not None else now_ms()
@@ -94,7 +97,7 @@ class Message:
     raw: bytes = b""
     hold_for: float = 0.0
 
-    def fields(self, attempt: int | None = None) -> dict[bytes, bytes | str | int]:
+    def fields(self, attempt: int | None = None) -> dict[FieldT, EncodableT]:
         """The stream entry fields that re-create this message (for retry or replay)."""
         is_raw = isinstance(self.body, bytes)
         return entry_fields(
