@@ -58,7 +58,27 @@ class Task:
 
     async def send_async(self, *args: Any, **kwargs: Any) -> Job:
         """Queue a run of the task with these arguments from async code (no blocking I/O)."""
-        sent = await self.app.async_client.send_message(self.topic, self.body(args, kwargs))
+        return await self.send_with_options_async(args=args, kwargs=kwargs)
+
+    async def send_with_options_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        delay: float | timedelta | None = None,
+        key: str | None = None,
+        dedup_key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Job:
+        """`send_with_options` for async code (no blocking I/O)."""
+        sent = await self.app.async_client.send_message(
+            self.topic,
+            self.body(args, kwargs),
+            key=key,
+            delay=delay,
+            dedup_key=dedup_key,
+            headers=headers,
+        )
         return Job(self.app.client, sent.id, self.topic, sent.queue, self.group, sent.entry_id)
 
     def send_with_options(
@@ -146,6 +166,12 @@ class App:
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self.tasks: dict[str, Task] = {}
         self.periodics: list[Periodic] = []
+
+    def connect(self, client: Client | str | None) -> None:
+        """Point the app at another client (or URL; None: $REDISMQ_URL on first use)."""
+        self._client = client if isinstance(client, Client) else None
+        self._url = client if isinstance(client, str) else None
+        self.__dict__.pop("async_client", None)
 
     @property
     def client(self) -> Client:

@@ -219,3 +219,28 @@ def test_task_send_async_runs_on_a_sync_worker(client, app):
     assert job.status() == "queued"
     run_until_idle(client, app, "math")
     assert job.result(timeout=5) == 5
+
+
+def test_send_with_options_async_keeps_the_options(client):
+    import asyncio
+
+    from redismq import App
+    from tests.test_outcome import run_until_idle
+
+    app = App()
+    app.connect(client)
+
+    @app.task(topic="aio-opts")
+    def mul(x, y):
+        return x * y
+
+    async def go():
+        first = await mul.send_with_options_async(args=(3, 4), dedup_key="once", key="k")
+        again = await mul.send_with_options_async(args=(3, 4), dedup_key="once", key="k")
+        await app.async_client.aclose()
+        return first, again
+
+    first, again = asyncio.run(go())
+    assert first.id == again.id
+    run_until_idle(client, app, "aio-opts")
+    assert first.result(timeout=5) == 12
