@@ -171,9 +171,9 @@ def test_lag_collector_logs_an_unreadable_broker_once(metrics, caplog):
 
 @pytest.fixture
 def ma(client):
-    metrics_app.app._client = client
+    metrics_app.app.connect(client)
     yield metrics_app
-    metrics_app.app._client = None
+    metrics_app.app.connect(None)
 
 
 def free_port() -> int:

@@ -30,10 +30,10 @@ def system(url, tmp_path, monkeypatch):
         monkeypatch.setenv("REGISTRATION_DB", str(tmp_path / "registration.db"))
         monkeypatch.setenv("SMTP_HOST", sink.host)
         monkeypatch.setenv("SMTP_PORT", str(sink.port))
-        tasks.app._client = None  # connect to this test's server
+        tasks.app.connect(None)  # connect to this test's server
         tasks.app.client.create_topic(tasks.TOPIC)
         yield sink
-        tasks.app._client = None
+        tasks.app.connect(None)
 
 
 @pytest.fixture

@@ -24,9 +24,9 @@ def db(tmp_path, monkeypatch):
 @pytest.fixture
 def rt(client, db):
     """The runtime app bound to this test's client."""
-    runtime_app.app._client = client
+    runtime_app.app.connect(client)
     yield runtime_app
-    runtime_app.app._client = None
+    runtime_app.app.connect(None)
 
 
 def rows(db: str, kind: str) -> list[tuple[str, int]]:

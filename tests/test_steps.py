@@ -95,11 +95,11 @@ def test_sigkilled_worker_after_the_effect_does_not_repeat_it(client, url, tmp_p
     sideeffects.connect(db).close()
     from tests.apps import steps_app
 
-    steps_app.app._client = client
+    steps_app.app.connect(client)
     try:
         jobs = [steps_app.effect.send(n) for n in range(10)]
     finally:
-        steps_app.app._client = None
+        steps_app.app.connect(None)
     worker = processes.start(
         "worker",
         "tests.apps.steps_app:app",
