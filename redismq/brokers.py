@@ -14,7 +14,7 @@ import redis
 
 from .client import check_topic_name
 from .errors import InvalidMessage, RedisMQError
-from .routing import ACTIVE, DRAINING, REFRESH_INTERVAL, queue_name, rendezvous, route_fields
+from .routing import ACTIVE, DRAINING, REFRESH_INTERVAL, place, queue_name, rendezvous, route_fields
 from .urls import check_url, connect, mask_url
 
 if TYPE_CHECKING:
@@ -253,7 +253,7 @@ def expand_topic(client: Client, name: str, queues: int) -> Topic:
         record = json.loads(client.meta.hget(keys.topics, name))
         record["queues"] = queues
         brokers = client.router.placeable()
-        placement = [rendezvous(brokers, f) for f in route_fields(name, queues)[t.queues :]]
+        placement = place(brokers, route_fields(name, queues)[t.queues :], t.placement)
         changed = client.router.meta_scripts.expand_topic(
             keys=[keys.topics, keys.routes, keys.routes_version],
             args=[keys.routes_channel, name, t.queues, json.dumps(record), *placement],

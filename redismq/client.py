@@ -30,7 +30,7 @@ from .message import (
     new_message_id,
     now_ms,
 )
-from .routing import Router, Topic, TopicSettings, queue_for_key
+from .routing import DRAINING, REMOVED, Router, Topic, TopicSettings, queue_for_key
 from .urls import check_url, connect, mask_url
 
 log = logging.getLogger("redismq.client")
@@ -387,6 +387,16 @@ class Client:
         replicated = self._replicated(durability)
         t = self.topic(topic)
         queue = choose_queue(t, msg, self.router.usable)
+        if msg.route_key is not None:
+            state = self.router.state(t.placement[queue])
+            if state == REMOVED:  # routes changed meanwhile
+                t = self.topic(topic)
+                state = self.router.state(t.placement[queue])
+            if state == DRAINING:
+                raise QueueUnavailable(
+                    f"queue {queue} of {topic!r} is on broker {t.placement[queue]!r}, which is "
+                    f"draining (read-only); a keyed message stays on its queue to keep its order"
+                )
         for attempt in range(SEND_ATTEMPTS):
             try:
                 return self._send_to(t, queue, msg, replicated, self._room(on_full, timeout))
@@ -459,7 +469,7 @@ class Client:
         else:
             sent = Sent(msg.id, t.name, queue, replies[0].decode())
         if replicated and replies[-1] < 1:
-            raise NotReplicated(msg.id, broker.name, self.replica_timeout_ms)
+            raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
 
     def send_many(

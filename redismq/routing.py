@@ -12,13 +12,14 @@ import json
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from .errors import TopicExists, TopicNotFound
+from .errors import BrokerUnavailable, TopicExists, TopicNotFound
 from .keys import MetaKeys, QueueKeys
 from .scripts import Scripts
 from .urls import connect
@@ -37,6 +38,30 @@ def queue_for_key(key: str, queues: int) -> int:
 def rendezvous(brokers: list[str], queue_name: str) -> str:
     """The broker with the highest rendezvous score for a queue."""
     return max(brokers, key=lambda b: hashlib.blake2b(f"{b}|{queue_name}".encode()).digest())
+
+
+def place(brokers: list[str], fields: list[str], existing: Iterable[str] = ()) -> list[str]:
+    """Brokers for new queues (`fields`): each goes to its highest-scoring rendezvous broker
+    that still has room, so that with the queues already `existing` on these brokers every
+    broker ends with the same number of queues or one more (±1)."""
+    counts = Counter(dict.fromkeys(brokers, 0))
+    counts.update(b for b in existing if b in counts)
+    base, extra = divmod(sum(counts.values()) + len(fields), len(brokers))
+    out = []
+    for f in fields:
+        full = sum(1 for b in brokers if counts[b] > base)
+        ranked = sorted(brokers, key=lambda b: hashlib.blake2b(f"{b}|{f}".encode()).digest())
+        choice = next(
+            (
+                b
+                for b in reversed(ranked)
+                if counts[b] < base or (counts[b] == base and full < extra)
+            ),
+            ranked[-1],
+        )
+        counts[choice] += 1
+        out.append(choice)
+    return out
 
 
 def queue_name(topic: str, queue: int) -> str:
@@ -69,7 +94,7 @@ def broker_url(name: str, raw: bytes | None) -> str | None:
     return json.loads(raw)["url"] if raw else None
 
 
-ACTIVE, DRAINING, DOWN = "active", "draining", "down"
+ACTIVE, DRAINING, DOWN, REMOVED = "active", "draining", "down", "removed"
 
 
 def broker_states(records: dict[bytes, bytes], health: dict[bytes, bytes]) -> dict[str, str]:
@@ -128,7 +153,7 @@ def create_topic_call(
             "created": int(time.time() * 1000),
         }
     )
-    placement = [rendezvous(brokers, queue_name(name, q)) for q in range(queues)]
+    placement = place(brokers, route_fields(name, queues))
     return (
         [keys.topics, keys.routes, keys.routes_version],
         [keys.routes_channel, name, record, *placement],
@@ -251,7 +276,11 @@ class Router:
             found = self._brokers.get(name)
         if found is not None:
             return found
-        url = broker_url(name, self.meta.hget(self.keys.brokers, name))
+        try:
+            url = broker_url(name, self.meta.hget(self.keys.brokers, name))
+        except LookupError:
+            self.invalidate()  # a cached route names a broker removed meanwhile
+            raise BrokerUnavailable(f"broker {name!r} is no longer registered") from None
         conn = self.meta if url is None else connect(url)
         broker = Broker(name, url, conn, self.meta_scripts if url is None else Scripts(conn))
         with self._lock:
@@ -272,7 +301,9 @@ class Router:
         pipe = self.meta.pipeline(transaction=False)
         pipe.hgetall(self.keys.brokers)
         pipe.hgetall(self.keys.broker_health)
-        records, health = pipe.execute()
+        pipe.get(self.keys.routes_version)
+        records, health, version = pipe.execute()
+        self._cache.seen(version)  # states and routes of the same moment
         self._states = broker_states(records, health)
         self._states_read = time.monotonic()
         return self._states
@@ -283,7 +314,14 @@ class Router:
             self.states()
         if self._down.get(name, 0.0) > time.monotonic():
             return False
-        return self._states.get(name, ACTIVE) == ACTIVE
+        return self.state(name) == ACTIVE
+
+    def state(self, name: str) -> str:
+        """active, draining, down, or removed (no longer registered), as last read."""
+        if time.monotonic() - self._states_read > REFRESH_INTERVAL:
+            self.states()
+        # The meta Redis itself ("default") holds the queues of single-broker topics.
+        return self._states.get(name, ACTIVE if name == DEFAULT_BROKER else REMOVED)
 
     def mark_down(self, name: str) -> None:
         """Avoid a broker for a moment after a failed send."""
