@@ -17,7 +17,7 @@ from typing import Any
 from .app import Subscription, Task
 from .consumer import CANCELLED, NO_RESULT, Consumer, describe
 from .context import JobContext, reset_current, set_current
-from .errors import InvalidMessage, UnknownTask
+from .errors import BrokerUnavailable, InvalidMessage, UnknownTask
 from .message import Message
 
 log = logging.getLogger("redismq.processing")
@@ -246,7 +246,13 @@ class BatchRunner:
             return
         done, results = self._done, self._results
         self._done, self._results = [], []
-        completed = self.consumer.ack_many(done, results)
+        try:
+            completed = self.consumer.ack_many(done, results)
+        except BrokerUnavailable:
+            # Keep them (their leases stay renewed): the next flush settles them once the
+            # broker is back, instead of running them again after the visibility timeout.
+            self._done[:0], self._results[:0] = done, results
+            raise
         counts.processed += completed
         counts.duplicates += len(done) - completed
         for hook in self.hooks:
