@@ -206,6 +206,7 @@ def test_sigterm_lets_running_jobs_finish_and_hands_the_rest_over_at_once(rt, ur
     assert second.wait(30) == 0
 
 
+@pytest.mark.slow
 def test_long_job_with_short_visibility_timeout_is_never_run_twice(rt, url, db, processes):
     job = rt.slow.send(90, "long")
     workers = [
