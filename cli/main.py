@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -186,23 +187,72 @@ def dashboard(url: str, interval: float) -> None:
 
 @main.command()
 @click.argument("topic")
-@click.argument("body")
+@click.argument("body", required=False)
 @url_option
 @click.option("--key", default=None, help="Ordering key: same key, same queue.")
 @click.option(
     "--delay", type=click.FloatRange(min=0), default=None, help="Seconds before it is visible."
 )
 @click.option("--dedup-key", default=None, help="A resend with this key is a no-op.")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Send every line of a JSON Lines file, in pipelined batches.",
+)
 @friendly
 def send(
-    topic: str, body: str, url: str, key: str | None, delay: float | None, dedup_key: str | None
+    topic: str,
+    body: str | None,
+    url: str,
+    key: str | None,
+    delay: float | None,
+    dedup_key: str | None,
+    path: str | None,
 ) -> None:
-    """Send one message (BODY is JSON, or else a string).
+    """Send one message (BODY is JSON, or else a string), or a file of them.
 
     Example: redismq send emails '{"to": "a@b.c"}' --delay 5
+    Example: redismq send emails --file signups.jsonl
     """
-    mid = Client(url).send(topic, parse_body(body), key=key, delay=delay, dedup_key=dedup_key)
-    click.echo(mid)
+    if (body is None) == (path is None):
+        raise click.UsageError("give either BODY or --file")
+    if path is None:
+        mid = Client(url).send(topic, parse_body(body), key=key, delay=delay, dedup_key=dedup_key)
+        click.echo(mid)
+        return
+    if key or delay or dedup_key:
+        raise click.UsageError("--key, --delay and --dedup-key go with a single BODY")
+    bodies = read_jsonl(path)
+    client = Client(url)
+    with Progress(
+        TextColumn(f"sending to {topic}"), BarColumn(), MofNCompleteColumn(), console=err
+    ) as bar:
+        task = bar.add_task("send", total=len(bodies))
+        for start in range(0, len(bodies), SEND_BATCH):
+            chunk = bodies[start : start + SEND_BATCH]
+            client.send_many(topic, chunk)
+            bar.advance(task, len(chunk))
+    click.echo(f"sent {len(bodies)} messages to {topic}")
+
+
+SEND_BATCH = 500
+
+
+def read_jsonl(path: str) -> list[Any]:
+    """Every line of a JSON Lines file (blank lines skipped); a bad line is a usage error
+    naming it, before anything is sent."""
+    bodies = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                bodies.append(json.loads(line))
+            except ValueError as exc:
+                raise click.UsageError(f"{path}, line {number}: not JSON ({exc})") from None
+    return bodies
 
 
 @main.group()
@@ -536,7 +586,10 @@ def nameserver(url: str, interval: float, log_level: str) -> None:
 
 @main.group()
 def dlq() -> None:
-    """Inspect and replay dead letters."""
+    """List, show, replay and purge dead letters.
+
+    Example: redismq dlq list emails --group mailer
+    """
 
 
 @dlq.command("list")
@@ -554,6 +607,56 @@ def dlq_list(topic: str, group: str, url: str, count: int) -> None:
     for d in Client(url).dead_letters(topic, group, count=count):
         table.add_row(d.id, str(d.queue), str(d.attempts), d.reason)
     out.print(table)
+
+
+@dlq.command("show")
+@click.argument("topic")
+@click.option("--group", required=True)
+@click.option("--id", "ids", multiple=True, required=True, help="Message id (repeatable).")
+@url_option
+@friendly
+def dlq_show(topic: str, group: str, ids: tuple[str, ...], url: str) -> None:
+    """Show dead letters in full: reason, attempts, when, body and every field.
+
+    Example: redismq dlq show emails --group mailer --id 01a2184e91cf93b4e1238c211c8c2567
+    """
+    found = [d for d in Client(url).dead_letters(topic, group, count=100_000) if d.id in ids]
+    if not found:
+        raise click.UsageError(f"no dead letter of {topic}/{group} has the id(s) given")
+    for d in found:
+        table = Table("field", "value", title=f"dead letter {d.id}", show_header=False)
+        table.add_row("queue", str(d.queue))
+        table.add_row("reason", Text(d.reason))
+        table.add_row("attempts", str(d.attempts))
+        table.add_row(
+            "failed at", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.failed_at / 1000))
+        )
+        table.add_row(
+            "body", Text(json.dumps(d.body) if not isinstance(d.body, bytes) else repr(d.body))
+        )
+        for name, value in d.fields.items():
+            if name not in ("id", "body", "dead_reason", "dead_attempts", "dead_at"):
+                table.add_row(name, Text(value))
+        out.print(table)
+
+
+@dlq.command("purge")
+@click.argument("topic")
+@click.option("--group", required=True)
+@click.option("--id", "ids", multiple=True, help="Purge only this message id (repeatable).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@url_option
+@friendly
+def dlq_purge(topic: str, group: str, ids: tuple[str, ...], yes: bool, url: str) -> None:
+    """Delete dead letters for good.
+
+    Example: redismq dlq purge emails --group mailer --yes
+    """
+    what = f"{len(ids)} dead letter(s)" if ids else "every dead letter"
+    if not yes:
+        click.confirm(f"Delete {what} of {topic}/{group}?", abort=True)
+    n = Client(url).purge_dead_letters(topic, group, ids=ids or None)
+    click.echo(f"purged {n}")
 
 
 @dlq.command("replay")

@@ -584,6 +584,15 @@ class Client:
         with self.errors():
             return read_dead_letters(self, self.topic(topic, create=False), group, count)
 
+    def purge_dead_letters(
+        self, topic: str, group: str, *, ids: Iterable[str] | None = None
+    ) -> int:
+        """Delete a group's dead letters (all, or those with these message ids)."""
+        from .deadletters import purge
+
+        with self.errors():
+            return purge(self, self.topic(topic, create=False), group, ids)
+
     def replay_dead_letters(
         self, topic: str, group: str, *, ids: Iterable[str] | None = None, count: int = 1000
     ) -> int:

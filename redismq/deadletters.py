@@ -77,9 +77,7 @@ def replay(client: Client, topic: Topic, group: str, ids: Iterable[str] | None, 
         broker = client.router.queue_broker(topic, q)
         entries: list[str] = []
         if wanted is not None:
-            for entry_id, f in broker.redis.xrange(keys.dead(group)):
-                if _text(f.get(b"id")) in wanted or entry_id.decode() in wanted:
-                    entries.append(entry_id.decode())
+            entries = _matching(broker.redis.xrange(keys.dead(group)), wanted)
             if not entries:
                 continue
         total += broker.scripts.replay(
@@ -87,3 +85,29 @@ def replay(client: Client, topic: Topic, group: str, ids: Iterable[str] | None, 
             args=[count, *entries],
         )
     return total
+
+
+def purge(client: Client, topic: Topic, group: str, ids: Iterable[str] | None) -> int:
+    """Delete dead letters of a group (all, or those with these message ids); returns how
+    many."""
+    wanted = set(ids) if ids is not None else None
+    total = 0
+    for q in range(topic.queues):
+        keys = client.router.queue_keys(topic.name, q)
+        broker = client.router.queue_broker(topic, q)
+        entries: list[str] = []
+        if wanted is not None:
+            entries = _matching(broker.redis.xrange(keys.dead(group)), wanted)
+            if not entries:
+                continue
+        total += broker.scripts.purge(keys=[keys.dead(group), keys.stats(group)], args=entries)
+    return total
+
+
+def _matching(rows: list, wanted: set[str]) -> list[str]:
+    """Entry ids of dead letters whose message id (or entry id) is wanted."""
+    return [
+        entry_id.decode()
+        for entry_id, f in rows
+        if _text(f.get(b"id")) in wanted or entry_id.decode() in wanted
+    ]

@@ -16,6 +16,7 @@ NAMES = (
     "expand_topic",
     "lease",
     "step",
+    "purge",
     "send",
     "move_due",
     "settle",

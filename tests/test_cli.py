@@ -243,3 +243,45 @@ def test_status_shows_a_down_broker_instead_of_failing(tmp_path):
         [topic] = snap["topics"]
         placement = client.topic("spread").placement
         assert topic["unreachable_queues"] == [q for q, b in enumerate(placement) if b == "b2"]
+
+
+def test_send_file_sends_every_line_and_refuses_a_bad_one(client, url, tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(json.dumps({"n": i}) for i in range(1200)) + "\n\n")
+    result = CliRunner().invoke(main, ["send", "bulk", "--file", str(good), "--url", url])
+    assert result.exit_code == 0, result.output
+    assert "sent 1200 messages" in result.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"n": 1}\n{oops\n')
+    result = CliRunner().invoke(main, ["send", "other", "--file", str(bad), "--url", url])
+    assert result.exit_code == 2 and "line 2" in result.output
+    status = json.loads(CliRunner().invoke(main, ["status", "--json", "--url", url]).output)
+    lengths = {t["name"]: t["length"] for t in status["topics"]}
+    assert lengths == {"bulk": 1200}  # nothing of the bad file was sent
+
+
+def test_dlq_show_and_purge(client, url):
+    client.create_topic("mail", queues=1)
+    consumer = client.consumer("mail", "g")
+    for i in range(3):
+        client.send("mail", {"n": i})
+    msgs = consumer.receive(count=10, block=0.2)
+    for m in msgs:
+        consumer.dead_letter(m, f"bad [address] {m.body['n']}")
+    shown = CliRunner().invoke(
+        main, ["dlq", "show", "mail", "--group", "g", "--id", msgs[0].id, "--url", url]
+    )
+    assert shown.exit_code == 0 and "bad [address] 0" in shown.output
+    refused = CliRunner().invoke(
+        main, ["dlq", "purge", "mail", "--group", "g", "--url", url], input="n\n"
+    )
+    assert refused.exit_code == 1 and len(client.dead_letters("mail", "g")) == 3
+    one = CliRunner().invoke(
+        main, ["dlq", "purge", "mail", "--group", "g", "--id", msgs[1].id, "--yes", "--url", url]
+    )
+    assert "purged 1" in one.output
+    assert {d.id for d in client.dead_letters("mail", "g")} == {msgs[0].id, msgs[2].id}
+    rest = CliRunner().invoke(main, ["dlq", "purge", "mail", "--group", "g", "--yes", "--url", url])
+    assert "purged 2" in rest.output and client.dead_letters("mail", "g") == []
+    status = json.loads(CliRunner().invoke(main, ["status", "--json", "--url", url]).output)
+    assert status["topics"][0]["groups"][0]["dead"] == 0
