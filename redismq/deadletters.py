@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .routing import Topic
+from .keys import QueueKeys
+from .routing import Broker, Topic
 
 if TYPE_CHECKING:
     from .client import Client
@@ -70,26 +71,35 @@ def read_dead_letters(client: Client, topic: Topic, group: str, count: int) -> l
 
 def replay(client: Client, topic: Topic, group: str, ids: Iterable[str] | None, count: int) -> int:
     """Put dead letters back on the group's retry streams; returns how many."""
-    wanted = set(ids) if ids is not None else None
-    total = 0
-    for q in range(topic.queues):
-        keys = client.router.queue_keys(topic.name, q)
-        broker = client.router.queue_broker(topic, q)
-        entries: list[str] = []
-        if wanted is not None:
-            entries = _matching(broker.redis.xrange(keys.dead(group)), wanted)
-            if not entries:
-                continue
-        total += broker.scripts.replay(
+
+    def call(keys: QueueKeys, broker: Broker, entries: list[str]) -> int:
+        return broker.scripts.replay(
             keys=[keys.dead(group), keys.retry_stream(group), keys.stats(group)],
             args=[count, *entries],
         )
-    return total
+
+    return _each_queue(client, topic, group, ids, call)
 
 
 def purge(client: Client, topic: Topic, group: str, ids: Iterable[str] | None) -> int:
     """Delete dead letters of a group (all, or those with these message ids); returns how
     many."""
+
+    def call(keys: QueueKeys, broker: Broker, entries: list[str]) -> int:
+        return broker.scripts.purge(keys=[keys.dead(group), keys.stats(group)], args=entries)
+
+    return _each_queue(client, topic, group, ids, call)
+
+
+def _each_queue(
+    client: Client,
+    topic: Topic,
+    group: str,
+    ids: Iterable[str] | None,
+    call: Callable[[QueueKeys, Broker, list[str]], int],
+) -> int:
+    """Run `call` on every queue's dead letters (all of them, or the entries of the wanted
+    message ids) and add up what it returns."""
     wanted = set(ids) if ids is not None else None
     total = 0
     for q in range(topic.queues):
@@ -100,7 +110,7 @@ def purge(client: Client, topic: Topic, group: str, ids: Iterable[str] | None) -
             entries = _matching(broker.redis.xrange(keys.dead(group)), wanted)
             if not entries:
                 continue
-        total += broker.scripts.purge(keys=[keys.dead(group), keys.stats(group)], args=entries)
+        total += call(keys, broker, entries)
     return total
 
 
