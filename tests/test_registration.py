@@ -199,3 +199,15 @@ def test_the_html_form_signs_up_and_shows_errors(system, web):
     assert table("users") == 1
     [topic] = snapshot(tasks.app.client)["topics"]
     assert topic["length"] == 1
+
+
+def test_the_example_tested_with_redismq_testing_as_a_user_would(system, web):
+    """The example's own unit test, with the helpers redismq ships for users' tests."""
+    from redismq.testing import run_until_idle
+
+    for i in range(5):
+        web.post("/api/signup", json={"email": f"user{i}@example.com", "name": f"User {i}"})
+    counts = run_until_idle(tasks.app)
+    assert counts.processed == 10  # 5 e-mails (mailer) + 5 events (analytics)
+    assert counts.failed == counts.dead == 0
+    assert len(system.messages()) == 5

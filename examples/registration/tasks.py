@@ -27,8 +27,18 @@ app = App()  # connects on first use to $REDISMQ_URL
     topic=TOPIC, group="mailer", name="registration.send_welcome_email", max_retries=3, backoff=0.5
 )
 def send_welcome_email(user_id: int, email: str, name: str) -> str:
-    """Send the welcome e-mail over SMTP, once (see mail.deliver_welcome)."""
-    return deliver_welcome(user_id, email, name, job_id=current_job().id)
+    """Send the welcome e-mail over SMTP, once.
+
+    Two guards: the effect-once step is claimed atomically on the broker, so two runs of
+    the same message at the same moment cannot both send; the "sent" record in our own
+    database (mail.deliver_welcome) survives what the broker may lose in a failover, and
+    also catches a second message for the same user.
+    """
+    job = current_job()
+    with job.once("smtp-send") as step:
+        if not step.needed:
+            return "already sent"
+        return deliver_welcome(user_id, email, name, job_id=job.id)
 
 
 @app.consumer(TOPIC, group="analytics")
