@@ -295,6 +295,7 @@ class Client:
         retention: int = DEFAULT_RETENTION,
         hard_cap: int = 0,
         max_backlog: int = 0,
+        durability: str | None = None,
     ) -> Topic:
         """Create a topic of `queues` queues (idempotent).
 
@@ -304,11 +305,14 @@ class Client:
         > 0, a queue never holds more entries, even unacknowledged ones; what that drops
         is counted. `max_backlog`: if > 0, sends are refused (TopicFull) or wait while the
         topic holds that many unfinished messages (split evenly over its queues).
+        `durability`: the default of sends to this topic ("master" or "replicated").
         """
+        if durability is not None:
+            self._replicated(durability)
         check_topic_shape(name, queues)
         with self.errors():
             return self.router.create_topic(
-                name, queues, TopicSettings(retention, hard_cap, max_backlog)
+                name, queues, TopicSettings(retention, hard_cap, max_backlog, durability)
             )
 
     def topic(self, name: str, *, create: bool | None = None) -> Topic:
@@ -384,8 +388,8 @@ class Client:
         msg = prepare_message(
             body, key=key, delay=delay, dedup_key=dedup_key, headers=headers, max_body=self.max_body
         )
-        replicated = self._replicated(durability)
         t = self.topic(topic)
+        replicated = self._replicated(durability or t.durability)
         queue = choose_queue(t, msg, self.router.usable)
         if msg.route_key is not None:
             state = self.router.state(t.placement[queue])
@@ -499,8 +503,8 @@ class Client:
         Queues on brokers known to be down or draining are skipped.
         """
         msgs = prepare_batch(bodies, headers, self.max_body)
-        replicated = self._replicated(durability)
         t = self.topic(topic)
+        replicated = self._replicated(durability or t.durability)
         if t.max_backlog:  # every message must pass the bound: one checked send each
             room = self._room(None, None)
             return [

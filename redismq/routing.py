@@ -126,6 +126,7 @@ def parse_topic(
         retention=record.get("retention", 0),
         hard_cap=record.get("hard_cap", 0),
         max_backlog=record.get("max_backlog", 0),
+        durability=record.get("durability"),
         groups=tuple(sorted_names(groups)),
         placement=[(p or DEFAULT_BROKER.encode()).decode() for p in placed],
     )
@@ -138,6 +139,7 @@ class TopicSettings:
     retention: int = 10_000
     hard_cap: int = 0
     max_backlog: int = 0
+    durability: str | None = None
 
 
 def create_topic_call(
@@ -150,6 +152,7 @@ def create_topic_call(
             "retention": settings.retention,
             "hard_cap": settings.hard_cap,
             "max_backlog": settings.max_backlog,
+            "durability": settings.durability,
             "created": int(time.time() * 1000),
         }
     )
@@ -189,6 +192,7 @@ class Topic:
     retention: int
     hard_cap: int
     max_backlog: int = 0
+    durability: str | None = None
     groups: tuple[str, ...] = ()
     placement: list[str] = field(default_factory=list)
     _rr: itertools.count = field(default_factory=itertools.count)

@@ -511,3 +511,11 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(
     if expected == 1:
         assert len(error_lines(out)) == 1 and out.strip().count("\n") == 0, out
     assert registry(client) == before
+
+
+def test_a_topic_can_make_replicated_its_default_durability(client, url):
+    fast = Client(url, replica_timeout=0.2)
+    fast.create_topic("careful", queues=1, durability="replicated")
+    with pytest.raises(NotReplicated):
+        fast.send("careful", {"n": 1})  # no replica: the topic's default waits for one
+    assert fast.send("careful", {"n": 2}, durability="master")  # a send may say otherwise
