@@ -163,6 +163,7 @@ class BatchRunner:
                 self._flush(counts)
                 self.consumer.release(messages[i:])
                 break
+            self._pos = i + 1  # this one is finished: it is held only until it is settled
             if time.monotonic() - last_flush > FLUSH_EVERY:
                 self._flush(counts)
                 last_flush = time.monotonic()
