@@ -35,7 +35,7 @@ from redismq import Client, RedisMQError
 from redismq.brokers import list_brokers
 from redismq.consumer import group_lag
 from redismq.routing import DEFAULT_BROKER
-from redismq.status import live_workers
+from redismq.status import GROUP_COMMANDS, QUEUE_COMMANDS, live_workers, queue_commands
 from redismq.urls import connect, mask_url
 
 DEAD_LETTERS = 8  # latest dead letters shown
@@ -131,7 +131,7 @@ class Gatherer:
             pipe.info("stats")
             pipe.info("replication")
             for t, q in mine:
-                _queue_commands(pipe, client.router.queue_keys(t.name, q), groups[t.name])
+                queue_commands(pipe, client.router.queue_keys(t.name, q), groups[t.name])
                 for g in groups[t.name]:
                     pipe.xrevrange(
                         client.router.queue_keys(t.name, q).dead(g), count=self.dead_letters
@@ -170,7 +170,7 @@ class Gatherer:
         dead: list[dict[str, Any]] = []
         for t, q in mine:
             gs = groups[t.name]
-            n = _QUEUE_COMMANDS + _GROUP_COMMANDS * len(gs)
+            n = QUEUE_COMMANDS + GROUP_COMMANDS * len(gs)
             queues[(t.name, q)] = _queue_counts(replies[at : at + n], gs, now_ms)
             at += n
             for g in gs:
@@ -215,27 +215,6 @@ def gather(client: Client, previous: dict[str, Any] | None = None) -> dict[str, 
         g.close()
 
 
-_QUEUE_COMMANDS = 4
-_GROUP_COMMANDS = 8
-
-
-def _queue_commands(pipe: Any, k: Any, groups: list[str]) -> None:
-    """The read-only commands that count one queue (as in `redismq.status.topic_status`)."""
-    pipe.xinfo_stream(k.stream)
-    pipe.zcard(k.delayed)
-    pipe.hgetall(k.counters)
-    pipe.xinfo_groups(k.stream)
-    for g in groups:
-        pipe.xpending(k.stream, g)
-        pipe.xpending(k.retry_stream(g), g)
-        pipe.xlen(k.retry_stream(g))
-        pipe.zcard(k.retry(g))
-        pipe.xlen(k.dead(g))
-        pipe.zcard(k.done(g))
-        pipe.hgetall(k.stats(g))
-        pipe.xinfo_consumers(k.stream, g)
-
-
 def _ok(reply: Any) -> Any:
     """A reply, or None for an error (a stream or group that does not exist yet)."""
     return None if isinstance(reply, Exception) else reply
@@ -252,7 +231,7 @@ def _entry_ms(entry_id: Any) -> int | None:
 def _queue_counts(replies: list[Any], groups: list[str], now_ms: int) -> dict[str, Any]:
     """Counts of one queue and of each of its groups from the replies of `_queue_commands`."""
     replies = [_ok(r) for r in replies]
-    stream, delayed, counters, infos = replies[:_QUEUE_COMMANDS]
+    stream, delayed, counters, infos = replies[:QUEUE_COMMANDS]
     stream = stream or {}
     counters = counters or {}
     out: dict[str, Any] = {
@@ -265,9 +244,9 @@ def _queue_counts(replies: list[Any], groups: list[str], now_ms: int) -> dict[st
     }
     infos = infos if isinstance(infos, list) else []
     for i, g in enumerate(groups):
-        at = _QUEUE_COMMANDS + _GROUP_COMMANDS * i
+        at = QUEUE_COMMANDS + GROUP_COMMANDS * i
         main, retry, retry_len, retrying, dead, done, stats, consumers = replies[
-            at : at + _GROUP_COMMANDS
+            at : at + GROUP_COMMANDS
         ]
         stats = stats or {}
         main = main if isinstance(main, dict) else {}

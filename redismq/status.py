@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .consumer import group_lag
+from .keys import QueueKeys
 from .urls import mask_url
 
 if TYPE_CHECKING:
@@ -47,6 +48,28 @@ def broker_status(client: Client) -> list[dict[str, Any]]:
     return out
 
 
+QUEUE_COMMANDS = 4
+GROUP_COMMANDS = 8
+
+
+def queue_commands(pipe: Any, k: QueueKeys, groups: list[str]) -> None:
+    """The read-only commands that count one queue (QUEUE_COMMANDS replies) and each of
+    its groups (GROUP_COMMANDS replies each), in this order."""
+    pipe.xinfo_stream(k.stream)
+    pipe.zcard(k.delayed)
+    pipe.hgetall(k.counters)
+    pipe.xinfo_groups(k.stream)
+    for g in groups:
+        pipe.xpending(k.stream, g)
+        pipe.xpending(k.retry_stream(g), g)
+        pipe.xlen(k.retry_stream(g))
+        pipe.zcard(k.retry(g))
+        pipe.xlen(k.dead(g))
+        pipe.zcard(k.done(g))
+        pipe.hgetall(k.stats(g))
+        pipe.xinfo_consumers(k.stream, g)
+
+
 def topic_status(client: Client, name: str) -> dict[str, Any]:
     """Exact counts of one topic and each of its groups, summed over its queues."""
     topic = client.router.topic(name)
@@ -58,19 +81,7 @@ def topic_status(client: Client, name: str) -> dict[str, Any]:
         k = client.router.queue_keys(name, q)
         r = client.router.queue_broker(topic, q).redis
         pipe = r.pipeline(transaction=False)
-        pipe.xlen(k.stream)
-        pipe.zcard(k.delayed)
-        pipe.hget(k.counters, "dropped")
-        pipe.xinfo_groups(k.stream)
-        for g in groups:
-            pipe.xpending(k.stream, g)
-            pipe.xpending(k.retry_stream(g), g)
-            pipe.xlen(k.retry_stream(g))
-            pipe.zcard(k.retry(g))
-            pipe.xlen(k.dead(g))
-            pipe.zcard(k.done(g))
-            pipe.hgetall(k.stats(g))
-            pipe.xinfo_consumers(k.stream, g)
+        queue_commands(pipe, k, groups)
         try:
             raw = pipe.execute(False)
         except redis.RedisError:  # its broker is down: the other queues are still shown
@@ -78,13 +89,14 @@ def topic_status(client: Client, name: str) -> dict[str, Any]:
             continue
         # A stream or group that does not exist yet answers with an error: it counts as empty.
         replies = [None if isinstance(r, Exception) else r for r in raw]
-        length += replies[0] or 0
+        length += (replies[0] or {}).get("length", 0)
         delayed += replies[1] or 0
-        dropped += int(replies[2] or 0)
+        dropped += int((replies[2] or {}).get(b"dropped", 0))
         infos = replies[3] if isinstance(replies[3], list) else []
         for i, g in enumerate(groups):
+            at = QUEUE_COMMANDS + GROUP_COMMANDS * i
             main, retry, retry_len, retrying, dead, done, stats, consumers = replies[
-                4 + 8 * i : 12 + 8 * i
+                at : at + GROUP_COMMANDS
             ]
             row = per_group[g]
             retry_pending = retry["pending"] if isinstance(retry, dict) else 0
