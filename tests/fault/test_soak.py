@@ -20,7 +20,7 @@ import pytest
 
 from .soak import Config, format_report, run_soak
 
-pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def soak(config: Config) -> dict:
