@@ -15,14 +15,18 @@ effect and before the done mark is written, the next run does the effect again.
 from __future__ import annotations
 
 import os
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .errors import InvalidMessage, StepBusy
+from .errors import BrokerUnavailable, InvalidMessage, StepBusy
 
 if TYPE_CHECKING:
     from .consumer import Consumer
     from .message import Message
+
+# How long past the visibility timeout a done mark is retried while its broker is away.
+DONE_RETRY_EXTRA = 30.0
 
 
 class Step:
@@ -70,6 +74,22 @@ class Step:
         if not self._claimed or self.consumer is None:
             return
         if exc_type is None:
-            self._call("done", self.consumer.client.done_ttl_ms)
+            self._mark_done()
         else:
             self._call("release", 0)
+
+    def _mark_done(self) -> None:
+        """Write the done mark, retrying while the broker is away (a failover): a lost mark
+        would let a redelivery repeat the effect."""
+        assert self.consumer is not None
+        deadline = time.monotonic() + self.consumer.visibility_timeout + DONE_RETRY_EXTRA
+        pause = 0.05
+        while True:
+            try:
+                self._call("done", self.consumer.client.done_ttl_ms)
+                return
+            except BrokerUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(1.0, pause * 2)

@@ -519,3 +519,26 @@ def test_a_topic_can_make_replicated_its_default_durability(client, url):
     with pytest.raises(NotReplicated):
         fast.send("careful", {"n": 1})  # no replica: the topic's default waits for one
     assert fast.send("careful", {"n": 2}, durability="master")  # a send may say otherwise
+
+
+def test_a_worker_started_while_a_broker_is_down_says_so_in_one_line(servers, processes):
+    meta, b1 = servers.start(), servers.start()
+    client = Client(meta.url)
+    add_broker(client, "b1", b1.url)
+    client.create_topic("work", queues=2)
+    b1.kill()
+    worker = processes.start(
+        "worker",
+        "tests.apps.worker_app:app",
+        "--url",
+        meta.url,
+        "--processes",
+        "1",
+        "--topic",
+        "work",
+        "--log-level",
+        "WARNING",
+    )
+    assert worker.wait(60) == 1
+    out = worker.stdout.read()
+    assert "worker cannot start" in out and "Traceback" not in out

@@ -119,3 +119,17 @@ def test_sigkilled_worker_after_the_effect_does_not_repeat_it(client, url, tmp_p
     assert sideeffects.runs(db, "effect") == Counter({str(n): 1 for n in range(10)})
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+def test_a_slow_effect_is_marked_done_although_its_claim_expired(client):
+    client.create_topic("once", queues=1)
+    client.send("once", {"n": 1})
+    consumer = client.consumer("once", "g", visibility_timeout=0.2)
+    [msg] = consumer.receive(count=1, block=0.2)
+    from redismq.context import JobContext
+
+    with JobContext(msg, None, consumer).once("slow") as step:
+        assert step.needed
+        time.sleep(0.3)  # longer than the claim's lifetime (the visibility timeout)
+    with JobContext(msg, None, consumer).once("slow") as again:
+        assert not again.needed

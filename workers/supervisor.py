@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from redismq import RedisMQError
 from redismq.process import die_with_parent
 
 from .loader import load_app
@@ -70,17 +71,23 @@ def run_worker(options: WorkerOptions, serve_metrics: bool = True) -> int:
         components.append(LagCollector(app.client, metrics.queue_lag, own))
         if serve_metrics:
             server = MetricsServer(options.metrics_host, options.metrics_port)
-    worker = Worker(
-        app,
-        topics=options.topics,
-        group=options.group,
-        visibility_timeout=options.visibility_timeout,
-        concurrency=options.concurrency,
-        burst=options.burst,
-        grace=options.grace,
-        hooks=hooks,
-        components=components,
-    )
+    try:
+        worker = Worker(
+            app,
+            topics=options.topics,
+            group=options.group,
+            visibility_timeout=options.visibility_timeout,
+            concurrency=options.concurrency,
+            burst=options.burst,
+            grace=options.grace,
+            hooks=hooks,
+            components=components,
+        )
+    except RedisMQError as exc:  # e.g. a broker of its topics is down: one line, exit 1
+        log.error("worker cannot start: %s", exc)
+        if server is not None:
+            server.close()
+        return 1
     worker.install_signal_handlers()
     log.info(
         "worker %s consuming %s with %d threads each",
