@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -766,12 +767,26 @@ def frames(
         gatherer.close()
 
 
+@contextlib.contextmanager
+def _quit_on_sigint(quit_event: threading.Event) -> Iterator[None]:
+    """Ctrl-C ends the dashboard like `q` (at the next refresh, whatever it was doing),
+    instead of an exception raised wherever the main thread happens to be."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: quit_event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_dashboard(client: Client, interval: float = 1.0, console: Console | None = None) -> None:
     """Show the live dashboard until `q` or Ctrl-C: full-screen on a terminal (elsewhere the
     last refresh is printed when it stops)."""
     console = console or Console()
     try:
-        with KeyReader() as reader:
+        with KeyReader() as reader, _quit_on_sigint(reader.quit):
             live = Live(
                 Text("reading..."),
                 console=console,
