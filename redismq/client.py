@@ -449,30 +449,29 @@ class Client:
             pause = min(0.2, pause * 2)
 
     def _write(self, t: Topic, queue: int, msg: Outgoing, replicated: bool) -> Sent | None:
+        """Write one message (None: the bounded queue is full), then wait for a replica if
+        asked. The script is called on its own, not in a pipeline, so that redis-py loads it
+        again when a restarted server has lost it."""
         qk = self.router.queue_keys(t.name, queue)
         bound = queue_bound(t)
-        script = msg.needs_script or bound > 0
         with self.errors():
             broker = self.router.queue_broker(t, queue)
-            if not replicated and not script:
+            if msg.needs_script or bound > 0:
+                keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)
+                sent = script_sent(broker.scripts.send(keys=keys, args=args), t.name, queue)
+                if sent is None:
+                    return None
+                acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
+            elif replicated:
+                pipe = broker.redis.pipeline(transaction=False)
+                pipe.xadd(qk.stream, msg.fields)
+                pipe.wait(1, self.replica_timeout_ms)
+                entry, acked = pipe.execute()
+                sent = Sent(msg.id, t.name, queue, entry.decode())
+            else:
                 entry = broker.redis.xadd(qk.stream, msg.fields)
                 return Sent(msg.id, t.name, queue, cast(bytes, entry).decode())
-            pipe = broker.redis.pipeline(transaction=False)
-            if script:
-                keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)
-                broker.scripts.send(keys=keys, args=args, client=pipe)
-            else:
-                pipe.xadd(qk.stream, msg.fields)
-            if replicated:
-                pipe.wait(1, self.replica_timeout_ms)
-            replies = pipe.execute()
-        if script:
-            sent = script_sent(replies[0], t.name, queue)
-            if sent is None:
-                return None
-        else:
-            sent = Sent(msg.id, t.name, queue, replies[0].decode())
-        if replicated and replies[-1] < 1:
+        if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
 
