@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .client import redis_errors
 from .errors import InvalidMessage
 from .message import Message, decode_entry, now_ms
 from .routing import Broker, Topic
@@ -110,8 +111,15 @@ class Consumer:
         self._next_move = 0.0
         self._next_claim = 0.0
         self._claim_every = max(0.05, min(visibility_timeout / 4, 5.0))
-        with client.errors():
+        urls = {q.broker.url for q in self.queues.values()}
+        self._errors_url = (urls.pop() if len(urls) == 1 else None) or client.url
+        with self.errors():
             self._create_groups()
+
+    def errors(self) -> Any:
+        """Context in which redis-py errors become one-line RedisMQErrors naming the broker
+        (the meta URL when the consumer's queues span several brokers)."""
+        return redis_errors(self._errors_url)
 
     def __repr__(self) -> str:
         return f"Consumer(topic={self.topic.name!r}, group={self.group!r}, name={self.name!r})"
@@ -135,7 +143,7 @@ class Consumer:
 
         (A consumer that still holds messages stays, so that they can be taken over.)
         """
-        with self.client.errors():
+        with self.errors():
             for broker, streams in self._streams.items():
                 for stream in streams:
                     mine = broker.redis.xpending_range(
@@ -159,7 +167,7 @@ class Consumer:
         expired, dead-letters entries that cannot be decoded, and acknowledges (without
         returning) messages this group has already completed.
         """
-        with self.client.errors():
+        with self.errors():
             now = time.monotonic()
             if now >= self._next_move:
                 self._move_due()
@@ -305,7 +313,7 @@ class Consumer:
     def cancelled(self, messages: Sequence[Message]) -> list[Message]:
         """Those of the messages whose job has been cancelled."""
         out: list[Message] = []
-        with self.client.errors():
+        with self.errors():
             for m in messages:
                 q = self.queues[m.queue]
                 if q.broker.redis.sismember(q.keys.cancelled, m.id):
@@ -326,7 +334,7 @@ class Consumer:
         a far-future value makes every waiting message due at once (tests use it to skip
         backoffs and delays). `receive()` calls this by itself when something is due.
         """
-        with self.client.errors():
+        with self.errors():
             self._move_due(until_ms)
 
     def _move_due(self, until_ms: int | None = None) -> None:
@@ -371,7 +379,7 @@ class Consumer:
         for m, r in zip(messages, stored, strict=True):
             by_queue[m.queue].append((m, r))
         completed = 0
-        with self.client.errors():
+        with self.errors():
             for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
                 calls = [("settle", *self._settle_call(q, by_queue[q.index], now)) for q in queues]
                 completed += sum(reply[0] for reply in broker.scripts.run(calls))
@@ -427,7 +435,7 @@ class Consumer:
         args += [self.client.result_ttl_ms, job_error(error)]
         for name, value in msg.fields(attempt=msg.attempt + 1).items():
             args += [name, value]
-        with self.client.errors():
+        with self.errors():
             q.broker.scripts.retry(
                 keys=[src, k.retry(self.group), k.stats(self.group), k.job(msg.id)], args=args
             )
@@ -441,7 +449,7 @@ class Consumer:
         text = reason if isinstance(reason, str) else describe(reason)
         q = self.queues[msg.queue]
         fields = msg.fields()
-        with self.client.errors():
+        with self.errors():
             self._dead(
                 q,
                 msg.from_retry,
@@ -493,7 +501,7 @@ class Consumer:
             for name, value in m.fields().items():
                 args += [name, value]
             calls[q.broker].append(("release", [src, k.retry_stream(self.group)], args))
-        with self.client.errors():
+        with self.errors():
             for broker, batch in calls.items():
                 broker.scripts.run(batch)
 
@@ -503,7 +511,7 @@ class Consumer:
         for m in messages:
             by_stream[(m.queue, m.from_retry)].append(m)
         lost: list[Message] = []
-        with self.client.errors():
+        with self.errors():
             for (index, from_retry), msgs in by_stream.items():
                 q = self.queues[index]
                 stream = q.keys.retry_stream(self.group) if from_retry else q.keys.stream
@@ -521,7 +529,7 @@ class Consumer:
         q = self.queues[msg.queue]
         key = q.keys.job(msg.id)
         progress = json.dumps({"fraction": fraction, "text": text, "at": now_ms()})
-        with self.client.errors():
+        with self.errors():
             pipe = q.broker.redis.pipeline(transaction=False)
             pipe.hset(key, "progress", progress)
             pipe.pexpire(key, self.client.result_ttl_ms)
@@ -531,7 +539,7 @@ class Consumer:
     def backlog(self) -> int:
         """Messages of this group not yet settled: undelivered, pending, delayed or retrying."""
         total = 0
-        with self.client.errors():
+        with self.errors():
             for broker, queues in self._by_broker(self.queues.values()).items():
                 pipe = broker.redis.pipeline(transaction=False)
                 for q in queues:

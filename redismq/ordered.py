@@ -53,7 +53,7 @@ class OrderedConsumer(Consumer):
         """Renew held leases, take free ones up to a fair share, and mark extra ones to be
         given back by the fetching thread between two batches (when it holds none of their
         messages)."""
-        with self.client.errors():
+        with self.errors():
             meta = self.client.meta
             now = time.time()
             pipe = meta.pipeline(transaction=False)
@@ -88,7 +88,7 @@ class OrderedConsumer(Consumer):
         retiring = {q for q in self._retiring if q in self.leased}
         if not retiring:
             return
-        with self.client.errors():
+        with self.errors():
             for q in retiring:
                 self._lease("give", q)
         self.leased -= retiring
@@ -131,7 +131,7 @@ class OrderedConsumer(Consumer):
         if not streams:
             time.sleep(min(block or 0.0, 0.2))
             return []
-        with self.client.errors():
+        with self.errors():
             if time.monotonic() >= self._next_move:
                 self._move_due()
             return self._drop_done(self._read(count, self._block_ms(block)))
@@ -170,7 +170,7 @@ class OrderedConsumer(Consumer):
 
     def close(self) -> None:
         """Give back every lease (the next holder takes over at once) and leave the group."""
-        with self.client.errors():
+        with self.errors():
             for q in list(self.leased):
                 self._lease("give", q)
             self.leased = set()

@@ -47,7 +47,7 @@ class Step:
         assert consumer is not None
         q = consumer.queues[self.message.queue]
         key = q.keys.step(consumer.group, self.message.id, self.name)
-        with consumer.client.errors():
+        with consumer.errors():
             return q.broker.scripts.step(keys=[key], args=[action, self.owner, ttl_ms])
 
     def __enter__(self) -> Step:

@@ -542,3 +542,17 @@ def test_a_worker_started_while_a_broker_is_down_says_so_in_one_line(servers, pr
     assert worker.wait(60) == 1
     out = worker.stdout.read()
     assert "worker cannot start" in out and "Traceback" not in out
+
+
+def test_a_consumer_error_names_the_broker_that_failed(servers):
+    from redismq import BrokerUnavailable
+
+    meta, b1 = servers.start(), servers.start()
+    client = Client(meta.url)
+    add_broker(client, "b1", b1.url)
+    client.create_topic("named", queues=1)
+    consumer = client.consumer("named", "g")
+    b1.kill()
+    with pytest.raises(BrokerUnavailable) as err:
+        consumer.receive(count=1, block=0.1)
+    assert f":{b1.port}/" in str(err.value) and f":{meta.port}/" not in str(err.value)
