@@ -592,6 +592,28 @@ def dlq() -> None:
     """
 
 
+def dlq_selection(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The arguments of a dlq command that acts on a group's dead letters (all, or by id)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(
+            [
+                click.argument("topic"),
+                click.option("--group", required=True),
+                click.option(
+                    "--id", "ids", multiple=True, help=f"{verb} only this message id (repeatable)."
+                ),
+                click.option("--yes", is_flag=True, help="Do not ask for confirmation."),
+                url_option,
+                friendly,
+            ]
+        ):
+            fn = option(fn)
+        return fn
+
+    return wrap
+
+
 @dlq.command("list")
 @click.argument("topic")
 @click.option("--group", required=True)
@@ -641,12 +663,7 @@ def dlq_show(topic: str, group: str, ids: tuple[str, ...], url: str) -> None:
 
 
 @dlq.command("purge")
-@click.argument("topic")
-@click.option("--group", required=True)
-@click.option("--id", "ids", multiple=True, help="Purge only this message id (repeatable).")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@url_option
-@friendly
+@dlq_selection("Purge")
 def dlq_purge(topic: str, group: str, ids: tuple[str, ...], yes: bool, url: str) -> None:
     """Delete dead letters for good.
 
@@ -660,12 +677,7 @@ def dlq_purge(topic: str, group: str, ids: tuple[str, ...], yes: bool, url: str)
 
 
 @dlq.command("replay")
-@click.argument("topic")
-@click.option("--group", required=True)
-@click.option("--id", "ids", multiple=True, help="Replay only this message id (repeatable).")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@url_option
-@friendly
+@dlq_selection("Replay")
 def dlq_replay(topic: str, group: str, ids: tuple[str, ...], yes: bool, url: str) -> None:
     """Give dead letters back to their group.
 
