@@ -125,6 +125,8 @@ def decode_entry(
         raise InvalidMessage(f"entry {eid} lacks the field {exc.args[0].decode()!r}") from None
     except UnicodeDecodeError:
         raise InvalidMessage(f"entry {eid} has an id that is not UTF-8") from None
+    if not mid:
+        raise InvalidMessage(f"entry {eid} has an empty id")
     if fields.get(F_ENC) == ENC_RAW:
         body: Any = raw
     else:
