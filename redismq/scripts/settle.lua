@@ -2,7 +2,7 @@
 -- counters and (for tasks) the outcome their senders wait for, all at once.
 -- KEYS[1] stream, KEYS[2] group's retry stream, KEYS[3] done zset, KEYS[4] stats hash,
 -- KEYS[5] the queue's cancelled set, KEYS[6] the queue's set of awaited job ids,
--- KEYS[7..] per task message (outcome not ''): its outcome list, in message order
+-- KEYS[7..] per task message (outcome neither '' nor '~'): its outcome list, in message order
 -- ARGV[1] group, ARGV[2] now ms, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
 -- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
 --   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
@@ -31,7 +31,7 @@ for i = 5, #ARGV, 4 do
   else
     duplicates = duplicates + 1
   end
-  if outcome ~= '' then k = k + 1 end
+  if outcome ~= '' and outcome ~= '~' then k = k + 1 end
 end
 if #silent > 0 then
   local awaited = redis.call('SMISMEMBER', KEYS[6], unpack(silent))
