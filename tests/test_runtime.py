@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -34,9 +35,16 @@ def rows(db: str, kind: str) -> list[tuple[str, int]]:
         return conn.execute("SELECT value, pid FROM runs WHERE kind = ?", (kind,)).fetchall()
 
 
-def start_worker(processes, url, *args):
+def start_worker(processes, url, *args, **kwargs):
     return processes.start(
-        "worker", "tests.apps.runtime_app:app", "--url", url, "--log-level", "WARNING", *args
+        "worker",
+        "tests.apps.runtime_app:app",
+        "--url",
+        url,
+        "--log-level",
+        "WARNING",
+        *args,
+        **kwargs,
     )
 
 
@@ -246,3 +254,56 @@ def test_running_worker_consumes_queues_added_by_topic_expand(rt, client, url, d
     assert [j.result(timeout=30) for j in jobs] == [i * 2 for i in range(len(keys))]
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+def kill_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def signal_worker(worker, how: str, signum: int = signal.SIGTERM) -> None:
+    """Signal a worker started in its own session: its supervisor only (`kill -TERM PID`) or
+    every process of its group (`kill -TERM -PGID`, systemd's KillMode=control-group)."""
+    if how == "group":
+        kill_group(worker.pid, signum)
+    else:
+        worker.send_signal(signum)
+
+
+@pytest.mark.parametrize("how", ["supervisor", "group"])
+def test_sigterm_stays_graceful_whether_sent_to_the_supervisor_or_its_group(
+    rt, url, db, processes, how
+):
+    jobs = [rt.slow.send(2.0, str(i)) for i in range(6)]
+    worker = start_worker(
+        processes, url, "--processes", "2", "--concurrency", "2", start_new_session=True
+    )
+    try:
+        assert wait_for(lambda: len(rows(db, "slow-start")) >= 2, timeout=30)
+        signal_worker(worker, how)
+        assert worker.wait(30) == 0
+        out = worker.stdout.read()
+        assert "second signal" not in out, out
+        started = [v for v, _ in rows(db, "slow-start")]
+        assert sorted(started) == sorted(v for v, _ in rows(db, "slow-end")), out
+        start_worker(processes, url, "--processes", "1", "--burst").wait(60)
+        assert all(j.result(timeout=30) == str(i) for i, j in enumerate(jobs))
+        starts = [v for v, _ in rows(db, "slow-start")]
+        assert sorted(starts) == [str(i) for i in range(6)]  # nothing ran twice
+    finally:
+        kill_group(worker.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["supervisor", "group"])
+def test_a_second_sigterm_forces_the_exit(rt, url, db, processes, how):
+    rt.slow.send(60.0, "long")
+    worker = start_worker(processes, url, "--processes", "2", start_new_session=True)
+    try:
+        assert wait_for(lambda: rows(db, "slow-start"), timeout=30)
+        signal_worker(worker, how)
+        time.sleep(0.5)
+        signal_worker(worker, how)
+        assert worker.wait(20) == 1
+        assert rows(db, "slow-end") == []
+    finally:
+        kill_group(worker.pid, signal.SIGKILL)

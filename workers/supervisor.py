@@ -17,6 +17,7 @@ from redismq.process import die_with_parent
 
 from .loader import load_app
 from .logs import setup_logging
+from .worker import STOP_SIGNAL
 
 if TYPE_CHECKING:
     from .metrics import MultiProcessExporter
@@ -193,7 +194,9 @@ class Supervisor:
                 return
             log.info("signal %d: stopping %d worker processes", signum, self.processes)
             self.stopping = True
-            self._signal_children(signal.SIGTERM)
+            # Not the signal itself: a child may have received that too (systemd,
+            # `kill -TERM -PGID`), and would take a second one as "exit now".
+            self._signal_children(STOP_SIGNAL)
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)

@@ -35,6 +35,8 @@ RECONNECT_MAX = 5.0
 # Exit code of a process that had to give up a thread stuck past its time limit: the
 # supervisor replaces it.
 EXIT_REPLACE = 3
+# What a supervisor sends its children to stop them gracefully (never a forced exit).
+STOP_SIGNAL = signal.SIGUSR1
 # A fetch takes as many messages as this thread can start within about this many seconds,
 # so that no message waits behind a long job while another worker idles.
 BATCH_SECONDS = 0.05
@@ -249,17 +251,30 @@ class Worker:
         self.stop()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop gracefully; a second one exits at once (leases then expire)."""
+        """SIGTERM/SIGINT stop gracefully; a second one exits at once (leases then expire).
+
+        STOP_SIGNAL, which a supervisor sends, only ever stops gracefully: under systemd or
+        `kill -TERM -PGID` a child gets both the signal and its supervisor's, and that is
+        one stop, not two (the supervisor forces with SIGKILL).
+        """
+        received: list[int] = []
 
         def handle(signum: int, frame: Any) -> None:
-            if self.stopping.is_set():
+            if received:
                 log.warning("second signal: exiting now")
                 os._exit(1)
+            received.append(signum)
             log.info("signal %d: finishing running work, then exiting", signum)
+            self.stop()
+
+        def handle_stop(signum: int, frame: Any) -> None:
+            if not self.stopping.is_set():
+                log.info("stop requested by the supervisor: finishing running work")
             self.stop()
 
         signal.signal(signal.SIGTERM, handle)
         signal.signal(signal.SIGINT, handle)
+        signal.signal(STOP_SIGNAL, handle_stop)
 
     def _fetch(self, loop: Loop) -> None:
         pause = 0.1
