@@ -657,9 +657,18 @@ def dlq_show(topic: str, group: str, ids: tuple[str, ...], url: str) -> None:
             "body", Text(json.dumps(d.body) if not isinstance(d.body, bytes) else repr(d.body))
         )
         for name, value in d.fields.items():
-            if name not in ("id", "body", "dead_reason", "dead_attempts", "dead_at"):
+            if name not in (
+                "id",
+                "body",
+                "dead_reason",
+                "dead_attempts",
+                "dead_at",
+                "dead_traceback",
+            ):
                 table.add_row(name, Text(value))
         out.print(table)
+        if d.traceback:
+            out.print(Text(d.traceback), soft_wrap=True)
 
 
 @dlq.command("purge")

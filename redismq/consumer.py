@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .client import redis_errors
 from .errors import InvalidMessage
+from .failures import format_traceback
 from .message import Message, decode_entry, now_ms
 from .routing import Broker, Topic
 
@@ -419,20 +420,22 @@ class Consumer:
     ) -> str:
         """Schedule another attempt after a backoff, or dead-letter when attempts are spent.
 
-        Returns "retry" or "dead". `track` records the failure in the job's status.
+        Returns "retry" or "dead". `track` records the failure in the job's status. An
+        exception's traceback is stored with the job (and the dead letter).
         """
         error = exc if isinstance(exc, str) else describe(exc)
         limit = self.max_retries if max_retries is None else max_retries
         if msg.attempt >= limit:
-            self.dead_letter(msg, error, track=track)
+            self.dead_letter(msg, exc, track=track)
             return "dead"
+        tb = "" if isinstance(exc, str) else format_traceback(exc)
         wait = backoff_delay(self.backoff if backoff is None else backoff, msg.attempt)
         due = now_ms() + int((wait if delay is None else delay) * 1000)
         q = self.queues[msg.queue]
         k = q.keys
         src = k.retry_stream(self.group) if msg.from_retry else k.stream
         args: list[Any] = [self.group, msg.entry_id, int(msg.from_retry), due, int(track)]
-        args += [self.client.result_ttl_ms, job_error(error)]
+        args += [self.client.result_ttl_ms, job_error(error, tb)]
         for name, value in msg.fields(attempt=msg.attempt + 1).items():
             args += [name, value]
         with self.errors():
@@ -445,8 +448,10 @@ class Consumer:
     def dead_letter(
         self, msg: Message, reason: str | BaseException, *, track: bool = False
     ) -> None:
-        """Move a message to the group's dead-letter stream with the reason."""
+        """Move a message to the group's dead-letter stream with the reason (and, for an
+        exception, its traceback)."""
         text = reason if isinstance(reason, str) else describe(reason)
+        tb = "" if isinstance(reason, str) else format_traceback(reason)
         q = self.queues[msg.queue]
         fields = msg.fields()
         with self.errors():
@@ -458,6 +463,7 @@ class Consumer:
                 text,
                 msg.attempt,
                 msg.id if track else None,
+                tb,
             )
 
     def _dead(
@@ -469,16 +475,19 @@ class Consumer:
         reason: str,
         attempt: int,
         track: str | None,
+        traceback: str = "",
     ) -> None:
         k = q.keys
         src = k.retry_stream(self.group) if from_retry else k.stream
         job_id = track or "-"
         args: list[Any] = [self.group, entry_id, int(from_retry), int(track is not None)]
-        args += [self.client.result_ttl_ms, job_error(reason)]
+        args += [self.client.result_ttl_ms, job_error(reason, traceback)]
         for name, value in fields.items():
             args += [name, value]
         args += ["dead_reason", reason, "dead_at", now_ms(), "dead_attempts", attempt + 1]
         args += ["dead_entry", entry_id]
+        if traceback:
+            args += ["dead_traceback", traceback]
         q.broker.scripts.dead(
             keys=[
                 src,
@@ -575,9 +584,13 @@ def encode_result(result: Any) -> str:
         return json.dumps(repr(result))
 
 
-def job_error(error: str) -> str:
+def job_error(error: str, traceback: str = "") -> str:
+    """The error stored with a job: its type, message and (if known) traceback, as JSON."""
     kind, _, text = error.partition(": ")
-    return json.dumps({"type": kind, "message": text})
+    record = {"type": kind, "message": text}
+    if traceback:
+        record["traceback"] = traceback
+    return json.dumps(record)
 
 
 __all__ = ["CANCELLED", "Consumer", "NO_RESULT", "backoff_delay", "describe"]

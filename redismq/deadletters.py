@@ -28,6 +28,7 @@ class DeadLetter:
     body: Any
     entry_id: str
     fields: dict[str, str] = field(default_factory=dict)
+    traceback: str = ""
 
 
 def _text(value: bytes | None) -> str:
@@ -63,6 +64,7 @@ def read_dead_letters(client: Client, topic: Topic, group: str, count: int) -> l
                     body=_body(f),
                     entry_id=entry_id.decode(),
                     fields={_text(k): _text(v) for k, v in f.items()},
+                    traceback=_text(f.get(b"dead_traceback")),
                 )
             )
     out.sort(key=lambda d: d.failed_at)

@@ -61,14 +61,19 @@ class UnknownTask(RedisMQError, LookupError):
 
 
 class JobFailed(RedisMQError):
-    """A job ended in failure; carries the remote exception's type and message."""
+    """A job ended in failure; carries the remote exception's type, message and formatted
+    traceback (which also ends the text of this error)."""
 
-    def __init__(self, job_id: str, error_type: str, error: str, status: str = "dead") -> None:
-        super().__init__(f"job {job_id} {status}: {error_type}: {error}")
+    def __init__(
+        self, job_id: str, error_type: str, error: str, status: str = "dead", traceback: str = ""
+    ) -> None:
+        text = f"job {job_id} {status}: {error_type}: {error}"
+        super().__init__(f"{text}\n\n{traceback}" if traceback else text)
         self.job_id = job_id
         self.error_type = error_type
         self.error = error
         self.status = status
+        self.traceback = traceback
 
 
 class JobTimeout(RedisMQError, TimeoutError):

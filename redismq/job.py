@@ -133,4 +133,10 @@ class Job:
         if outcome["status"] == "cancelled":
             raise JobFailed(self.id, "Cancelled", "the job was cancelled", "cancelled")
         error = json.loads(self.info().get("error") or "{}")
-        raise JobFailed(self.id, error.get("type", "Error"), error.get("message", ""), "dead")
+        raise JobFailed(
+            self.id,
+            error.get("type", "Error"),
+            error.get("message", ""),
+            "dead",
+            error.get("traceback", ""),
+        )

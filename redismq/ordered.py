@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .consumer import Consumer, backoff_delay, describe
+from .consumer import Consumer, backoff_delay
 from .message import Message
 
 log = logging.getLogger("redismq.ordered")
@@ -158,7 +158,7 @@ class OrderedConsumer(Consumer):
         keeping the queue) or "dead" once its retries are spent."""
         limit = self.max_retries if max_retries is None else max_retries
         if msg.attempt >= limit:
-            self.dead_letter(msg, exc if isinstance(exc, str) else describe(exc), track=track)
+            self.dead_letter(msg, exc, track=track)
             return "dead"
         msg.hold_for = (
             delay

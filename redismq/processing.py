@@ -79,15 +79,33 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 class Hooks:
-    """Named points of a message's life; subclass and override what you need."""
+    """Named points of a worker's and a message's life; subclass and override what you need.
+
+    The app's middleware (`redismq.Middleware`) runs on these points too.
+    """
+
+    def on_worker_start(self, worker: Any) -> None:
+        """A worker process is about to fetch its first messages."""
+
+    def on_worker_stop(self, worker: Any) -> None:
+        """A worker process stopped fetching and its running jobs ended."""
 
     def before_process(self, msg: Message, task: str | None) -> None:
-        """A handler is about to run."""
+        """A handler is about to run (the job is `current_job()`)."""
 
     def after_process(
-        self, msg: Message, task: str | None, outcome: str, duration: float, error: str | None
+        self,
+        msg: Message,
+        task: str | None,
+        outcome: str,
+        duration: float,
+        error: str | None,
+        *,
+        exc: BaseException | None = None,
+        result: Any = None,
     ) -> None:
-        """A handler finished: outcome is done, retry, dead or cancelled."""
+        """A handler finished: outcome is done, retry, dead or cancelled; `exc` is what it
+        raised (None when done), `result` what it returned."""
 
     def after_settle(self, completed: int, duplicates: int) -> None:
         """Successes were acknowledged: `duplicates` had been completed before."""
@@ -109,7 +127,15 @@ class OutcomeLog(Hooks):
     """One line per outcome: done at INFO, failures at WARNING, with structured fields."""
 
     def after_process(
-        self, msg: Message, task: str | None, outcome: str, duration: float, error: str | None
+        self,
+        msg: Message,
+        task: str | None,
+        outcome: str,
+        duration: float,
+        error: str | None,
+        *,
+        exc: BaseException | None = None,
+        result: Any = None,
     ) -> None:
         level = logging.INFO if outcome == "done" else logging.WARNING
         if not log.isEnabledFor(level):
@@ -122,7 +148,10 @@ class OutcomeLog(Hooks):
             "outcome": outcome,
         }
         text = " ".join(f"{k}={v}" for k, v in fields.items())
-        log.log(level, "%s%s", text, f" error={error!r}" if error else "", extra=fields)
+        # A failure's traceback follows the line (text) or is its "exception" field (JSON).
+        log.log(
+            level, "%s%s", text, f" error={error!r}" if error else "", extra=fields, exc_info=exc
+        )
 
 
 class BatchRunner:
@@ -194,29 +223,32 @@ class BatchRunner:
             return "dead"
         name = task.name if task else None
         limit = sub.options_for(task).time_limit
-        for hook in self.hooks:
-            hook.before_process(msg, name)
+        # The job stays current through the hooks, so that middleware sees it too.
         token = set_current(JobContext(msg, name, self.consumer))
-        started = time.perf_counter()
-        self.running = running = Running(msg, name, time.monotonic(), limit)
         try:
-            result = call_handler(fn, args, kwargs, running)
-        except asyncio.CancelledError:
-            self.running = None
-            self._cancelled(msg, name, counts, time.perf_counter() - started)
-            return "cancelled"
-        except Exception as exc:
-            self.running = None
-            return self.fail(msg, exc, task, counts, time.perf_counter() - started)
+            for hook in self.hooks:
+                hook.before_process(msg, name)
+            started = time.perf_counter()
+            self.running = running = Running(msg, name, time.monotonic(), limit)
+            try:
+                result = call_handler(fn, args, kwargs, running)
+            except asyncio.CancelledError:
+                self.running = None
+                self._cancelled(msg, name, counts, time.perf_counter() - started)
+                return "cancelled"
+            except Exception as exc:
+                self.running = None
+                return self.fail(msg, exc, task, counts, time.perf_counter() - started)
+            finally:
+                self.running = None
+            if self.abandoned:
+                return None
+            self._done.append(msg)
+            self._results.append(result if task is not None else NO_RESULT)
+            self._after(msg, name, "done", time.perf_counter() - started, None, result=result)
+            return "done"
         finally:
-            self.running = None
             reset_current(token)
-        if self.abandoned:
-            return None
-        self._done.append(msg)
-        self._results.append(result if task is not None else NO_RESULT)
-        self._after(msg, name, "done", time.perf_counter() - started, None)
-        return "done"
 
     def fail(
         self, msg: Message, exc: BaseException, task: Task | None, counts: Counts, took: float
@@ -233,14 +265,22 @@ class BatchRunner:
         else:
             counts.retried += 1
         reported = "retry" if outcome == "hold" else outcome
-        self._after(msg, task.name if task else None, reported, took, describe(exc))
+        self._after(msg, task.name if task else None, reported, took, describe(exc), exc=exc)
         return outcome
 
     def _after(
-        self, msg: Message, task: str | None, outcome: str, took: float, error: str | None
+        self,
+        msg: Message,
+        task: str | None,
+        outcome: str,
+        took: float,
+        error: str | None,
+        *,
+        exc: BaseException | None = None,
+        result: Any = None,
     ) -> None:
         for hook in self.hooks:
-            hook.after_process(msg, task, outcome, took, error)
+            hook.after_process(msg, task, outcome, took, error, exc=exc, result=result)
 
     def _flush(self, counts: Counts) -> None:
         if not self._done:

@@ -34,7 +34,7 @@ from .consumer import Consumer
 from .errors import RedisMQError
 from .message import Message
 from .ordered import OrderedConsumer
-from .processing import BatchRunner, Counts
+from .processing import BatchRunner, Counts, Hooks
 from .server import LocalServer
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ def run_until_idle(
     timeout: float = 30.0,
     skip_delays: bool = True,
     batch: int = 100,
+    raise_on_error: bool = False,
 ) -> Counts:
     """Run everything queued for the app's subscriptions here and now; return the counts.
 
@@ -99,7 +100,9 @@ def run_until_idle(
     waiting for their time: no sleeping through backoffs. With False, real time passes.
     ``topics`` limits the run to those topics' subscriptions. Raises `NotIdle` if work is
     left after ``timeout`` seconds or after ``max_messages`` messages ran (a task that
-    keeps sending itself).
+    keeps sending itself). ``raise_on_error=True`` stops at the first failure of a task or
+    handler and raises that exception here, with its traceback (the failure is retried or
+    dead-lettered first, as usual; messages not yet started are handed back).
 
     Differences from a worker: no threads and no processes; time limits of synchronous
     tasks are not enforced (async tasks are cancelled at theirs); periodic tasks are not
@@ -118,10 +121,12 @@ def run_until_idle(
     runners: list[BatchRunner] = []
     runner_type = _InstantRunner if skip_delays else BatchRunner
     until_ms = _FAR_FUTURE_MS if skip_delays else None
+    first = _FirstFailure()
+    stop = (lambda: first.exc is not None) if raise_on_error else (lambda: False)
     try:
         for sub in subs:
             consumer = client.consumer(sub.topic, sub.group, create=True, ordered=sub.ordered)
-            runners.append(runner_type(consumer, sub))
+            runners.append(runner_type(consumer, sub, [first]))
         deadline = time.monotonic() + timeout
         ran = 0
         while True:
@@ -133,7 +138,9 @@ def run_until_idle(
                 if messages:
                     progressed = True
                     ran += len(messages)
-                    total.add(runner.run(messages))
+                    total.add(runner.run(messages, stop))
+                    if raise_on_error and first.exc is not None:
+                        raise first.exc
             if not progressed or ran >= max_messages:
                 left = _backlogs(runners)
                 if not left:
@@ -155,6 +162,27 @@ def run_until_idle(
         for runner in runners:
             with suppress(Exception):
                 runner.consumer.close()
+
+
+class _FirstFailure(Hooks):
+    """Remembers the first exception a handler raised."""
+
+    def __init__(self) -> None:
+        self.exc: BaseException | None = None
+
+    def after_process(
+        self,
+        msg: Message,
+        task: str | None,
+        outcome: str,
+        duration: float,
+        error: str | None,
+        *,
+        exc: BaseException | None = None,
+        result: Any = None,
+    ) -> None:
+        if exc is not None and self.exc is None:
+            self.exc = exc
 
 
 def _receive(consumer: Consumer, until_ms: int | None, count: int) -> list[Message]:

@@ -162,7 +162,15 @@ class Metrics(Hooks):
             self._broke("before_process")
 
     def after_process(
-        self, msg: Message, task: str | None, outcome: str, duration: float, error: str | None
+        self,
+        msg: Message,
+        task: str | None,
+        outcome: str,
+        duration: float,
+        error: str | None,
+        *,
+        exc: BaseException | None = None,
+        result: Any = None,
     ) -> None:
         try:
             ran = self._running.pop((msg.topic, msg.group, msg.id), None)
