@@ -11,13 +11,16 @@ from typing import Any, overload
 
 from .aio import AsyncClient
 from .client import Client
-from .errors import InvalidMessage, RedisMQError, UnknownTask
+from .errors import InvalidMessage, RedisMQError, Retry, UnknownTask
 from .job import Job
 from .message import Message
 from .schedule import Schedule
 
 DEFAULT_TOPIC = "tasks"
 DEFAULT_GROUP = "workers"
+
+
+ExceptionTypes = tuple[type[BaseException], ...]
 
 
 @dataclass(slots=True)
@@ -27,6 +30,43 @@ class Options:
     max_retries: int = 3
     backoff: float = 1.0
     time_limit: float | None = None
+    retry_for: ExceptionTypes | None = None
+    dont_retry_for: ExceptionTypes = ()
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether a failure with this exception may be retried (`Retry` always may)."""
+        if isinstance(exc, Retry):
+            return True
+        if isinstance(exc, self.dont_retry_for):
+            return False
+        return self.retry_for is None or isinstance(exc, self.retry_for)
+
+
+def exception_types(what: str, value: Any) -> ExceptionTypes:
+    """An exception class or a tuple of them, as a tuple; raises RedisMQError otherwise."""
+    types = value if isinstance(value, tuple | list) else (value,)
+    if not all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise RedisMQError(
+            f"{what} must be exception types (e.g. (ConnectionError,)), not {value!r}"
+        )
+    return tuple(types)
+
+
+def make_options(
+    max_retries: int,
+    backoff: float,
+    time_limit: float | None,
+    retry_for: Any = None,
+    dont_retry_for: Any = (),
+) -> Options:
+    """Checked failure options of a task or handler."""
+    return Options(
+        max_retries,
+        backoff,
+        time_limit,
+        None if retry_for is None else exception_types("retry_for", retry_for),
+        exception_types("dont_retry_for", dont_retry_for),
+    )
 
 
 class Task:
@@ -205,6 +245,8 @@ class App:
         backoff: float = ...,
         time_limit: float | None = ...,
         ordered: bool = ...,
+        retry_for: tuple[type[BaseException], ...] | None = ...,
+        dont_retry_for: tuple[type[BaseException], ...] = ...,
     ) -> Task: ...
 
     @overload
@@ -219,6 +261,8 @@ class App:
         backoff: float = ...,
         time_limit: float | None = ...,
         ordered: bool = ...,
+        retry_for: tuple[type[BaseException], ...] | None = ...,
+        dont_retry_for: tuple[type[BaseException], ...] = ...,
     ) -> Callable[[Callable[..., Any]], Task]: ...
 
     def task(
@@ -232,12 +276,17 @@ class App:
         backoff: float = 1.0,
         time_limit: float | None = None,
         ordered: bool = False,
+        retry_for: tuple[type[BaseException], ...] | None = None,
+        dont_retry_for: tuple[type[BaseException], ...] = (),
     ) -> Task | Callable[[Callable[..., Any]], Task]:
         """Register a function as a task (usable as `@app.task` or `@app.task(...)`).
 
         `ordered=True` makes the group ordered: each queue is processed by one worker at a
         time, strictly in order, and a failing message is retried in place.
+        `retry_for`: only these exceptions are retried (default: any); `dont_retry_for`:
+        these are never retried. A failure that is not retried is dead-lettered at once.
         """
+        options = make_options(max_retries, backoff, time_limit, retry_for, dont_retry_for)
 
         def register(f: Callable[..., Any]) -> Task:
             task_name = name or f"{f.__module__}.{f.__qualname__}"
@@ -246,7 +295,7 @@ class App:
             sub = self._subscription(topic, group, ordered)
             if sub.handler is not None:
                 raise RedisMQError(f"{topic}/{group} already has a message handler")
-            task = Task(self, f, task_name, topic, group, Options(max_retries, backoff, time_limit))
+            task = Task(self, f, task_name, topic, group, options)
             sub.tasks[task_name] = task
             self.tasks[task_name] = task
             return task
@@ -285,16 +334,20 @@ class App:
         backoff: float = 1.0,
         time_limit: float | None = None,
         ordered: bool = False,
+        retry_for: tuple[type[BaseException], ...] | None = None,
+        dont_retry_for: tuple[type[BaseException], ...] = (),
     ) -> Callable[[Callable[[Message], Any]], Callable[[Message], Any]]:
         """Register a handler that receives every message of `topic` for `group`
-        (`ordered=True`: one consumer per queue at a time, strictly in order)."""
+        (`ordered=True`: one consumer per queue at a time, strictly in order; `retry_for`
+        and `dont_retry_for` as for `task`)."""
+        options = make_options(max_retries, backoff, time_limit, retry_for, dont_retry_for)
 
         def register(f: Callable[[Message], Any]) -> Callable[[Message], Any]:
             sub = self._subscription(topic, group, ordered)
             if sub.handler is not None or sub.tasks:
                 raise RedisMQError(f"{topic}/{group} already has tasks or a handler")
             sub.handler = f
-            sub.options = Options(max_retries, backoff, time_limit)
+            sub.options = options
             return f
 
         return register

@@ -78,3 +78,20 @@ class JobFailed(RedisMQError):
 
 class JobTimeout(RedisMQError, TimeoutError):
     """A job's result did not arrive in time."""
+
+
+class Retry(Exception):  # noqa: N818 - the name users raise: `raise redismq.Retry(delay=5)`
+    """Raised by a task to be run again after `delay` seconds (None: the task's backoff).
+
+    It counts as an attempt: once `max_retries` are spent the job is dead-lettered.
+    """
+
+    def __init__(self, delay: float | None = None) -> None:
+        if delay is not None and (
+            isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0
+        ):
+            raise InvalidMessage(f"Retry delay must be a number of seconds >= 0, not {delay!r}")
+        super().__init__(
+            "the task asked to be retried" + (f" in {delay:g}s" if delay is not None else "")
+        )
+        self.delay = delay

@@ -17,7 +17,7 @@ from typing import Any
 from .app import Subscription, Task
 from .consumer import CANCELLED, NO_RESULT, Consumer, describe
 from .context import JobContext, reset_current, set_current
-from .errors import BrokerUnavailable, InvalidMessage, UnknownTask
+from .errors import BrokerUnavailable, InvalidMessage, Retry, UnknownTask
 from .message import Message
 
 log = logging.getLogger("redismq.processing")
@@ -253,11 +253,18 @@ class BatchRunner:
     def fail(
         self, msg: Message, exc: BaseException, task: Task | None, counts: Counts, took: float
     ) -> str:
-        """Retry a failed message, or dead-letter it once its retries are spent."""
+        """Retry a failed message (after the delay of a `Retry` it raised, else a backoff),
+        or dead-letter it once its retries are spent or when its options say not to retry."""
         opts = self.subscription.options_for(task)
         self._flush(counts)
+        limit = opts.max_retries if opts.retries(exc) else msg.attempt
         outcome = self.consumer.retry(
-            msg, exc, max_retries=opts.max_retries, backoff=opts.backoff, track=task is not None
+            msg,
+            exc,
+            delay=exc.delay if isinstance(exc, Retry) else None,
+            max_retries=limit,
+            backoff=opts.backoff,
+            track=task is not None,
         )
         counts.failed += 1
         if outcome == "dead":
