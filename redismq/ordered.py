@@ -10,7 +10,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .consumer import Consumer, backoff_delay
@@ -25,7 +26,8 @@ class OrderedConsumer(Consumer):
     Call `rebalance()` regularly (the worker does, every third of the visibility timeout):
     it renews held leases, takes free ones up to a fair share and gives back extra ones.
     A failed message is retried in place (`retry()` returns "hold"), so it holds its queue
-    until it succeeds or is dead-lettered.
+    until it succeeds or is dead-lettered. A queue changes hands only once its holder has
+    settled or released every message it fetched from it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -34,25 +36,34 @@ class OrderedConsumer(Consumer):
         self.leased: set[int] = set()
         self._retiring: set[int] = set()
         self._backlog: list[Message] = []
+        # Per queue, the messages fetched from it (kept in the backlog or handed out) and
+        # not yet settled or released, by entry id: the queue is given back only when none.
+        self._fetched: dict[int, dict[str, Message]] = defaultdict(dict)
         self._lock = threading.Lock()
         share = ",".join(str(q) for q in sorted(self.queues))
         self.members_key = self.client.router.keys.members(self.topic.name, self.group, share)
         self._set_streams()
 
     def _set_streams(self) -> None:
-        """Read only the main streams of leased queues (retries happen in place)."""
+        """Read the leased queues, except those being given back: each one's stream and the
+        group's retry stream of it, the retry stream first (retries happen in place; what
+        comes there is a replayed dead letter, which runs before the queue's next message)."""
         streams: dict[Any, dict[str, str]] = {}
-        for i in sorted(self.leased):
+        for i in sorted(self.leased - self._retiring):
             q = self.queues[i]
-            streams.setdefault(q.broker, {})[q.keys.stream] = ">"
+            read = streams.setdefault(q.broker, {})
+            read[q.keys.retry_stream(self.group)] = ">"
+        for i in sorted(self.leased - self._retiring):
+            q = self.queues[i]
+            streams[q.broker][q.keys.stream] = ">"
         self._streams = streams
         self._rotation = itertools.cycle(list(streams))
 
     # -- leases ----------------------------------------------------------------------
     def rebalance(self) -> None:
         """Renew held leases, take free ones up to a fair share, and mark extra ones to be
-        given back by the fetching thread between two batches (when it holds none of their
-        messages)."""
+        given back: they are read no more, and the fetching thread gives each back once
+        every message it fetched from it is settled or released."""
         with self.errors():
             meta = self.client.meta
             now = time.time()
@@ -78,22 +89,39 @@ class OrderedConsumer(Consumer):
             lost = self.leased - held
             if lost:
                 log.warning("lost the lease of queue(s) %s of %s", sorted(lost), self.topic.name)
+                # Their next holder took over what this consumer fetched and did not start.
+                self._backlog = [m for m in self._backlog if m.queue not in lost]
+                for q in lost:
+                    self._fetched.pop(q, None)
             self.leased = held
             self._retiring = retiring
             self._backlog += backlog
+            self._track(backlog)
             self._set_streams()
 
     def _give_back(self) -> None:
-        """Give back the leases marked extra (called between batches, under the lock)."""
-        retiring = {q for q in self._retiring if q in self.leased}
-        if not retiring:
+        """Give back the leases marked extra of which nothing fetched is left unsettled
+        (called by the fetching thread, between reads, under the lock)."""
+        done = {q for q in self._retiring & self.leased if not self._fetched.get(q)}
+        if not done:
             return
         with self.errors():
-            for q in retiring:
+            for q in done:
                 self._lease("give", q)
-        self.leased -= retiring
-        self._retiring = set()
+        self.leased -= done
+        self._retiring -= done
         self._set_streams()
+
+    def _track(self, messages: Iterable[Message]) -> None:
+        """Note messages as fetched (under the lock)."""
+        for m in messages:
+            self._fetched[m.queue][m.entry_id] = m
+
+    def _untrack(self, messages: Iterable[Message]) -> None:
+        """Note messages as settled or released."""
+        with self._lock:
+            for m in messages:
+                self._fetched.get(m.queue, {}).pop(m.entry_id, None)
 
     def _lease(self, action: str, queue: int) -> bool:
         q = self.queues[queue]
@@ -103,21 +131,24 @@ class OrderedConsumer(Consumer):
         return bool(reply)
 
     def _take_over(self, queue: int) -> list[Message]:
-        """Claim what earlier holders of a newly leased queue left pending, oldest first:
-        it runs before anything newer, so the queue's order holds."""
+        """Claim what earlier holders of a newly leased queue left pending, oldest first
+        (the queue's own messages, then replayed ones): it runs before anything newer, so
+        the queue's order holds."""
         q = self.queues[queue]
         out: list[Message] = []
-        start = "0-0"
-        while True:
-            reply = q.broker.redis.xautoclaim(
-                q.keys.stream, self.group, self.name, 0, start, count=100
-            )
-            entries = [(eid, f) for eid, f in reply[1] if eid is not None]
-            if entries:
-                out += self._count_crashes(q.broker, q.keys.stream.encode(), entries)
-            start = reply[0]
-            if start in (b"0-0", "0-0") or not entries:
-                return out
+        for stream in (q.keys.stream, q.keys.retry_stream(self.group)):
+            start = "0-0"
+            while True:
+                reply = q.broker.redis.xautoclaim(
+                    stream, self.group, self.name, 0, start, count=100
+                )
+                entries = [(eid, f) for eid, f in reply[1] if eid is not None]
+                if entries:
+                    out += self._count_crashes(q.broker, stream.encode(), entries)
+                start = reply[0]
+                if start in (b"0-0", "0-0") or not entries:
+                    break
+        return out
 
     # -- receiving -------------------------------------------------------------------
     def receive(self, count: int = 100, block: float | None = 1.0) -> list[Message]:
@@ -134,15 +165,47 @@ class OrderedConsumer(Consumer):
         with self.errors():
             if time.monotonic() >= self._next_move:
                 self._move_due()
-            return self._drop_done(self._read(count, self._block_ms(block)))
+            messages = self._read(count, self._block_ms(block))
+            with self._lock:
+                self._track(messages)
+            return self._drop_done(messages)
 
     def _excess(self, messages: list[Message]) -> None:
         """Keep what a read brought beyond the count for the next receive, in order."""
         with self._lock:
             self._backlog[:0] = messages
+            self._track(messages)
+
+    # -- outcomes --------------------------------------------------------------------
+    def ack_many(self, messages: Sequence[Message], results: Sequence[Any] | None = None) -> int:
+        """Acknowledge messages as done (see Consumer.ack_many)."""
+        completed = super().ack_many(messages, results)
+        self._untrack(messages)
+        return completed
+
+    def dead_letter(
+        self, msg: Message, reason: str | BaseException, *, track: bool = False
+    ) -> None:
+        """Move a message to the group's dead-letter stream with the reason."""
+        super().dead_letter(msg, reason, track=track)
+        self._untrack([msg])
 
     def release(self, messages: Iterable[Message]) -> None:
-        """Leave unstarted messages pending: the queue's next holder takes them first."""
+        """Hand fetched messages over to the queue's next holder, which takes them first:
+        they stay pending, and a message that never started is not counted as an attempt
+        (one that was retried in place keeps the attempts it used)."""
+        by_stream: dict[tuple[int, bool], list[Message]] = defaultdict(list)
+        for m in messages:
+            by_stream[(m.queue, m.from_retry)].append(m)
+        with self.errors():
+            for (index, from_retry), msgs in by_stream.items():
+                q = self.queues[index]
+                stream = q.keys.retry_stream(self.group) if from_retry else q.keys.stream
+                args: list[Any] = [self.group, self.name]
+                for m in msgs:
+                    args += [m.entry_id, m.attempt]
+                q.broker.scripts.handover(keys=[stream], args=args)
+                self._untrack(msgs)
 
     def retry(
         self,
@@ -169,10 +232,30 @@ class OrderedConsumer(Consumer):
         return "hold"
 
     def close(self) -> None:
-        """Give back every lease (the next holder takes over at once) and leave the group."""
+        """Hand over what was fetched and not handed out, give back every lease whose
+        queue has nothing running here (the next holder takes over at once; the others
+        lapse after the visibility timeout) and leave the group."""
+        with self._lock:
+            kept, self._backlog = self._backlog, []
+        self.release(kept)
         with self.errors():
-            for q in list(self.leased):
+            with self._lock:
+                free = {q for q in self.leased if not self._fetched.get(q)}
+                busy = self.leased - free
+                self.leased = set()
+            for q in free:
                 self._lease("give", q)
-            self.leased = set()
+            if busy:
+                log.warning(
+                    "closing with messages of queue(s) %s still running: their leases lapse",
+                    sorted(busy),
+                )
             self.client.meta.zrem(self.members_key, self.name)
+        # Leave every stream of the queues where nothing is held, not only those read last.
+        self._streams = {
+            broker: {
+                s: ">" for q in queues for s in (q.keys.stream, q.keys.retry_stream(self.group))
+            }
+            for broker, queues in self._by_broker(self.queues.values()).items()
+        }
         super().close()

@@ -25,6 +25,7 @@ NAMES = (
     "replay",
     "renew",
     "release",
+    "handover",
     "trim",
 )
 

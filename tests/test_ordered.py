@@ -6,6 +6,7 @@ import signal
 
 from redismq import App
 from redismq.processing import BatchRunner
+from redismq.routing import queue_for_key
 from tests.conftest import wait_for
 
 
@@ -33,7 +34,8 @@ def test_new_holder_takes_what_the_old_one_left_pending_first(client):
         client.send("orders", {"seq": i}, key="k")
     got = first.receive(count=2, block=0.2)
     assert [m.body["seq"] for m in got] == [0, 1]
-    first.close()  # leaves 0 and 1 pending: they were fetched, not finished
+    first.release(got)  # stopping before starting them: 0 and 1 stay pending
+    first.close()
     second = client.consumer("orders", "ledger", ordered=True, visibility_timeout=2)
     second.rebalance()
     seqs = []
@@ -100,3 +102,110 @@ def test_per_key_order_holds_with_four_workers(client, url, processes):
     for w in workers:
         w.send_signal(signal.SIGTERM)
     assert all(w.wait(30) == 0 for w in workers)
+
+
+def _drain(consumers, runs, total=None, *, rounds=200):
+    """Rounds in which every consumer rebalances and receives a small batch, then all the
+    batches run (as they would at once in a pool), recording `(key, seq)` per run, until
+    `total` distinct messages ran (without a total: `rounds` rounds)."""
+    for _ in range(rounds):
+        batches = []
+        for c in consumers:
+            c.rebalance()
+            batches.append((c, c.receive(count=3, block=0.01)))
+        for c, batch in batches:
+            runs += [(m.body["key"], m.body["seq"]) for m in batch]
+            c.ack_many(batch)
+        if total is not None and len(set(runs)) >= total:
+            return
+    if total is None:
+        return
+    raise AssertionError(f"only {len(set(runs))} of {total} ran")
+
+
+def test_growing_pool_hands_a_queue_over_only_after_its_fetched_messages_settled(client):
+    client.create_topic("orders", queues=2)
+    keys = [k for k in (f"k{i}" for i in range(40)) if queue_for_key(k, 2) == 1][:6]
+    for seq in range(4):
+        for k in keys:
+            client.send("orders", {"key": k, "seq": seq}, key=k)
+    # An earlier holder fetched everything and handed it over unstarted: the next holder
+    # takes it all over at once, so it holds queue 1's messages fetched and unrun.
+    old = client.consumer("orders", "ledger", ordered=True, visibility_timeout=5)
+    old.rebalance()
+    old.release(old.receive(count=100, block=0.2))
+    old.close()
+    a = client.consumer("orders", "ledger", ordered=True, visibility_timeout=5)
+    a.rebalance()
+    assert a.leased == {0, 1}
+    running = a.receive(count=3, block=0.01)  # queue 1's first messages, running
+    b = client.consumer("orders", "ledger", ordered=True, visibility_timeout=5)
+    b.rebalance()
+    a.rebalance()  # the fair share drops to one queue: a has queue 1 to give back
+    runs: list[tuple[str, int]] = []
+    _drain([a, b], runs, rounds=3)
+    runs[:0] = [(m.body["key"], m.body["seq"]) for m in running]
+    a.ack_many(running)
+    _drain([a, b], runs, len(keys) * 4)
+    assert len(runs) == len(set(runs)), "a message ran twice"
+    for k in keys:
+        assert [s for key, s in runs if key == k] == [0, 1, 2, 3], f"order broken for {k}"
+    _drain([a, b], runs, len(keys) * 4)
+    assert len(a.leased) == 1 and len(b.leased) == 1, "the queue was never handed over"
+
+
+def test_replayed_dead_letter_of_an_ordered_group_runs(client):
+    app = App(client)
+    ran = []
+
+    @app.consumer("orders", group="ledger", ordered=True, max_retries=0)
+    def apply(msg):
+        if msg.body["seq"] == 1 and "failed" not in ran:
+            ran.append("failed")
+            raise RuntimeError("first run fails")
+        ran.append(msg.body["seq"])
+
+    client.create_topic("orders", queues=1)
+    for seq in range(3):
+        client.send("orders", {"seq": seq}, key="k")
+    sub = app.subscriptions[("orders", "ledger")]
+    consumer = client.consumer("orders", "ledger", ordered=True, max_retries=0)
+    consumer.rebalance()
+    runner = BatchRunner(consumer, sub)
+    assert wait_for(lambda: runner.run(consumer.receive(count=10, block=0.1)) and len(ran) >= 3)
+    assert ran == [0, "failed", 2]
+    assert len(client.dead_letters("orders", "ledger")) == 1
+    assert client.replay_dead_letters("orders", "ledger") == 1
+    client.send("orders", {"seq": 3}, key="k")
+    assert wait_for(
+        lambda: runner.run(consumer.receive(count=10, block=0.1)) and consumer.backlog() == 0,
+        timeout=5,
+    ), "the replayed message was never delivered"
+    assert ran == [0, "failed", 2, 1, 3]
+    assert client.dead_letters("orders", "ledger") == []
+
+
+def test_graceful_handovers_of_an_unstarted_message_are_not_attempts(client):
+    app = App(client)
+    ran = []
+
+    @app.consumer("orders", group="ledger", ordered=True, max_retries=2)
+    def apply(msg):
+        ran.append((msg.body["seq"], msg.attempt))
+
+    client.create_topic("orders", queues=1)
+    client.send("orders", {"seq": 0}, key="k")
+    sub = app.subscriptions[("orders", "ledger")]
+    for _ in range(5):  # each holder fetches it and stops before starting it
+        holder = client.consumer("orders", "ledger", ordered=True, max_retries=2)
+        holder.rebalance()
+        got = holder.receive(count=10, block=0.2)
+        assert len(got) == 1
+        counts = BatchRunner(holder, sub).run(got, stop=lambda: True)
+        assert counts.released == 1
+        holder.close()
+    last = client.consumer("orders", "ledger", ordered=True, max_retries=2)
+    last.rebalance()
+    BatchRunner(last, sub).run(last.receive(count=10, block=0.2))
+    assert client.dead_letters("orders", "ledger") == []
+    assert ran == [(0, 0)]
