@@ -24,6 +24,7 @@ from .errors import (
 )
 from .job import Job
 from .message import Message
+from .middleware import Middleware
 
 __all__ = [
     "App",
@@ -38,6 +39,7 @@ __all__ = [
     "JobFailed",
     "JobTimeout",
     "Message",
+    "Middleware",
     "RedisMQError",
     "Retry",
     "StepBusy",

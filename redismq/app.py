@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from .aio import AsyncClient
 from .client import Client
@@ -15,6 +15,9 @@ from .errors import InvalidMessage, RedisMQError, Retry, UnknownTask
 from .job import Job
 from .message import Message
 from .schedule import Schedule
+
+if TYPE_CHECKING:
+    from .middleware import Middleware
 
 DEFAULT_TOPIC = "tasks"
 DEFAULT_GROUP = "workers"
@@ -200,12 +203,27 @@ class Subscription:
 class App:
     """A set of tasks and handlers that workers run."""
 
-    def __init__(self, client: Client | str | None = None) -> None:
+    def __init__(
+        self, client: Client | str | None = None, *, middleware: Iterable[Middleware] = ()
+    ) -> None:
         self._client = client if isinstance(client, Client) else None
         self._url = client if isinstance(client, str) else None
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self.tasks: dict[str, Task] = {}
         self.periodics: list[Periodic] = []
+        self.middleware: list[Middleware] = []
+        for m in middleware:
+            self.add_middleware(m)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Run this middleware's hooks in every worker process (after those added before)."""
+        from .middleware import Middleware
+
+        if not isinstance(middleware, Middleware):
+            raise RedisMQError(
+                f"middleware must be an instance of redismq.Middleware, not {middleware!r}"
+            )
+        self.middleware.append(middleware)
 
     def connect(self, client: Client | str | None) -> None:
         """Point the app at another client (or URL; None: $REDISMQ_URL on first use)."""

@@ -50,6 +50,11 @@ def current_job() -> JobContext:
     return job
 
 
+def current_job_or_none() -> JobContext | None:
+    """The job the calling handler runs, or None outside a handler."""
+    return _current.get()
+
+
 def set_current(job: JobContext | None) -> object:
     return _current.set(job)
 

@@ -33,6 +33,7 @@ from .client import Client
 from .consumer import Consumer
 from .errors import RedisMQError
 from .message import Message
+from .middleware import middleware_hooks
 from .ordered import OrderedConsumer
 from .processing import BatchRunner, Counts, Hooks
 from .server import LocalServer
@@ -104,9 +105,10 @@ def run_until_idle(
     handler and raises that exception here, with its traceback (the failure is retried or
     dead-lettered first, as usual; messages not yet started are handed back).
 
-    Differences from a worker: no threads and no processes; time limits of synchronous
-    tasks are not enforced (async tasks are cancelled at theirs); periodic tasks are not
-    sent. The returned `Counts` has ``processed`` (completed), ``failed`` (runs that
+    Differences from a worker: no threads and no processes; the app's middleware runs
+    `before_job` and `after_job` but not `on_worker_start`/`on_worker_stop`; time limits
+    of synchronous tasks are not enforced (async tasks are cancelled at theirs); periodic
+    tasks are not sent. The returned `Counts` has ``processed`` (completed), ``failed`` (runs that
     raised), ``retried``, ``dead``, ``duplicates`` and ``cancelled``.
     """
     wanted = None if topics is None else set(topics)
@@ -122,11 +124,12 @@ def run_until_idle(
     runner_type = _InstantRunner if skip_delays else BatchRunner
     until_ms = _FAR_FUTURE_MS if skip_delays else None
     first = _FirstFailure()
+    middleware = middleware_hooks(app.middleware)
     stop = (lambda: first.exc is not None) if raise_on_error else (lambda: False)
     try:
         for sub in subs:
             consumer = client.consumer(sub.topic, sub.group, create=True, ordered=sub.ordered)
-            runners.append(runner_type(consumer, sub, [first]))
+            runners.append(runner_type(consumer, sub, [*middleware, first]))
         deadline = time.monotonic() + timeout
         ran = 0
         while True:

@@ -14,6 +14,7 @@ from typing import Any
 
 from redismq import App, BrokerUnavailable, Consumer, Subscription
 from redismq.brokers import warn_if_evicting
+from redismq.middleware import middleware_hooks
 from redismq.processing import BatchRunner, Counts, Hooks
 
 from .heartbeat import Heartbeat
@@ -117,7 +118,7 @@ class Worker:
         self.visibility_timeout = visibility_timeout
         self.concurrency = concurrency
         self.count = count
-        self.hooks = hooks
+        self.hooks = [*hooks, *middleware_hooks(app.middleware)]
         self.loops = [
             self._loop(s, queues)
             for s in subs
@@ -185,7 +186,12 @@ class Worker:
         return [m.id for loop in self.loops for m in loop.runner.held()]
 
     def run(self) -> Counts:
-        """Run until stop() (or, in burst mode, until nothing is left); returns the counts."""
+        """Run until stop() (or, in burst mode, until nothing is left); returns the counts.
+
+        The hooks' (and the app's middleware's) `on_worker_start` runs before the first
+        fetch, `on_worker_stop` once the fetch threads are done."""
+        for hook in self.hooks:
+            hook.on_worker_start(self)
         for loop in self.loops:
             self._start(loop)
         self.housekeeper.start()
@@ -196,6 +202,8 @@ class Worker:
             self.housekeeper.stop()
             for loop in self.loops:
                 safely(loop.consumer.close)
+            for hook in self.hooks:
+                safely(lambda h=hook: h.on_worker_stop(self))
         return self.counts
 
     def _start(self, loop: Loop) -> None:
