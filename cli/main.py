@@ -113,7 +113,7 @@ def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
     Example: redismq worker myproject.tasks:app --url redis://127.0.0.1:6379/0 --processes 2
     """
     from workers.loader import AppNotFound, load_app
-    from workers.supervisor import Supervisor, WorkerOptions, run_worker
+    from workers.supervisor import Supervisor, WorkerOptions, run_in_process
 
     os.environ["REDISMQ_URL"] = url
     opts = WorkerOptions(app=app_spec, **options)
@@ -128,7 +128,7 @@ def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
         raise click.UsageError("the app has no task or handler for the chosen topics and group")
     app.client.ping()
     if processes == 1:
-        sys.exit(run_worker(opts))
+        sys.exit(run_in_process(opts))
     from workers.logs import setup_logging
 
     setup_logging(opts.log_level, opts.log_format)

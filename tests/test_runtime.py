@@ -58,17 +58,32 @@ def test_pool_runs_sync_and_async_handlers_in_one_app(rt, url, db, processes):
     assert len(rows(db, "sync")) == 50 and len(rows(db, "async")) == 50
 
 
-def test_sync_job_over_its_time_limit_is_stopped_and_the_process_replaced(rt, url, db, processes):
+def restarted_since(client, moment: float) -> bool:
+    from redismq.status import live_workers
+
+    return any(w["started"] > moment for w in live_workers(client))
+
+
+def test_sync_job_over_its_time_limit_is_stopped_and_one_process_keeps_serving(
+    rt, client, url, db, processes
+):
     stuck = rt.forever.send()
-    after = [rt.sync_job.send(i) for i in range(5)]
-    worker = start_worker(processes, url, "--processes", "1")
+    after = [rt.slow.send(0.5, str(i)) for i in range(3)]
+    worker = start_worker(processes, url, "--processes", "1", "--concurrency", "2")
     assert stuck.status() in ("queued", "running")
     with pytest.raises(Exception, match="TimeLimitExceeded"):
         stuck.result(timeout=20)
-    assert worker.wait(20) == 3  # the stuck process exits to be replaced
-    start_worker(processes, url, "--processes", "1", "--burst").wait(30)
-    assert [j.result(timeout=10) for j in after] == [0, 2, 4, 6, 8]
+    failed_at = time.time()
+    assert wait_for(lambda: restarted_since(client, failed_at), timeout=30)
+    later = rt.sync_job.send(7)
+    assert later.result(timeout=30) == 14  # the worker still serves
+    assert [j.result(timeout=30) for j in after] == ["0", "1", "2"]
     assert len(rows(db, "forever-start")) == 1
+    starts = [v for v, _ in rows(db, "slow-start")]
+    assert sorted(starts) == ["0", "1", "2"]  # the other jobs of that process ran once
+    assert worker.poll() is None
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
 
 
 def test_supervisor_replaces_the_process_of_a_stuck_job(rt, url, db, processes):
@@ -170,14 +185,22 @@ def test_cancelled_queued_job_never_runs(rt, url, db, processes):
     assert job.cancel() is False  # finished jobs cannot be cancelled again
 
 
-def test_cancelled_running_sync_job_is_stopped(rt, url, db, processes):
+def test_cancelled_running_sync_job_is_stopped_and_one_process_keeps_serving(
+    rt, client, url, db, processes
+):
     job = rt.slow.send(30, "long")
     worker = start_worker(processes, url, "--processes", "1")
     assert wait_for(lambda: rows(db, "slow-start"), timeout=20)
+    cancelled_at = time.time()
     assert job.cancel() is True
-    assert worker.wait(20) == 3  # a sync job can only be stopped with its process
+    assert wait_for(lambda: restarted_since(client, cancelled_at), timeout=30)
     assert job.status() == "cancelled"
+    later = rt.sync_job.send(4)
+    assert later.result(timeout=30) == 8  # a sync job is stopped with its process, replaced
+    assert worker.poll() is None
     assert rows(db, "slow-end") == []
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
 
 
 def test_cancelled_running_async_job_is_cancelled_in_place(rt, url, db, processes):

@@ -8,6 +8,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -104,7 +105,28 @@ def run_worker(options: WorkerOptions, serve_metrics: bool = True) -> int:
     log.info(
         "worker %s stopped: %d processed, %d failed", worker.id, counts.processed, counts.failed
     )
-    return EXIT_REPLACE if worker.replaced else 0
+    return EXIT_REPLACE if worker.replaced and not worker.signalled else 0
+
+
+def run_in_process(options: WorkerOptions) -> int:
+    """`--processes 1`: run the worker in this process until it is stopped.
+
+    When a sync job stuck past its time limit (or cancelled while running) forces the
+    worker out (EXIT_REPLACE), the process starts again in place: the same command re-run
+    by exec, with the same pid, so that the worker never goes away and a process manager
+    sees no exit. (With more processes, the supervisor starts a new child instead.)
+    """
+    from .worker import EXIT_REPLACE
+
+    code = run_worker(options)
+    if code != EXIT_REPLACE:
+        return code
+    log.warning("restarting this worker process to leave a stuck job behind")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    raise AssertionError("unreachable")
 
 
 def _child(options: dict[str, Any], parent: int) -> None:

@@ -113,6 +113,8 @@ class Worker:
         self.block = block
         self.grace = grace
         self.replaced = False
+        # Set when a signal asked this process to stop: then it is not started again.
+        self.signalled = False
         self.stopping = threading.Event()
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self.visibility_timeout = visibility_timeout
@@ -272,10 +274,12 @@ class Worker:
                 log.warning("second signal: exiting now")
                 os._exit(1)
             received.append(signum)
+            self.signalled = True
             log.info("signal %d: finishing running work, then exiting", signum)
             self.stop()
 
         def handle_stop(signum: int, frame: Any) -> None:
+            self.signalled = True
             if not self.stopping.is_set():
                 log.info("stop requested by the supervisor: finishing running work")
             self.stop()
