@@ -295,7 +295,8 @@ def topic_list(url: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @friendly
 def topic_describe(name: str, url: str, as_json: bool) -> None:
-    """Show each queue of a topic: its broker, the broker's state, the queue's length
+    """Show each queue of a topic: its broker (and, on a Redis Cluster, the master that
+    holds it), the broker's state, the queue's length
     (entries in its stream) and its backlog (messages some group has not finished:
     undelivered, pending, delayed or retrying).
 
@@ -320,8 +321,16 @@ def topic_describe(name: str, url: str, as_json: bool) -> None:
             length = backlog = Text("unreachable", style="red")
         else:
             length, backlog = str(q["length"]), str(q["backlog"])
-        table.add_row(str(q["queue"]), Text(q["broker"]), state, length, backlog)
+        where = f"{q['broker']} ({q['master']})" if q.get("master") else q["broker"]
+        table.add_row(str(q["queue"]), Text(where), state, length, backlog)
     out.print(table)
+
+
+def master_of(broker: Any, shard: str) -> str | None:
+    """The master of a Redis Cluster broker that serves a queue's hash tag now."""
+    from redismq.cluster import master_of_tag, topology
+
+    return master_of_tag(topology(broker.redis), shard)
 
 
 def describe_topic(client: Client, name: str) -> dict[str, Any]:
@@ -347,7 +356,10 @@ def describe_topic(client: Client, name: str) -> dict[str, Any]:
         if broker not in failed:
             try:
                 with client.errors():
-                    r = router.queue_broker(t, q).redis
+                    found = router.queue_broker(t, q)
+                    if found.shard is not None:  # a Redis Cluster: the master of its slot
+                        row.update(shard=found.shard, master=master_of(found, found.shard))
+                    r = found.redis
                     row["length"] = r.xlen(router.queue_keys(name, q).stream)
                     row["backlog"] = unconsumed(client, name, q)
             except (redis.RedisError, RedisMQError) as exc:

@@ -30,7 +30,7 @@ from .message import (
     new_message_id,
     now_ms,
 )
-from .routing import DRAINING, REMOVED, Router, Topic, TopicSettings, queue_for_key
+from .routing import DRAINING, REMOVED, Broker, Router, Topic, TopicSettings, queue_for_key
 from .urls import check_url, connect, mask_url
 
 log = logging.getLogger("redismq.client")
@@ -458,15 +458,21 @@ class Client:
             broker = self.router.queue_broker(t, queue)
             if msg.needs_script or bound > 0:
                 keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)
-                sent = script_sent(broker.scripts.send(keys=keys, args=args), t.name, queue)
+                if replicated and broker.cluster:  # WAIT on the slot's master, same connection
+                    reply, acked = self._send_and_wait(broker, keys, args)
+                else:
+                    reply = broker.scripts.send(keys=keys, args=args)
+                    acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
+                sent = script_sent(reply, t.name, queue)
                 if sent is None:
                     return None
-                acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
             elif replicated:
-                pipe = broker.redis.pipeline(transaction=False)
-                pipe.xadd(qk.stream, msg.fields)
-                pipe.wait(1, self.replica_timeout_ms)
-                entry, acked = pipe.execute()
+
+                def fill(pipe: Any) -> None:
+                    pipe.xadd(qk.stream, msg.fields)
+                    pipe.wait(1, self.replica_timeout_ms)
+
+                entry, acked = broker.on_node(qk.stream, fill)
                 sent = Sent(msg.id, t.name, queue, entry.decode())
             else:
                 entry = broker.redis.xadd(qk.stream, msg.fields)
@@ -474,6 +480,22 @@ class Client:
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
+
+    def _send_and_wait(self, broker: Broker, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+        """The `send` script and a WAIT in one pipeline on the master of the queue's slot (a
+        Redis Cluster's WAIT elsewhere would count another master's replicas)."""
+        sha = broker.scripts.send.sha
+
+        def fill(pipe: Any) -> None:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+            pipe.wait(1, self.replica_timeout_ms)
+
+        try:
+            reply, acked = broker.on_node(keys[0], fill)
+        except redis.exceptions.NoScriptError:
+            broker.redis.script_load(broker.scripts.send.script)
+            reply, acked = broker.on_node(keys[0], fill)
+        return reply, acked
 
     def send_many(
         self,
@@ -513,18 +535,33 @@ class Client:
         queues = [t.next_queue(self.router.usable) for _ in msgs]
         entries: list[str | None] = [None] * len(msgs)
         with self.errors():
-            for name, indexes in batch_by_broker(t, queues).items():
-                pipe = self.router.broker(name).redis.pipeline(transaction=False)
-                for i in indexes:
-                    pipe.xadd(self.router.queue_keys(topic, queues[i]).stream, msgs[i].fields)
-                if replicated:
-                    pipe.wait(1, self.replica_timeout_ms)
-                replies = pipe.execute()
+            for broker, indexes in self._batch_by_broker(t, queues).items():
+                streams = [self.router.queue_keys(topic, queues[i]).stream for i in indexes]
+
+                def fill(pipe: Any, streams: list[str] = streams, indexes: list[int] = indexes):
+                    for stream, i in zip(streams, indexes, strict=True):
+                        pipe.xadd(stream, msgs[i].fields)
+                    if replicated:
+                        pipe.wait(1, self.replica_timeout_ms)
+
+                replies = broker.on_node(streams[0], fill)
                 if replicated and replies.pop() < 1:
-                    raise NotReplicated(msgs[indexes[0]].id, name, self.replica_timeout_ms)
+                    raise NotReplicated(msgs[indexes[0]].id, broker.name, self.replica_timeout_ms)
                 for i, entry in zip(indexes, replies, strict=True):
                     entries[i] = entry.decode()
         return batch_sent(topic, msgs, queues, entries)
+
+    def _batch_by_broker(self, t: Topic, queues: list[int]) -> dict[Broker, list[int]]:
+        """The positions of a batch's messages grouped by the broker of their queue (on a
+        Redis Cluster: by the queue's hash tag, one slot), in order."""
+        groups: dict[Broker, list[int]] = {}
+        for name, indexes in batch_by_broker(t, queues).items():
+            if not self.router.broker(name).cluster:
+                groups[self.router.broker(name)] = indexes
+                continue
+            for i in indexes:
+                groups.setdefault(self.router.queue_broker(t, queues[i]), []).append(i)
+        return groups
 
     def trim(self, topic: str) -> tuple[int, int]:
         """Trim every queue of a topic by its retention; returns (trimmed, dropped).

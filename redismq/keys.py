@@ -1,7 +1,10 @@
 """Every Redis key name redismq uses, built in one place.
 
 All keys of one queue share the hash tag ``{<topic>#<q>}`` so that one Lua script can touch
-them atomically, also on Redis Cluster.
+them atomically, also on Redis Cluster. A queue on a Redis Cluster broker has a stored tag
+instead, ``{<topic>~<n>}``, shared by the topic's queues on one master (chosen so that the
+slot lands on that master): its keys are ``rmq:{<topic>~<n>}:<q>:…``, and one XREADGROUP
+reads all of them. When the meta store is a cluster, meta keys are ``{rmq}:…`` (one slot).
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ class QueueKeys:
         "waiting",
     )
 
-    def __init__(self, ns: str, topic: str, queue: int) -> None:
+    def __init__(self, ns: str, topic: str, queue: int, shard: str | None = None) -> None:
         self.ns = ns
         self.topic = topic
         self.queue = queue
-        self.tag = f"{ns}:{{{topic}#{queue}}}"
+        # `shard`: the stored hash tag of a queue on a Redis Cluster broker (None: standalone)
+        self.tag = f"{ns}:{{{topic}#{queue}}}" if shard is None else f"{ns}:{{{shard}}}:{queue}"
         self.stream = f"{self.tag}:stream"
         self.delayed = f"{self.tag}:delayed"
         # Hash of queue-wide counters (deduplicated, dropped).
@@ -41,14 +45,14 @@ class QueueKeys:
         self.waiting = f"{self.tag}:waiting"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, QueueKeys) and (self.ns, self.topic, self.queue) == (
-            other.ns,
+        return isinstance(other, QueueKeys) and (self.topic, self.queue, self.tag) == (
             other.topic,
             other.queue,
+            other.tag,
         )
 
     def __hash__(self) -> int:
-        return hash((self.ns, self.topic, self.queue))
+        return hash((self.topic, self.queue, self.tag))
 
     def __repr__(self) -> str:
         return f"QueueKeys({self.ns!r}, {self.topic!r}, {self.queue})"
@@ -98,47 +102,54 @@ class MetaKeys:
     """Key names of the registry kept in the meta Redis."""
 
     ns: str = DEFAULT_NAMESPACE
+    # On a Redis Cluster meta store every meta key shares the hash tag {ns}: one slot, so that
+    # meta scripts and transactions work there.
+    tagged: bool = False
+
+    @property
+    def prefix(self) -> str:
+        return f"{{{self.ns}}}" if self.tagged else self.ns
 
     @property
     def brokers(self) -> str:
-        return f"{self.ns}:brokers"
+        return f"{self.prefix}:brokers"
 
     @property
     def broker_health(self) -> str:
         """Hash broker name -> JSON health record written by the NameServer."""
-        return f"{self.ns}:brokers:health"
+        return f"{self.prefix}:brokers:health"
 
     @property
     def nameserver_lease(self) -> str:
         """The lease that elects the one acting NameServer."""
-        return f"{self.ns}:nameserver:lease"
+        return f"{self.prefix}:nameserver:lease"
 
     @property
     def topics(self) -> str:
-        return f"{self.ns}:topics"
+        return f"{self.prefix}:topics"
 
     @property
     def routes(self) -> str:
-        return f"{self.ns}:routes"
+        return f"{self.prefix}:routes"
 
     @property
     def routes_version(self) -> str:
-        return f"{self.ns}:routes:version"
+        return f"{self.prefix}:routes:version"
 
     @property
     def routes_channel(self) -> str:
-        return f"{self.ns}:routes:changed"
+        return f"{self.prefix}:routes:changed"
 
     def groups(self, topic: str) -> str:
         """Set of the groups known to consume a topic."""
-        return f"{self.ns}:groups:{topic}"
+        return f"{self.prefix}:groups:{topic}"
 
     def members(self, topic: str, group: str, share: str) -> str:
         """Zset of the live consumers of an ordered group sharing a set of queues, scored by
         their last beat."""
-        return f"{self.ns}:members:{topic}:{group}:{share}"
+        return f"{self.prefix}:members:{topic}:{group}:{share}"
 
     @property
     def workers(self) -> str:
         """Hash worker id -> JSON heartbeat record."""
-        return f"{self.ns}:workers"
+        return f"{self.prefix}:workers"

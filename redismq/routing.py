@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from . import cluster
 from .errors import BrokerUnavailable, TopicExists, TopicNotFound
 from .keys import MetaKeys, QueueKeys
 from .scripts import Scripts
@@ -122,6 +123,7 @@ def parse_topic(
     groups known to consume it."""
     return Topic(
         name=name,
+        shards={int(q): tag for q, tag in record.get("shards", {}).items()},
         queues=record["queues"],
         retention=record.get("retention", 0),
         hard_cap=record.get("hard_cap", 0),
@@ -143,9 +145,16 @@ class TopicSettings:
 
 
 def create_topic_call(
-    keys: MetaKeys, name: str, queues: int, settings: TopicSettings, brokers: list[str]
+    keys: MetaKeys,
+    name: str,
+    queues: int,
+    settings: TopicSettings,
+    brokers: list[str],
+    shards: Callable[[list[str]], dict[int, str]] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV of the `create_topic` script, new queues placed by rendezvous."""
+    """KEYS and ARGV of the `create_topic` script, new queues placed by rendezvous
+    (`shards` gives the hash tags of queues placed on cluster brokers)."""
+    placement = place(brokers, route_fields(name, queues))
     record = json.dumps(
         {
             "queues": queues,
@@ -154,9 +163,9 @@ def create_topic_call(
             "max_backlog": settings.max_backlog,
             "durability": settings.durability,
             "created": int(time.time() * 1000),
+            **({"shards": found} if shards and (found := shards(placement)) else {}),
         }
     )
-    placement = place(brokers, route_fields(name, queues))
     return (
         [keys.topics, keys.routes, keys.routes_version],
         [keys.routes_channel, name, record, *placement],
@@ -175,12 +184,32 @@ def check_created(name: str, stored: bytes, queues: int) -> None:
 
 @dataclass(slots=True, eq=False)
 class Broker:
-    """One broker: its name, its URL (None: the meta Redis itself) and a connection."""
+    """One broker: its name, its URL (None: the meta Redis itself) and a connection.
+
+    On a Redis Cluster broker, the queues of one hash tag (`shard`: one slot, hence one
+    master) get a Broker of their own sharing the cluster's connection, so that everything
+    grouped by broker — a blocking read, a pipeline of scripts — names keys of one slot.
+    """
 
     name: str
     url: str | None
     redis: redis.Redis
     scripts: Scripts
+    shard: str | None = None
+
+    @property
+    def cluster(self) -> bool:
+        """Whether this broker is a Redis Cluster."""
+        return cluster.is_cluster(self.redis)
+
+    def on_node(self, key: str, fill: Callable[[Any], None]) -> list[Any]:
+        """Run a pipeline built by `fill` (commands on `key`'s slot) on one connection to
+        the master that holds `key`, so that a WAIT at its end covers the writes before it."""
+        if self.cluster:
+            return cluster.on_node(self.redis, key, fill)  # type: ignore[arg-type]
+        pipe = self.redis.pipeline(transaction=False)
+        fill(pipe)
+        return pipe.execute()
 
 
 @dataclass(slots=True)
@@ -195,6 +224,8 @@ class Topic:
     durability: str | None = None
     groups: tuple[str, ...] = ()
     placement: list[str] = field(default_factory=list)
+    # queue -> stored hash tag, for queues on Redis Cluster brokers
+    shards: dict[int, str] = field(default_factory=dict)
     _rr: itertools.count = field(default_factory=itertools.count)
 
     def next_queue(self, usable: Callable[[str], bool] | None = None) -> int:
@@ -262,14 +293,15 @@ class Router:
 
     def __init__(self, meta: redis.Redis, namespace: str) -> None:
         self.meta = meta
-        self.keys = MetaKeys(namespace)
+        self.keys = MetaKeys(namespace, tagged=cluster.is_cluster(meta))
         self.namespace = namespace
         self._lock = threading.Lock()
         self._brokers: dict[str, Broker] = {}
         self._cache = RouteCache()
         self.meta_scripts = Scripts(meta)
         self._states: dict[str, str] = {}
-        self._queue_keys: dict[tuple[str, int], QueueKeys] = {}
+        self._queue_keys: dict[tuple[str, int, str | None], QueueKeys] = {}
+        self._views: dict[tuple[str, str], Broker] = {}
         self._states_read = float("-inf")
         self._down: dict[str, float] = {}
 
@@ -358,7 +390,14 @@ class Router:
 
     def create_topic(self, name: str, queues: int, settings: TopicSettings) -> Topic:
         """Create a topic and place its queues; idempotent for the same shape."""
-        keys, args = create_topic_call(self.keys, name, queues, settings, self.placeable())
+        keys, args = create_topic_call(
+            self.keys,
+            name,
+            queues,
+            settings,
+            self.placeable(),
+            lambda placement: self.shards(name, placement, {}),
+        )
         stored = self.meta_scripts.create_topic(keys=keys, args=args)
         check_created(name, stored, queues)
         self._cache.drop(name)
@@ -367,14 +406,48 @@ class Router:
     def topic_names(self) -> list[str]:
         return sorted_names(self.meta.hkeys(self.keys.topics))
 
+    def shards(
+        self, name: str, placement: list[str], existing: dict[int, str], start: int = 0
+    ) -> dict[int, str]:
+        """Hash tags for queues `start`.. of a topic placed on Redis Cluster brokers, spread
+        over each cluster's masters (`existing`: the tags its queues have already)."""
+        out: dict[int, str] = {}
+        for name_ in sorted(set(placement)):
+            broker = self.broker(name_)
+            if not broker.cluster:
+                continue
+            new = [start + i for i, b in enumerate(placement) if b == name_]
+            mine = {q: t for q, t in existing.items() if q < start}
+            out.update(cluster.choose_shards(broker.redis, name, new, mine))  # type: ignore[arg-type]
+        return out
+
     def queue_keys(self, topic: str, queue: int) -> QueueKeys:
-        found = self._queue_keys.get((topic, queue))
+        """The key names of one queue (with its stored hash tag on a cluster broker)."""
+        t = self._cache.get(topic)
+        if t is None:
+            try:
+                t = self.topic(topic)
+            except TopicNotFound:
+                t = None
+        shard = t.shards.get(queue) if t is not None else None
+        found = self._queue_keys.get((topic, queue, shard))
         if found is None:
-            found = self._queue_keys[(topic, queue)] = QueueKeys(self.namespace, topic, queue)
+            found = QueueKeys(self.namespace, topic, queue, shard)
+            self._queue_keys[(topic, queue, shard)] = found
         return found
 
     def queue_broker(self, topic: Topic, queue: int) -> Broker:
-        return self.broker(topic.placement[queue])
+        """The broker of one queue; on a cluster, the Broker of the queue's hash tag."""
+        broker = self.broker(topic.placement[queue])
+        shard = topic.shards.get(queue)
+        if shard is None or not broker.cluster:
+            return broker
+        with self._lock:
+            view = self._views.get((broker.name, shard))
+            if view is None or view.redis is not broker.redis:
+                view = Broker(broker.name, broker.url, broker.redis, broker.scripts, shard)
+                self._views[(broker.name, shard)] = view
+            return view
 
     # -- groups ----------------------------------------------------------------------
     def add_group(self, topic: str, group: str) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
+from . import cluster
+
 NAMES = (
     "create_topic",
     "cancel",
@@ -48,7 +50,15 @@ class Scripts:
 
     def run(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         """Run script calls in one round trip, by SHA; if the server has lost the scripts
-        (a restart), load them and run the calls again (none of them ran)."""
+        (a restart), load them and run the calls again (none of them ran). On a Redis
+        Cluster: one pipeline per master."""
+        if cluster.is_cluster(self.client):
+            return cluster.run_scripts(
+                self.client,  # type: ignore[arg-type]
+                calls,
+                lambda name: getattr(self, name).sha,
+                lambda name, keys, args: getattr(self, name)(keys=keys, args=args),
+            )
         for attempt in range(2):
             pipe = self.client.pipeline(transaction=False)
             for name, keys, args in calls:

@@ -1,4 +1,10 @@
-"""Broker URLs: checked, masked for display, and turned into redis-py clients (sync or asyncio)."""
+"""Broker URLs: checked, masked for display, and turned into redis-py clients (sync or asyncio).
+
+Forms: ``redis://[user:password@]host:port[/db]``, ``rediss://`` (TLS), ``unix://path``,
+``sentinel://[user:password@]h1:26379,h2:26379/mastername`` (a master Sentinel follows), and
+``cluster://[user:password@]h1:7000,h2:7001`` (seed nodes of a Redis Cluster; the whole
+cluster is one broker), or ``clusters://`` for a cluster over TLS.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,19 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from .errors import InvalidURL
 
-SCHEMES = ("redis", "rediss", "unix", "sentinel")
+SCHEMES = ("redis", "rediss", "unix", "sentinel", "cluster", "clusters")
+CLUSTER_SCHEMES = ("cluster", "clusters")
 SOCKET_TIMEOUT = 30.0
 
 
@@ -57,6 +67,9 @@ def check_url(url: str) -> str:
         if parts.scheme == "sentinel":
             _sentinel_parts(url)
             return url
+        if parts.scheme in CLUSTER_SCHEMES:
+            _cluster_parts(url)
+            return url
         if not parts.hostname:
             raise InvalidURL(f"no host in {mask_url(url)!r}")
         _ = parts.port  # raises ValueError on a bad port
@@ -94,6 +107,36 @@ def _sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, dict]:
     return addresses, name, opts
 
 
+def is_cluster_url(url: str | None) -> bool:
+    """Whether the URL names a Redis Cluster (``cluster://`` or ``clusters://``)."""
+    return bool(url) and urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def _cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """Seed node addresses and connection options of a cluster:// URL."""
+    parts = urlsplit(url)
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    if not hosts or parts.path.strip("/"):
+        raise InvalidURL(
+            f"a Redis Cluster URL looks like cluster://host1:7000,host2:7001 (seed nodes; "
+            f"no database), not {mask_url(url)!r}"
+        )
+    addresses = []
+    for hp in hosts.split(","):
+        host, _, port = hp.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidURL(f"bad cluster node address {hp!r} in {mask_url(url)!r}")
+        addresses.append((host, int(port)))
+    opts: dict[str, Any] = {}
+    if parts.password is not None:
+        opts["password"] = unquote(parts.password)
+    if parts.username:
+        opts["username"] = unquote(parts.username)
+    if parts.scheme == "clusters":
+        opts["ssl"] = True
+    return addresses, opts
+
+
 def connection_options(
     socket_timeout: float, retry_class: type[Retry] | type[AsyncRetry] = Retry
 ) -> dict[str, Any]:
@@ -115,6 +158,11 @@ def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
         addresses, name, opts = _sentinel_parts(url)
         sentinel = Sentinel(addresses, sentinel_kwargs=dict(opts), **opts, **common)
         return sentinel.master_for(name)
+    if is_cluster_url(url):
+        nodes, opts = _cluster_parts(url)
+        return RedisCluster(  # type: ignore[return-value]
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes], **opts, **common
+        )
     return redis.Redis.from_url(url, **common)
 
 
@@ -126,4 +174,9 @@ def connect_async(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> AsyncR
         addresses, name, opts = _sentinel_parts(url)
         sentinel = AsyncSentinel(addresses, sentinel_kwargs=dict(opts), **opts, **common)
         return sentinel.master_for(name)
+    if is_cluster_url(url):
+        nodes, opts = _cluster_parts(url)
+        return AsyncRedisCluster(  # type: ignore[return-value]
+            startup_nodes=[AsyncClusterNode(h, p) for h, p in nodes], **opts, **common
+        )
     return AsyncRedis.from_url(url, **common)

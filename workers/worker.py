@@ -169,11 +169,14 @@ class Worker:
 
     def _queues_by_broker(self, topic: str) -> list[list[int]]:
         """The topic's queue numbers grouped by broker: each group gets its own fetch
-        threads, so that every broker has a blocking read of its own."""
+        threads, so that every broker has a blocking read of its own. On a Redis Cluster
+        broker, by hash tag: one XREADGROUP may only name keys of one slot, and a topic's
+        queues on one master share one tag (a slot move or a failover moves the whole
+        group; the cluster client follows it, the grouping stays)."""
         t = self.client.topic(topic, create=True)
-        groups: dict[str, list[int]] = {}
+        groups: dict[tuple[str, str | None], list[int]] = {}
         for q, broker in enumerate(t.placement):
-            groups.setdefault(broker, []).append(q)
+            groups.setdefault((broker, t.shards.get(q)), []).append(q)
         return list(groups.values())
 
     @property

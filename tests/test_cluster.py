@@ -1,0 +1,165 @@
+"""Redis Cluster as a broker and as the meta store: a real local cluster of 3 masters with a
+replica each (redismq.cluster_server.LocalCluster), joined from Python."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from redismq import Client, InvalidURL, NotReplicated
+from redismq.brokers import add_broker
+from redismq.cluster import master_of_tag, slot_of, topology
+from redismq.cluster_server import LocalCluster
+from redismq.urls import check_url, connect, mask_url
+
+
+@pytest.fixture(scope="module")
+def local_cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(masters=3, replicas=1) as c:
+        yield c
+
+
+@pytest.fixture
+def cluster_url(local_cluster: LocalCluster) -> str:
+    for node in local_cluster.current_masters():
+        r = node.client()
+        r.flushall()
+        r.script_flush()
+        r.close()
+    return local_cluster.url
+
+
+def drain(consumer, expected: int, timeout: float = 20.0) -> list:
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < expected and time.monotonic() < deadline:
+        batch = consumer.receive(100, block=0.2)
+        consumer.ack_many(batch)
+        got += batch
+    return got
+
+
+def test_cluster_urls_are_checked_and_masked():
+    assert check_url("cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert check_url("clusters://user:pw@h1:7000")
+    assert mask_url("cluster://:secret@h1:7000,h2:7001") == "cluster://:***@h1:7000,h2:7001"
+    for bad in ("cluster://", "cluster://h1", "cluster://h1:7000/0", "cluster://h1:x"):
+        with pytest.raises(InvalidURL):
+            check_url(bad)
+
+
+def test_a_topics_queues_spread_over_every_master(cluster_url):
+    client = Client(cluster_url)
+    t = client.create_topic("orders", 12)
+    nodes = topology(client.meta)
+    assert len(nodes) == 3
+    held = {m["node"]: 0 for m in nodes}
+    for q in range(12):
+        held[master_of_tag(nodes, t.shards[q])] += 1
+    assert sorted(held.values()) == [4, 4, 4]
+    # the topic's queues on one master share one slot: one XREADGROUP reads them all
+    assert len({slot_of(t.shards[q]) for q in range(12)}) == 3
+    client.send_many("orders", [{"n": i} for i in range(24)])
+    for q in range(12):
+        stream = client.router.queue_keys("orders", q).stream
+        node = local_node(client, stream)
+        assert node.xlen(stream) == 2
+    client.close()
+
+
+def local_node(client: Client, key: str):
+    rc = client.meta
+    return rc.get_redis_connection(rc.get_node_from_key(key))
+
+
+def test_send_and_drain_with_the_cluster_as_meta_and_broker(cluster_url):
+    client = Client(cluster_url)
+    assert client.router.keys.brokers == "{rmq}:brokers"  # meta keys share one slot
+    client.create_topic("mail", 6)
+    ids = {client.send("mail", {"n": i}) for i in range(20)}
+    ids |= set(client.send_many("mail", [{"n": i} for i in range(20)]))
+    ids.add(client.send("mail", {"k": 1}, key="customer-7"))
+    first = client.send("mail", {"d": 1}, dedup_key="once")
+    assert client.send("mail", {"d": 1}, dedup_key="once") == first
+    ids.add(first)
+    ids.add(client.send("mail", {"late": 1}, delay=0.2))
+    ids.add(client.send("mail", {"r": 1}, durability="replicated"))
+    consumer = client.consumer("mail", "g")
+    got = drain(consumer, len(ids))
+    assert {m.id for m in got} == ids
+    assert consumer.backlog() == 0
+    client.close()
+
+
+def test_a_cluster_broker_beside_a_standalone_one(url, cluster_url):
+    meta = Client(url)
+    add_broker(meta, "solo", url)
+    add_broker(meta, "c1", cluster_url)
+    t = meta.create_topic("mixed", 8)
+    assert set(t.placement) == {"solo", "c1"}
+    assert all((q in t.shards) == (b == "c1") for q, b in enumerate(t.placement))
+    ids = set(meta.send_many("mixed", [{"n": i} for i in range(40)]))
+    consumer = meta.consumer("mixed", "g")
+    assert {m.id for m in drain(consumer, 40)} == ids
+    meta.close()
+
+
+def test_a_replicated_send_waits_for_the_replica_of_its_own_master():
+    """WAIT on a cluster client goes to its default node; the send must wait on the master
+    of its queue's slot (on the connection that wrote)."""
+    with LocalCluster(masters=3, replicas=1) as c:
+        client = Client(c.url, replica_timeout=0.3)
+        t = client.create_topic("safe", 3, durability="replicated")
+        nodes = topology(client.meta)
+        default = client.meta.get_default_node().port
+        ports = [int(master_of_tag(nodes, t.shards[q]).rsplit(":", 1)[1]) for q in range(3)]
+        lonely = next(q for q in range(3) if ports[q] != default)
+        [replica] = c.replicas[c.masters.index(c.node_for(ports[lonely]))]
+        replica.kill()
+        key = next(k for k in map(str, range(1000)) if queue_of(k, 3) == lonely)
+        with pytest.raises(NotReplicated):
+            client.send("safe", {"x": 1}, key=key)
+        with pytest.raises(NotReplicated):
+            client.send("safe", {"x": 1}, key=key, dedup_key="d")
+        other = next(k for k in map(str, range(1000)) if queue_of(k, 3) != lonely)
+        assert client.send("safe", {"x": 1}, key=other)
+        client.close()
+
+
+def queue_of(key: str, queues: int) -> int:
+    from redismq.routing import queue_for_key
+
+    return queue_for_key(key, queues)
+
+
+def test_cli_topic_describe_names_each_queues_master(cluster_url):
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    Client(cluster_url).create_topic("shown", 6)
+    result = CliRunner().invoke(main, ["topic", "describe", "shown", "--url", cluster_url])
+    assert result.exit_code == 0, result.output
+    masters = {m["node"] for m in topology(connect(cluster_url))}
+    assert all(m in result.output for m in masters), result.output
+
+
+def test_worker_threads_read_one_slot_each(cluster_url):
+    from redismq import App
+    from workers.worker import Worker
+
+    app = App(Client(cluster_url))
+
+    @app.task(topic="work")
+    def noop(n: int) -> None:
+        return None
+
+    app.client.create_topic("work", 12)
+    w = Worker(app, concurrency=1, burst=True)
+    assert sorted(len(loop.consumer.queues) for loop in w.loops) == [4, 4, 4]
+    for _ in range(60):
+        noop.send(1)
+    counts = w.run()
+    assert counts.processed == 60
