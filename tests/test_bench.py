@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import operator
 import os
 import subprocess
 import sys
@@ -100,8 +101,11 @@ def test_ratios_are_value_over_baseline(quick: dict[str, Any]) -> None:
         for r in fig["ratios"]:
             base = figures[r["baseline"]]["value"]
             assert math.isclose(r["ratio"], fig["value"] / base, rel_tol=1e-9), (name, r)
-            assert r["met"] in (None, True, False)
             assert (r["met"] is None) == (r["target"] is None)
+            if r["target"] is not None:  # e.g. "≥ 2": met is whether the ratio meets it
+                sign, bound = r["target"].split()
+                expected = {"≥": operator.ge, "≤": operator.le, "<": operator.lt}[sign]
+                assert r["met"] is expected(r["ratio"], float(bound)), (name, r)
             seen += 1
     assert seen >= 15
     # the targets of the issue are printed next to their figures

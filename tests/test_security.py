@@ -14,7 +14,7 @@ import redis
 
 from redismq import App, BrokerUnavailable, Client
 from redismq.server import LocalServer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, skip_unless_ci
 
 # What a producer needs: read the routes, append messages (the send script for dedup keys,
 # delays and bounds), WAIT for replicas. Commands run inside scripts are checked too.
@@ -92,7 +92,7 @@ def test_worker_user_runs_tasks(acl_server, processes):
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> dict[str, Path]:
     if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed: cannot make test certificates")
+        skip_unless_ci("openssl is not installed: cannot make test certificates")
     d = tmp_path_factory.mktemp("certs")
 
     def run(*args: str) -> None:
@@ -175,7 +175,7 @@ def tls_server(certs):
         srv.start()
     except Exception as exc:  # a binary without TLS refuses the options
         if "TLS" in str(exc) or "tls" in str(exc):
-            pytest.skip(f"{srv.binary} has no TLS support: {exc}")
+            skip_unless_ci(f"{srv.binary} has no TLS support: {exc}")
         raise
     yield port
     srv.stop()
