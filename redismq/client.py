@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 DEFAULT_QUEUES = 4
 DEFAULT_RETENTION = 10_000
-DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)

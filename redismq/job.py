@@ -12,8 +12,6 @@ from .keys import QueueKeys
 if TYPE_CHECKING:
     from .client import Client
 
-STATUSES = ("queued", "running", "done", "failed", "dead", "cancelled")
-
 
 class Job:
     """A sent task. `status()` is one of queued, running, done, failed (will retry), dead,

@@ -39,11 +39,5 @@ class Schedule:
         start = datetime.fromtimestamp(now, UTC)
         return croniter(self.cron, start + timedelta(microseconds=1)).get_prev(float)
 
-    def next_tick(self, now: float) -> float:
-        """The first tick after `now`."""
-        if self.interval is not None:
-            return self.last_tick(now) + self.interval
-        return croniter(self.cron, datetime.fromtimestamp(now, UTC)).get_next(float)
-
     def __str__(self) -> str:
         return self.cron if self.cron is not None else f"every {self.interval:g}s"

@@ -136,7 +136,6 @@ class Worker:
             self.id,
             self,
             {
-                "app": getattr(app, "name", ""),
                 "topics": sorted({s.topic for s in subs}),
                 "groups": sorted({s.group for s in subs}),
                 "concurrency": concurrency,
