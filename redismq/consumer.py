@@ -383,8 +383,26 @@ class Consumer:
         with self.errors():
             for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
                 calls = [("settle", *self._settle_call(q, by_queue[q.index], now)) for q in queues]
-                completed += sum(reply[0] for reply in broker.scripts.run(calls))
+                settles = len(calls)
+                calls += self._finish_steps(queues, by_queue)
+                completed += sum(reply[0] for reply in broker.scripts.run(calls)[:settles])
         return completed
+
+    def _finish_steps(
+        self, queues: list[_Queue], by_queue: dict[int, list[tuple[Message, Any]]]
+    ) -> list[tuple[str, list[str], list[Any]]]:
+        """Calls that give the step marks of finished messages the done window (marks exist
+        only for messages that ran before, or whose run made them)."""
+        calls: list[tuple[str, list[str], list[Any]]] = []
+        for q in queues:
+            keys = [
+                q.keys.steps(self.group, m.id)
+                for m, _ in by_queue[q.index]
+                if m.stepped or m.attempt or m.from_retry
+            ]
+            if keys:
+                calls.append(("step", keys, ["finish", self.client.done_ttl_ms]))
+        return calls
 
     def _settle_call(
         self, q: _Queue, items: list[tuple[Message, Any]], now: int
@@ -515,7 +533,8 @@ class Consumer:
                 broker.scripts.run(batch)
 
     def renew(self, messages: Iterable[Message]) -> list[Message]:
-        """Reset the lease of messages this consumer holds; returns those it no longer holds."""
+        """Reset the lease of messages this consumer holds, and the effect-once step claims
+        their runs hold; returns the messages it no longer holds."""
         by_stream: dict[tuple[int, bool], list[Message]] = defaultdict(list)
         for m in messages:
             by_stream[(m.queue, m.from_retry)].append(m)
@@ -524,9 +543,11 @@ class Consumer:
             for (index, from_retry), msgs in by_stream.items():
                 q = self.queues[index]
                 stream = q.keys.retry_stream(self.group) if from_retry else q.keys.stream
-                ids = q.broker.scripts.renew(
-                    keys=[stream], args=[self.group, self.name, *[m.entry_id for m in msgs]]
-                )
+                keys = [stream] + [q.keys.steps(self.group, m.id) for m in msgs if m.stepped]
+                args: list[Any] = [self.group, self.name, int(self.visibility_timeout * 1000)]
+                for m in msgs:
+                    args += [m.entry_id, int(m.stepped)]
+                ids = q.broker.scripts.renew(keys=keys, args=args)
                 gone = {i.decode() for i in ids}
                 lost += [m for m in msgs if m.entry_id in gone]
         return lost

@@ -13,6 +13,9 @@ from .routing import Broker, Topic
 if TYPE_CHECKING:
     from .client import Client
 
+# Dead letters deleted per script call by a purge.
+PURGE_PAGE = 500
+
 
 @dataclass(slots=True)
 class DeadLetter:
@@ -85,12 +88,31 @@ def replay(client: Client, topic: Topic, group: str, ids: Iterable[str] | None, 
 
 def purge(client: Client, topic: Topic, group: str, ids: Iterable[str] | None) -> int:
     """Delete dead letters of a group (all, or those with these message ids); returns how
-    many."""
-
-    def call(keys: QueueKeys, broker: Broker, entries: list[str]) -> int:
-        return broker.scripts.purge(keys=[keys.dead(group), keys.stats(group)], args=entries)
-
-    return _each_queue(client, topic, group, ids, call)
+    many. Their step marks get the done window."""
+    wanted = set(ids) if ids is not None else None
+    total = 0
+    for q in range(topic.queues):
+        keys = client.router.queue_keys(topic.name, q)
+        r = client.router.queue_broker(topic, q).redis
+        last = r.xrevrange(keys.dead(group), count=1)
+        start = "-"
+        while last:
+            rows = r.xrange(keys.dead(group), start, last[0][0], count=PURGE_PAGE)
+            if not rows:
+                break
+            start = "(" + rows[-1][0].decode()
+            if wanted is not None:
+                rows = [
+                    (e, f) for e, f in rows if _text(f.get(b"id")) in wanted or e.decode() in wanted
+                ]
+            if not rows:
+                continue
+            steps = [keys.steps(group, _text(f[b"id"])) for _, f in rows if f.get(b"id")]
+            total += client.router.queue_broker(topic, q).scripts.purge(
+                keys=[keys.dead(group), keys.stats(group), *steps],
+                args=[client.done_ttl_ms, *[e.decode() for e, _ in rows]],
+            )
+    return total
 
 
 def _each_queue(

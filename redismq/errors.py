@@ -45,7 +45,17 @@ class TopicFull(RedisMQError):
 
 
 class StepBusy(RedisMQError):
-    """Another live run of the same job holds an effect-once step (the job is retried)."""
+    """Another live run of the same job holds an effect-once step (the job is retried once
+    that claim can have lapsed: `retry_after` seconds)."""
+
+    def __init__(self, text: str, retry_after: float | None = None) -> None:
+        super().__init__(text)
+        self.retry_after = retry_after
+
+
+class StepLost(StepBusy):
+    """The run no longer holds its message (its lease expired and another consumer took
+    it over): it must stop; the new owner runs the job."""
 
 
 class TopicExists(RedisMQError):

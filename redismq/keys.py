@@ -61,9 +61,12 @@ class QueueKeys:
         """The lease that gives one consumer of an ordered group this queue."""
         return f"{self.tag}:lease:{group}"
 
-    def step(self, group: str, message_id: str, name: str) -> str:
-        """The record of one effect-once step of a job, per group."""
-        return f"{self.tag}:step:{group}:{message_id}:{name}"
+    def steps(self, group: str, message_id: str) -> str:
+        """Hash of the effect-once steps of one message in one group: step name -> "done"
+        or the claim of the run doing it. It has no expiry while the message can come back
+        (pending, retrying, dead-lettered); finishing it (done, purged) gives it the done
+        window."""
+        return f"{self.tag}:steps:{group}:{message_id}"
 
     def dedup(self, dedup_key: str) -> str:
         return f"{self.tag}:dedup:{dedup_key}"

@@ -96,6 +96,7 @@ class Message:
     from_retry: bool = False
     raw: bytes = b""
     hold_for: float = 0.0
+    stepped: bool = False  # a run made effect-once step marks for it (redismq.steps)
 
     def fields(self, attempt: int | None = None) -> dict[FieldT, EncodableT]:
         """The stream entry fields that re-create this message (for retry or replay)."""

@@ -17,7 +17,7 @@ from typing import Any
 from .app import Subscription, Task
 from .consumer import CANCELLED, NO_RESULT, Consumer, describe
 from .context import JobContext, reset_current, set_current
-from .errors import BrokerUnavailable, InvalidMessage, Retry, UnknownTask
+from .errors import BrokerUnavailable, InvalidMessage, Retry, StepBusy, StepLost, UnknownTask
 from .message import Message
 
 log = logging.getLogger("redismq.processing")
@@ -154,6 +154,16 @@ class OutcomeLog(Hooks):
         )
 
 
+def retry_delay(exc: BaseException) -> float | None:
+    """The delay a failure asks for: a `Retry`'s, or (a step held by another run) the
+    time until that run's claim can have lapsed; None for the backoff."""
+    if isinstance(exc, Retry):
+        return exc.delay
+    if isinstance(exc, StepBusy):
+        return exc.retry_after
+    return None
+
+
 class BatchRunner:
     """Runs batches of one subscription's messages and settles their outcomes."""
 
@@ -236,6 +246,11 @@ class BatchRunner:
                 self.running = None
                 self._cancelled(msg, name, counts, time.perf_counter() - started)
                 return "cancelled"
+            except StepLost as exc:
+                # another consumer took the message over: it is theirs to settle
+                self.running = None
+                log.warning("lease lost: %s", exc)
+                return "lost"
             except Exception as exc:
                 self.running = None
                 return self.fail(msg, exc, task, counts, time.perf_counter() - started)
@@ -261,7 +276,7 @@ class BatchRunner:
         outcome = self.consumer.retry(
             msg,
             exc,
-            delay=exc.delay if isinstance(exc, Retry) else None,
+            delay=retry_delay(exc),
             max_retries=limit,
             backoff=opts.backoff,
             track=task is not None,

@@ -49,9 +49,9 @@ class Scripts:
             setattr(self, name, client.register_script(source(name)))
 
     def run(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """Run script calls in one round trip, by SHA; if the server has lost the scripts
-        (a restart), load them and run the calls again (none of them ran). On a Redis
-        Cluster: one pipeline per master."""
+        """Run script calls in one round trip, by SHA; calls the server did not know the
+        script of (a restart, SCRIPT FLUSH) are loaded and run again, the others ran once.
+        On a Redis Cluster: one pipeline per master."""
         if cluster.is_cluster(self.client):
             return cluster.run_scripts(
                 self.client,  # type: ignore[arg-type]
@@ -59,18 +59,23 @@ class Scripts:
                 lambda name: getattr(self, name).sha,
                 lambda name, keys, args: getattr(self, name)(keys=keys, args=args),
             )
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for name, keys, args in calls:
-                pipe.evalsha(getattr(self, name).sha, len(keys), *keys, *args)
-            try:
-                return pipe.execute()
-            except NoScriptError:
-                if attempt:
-                    raise
-                for name in {c[0] for c in calls}:
-                    self.client.script_load(source(name))
-        raise AssertionError("unreachable")
+        replies = self._pipeline(calls)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            for name in {calls[i][0] for i in missing}:
+                self.client.script_load(source(name))
+            for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.evalsha(getattr(self, name).sha, len(keys), *keys, *args)
+        return pipe.execute(raise_on_error=False)
 
     def __getattr__(self, name: str) -> Any:  # for type checkers: attributes are set above
         raise AttributeError(name)

@@ -11,6 +11,7 @@ import pytest
 
 from redismq import App, StepBusy, current_job
 from redismq.processing import BatchRunner
+from redismq.status import topic_status
 from tests.apps import sideeffects
 from tests.conftest import wait_for
 
@@ -133,3 +134,181 @@ def test_a_slow_effect_is_marked_done_although_its_claim_expired(client):
         time.sleep(0.3)  # longer than the claim's lifetime (the visibility timeout)
     with JobContext(msg, None, consumer).once("slow") as again:
         assert not again.needed
+
+
+def run_all(client, app, topic: str, group: str = "workers") -> None:
+    """Run what is queued for `group` (backoffs skipped) until nothing is left."""
+    sub = app.subscriptions[(topic, group)]
+    consumer = client.consumer(topic, group, visibility_timeout=5)
+    deadline = time.monotonic() + 30
+    while consumer.backlog() and time.monotonic() < deadline:
+        consumer.move_due(until_ms=2**42)
+        BatchRunner(consumer, sub).run(consumer.receive(count=20, block=0.05))
+    assert consumer.backlog() == 0
+
+
+def test_replayed_dead_letters_skip_their_done_steps_after_the_done_window(url):
+    """The issue's repro: the e-mail is sent inside a step, then the task fails and is
+    dead-lettered; the dead letters are replayed after the done window."""
+    from redismq import Client
+
+    client = Client(url, done_ttl=1)
+    app = App(client)
+    sent: Counter[int] = Counter()
+    failing = {"yes": True}
+
+    @app.task(topic="mail", max_retries=0)
+    def welcome(n: int) -> None:
+        with current_job().once("smtp") as step:
+            if step.needed:
+                sent[n] += 1
+        if failing["yes"]:
+            raise RuntimeError("the database is down")
+
+    for n in range(5):
+        welcome.send(n)
+    run_all(client, app, "mail")
+    assert sent == Counter(range(5))
+    assert len(client.dead_letters("mail", "workers")) == 5
+
+    time.sleep(2.0)  # past the done window (done_ttl=1)
+    failing["yes"] = False
+    assert client.replay_dead_letters("mail", "workers") == 5
+    run_all(client, app, "mail")
+    assert sent == Counter(range(5))  # no e-mail sent again
+    [row] = topic_status(client, "mail")["groups"]
+    assert row["done"] == 5 and row["dead"] == 0
+    client.close()
+
+
+def test_a_done_step_outlives_the_done_window_while_its_message_is_retrying(url):
+    from redismq import Client
+
+    client = Client(url, done_ttl=1)
+    app = App(client)
+    sent: list[int] = []
+
+    @app.task(topic="mail", max_retries=1, backoff=1.5)
+    def welcome() -> None:
+        with current_job().once("smtp") as step:
+            if step.needed:
+                sent.append(current_job().attempt)
+        if current_job().attempt == 0:
+            raise RuntimeError("fails once, after the e-mail")
+
+    welcome.send()
+    sub = app.subscriptions[("mail", "workers")]
+    consumer = client.consumer("mail", "workers")
+    BatchRunner(consumer, sub).run(consumer.receive(count=1, block=0.5))
+    time.sleep(2.0)  # the retry waits longer than the done window
+    run_all(client, app, "mail")
+    assert sent == [0]
+    client.close()
+
+
+def test_step_marks_of_a_finished_message_expire_with_its_done_record(url):
+    from redismq import Client
+
+    client = Client(url, done_ttl=60)
+    app = App(client)
+
+    @app.task(topic="mail", max_retries=0)
+    def welcome(fail: bool) -> None:
+        with current_job().once("smtp"):
+            pass
+        if fail:
+            raise RuntimeError("dead")
+
+    client.create_topic("mail", queues=1)
+    done, dead = welcome.send(False), welcome.send(True)
+    run_all(client, app, "mail")
+    r = client.router.queue_broker(client.topic("mail"), 0).redis
+    keys = client.router.queue_keys("mail", 0)
+    assert 0 < r.pttl(keys.steps("workers", done.id)) <= 60_000  # kept for the done window
+    assert r.pttl(keys.steps("workers", dead.id)) == -1  # kept while it is a dead letter
+    assert client.purge_dead_letters("mail", "workers") == 1
+    assert 0 < r.pttl(keys.steps("workers", dead.id)) <= 60_000
+    client.close()
+
+
+def test_a_claim_lives_as_long_as_the_lease_and_is_renewed_with_it(client):
+    from redismq.context import JobContext
+
+    client.create_topic("once", queues=1)
+    client.send("once", {"n": 1})
+    holder = client.consumer("once", "g", visibility_timeout=1.0)
+    [msg] = holder.receive(count=1, block=0.5)
+    with JobContext(msg, None, holder).once("charge") as step:
+        assert step.needed
+        for _ in range(8):  # 2.4 s, longer than the claim's own 1 s
+            time.sleep(0.3)
+            assert holder.renew([msg]) == []
+        with pytest.raises(StepBusy):  # the first claim is still held
+            JobContext(msg, None, holder).once("charge").__enter__()
+    assert not step.lost
+
+
+def test_a_paused_run_is_fenced_off_by_the_run_that_took_its_message_over(client):
+    """A claims a step, then stalls past its lease; B takes the message over. B's claim is
+    busy until A's claim lapses, A learns it lost the message at its next claim or done
+    mark, and both runs see the same step.key to hand to the external system."""
+    from redismq import StepLost
+    from redismq.context import JobContext
+
+    client.create_topic("once", queues=1)
+    client.send("once", {"n": 1})
+    a = client.consumer("once", "g", visibility_timeout=1.0)
+    b = client.consumer("once", "g", visibility_timeout=1.0)
+    [msg_a] = a.receive(count=1, block=0.5)
+    time.sleep(0.5)
+    step_a = JobContext(msg_a, None, a).once("charge").__enter__()  # claimed 0.5 s late
+    assert step_a.needed
+    taken: list = []
+    assert wait_for(lambda: taken.extend(b.receive(count=1, block=0.1)) or taken, timeout=5)
+    [msg_b] = taken  # A's lease expired: B took the message over
+    assert msg_b.id == msg_a.id
+
+    with pytest.raises(StepBusy) as busy:  # A's claim has not lapsed yet
+        JobContext(msg_b, None, b).once("charge").__enter__()
+    assert 0 < busy.value.retry_after <= 1.0
+    assert not isinstance(busy.value, StepLost)
+    time.sleep(busy.value.retry_after + 0.05)
+    with JobContext(msg_b, None, b).once("charge") as step_b:
+        assert step_b.needed
+
+    assert step_b.key == step_a.key  # the external side sees one key for both runs
+    with pytest.raises(StepLost):  # A resumes: its next claim is refused
+        JobContext(msg_a, None, a).once("refund").__enter__()
+    step_a.__exit__(None, None, None)  # A's done mark after the takeover
+    assert step_a.lost and not step_b.lost
+
+
+def test_a_run_that_lost_its_message_stops_at_its_next_step_and_settles_nothing(client):
+    app = App(client)
+    runs: list[str] = []
+
+    @app.task(topic="once", max_retries=3)
+    def charge() -> None:
+        runs.append(current_job().consumer.name)
+        time.sleep(1.5)  # stalls past its lease; another consumer takes the message over
+        with current_job().once("charge") as step:
+            assert step.needed
+
+    client.create_topic("once", queues=1)
+    charge.send()
+    sub = app.subscriptions[("once", "workers")]
+    a = client.consumer("once", "workers", visibility_timeout=1.0, name="a")
+    b = client.consumer("once", "workers", visibility_timeout=1.0, name="b")
+    batch = a.receive(count=1, block=0.5)
+    import threading
+
+    t = threading.Thread(target=BatchRunner(a, sub).run, args=(batch,))
+    t.start()
+    taken: list = []
+    assert wait_for(lambda: taken.extend(b.receive(count=1, block=0.1)) or taken, timeout=5)
+    t.join()
+    counts_b = BatchRunner(b, sub).run(taken)  # B's run: not disturbed by A's
+    assert counts_b.processed == 1 and counts_b.failed == 0
+    [row] = topic_status(client, "once")["groups"]
+    assert (row["done"], row["retried"], row["dead"], row["pending"]) == (1, 0, 0, 0)
+    assert runs == ["a", "b"]

@@ -244,3 +244,16 @@ def test_settle_of_a_cancelled_job_records_done_without_a_result(
     assert r.zscore("done", "m1") == 1000
     assert not r.sismember("cancelled", "m1")
     assert r.hgetall("stats") == {b"cancelled": b"1"}
+
+
+def test_a_batch_with_a_script_the_server_lost_runs_each_call_once(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    r.xgroup_create("s", "g", id="0", mkstream=True)
+    scripts.settle(keys=["s", "rs", "done", "stats", "x", "w"], args=["g", 1, 10**6, 10**6])
+    # settle is loaded now, step is not: the batch fails for step only
+    settle = ("settle", ["s", "rs", "done", "stats", "x", "w"], ["g", 1, 10**6, 10**6])
+    settle[2].extend(["m1", "1-0", 0, ""])
+    replies = scripts.run([settle, ("step", ["h"], ["finish", 1000])])
+    assert replies == [[1, 0, 0], 1]
+    assert r.hgetall("stats") == {b"done": b"1"}  # settled once, not once more as a duplicate
