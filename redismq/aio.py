@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from .client import (
     DEFAULT_QUEUES,
@@ -34,6 +35,7 @@ from .client import (
     script_sent,
     send_script_call,
 )
+from .cluster import choose_shards, master_ranges
 from .errors import TopicFull, TopicNotFound
 from .keys import MetaKeys, QueueKeys
 from .message import DEFAULT_MAX_BODY
@@ -46,6 +48,7 @@ from .routing import (
     check_created,
     create_topic_call,
     parse_topic,
+    place,
     route_fields,
     sorted_names,
     topic_record,
@@ -78,10 +81,11 @@ class AsyncRouter:
 
     def __init__(self, meta: AsyncRedis, namespace: str) -> None:
         self.meta = meta
-        self.keys = MetaKeys(namespace)
+        self.keys = MetaKeys(namespace, tagged=isinstance(meta, AsyncRedisCluster))
         self.namespace = namespace
         self._cache = RouteCache()
         self._brokers: dict[str, AsyncBroker] = {}
+        self._shards: dict[str, dict[int, str]] = {}
         self._create_topic = meta.register_script(source("create_topic"))
         self._meta_send = meta.register_script(source("send"))
 
@@ -131,12 +135,22 @@ class AsyncRouter:
         fields = route_fields(name, record["queues"])
         placed = await self.meta.hmget(self.keys.routes, fields) if fields else []
         topic = parse_topic(name, record, placed, groups)
+        self._shards[name] = topic.shards  # a queue's tag never changes: kept past the cache
         self._cache.put(topic, version)
         return topic
 
     async def create_topic(self, name: str, queues: int, settings: TopicSettings) -> Topic:
         """Create a topic and place its queues; idempotent for the same shape."""
-        keys, args = create_topic_call(self.keys, name, queues, settings, await self.broker_names())
+        brokers = await self.broker_names()
+        placement = place(brokers, route_fields(name, queues))
+        shards: dict[int, str] = {}
+        for b in sorted(set(placement)):
+            conn = (await self.broker(b)).redis
+            if isinstance(conn, AsyncRedisCluster):
+                ranges = master_ranges(await conn.cluster_slots())
+                new = [q for q, p in enumerate(placement) if p == b]
+                shards.update(choose_shards(ranges, name, new, {}))
+        keys, args = create_topic_call(self.keys, name, queues, settings, brokers, lambda _: shards)
         stored = await self._create_topic(keys=keys, args=args)
         check_created(name, stored, queues)
         self._cache.drop(name)
@@ -147,8 +161,9 @@ class AsyncRouter:
         return sorted_names(await self.meta.hkeys(self.keys.topics))
 
     def queue_keys(self, topic: str, queue: int) -> QueueKeys:
-        """Key names of one queue of a topic."""
-        return QueueKeys(self.namespace, topic, queue)
+        """Key names of one queue of a topic (of a topic read just before: on a Redis
+        Cluster broker its keys carry the queue's stored hash tag)."""
+        return QueueKeys(self.namespace, topic, queue, self._shards.get(topic, {}).get(queue))
 
     async def queue_broker(self, topic: Topic, queue: int) -> AsyncBroker:
         """The broker that holds one queue of a topic."""

@@ -252,8 +252,19 @@ def expand_topic(client: Client, name: str, queues: int) -> Topic:
         keys = client.router.keys
         record = json.loads(client.meta.hget(keys.topics, name))
         record["queues"] = queues
+        # dedup records stay on the queues they were written to: a resend within the window
+        # looks there too (client.earlier_queues)
+        expanded = record.get("expanded", [])
+        cutoff = int(_meta_time(client) * 1000) - client.dedup_window_ms
+        record["expanded"] = [e for e in expanded if e[1] > cutoff] + [
+            [t.queues, int(_meta_time(client) * 1000)]
+        ]
         brokers = client.router.placeable()
         placement = place(brokers, route_fields(name, queues)[t.queues :], t.placement)
+        shards = client.router.shards(name, placement, t.shards, start=t.queues)
+        if shards:
+            added = {str(q): tag for q, tag in shards.items()}
+            record["shards"] = {**record.get("shards", {}), **added}
         changed = client.router.meta_scripts.expand_topic(
             keys=[keys.topics, keys.routes, keys.routes_version],
             args=[keys.routes_channel, name, t.queues, json.dumps(record), *placement],

@@ -30,7 +30,16 @@ from .message import (
     new_message_id,
     now_ms,
 )
-from .routing import DRAINING, REMOVED, Broker, Router, Topic, TopicSettings, queue_for_key
+from .routing import (
+    DRAINING,
+    REMOVED,
+    Broker,
+    Router,
+    Topic,
+    TopicSettings,
+    earlier_queues,
+    queue_for_key,
+)
 from .urls import check_url, connect, mask_url
 
 log = logging.getLogger("redismq.client")
@@ -400,6 +409,10 @@ class Client:
                     f"queue {queue} of {topic!r} is on broker {t.placement[queue]!r}, which is "
                     f"draining (read-only); a keyed message stays on its queue to keep its order"
                 )
+        if msg.dedup_key is not None and t.earlier:
+            first = self._sent_before_expand(t, queue, msg)
+            if first is not None:
+                return first
         for attempt in range(SEND_ATTEMPTS):
             try:
                 return self._send_to(t, queue, msg, replicated, self._room(on_full, timeout))
@@ -417,6 +430,19 @@ class Client:
                 t = self.topic(topic)
                 queue = t.next_queue(self.router.usable)
         raise AssertionError("unreachable")
+
+    def _sent_before_expand(self, t: Topic, queue: int, msg: Outgoing) -> Sent | None:
+        """Where the first send of a dedup key went, if that was to another queue before the
+        topic was expanded (None: not found there)."""
+        assert msg.route_key is not None and msg.dedup_key is not None
+        window = self.dedup_window_ms
+        with self.errors():
+            for q in earlier_queues(t, msg.route_key, queue, window, now_ms()):
+                broker = self.router.queue_broker(t, q)
+                first = broker.redis.get(self.router.queue_keys(t.name, q).dedup(msg.dedup_key))
+                if first is not None:
+                    return Sent(first.decode(), t.name, q, None)
+        return None
 
     def _room(self, on_full: str | None, timeout: float | None) -> float | None:
         """How long a send waits for room in a full topic (None: it raises at once)."""

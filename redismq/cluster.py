@@ -47,10 +47,11 @@ def slot_of(tag: str) -> int:
     return int(key_slot(f"{{{tag}}}".encode()))
 
 
-def master_ranges(conn: RedisCluster) -> dict[str, list[tuple[int, int]]]:
-    """Master node name (host:port) -> the slot ranges it serves now."""
+def master_ranges(slots: dict[tuple[int, int], dict[str, Any]]) -> dict[str, list[tuple[int, int]]]:
+    """Master node name (host:port) -> the slot ranges it serves, from redis-py's parsed
+    CLUSTER SLOTS (``conn.cluster_slots()``, sync or asyncio)."""
     ranges: dict[str, list[tuple[int, int]]] = {}
-    for (start, end), nodes in conn.cluster_slots().items():
+    for (start, end), nodes in slots.items():
         host, port = nodes["primary"][:2]
         ranges.setdefault(f"{_text(host)}:{port}", []).append((int(start), int(end)))
     return ranges
@@ -64,13 +65,15 @@ def _owner(ranges: dict[str, list[tuple[int, int]]], slot: int) -> str | None:
 
 
 def choose_shards(
-    conn: RedisCluster, topic: str, new: Iterable[int], existing: dict[int, str]
+    ranges: dict[str, list[tuple[int, int]]],
+    topic: str,
+    new: Iterable[int],
+    existing: dict[int, str],
 ) -> dict[int, str]:
-    """Hash tags for a topic's `new` queues on a cluster, given the tags of its queues
-    already there: each new queue goes to the master holding the fewest of the topic's
-    queues, with the tag the topic already uses on that master (so one blocking read
-    serves them all), or a fresh tag whose slot lands on it."""
-    ranges = master_ranges(conn)
+    """Hash tags for a topic's `new` queues on a cluster whose masters serve `ranges`,
+    given the tags of its queues already there: each new queue goes to the master holding
+    the fewest of the topic's queues, with the tag the topic already uses on that master (so
+    one blocking read serves them all), or a fresh tag whose slot lands on it."""
     if not ranges:
         raise redis.ConnectionError("the cluster serves no slots")
     tag_of_master: dict[str, str] = {}

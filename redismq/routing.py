@@ -65,6 +65,18 @@ def place(brokers: list[str], fields: list[str], existing: Iterable[str] = ()) -
     return out
 
 
+def earlier_queues(topic: Topic, route_key: str, queue: int, window_ms: int, now: int) -> list[int]:
+    """The queues a message with this route key mapped to before the topic was expanded,
+    within the dedup window (where a dedup record of its first send may be), other than
+    `queue`."""
+    out = []
+    for count, until in topic.earlier:
+        q = queue_for_key(route_key, count)
+        if now < until + window_ms and q != queue and q not in out:
+            out.append(q)
+    return out
+
+
 def queue_name(topic: str, queue: int) -> str:
     """The name of one queue of a topic in the route table: ``<topic>#<q>``."""
     return f"{topic}#{queue}"
@@ -124,6 +136,7 @@ def parse_topic(
     return Topic(
         name=name,
         shards={int(q): tag for q, tag in record.get("shards", {}).items()},
+        earlier=tuple((int(n), int(until)) for n, until in record.get("expanded", [])),
         queues=record["queues"],
         retention=record.get("retention", 0),
         hard_cap=record.get("hard_cap", 0),
@@ -226,6 +239,9 @@ class Topic:
     placement: list[str] = field(default_factory=list)
     # queue -> stored hash tag, for queues on Redis Cluster brokers
     shards: dict[int, str] = field(default_factory=dict)
+    # (number of queues, until when in ms) before each `topic expand`: a dedup key sent
+    # then was recorded on the queue it mapped to in that layout
+    earlier: tuple[tuple[int, int], ...] = ()
     _rr: itertools.count = field(default_factory=itertools.count)
 
     def next_queue(self, usable: Callable[[str], bool] | None = None) -> int:
@@ -418,7 +434,8 @@ class Router:
                 continue
             new = [start + i for i, b in enumerate(placement) if b == name_]
             mine = {q: t for q, t in existing.items() if q < start}
-            out.update(cluster.choose_shards(broker.redis, name, new, mine))  # type: ignore[arg-type]
+            ranges = cluster.master_ranges(broker.redis.cluster_slots())  # type: ignore[attr-defined]
+            out.update(cluster.choose_shards(ranges, name, new, mine))
         return out
 
     def queue_keys(self, topic: str, queue: int) -> QueueKeys:

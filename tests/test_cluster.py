@@ -163,3 +163,41 @@ def test_worker_threads_read_one_slot_each(cluster_url):
         noop.send(1)
     counts = w.run()
     assert counts.processed == 60
+
+
+def test_async_client_sends_to_a_cluster(cluster_url):
+    import asyncio
+
+    from redismq import AsyncClient
+
+    async def main() -> set[str]:
+        async with AsyncClient(cluster_url) as ac:
+            await ac.create_topic("async", 6)
+            ids = {await ac.send("async", {"n": i}) for i in range(10)}
+            ids.add(await ac.send("async", {"k": 1}, key="k", dedup_key="d"))
+            ids |= set(await ac.send_many("async", [{"n": i} for i in range(10)]))
+            return ids
+
+    ids = asyncio.run(main())
+    client = Client(cluster_url)
+    assert client.topic("async").shards  # placed by tag over the masters
+    assert {m.id for m in drain(client.consumer("async", "g"), len(ids))} == ids
+    client.close()
+
+
+def test_expand_on_a_cluster_keeps_tags_and_spreads_the_new_queues(cluster_url):
+    from redismq.brokers import expand_topic
+
+    client = Client(cluster_url)
+    before = client.create_topic("grow", 2).shards
+    sent = client.send("grow", {"n": 1}, dedup_key="once")
+    after = expand_topic(client, "grow", 9).shards
+    assert {q: after[q] for q in before} == before
+    nodes = topology(client.meta)
+    held = {m["node"]: 0 for m in nodes}
+    for q in range(9):
+        held[master_of_tag(nodes, after[q])] += 1
+    assert sorted(held.values()) == [3, 3, 3]
+    assert len(set(after.values())) == 3  # still one tag (one blocking read) per master
+    assert client.send("grow", {"n": 1}, dedup_key="once") == sent
+    client.close()
