@@ -35,6 +35,7 @@ from rich.text import Text
 from redismq import Client, RedisMQError
 from redismq.brokers import list_brokers
 from redismq.consumer import group_lag
+from redismq.relay import outbox_status
 from redismq.routing import DEFAULT_BROKER
 from redismq.status import GROUP_COMMANDS, QUEUE_COMMANDS, live_workers, queue_commands
 from redismq.urls import connect, mask_url
@@ -81,6 +82,7 @@ class Gatherer:
                 topics = [client.router.topic(t) for t in names]
                 groups = {t: client.router.groups(t) for t in names}
                 data["workers"] = live_workers(client)
+                data["outboxes"] = outbox_status(client)
         except (redis.RedisError, RedisMQError) as exc:
             data["errors"].append(f"meta Redis: {exc}")
             data["brokers"] = [dict(b, up=False) for b in (previous or {}).get("brokers", [])]
@@ -682,7 +684,7 @@ def render(
         grid.add_column(width=half)
         grid.add_column(width=width - half - 2)
         grid.add_row(left, right)
-        return Group(top, gap, grid, gap, groups_table(data, True))
+        return Group(top, gap, grid, gap, groups_table(data, True), *outboxes(data, True))
     wide = width >= WIDE
     return Group(
         top,
@@ -696,7 +698,15 @@ def render(
         workers_table(data, wide, max_workers),
         gap,
         dead_letters_table(data, wide, width),
+        *outboxes(data, wide),
     )
+
+
+def outboxes(data: dict[str, Any], wide: bool) -> list[RenderableType]:
+    """The outboxes' table (cli.outbox), when a relay reports one."""
+    from cli.outbox import outboxes_table
+
+    return [Text(""), outboxes_table(data, wide)] if data.get("outboxes") else []
 
 
 # --- running ------------------------------------------------------------------------------

@@ -106,6 +106,12 @@ def main() -> None:
     show_default=True,
     help="Address the metrics endpoint binds to (0.0.0.0 for every interface).",
 )
+@click.option(
+    "--outbox",
+    metavar="DB_URL",
+    default=None,
+    help="Also relay the outbox in this database (a SQLAlchemy URL) to the queues.",
+)
 @friendly
 def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
     """Run workers for an app's tasks and handlers.
@@ -127,6 +133,10 @@ def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
     ):
         raise click.UsageError("the app has no task or handler for the chosen topics and group")
     app.client.ping()
+    if opts.outbox:
+        from redismq.outbox import Outbox
+
+        Outbox(app, opts.outbox)  # a bad URL is one line now, not in every process
     if processes == 1:
         sys.exit(run_in_process(opts))
     from workers.logs import setup_logging
@@ -744,6 +754,10 @@ def demo(signups: int, rate: float, no_dashboard: bool) -> None:
 from cli.bench import bench  # noqa: E402  (cli.bench does not import this module)
 
 main.add_command(bench)
+
+from cli.outbox import outbox  # noqa: E402  (cli.outbox does not import this module)
+
+main.add_command(outbox)
 
 
 if __name__ == "__main__":

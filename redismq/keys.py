@@ -156,3 +156,8 @@ class MetaKeys:
     def workers(self) -> str:
         """Hash worker id -> JSON heartbeat record."""
         return f"{self.prefix}:workers"
+
+    @property
+    def outboxes(self) -> str:
+        """Hash outbox name -> JSON lag report written by its relays."""
+        return f"{self.prefix}:outboxes"

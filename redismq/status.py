@@ -10,6 +10,7 @@ import redis
 
 from .consumer import group_lag
 from .keys import QueueKeys
+from .relay import outbox_status
 from .urls import mask_url
 
 if TYPE_CHECKING:
@@ -134,4 +135,5 @@ def snapshot(client: Client) -> dict[str, Any]:
             "brokers": broker_status(client),
             "topics": [topic_status(client, t) for t in client.router.topic_names()],
             "workers": live_workers(client),
+            "outboxes": outbox_status(client),
         }

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from pgcluster import postgres  # noqa: F401  (fixture: a throwaway PostgreSQL server)
 
 from redismq import App, Client
 from redismq.server import LocalServer

@@ -71,7 +71,7 @@ def test_status_json_has_the_documented_shape_and_exact_counts(client, url):
 
     snap = status_json(url)
 
-    assert set(snap) == {"brokers", "topics", "workers"}
+    assert set(snap) == {"brokers", "topics", "workers", "outboxes"}
     [broker] = snap["brokers"]
     assert set(broker) >= BROKER_FIELDS
     assert (broker["url"], broker["up"], broker["role"]) == (url, True, "master")

@@ -45,6 +45,7 @@ class WorkerOptions:
     log_format: str = "text"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    outbox: str | None = None  # a database URL whose outbox this worker relays
 
 
 def run_worker(options: WorkerOptions, serve_metrics: bool = True) -> int:
@@ -73,6 +74,10 @@ def run_worker(options: WorkerOptions, serve_metrics: bool = True) -> int:
         components.append(LagCollector(app.client, metrics.queue_lag, own))
         if serve_metrics:
             server = MetricsServer(options.metrics_host, options.metrics_port)
+    if options.outbox:
+        from .outbox import OutboxRelay
+
+        components.append(OutboxRelay(app.client, options.outbox, metrics=bool(hooks)))
     try:
         worker = Worker(
             app,
@@ -182,8 +187,10 @@ class Supervisor:
         return self._shutdown()
 
     def _start(self, slot: int) -> None:
+        options = asdict(self.options)
+        options["outbox"] = self.options.outbox if slot == 0 else None  # one relay per pool
         child = self._context.Process(
-            target=_child, args=(asdict(self.options), os.getpid()), name=f"worker-{slot}"
+            target=_child, args=(options, os.getpid()), name=f"worker-{slot}"
         )
         child.start()
         self.children[slot] = child

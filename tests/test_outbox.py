@@ -1,0 +1,305 @@
+"""The transactional outbox on SQLite and on a real PostgreSQL: a row commits or rolls back
+with the app's transaction, the relay sends rows in order with a dedup key of their own,
+a send whose mark was lost is a no-op, relays running at once send each row once, and
+the lag shows in status and the metrics."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import urllib.request
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from conftest import wait_for
+from sqlalchemy.orm import Session
+
+from cli.main import main
+from redismq import App, Client, InvalidMessage
+from redismq.outbox import Outbox, OutboxError
+from redismq.relay import Relay
+from redismq.server import _free_port
+from redismq.status import snapshot
+from tests.apps.outbox_app import app as worker_app
+
+TOPIC = "signups"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty database: a SQLite file, or a new database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/app.db"
+    return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def outbox_app(app: App) -> App:
+    @app.task(topic=TOPIC, name="welcome")
+    def welcome(user_id: int) -> int:
+        return user_id
+
+    return app
+
+
+@pytest.fixture
+def outbox(outbox_app: App, db_url: str):
+    ob = Outbox(outbox_app, db_url)
+    ob.create_table()
+    yield ob
+    ob.close()
+
+
+def queued(client: Client, topic: str = TOPIC) -> list[dict[str, Any]]:
+    """Every message in the topic's streams: (queue, body, key), in stream order per queue."""
+    t = client.topic(topic, create=False)
+    out = []
+    for q in range(t.queues):
+        stream = client.router.queue_keys(topic, q).stream
+        for _, fields in client.router.queue_broker(t, q).redis.xrange(stream):
+            key = fields.get(b"key")
+            out.append({"queue": q, "body": json.loads(fields[b"body"]), "key": key})
+    return out
+
+
+def deduplicated(client: Client, topic: str = TOPIC) -> int:
+    t = client.topic(topic, create=False)
+    return sum(
+        int(client.router.queue_broker(t, q).redis.hget(
+            client.router.queue_keys(topic, q).counters, "deduplicated") or 0)
+        for q in range(t.queues)
+    )  # fmt: skip
+
+
+def relay_all(ob: Outbox, **options: Any) -> int:
+    relay = Relay(ob, **options)
+    total = 0
+    while (result := relay.relay_once()).rows:
+        total += result.sent
+    return total
+
+
+def args_of(messages: list[dict[str, Any]]) -> list[Any]:
+    return sorted(m["body"]["args"][0] for m in messages)
+
+
+def test_a_row_commits_with_the_transaction_and_a_rolled_back_one_is_never_sent(
+    outbox, outbox_app, db_url
+):
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        outbox.send(conn, outbox_app.tasks["welcome"], 1, dedup_key="user-1")
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        outbox.send(conn, outbox_app.tasks["welcome"], 2)
+        raise RuntimeError("the sign-up failed after the outbox row was written")
+    engine.dispose()
+    assert outbox.lag().waiting == 1
+
+    assert relay_all(outbox) == 1
+
+    [message] = queued(outbox_app.client)
+    assert message["body"] == {"task": "welcome", "args": [1], "kwargs": {}}
+    assert outbox.lag().waiting == 0
+
+
+def test_send_takes_a_dbapi_connection_a_sqlalchemy_connection_or_a_session(
+    outbox, outbox_app, db_url
+):
+    task = outbox_app.tasks["welcome"]
+    if db_url.startswith("sqlite"):
+        raw = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    else:
+        import psycopg
+
+        raw = psycopg.connect(db_url.replace("postgresql+psycopg", "postgresql"))
+    outbox.send(raw, task, 1)
+    raw.commit()
+    raw.close()
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        outbox.send(conn, task, 2)
+    with Session(engine) as session, session.begin():
+        outbox.send(session, task, 3)
+    engine.dispose()
+
+    assert relay_all(outbox) == 3
+    assert args_of(queued(outbox_app.client)) == [1, 2, 3]
+
+
+def test_send_message_checks_the_message_before_writing_the_row(outbox, db_url):
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        with pytest.raises(InvalidMessage):
+            outbox.send_message(conn, TOPIC, {"not": {1, 2}})
+        with pytest.raises(InvalidMessage):
+            outbox.send_message(conn, "bad topic", {})
+        with pytest.raises(OutboxError, match="DB-API connection"):
+            outbox.send_message(object(), TOPIC, {})
+        outbox.send_message(conn, TOPIC, b"\x00raw bytes", key="k", headers={"h": "v"})
+    engine.dispose()
+    assert outbox.lag().waiting == 1
+
+
+def test_keyed_rows_reach_their_queue_in_the_order_they_were_written(outbox, outbox_app, db_url):
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        for i in range(60):
+            outbox.send_message(conn, TOPIC, {"n": i}, key=f"account-{i % 3}")
+    engine.dispose()
+
+    assert relay_all(outbox, batch=7) == 60
+
+    messages = queued(outbox_app.client)
+    for account in range(3):
+        mine = [m["body"]["n"] for m in messages if m["key"] == f"account-{account}".encode()]
+        assert mine == list(range(account, 60, 3))
+
+
+def test_a_row_sent_but_not_marked_is_sent_again_as_a_no_op(outbox, outbox_app, monkeypatch):
+    engine = outbox.engine
+    with engine.begin() as conn:
+        for i in range(5):
+            outbox.send(conn, outbox_app.tasks["welcome"], i)
+    real_mark = Outbox.mark_sent
+
+    def die_before_marking(self, conn, sent):
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("the relay died here"))
+
+    monkeypatch.setattr(Outbox, "mark_sent", die_before_marking)
+    with pytest.raises(OutboxError, match="the relay died here"):
+        Relay(outbox).relay_once()
+    assert len(queued(outbox_app.client)) == 5 and outbox.lag().waiting == 5
+
+    monkeypatch.setattr(Outbox, "mark_sent", real_mark)
+    assert relay_all(outbox) == 5
+
+    assert args_of(queued(outbox_app.client)) == [0, 1, 2, 3, 4]  # not ten
+    assert deduplicated(outbox_app.client) == 5
+    assert outbox.lag().waiting == 0
+
+
+def test_two_relays_at_once_send_every_row_once(outbox, outbox_app, db_url):
+    with outbox.engine.begin() as conn:
+        for i in range(400):
+            outbox.send(conn, outbox_app.tasks["welcome"], i)
+    relays = [Outbox(outbox_app, db_url) for _ in range(2)]
+    totals = [0, 0]
+
+    def run(n: int) -> None:
+        totals[n] = relay_all(relays[n], batch=20)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for r in relays:
+        r.close()
+
+    assert args_of(queued(outbox_app.client)) == list(range(400))
+    assert outbox.lag().waiting == 0
+    if outbox.locks_rows:  # SKIP LOCKED: the two relays never even tried the same row
+        assert sum(totals) == 400 and deduplicated(outbox_app.client) == 0
+
+
+def test_a_keyed_row_waits_for_an_older_row_of_its_key_that_another_relay_holds(
+    outbox_app, postgres
+):
+    db_url = postgres.new_database()
+    outbox = Outbox(outbox_app, db_url)
+    outbox.create_table()
+    assert outbox.locks_rows
+    with outbox.engine.begin() as conn:
+        outbox.send_message(conn, TOPIC, {"n": 0}, key="a")
+        outbox.send_message(conn, TOPIC, {"n": 1}, key="a")
+        outbox.send_message(conn, TOPIC, {"n": 2}, key="b")
+    other = sa.create_engine(db_url)
+    with other.begin() as held:  # another relay busy with the first row
+        held.execute(sa.text("SELECT id FROM redismq_outbox WHERE id = 1 FOR UPDATE"))
+        result = Relay(outbox).relay_once()
+        assert (result.sent, result.held) == (1, 1)
+        assert [m["body"]["n"] for m in queued(outbox_app.client)] == [2]
+    other.dispose()
+    assert relay_all(outbox) == 2
+    a = [m["body"]["n"] for m in queued(outbox_app.client) if m["key"] == b"a"]
+    assert a == [0, 1]
+    outbox.close()
+
+
+def test_sent_rows_are_deleted_after_the_window_and_the_lag_is_reported(outbox, outbox_app, db_url):
+    with outbox.engine.begin() as conn:
+        for i in range(3):
+            outbox.send(conn, outbox_app.tasks["welcome"], i)
+    relay = Relay(outbox, keep_sent=3600)
+    relay.maintain(force=True)
+    [report] = snapshot(outbox_app.client)["outboxes"]
+    assert report["name"] == outbox.name and report["waiting"] == 3
+    assert report["oldest_age"] > 0 and report["error"] is None
+
+    relay.relay_once()
+    relay.maintain(force=True)
+    assert snapshot(outbox_app.client)["outboxes"][0]["waiting"] == 0
+    with outbox.engine.connect() as conn:  # sent rows are kept for the window
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM redismq_outbox")).scalar() == 3
+    Relay(outbox, keep_sent=0).maintain(force=True)
+    with outbox.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM redismq_outbox")).scalar() == 0
+
+
+def test_a_missing_table_is_one_clear_error(outbox_app, tmp_path):
+    ob = Outbox(outbox_app, f"sqlite:///{tmp_path}/empty.db")
+    with pytest.raises(OutboxError, match="redismq outbox create"):
+        Relay(ob).relay_once()
+    ob.close()
+
+
+def test_cli_shows_and_creates_the_table_and_refuses_a_bad_url(tmp_path):
+    runner = CliRunner()
+    shown = runner.invoke(main, ["outbox", "sql", "postgresql://app@db/app"])
+    assert shown.exit_code == 0
+    assert "CREATE TABLE redismq_outbox" in shown.output and "BIGSERIAL" in shown.output
+    created = runner.invoke(main, ["outbox", "create", f"sqlite:///{tmp_path}/a.db"])
+    assert created.exit_code == 0, created.output
+    lag = runner.invoke(main, ["outbox", "status", f"sqlite:///{tmp_path}/a.db", "--json"])
+    assert json.loads(lag.output)["waiting"] == 0
+    for bad in ("nonsense", "oracle+nothing://x/y"):
+        refused = runner.invoke(main, ["outbox", "sql", bad])
+        assert refused.exit_code == 1
+        assert refused.output.startswith("error:") and "Traceback" not in refused.output
+
+
+def test_a_worker_with_outbox_relays_it_and_its_lag_shows_in_status_and_metrics(
+    url, processes, tmp_path
+):
+    worker_app.connect(url)
+    db = f"sqlite:///{tmp_path}/app.db"
+    ob = Outbox(worker_app, db)
+    ob.create_table()
+    with ob.engine.begin() as conn:
+        for i in range(20):
+            ob.send(conn, worker_app.tasks["welcome"], i)
+    port = _free_port()
+    worker = processes.start(
+        "worker", "tests.apps.outbox_app:app", "--url", url, "--processes", "1", "--outbox", db,
+        "--metrics-port", str(port), "--log-level", "WARNING",
+    )  # fmt: skip
+
+    def done() -> int:
+        topics = snapshot(worker_app.client)["topics"]
+        return topics[0]["groups"][0]["done"] if topics and topics[0]["groups"] else 0
+
+    assert wait_for(lambda: done() == 20, timeout=60)
+    assert wait_for(lambda: snapshot(worker_app.client)["outboxes"], timeout=10)
+    [report] = snapshot(worker_app.client)["outboxes"]
+    assert (report["name"], report["waiting"]) == (ob.name, 0)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        metrics = reply.read().decode()
+    assert f'redismq_outbox_waiting{{outbox="{ob.name}"}} 0.0' in metrics
+    text = CliRunner().invoke(main, ["status", "--url", url], terminal_width=200)
+    assert "Outboxes" in text.output and "app.db#redismq_outbox" in text.output
+    assert worker.poll() is None
+    ob.close()
+    worker_app.connect(None)
