@@ -165,6 +165,54 @@ def test_a_worker_killed_between_sending_and_acknowledging_does_not_send_twice(
     assert job_id == user["message_id"]
 
 
+SMTP_CRASHING_APP = '''
+"""The example's app, but the worker process dies right after the SMTP server accepted the
+e-mail, before anything else is recorded (once: a marker file says so)."""
+import os
+import smtplib
+
+from examples.registration.tasks import app  # noqa: F401
+
+original = smtplib.SMTP.send_message
+
+
+def send_then_die(self, *args, **kwargs):
+    result = original(self, *args, **kwargs)
+    if not os.path.exists(os.environ["CRASH_MARK"]):
+        open(os.environ["CRASH_MARK"], "w").close()
+        os._exit(9)
+    return result
+
+
+smtplib.SMTP.send_message = send_then_die
+'''
+
+
+def test_a_worker_killed_right_after_the_smtp_send_is_fenced_by_the_step_key(
+    system, web, processes, tmp_path
+):
+    """The window no lock closes: the e-mail went out, nothing recorded it. The next run
+    sends it again with the same step.key as its Message-ID, and the receiving side drops
+    the duplicate (as a mail API with idempotency keys does)."""
+    (tmp_path / "smtp_crashing_app.py").write_text(textwrap.dedent(SMTP_CRASHING_APP))
+    env = {"PYTHONPATH": f"{ROOT}:{tmp_path}", "CRASH_MARK": str(tmp_path / "crashed")}
+    crashing = start_worker(
+        processes, "--visibility-timeout", "1", app="smtp_crashing_app:app", env=env
+    )
+    web.post("/api/signup", json={"email": "cy@example.com", "name": "Cy"})
+    assert crashing.wait(30) == 9
+    assert system.count() == (1, 1) and system.dropped() == 0
+    [first] = system.messages()
+
+    start_worker(processes, "--visibility-timeout", "1")  # takes the message over
+    assert wait_for(lambda: settled("mailer", 1), timeout=30)
+    assert system.dropped() == 1  # sent again, same key: dropped by the receiver
+    assert system.count() == (1, 1)
+    assert [m["message_id"] for m in system.messages()] == [first["message_id"]]
+    assert first["message_id"].startswith("<") and "@registration.example>" in first["message_id"]
+    assert table("welcome_emails") == 1
+
+
 @pytest.mark.parametrize(
     "body",
     [

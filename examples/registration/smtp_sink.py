@@ -5,6 +5,11 @@ for the real mail server.
   mail API) does; `measure` uses it to show what that wait costs a sign-up done inline.
 - Recipients at a `--reject-domain` (default bounce.example) are refused with a permanent
   550, so that the demo has failing tasks that end up as dead letters.
+- An e-mail whose Message-ID it already stored for the same recipient is answered 250 and
+  dropped, and counted (`dropped`): receiver-side deduplication, the way a mail API's
+  idempotency key works. The worker sends the welcome e-mail with its step's `step.key` as
+  the Message-ID, the same in every run, so a run repeated after a crash between the send
+  and the step's done mark delivers nothing twice. `--no-dedup` stores every e-mail.
 
 Run it: python -m examples.registration.smtp_sink --port 8025 --db mailbox.db
 """
@@ -35,7 +40,14 @@ CREATE TABLE IF NOT EXISTS messages (
     subject     TEXT,
     received_at REAL NOT NULL,
     raw         BLOB NOT NULL
-)
+);
+CREATE INDEX IF NOT EXISTS messages_by_message_id ON messages (message_id, rcpt_to);
+CREATE TABLE IF NOT EXISTS dropped (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id  TEXT NOT NULL,
+    rcpt_to     TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
 """
 
 
@@ -47,15 +59,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class Handler:
-    """The aiosmtpd handler: refuses the reject domains, stores the rest."""
+    """The aiosmtpd handler: refuses the reject domains, drops e-mails whose Message-ID it
+    has for that recipient already (if `dedup`), stores the rest."""
 
-    def __init__(self, db_path: str, delay: float = 0.0, reject_domains: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        db_path: str,
+        delay: float = 0.0,
+        reject_domains: tuple[str, ...] = (),
+        dedup: bool = True,
+    ):
         self.db_path = db_path
         self.delay = delay
         self.reject_domains = tuple(d.lower() for d in reject_domains)
+        self.dedup = dedup
         with sqlite3.connect(db_path) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(SCHEMA)
+            conn.executescript(SCHEMA)
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:  # noqa: N802
         if address.rpartition("@")[2].lower() in self.reject_domains:
@@ -67,23 +87,36 @@ class Handler:
         if self.delay:
             await asyncio.sleep(self.delay)
         parsed = message_from_bytes(envelope.content, policy=default_policy)
+        message_id = parsed.get("Message-ID")
         with sqlite3.connect(self.db_path, timeout=30) as conn:
-            conn.executemany(
-                "INSERT INTO messages (message_id, mail_from, rcpt_to, subject, received_at, raw) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
+            for rcpt in envelope.rcpt_tos:
+                if self.dedup and message_id and self._seen(conn, message_id, rcpt):
+                    conn.execute(
+                        "INSERT INTO dropped (message_id, rcpt_to, received_at) VALUES (?, ?, ?)",
+                        (message_id, rcpt, time.time()),
+                    )
+                    continue
+                conn.execute(
+                    "INSERT INTO messages (message_id, mail_from, rcpt_to, subject, received_at,"
+                    " raw) VALUES (?, ?, ?, ?, ?, ?)",
                     (
-                        parsed.get("Message-ID"),
+                        message_id,
                         envelope.mail_from,
                         rcpt,
                         parsed.get("Subject"),
                         time.time(),
                         envelope.content,
-                    )
-                    for rcpt in envelope.rcpt_tos
-                ],
-            )
+                    ),
+                )
         return "250 Message accepted for delivery"
+
+    @staticmethod
+    def _seen(conn: sqlite3.Connection, message_id: str, rcpt: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM messages WHERE message_id = ? AND rcpt_to = ? LIMIT 1",
+            (message_id, rcpt),
+        ).fetchone()
+        return row is not None
 
 
 class SmtpSink:
@@ -96,11 +129,12 @@ class SmtpSink:
         host: str = "127.0.0.1",
         delay: float = 0.0,
         reject_domains: tuple[str, ...] = ("bounce.example",),
+        dedup: bool = True,
     ) -> None:
         self.db_path = db_path
         self.host = host
         self.port = port or free_port(host)
-        self.handler = Handler(db_path, delay, reject_domains)
+        self.handler = Handler(db_path, delay, reject_domains, dedup)
         self.controller = Controller(self.handler, hostname=host, port=self.port)
 
     def start(self) -> SmtpSink:
@@ -132,6 +166,15 @@ class SmtpSink:
                 "SELECT COUNT(*), COUNT(DISTINCT message_id || ' ' || rcpt_to) FROM messages"
             ).fetchone()
 
+    def dropped(self) -> int:
+        """E-mails dropped as duplicates (a Message-ID seen before for that recipient)."""
+        return dropped(self.db_path)
+
+
+def dropped(db_path: str) -> int:
+    with sqlite3.connect(db_path, timeout=30) as conn:
+        return conn.execute("SELECT COUNT(*) FROM dropped").fetchone()[0]
+
 
 def received(db_path: str) -> list[dict[str, Any]]:
     with sqlite3.connect(db_path, timeout=30) as conn:
@@ -152,13 +195,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reject-domain", action="append", default=None, help="refuse mail to this domain"
     )
+    parser.add_argument(
+        "--no-dedup",
+        action="store_true",
+        help="store every e-mail (default: drop one whose Message-ID it has already)",
+    )
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
     rejects = tuple(args.reject_domain or ["bounce.example"])
-    sink = SmtpSink(args.db, args.port, args.host, args.delay, rejects)
+    sink = SmtpSink(args.db, args.port, args.host, args.delay, rejects, dedup=not args.no_dedup)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with sink:

@@ -29,16 +29,18 @@ app = App()  # connects on first use to $REDISMQ_URL
 def send_welcome_email(user_id: int, email: str, name: str) -> str:
     """Send the welcome e-mail over SMTP, once.
 
-    Two guards: the effect-once step is claimed atomically on the broker, so two runs of
+    Three guards: the effect-once step is claimed atomically on the broker, so two runs of
     the same message at the same moment cannot both send; the "sent" record in our own
     database (mail.deliver_welcome) survives what the broker may lose in a failover, and
-    also catches a second message for the same user.
+    also catches a second message for the same user; and the step's key, the same in
+    every run, is the e-mail's Message-ID, so that the receiving side drops the e-mail a
+    run killed (or paused past its lease) between the send and the done mark sends again.
     """
     job = current_job()
     with job.once("smtp-send") as step:
         if not step.needed:
             return "already sent"
-        return deliver_welcome(user_id, email, name, job_id=job.id)
+        return deliver_welcome(user_id, email, name, job_id=job.id, idempotency_key=step.key)
 
 
 @app.consumer(TOPIC, group="analytics")
