@@ -29,6 +29,7 @@ NAMES = (
     "release",
     "handover",
     "trim",
+    "retire_consumer",
 )
 
 

@@ -330,3 +330,37 @@ def test_a_second_sigterm_forces_the_exit(rt, url, db, processes, how):
         assert rows(db, "slow-end") == []
     finally:
         kill_group(worker.pid, signal.SIGKILL)
+
+
+def test_messages_of_a_killed_child_run_again_well_before_the_visibility_timeout(
+    rt, url, db, processes
+):
+    jobs = {tag: rt.slow_retried.send(3.0, tag) for tag in ("a", "b")}
+    worker = start_worker(
+        processes,
+        url,
+        "--processes",
+        "2",
+        "--concurrency",
+        "1",
+        "--visibility-timeout",
+        "30",
+        start_new_session=True,
+    )
+    try:
+        assert wait_for(lambda: len(rows(db, "slow-start")) == 2, timeout=30)
+        [(victim_tag, victim)] = rows(db, "slow-start")[:1]
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        assert jobs[victim_tag].result(timeout=25) == victim_tag
+        took = time.monotonic() - killed
+        print(f"the killed child's message finished {took:.1f}s after the kill")
+        assert took < 15  # the visibility timeout is 30 s
+        assert all(j.result(timeout=20) == tag for tag, j in jobs.items())
+        starts = sorted(v for v, _ in rows(db, "slow-start"))
+        assert starts == sorted(["a", "b", victim_tag])  # the killed run, then one more
+        assert sorted(v for v, _ in rows(db, "slow-end")) == ["a", "b"]
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        kill_group(worker.pid, signal.SIGKILL)

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from redismq.process import die_with_parent
 
 from .loader import load_app
 from .logs import setup_logging
+from .reaper import Reaper
 from .worker import STOP_SIGNAL
 
 if TYPE_CHECKING:
@@ -153,6 +155,7 @@ class Supervisor:
         self._started = [0.0] * processes
         self._restart_at: list[float | None] = [None] * processes
         self.exporter: MultiProcessExporter | None = None
+        self.reaper: Reaper | None = None
 
     def run(self) -> int:
         """Supervise until stopped (or, in burst mode, until every child is done)."""
@@ -171,6 +174,7 @@ class Supervisor:
                 self.exporter.close()
 
     def _supervise(self) -> int:
+        self.reaper = self._make_reaper()
         for slot in range(self.processes):
             self._start(slot)
         while not self.stopping:
@@ -211,9 +215,43 @@ class Supervisor:
         )
         if self.exporter is not None and child.pid is not None:
             self.exporter.process_dead(child.pid)
+        if child.pid is not None:
+            threading.Thread(
+                target=self._reap, args=(child.pid,), name="reaper", daemon=True
+            ).start()
         self.children[slot] = None
         self._restart_at[slot] = time.monotonic() + self._delay[slot]
         self._delay[slot] = min(RESTART_DELAY_MAX, self._delay[slot] * 2)
+
+    def _make_reaper(self) -> Reaper | None:
+        try:
+            app = load_app(self.options.app)
+        except Exception as exc:  # the children report it: they load the same app
+            log.warning("cannot free what dead worker processes leave: %s", exc)
+            return None
+        subs = [
+            s
+            for s in app.subscriptions.values()
+            if (not self.options.topics or s.topic in self.options.topics)
+            and self.options.group in (None, s.group)
+        ]
+        return Reaper(app.client, subs)
+
+    def _reap(self, pid: int) -> None:
+        """Free at once what a dead child held (instead of after the visibility timeout)."""
+        if self.reaper is None:
+            return
+        try:
+            retired = self.reaper.reap(pid)
+        except Exception as exc:
+            log.warning("could not free what worker process %d left: %s", pid, exc)
+            return
+        if retired.expired:
+            log.info(
+                "worker process %d held %d message(s): freed for the other consumers",
+                pid,
+                retired.expired,
+            )
 
     def _install_signal_handlers(self) -> None:
         def handle(signum: int, frame: Any) -> None:

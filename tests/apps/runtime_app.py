@@ -56,6 +56,12 @@ def slow(seconds: float, tag: str) -> str:
     return tag
 
 
+@app.task(topic="rt", name="slow_retried", max_retries=3)
+def slow_retried(seconds: float, tag: str) -> str:
+    """`slow`, but run again when its worker died (counted as a failed attempt)."""
+    return slow(seconds, tag)
+
+
 @app.periodic(every=1.0, topic="rt-periodic", name="tick")
 def tick() -> None:
     record("tick", current_job().message.headers["periodic-tick"])
