@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import IO, Any
 
 import redis
+from redis.exceptions import RedisClusterException
 from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -34,10 +35,17 @@ from rich.text import Text
 
 from redismq import Client, RedisMQError
 from redismq.brokers import list_brokers
+from redismq.cluster import is_cluster
 from redismq.consumer import group_lag
 from redismq.relay import outbox_status
 from redismq.routing import DEFAULT_BROKER
-from redismq.status import GROUP_COMMANDS, QUEUE_COMMANDS, live_workers, queue_commands
+from redismq.status import (
+    GROUP_COMMANDS,
+    QUEUE_COMMANDS,
+    cluster_status,
+    live_workers,
+    queue_commands,
+)
 from redismq.urls import connect, mask_url
 
 DEAD_LETTERS = 8  # latest dead letters shown
@@ -129,18 +137,23 @@ class Gatherer:
             conn = client.router.broker(name).redis if info is not None else client.meta
             # one pipeline: INFO, TIME and every count of the broker's queues
             pipe = conn.pipeline(transaction=False)
-            pipe.time()
-            pipe.info("memory")
-            pipe.info("stats")
-            pipe.info("replication")
+            clustered = is_cluster(conn)
+            head = cluster_head(conn) if clustered else []
+            if not clustered:  # (a cluster pipeline refuses keyless commands)
+                pipe.time()
+                pipe.info("memory")
+                pipe.info("stats")
+                pipe.info("replication")
             for t, q in mine:
                 queue_commands(pipe, client.router.queue_keys(t.name, q), groups[t.name])
                 for g in groups[t.name]:
                     pipe.xrevrange(
                         client.router.queue_keys(t.name, q).dead(g), count=self.dead_letters
                     )
-            replies = pipe.execute(raise_on_error=False)
-        except (redis.RedisError, RedisMQError, OSError) as exc:
+            replies = head + pipe.execute(raise_on_error=False)
+            if clustered:
+                row["cluster"] = cluster_status(client, name)
+        except (redis.RedisError, RedisMQError, OSError, RedisClusterException) as exc:
             row["error"] = str(exc)
             row["replicas"] = [self._replica(u, None) for u in (info.replicas if info else [])]
             unreachable = {(t.name, q): {"unreachable": True} for t, q in mine}
@@ -156,7 +169,13 @@ class Gatherer:
         )
         offset = int(replication.get("master_repl_offset") or 0)
         replica_urls = info.replicas if info is not None else []
-        if replica_urls:
+        if "cluster" in row:  # every master's replicas, as the cluster reports them
+            row["replicas"] = [
+                {"url": r, "up": True, "link": "up", "lag": None}
+                for m in row["cluster"]
+                for r in m["replicas"]
+            ]
+        elif replica_urls:
             row["replicas"] = [self._replica(u, offset) for u in replica_urls]
         else:  # not registered: the replicas the master reports
             row["replicas"] = [
@@ -207,6 +226,22 @@ class Gatherer:
             with contextlib.suppress(Exception):
                 conn.close()
         self._replicas.clear()
+
+
+def cluster_head(conn: Any) -> list[Any]:
+    """TIME and INFO memory, stats and replication of a Redis Cluster broker, summed over
+    its masters, in the order the dashboard's broker pipeline has them."""
+    primaries = conn.get_primaries()
+    memory = conn.info("memory", target_nodes=primaries)
+    stats = conn.info("stats", target_nodes=primaries)
+    used = sum(int(m.get("used_memory", 0)) for m in memory.values())
+    ops = sum(int(s.get("instantaneous_ops_per_sec", 0)) for s in stats.values())
+    return [
+        conn.time(),
+        {"used_memory_human": size(used)},
+        {"instantaneous_ops_per_sec": ops},
+        {"role": f"cluster of {len(primaries)}"},
+    ]
 
 
 def gather(client: Client, previous: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -508,6 +543,17 @@ def brokers_table(data: dict[str, Any], wide: bool) -> Table:
                 cell(b.get("address") or b["url"]),
             ]
         table.add_row(*row)
+        for m in b.get("cluster") or []:  # a Redis Cluster broker: one line per master
+            sub: list[Any] = [
+                cell(f" └ {m['node']}"),
+                cell("up", style="green"),
+                f"master, {len(m['queues'])} queues",
+                str(len(m["replicas"])),
+                "-",
+                "-",
+                "-",
+            ]
+            table.add_row(*sub, *(["", ""] if wide else []))
     return table
 
 

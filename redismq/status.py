@@ -7,7 +7,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
+from .cluster import master_of_tag, topology
 from .consumer import group_lag
 from .keys import QueueKeys
 from .relay import outbox_status
@@ -35,18 +37,40 @@ def live_workers(client: Client) -> list[dict[str, Any]]:
 
 
 def broker_status(client: Client) -> list[dict[str, Any]]:
+    """Each broker: URL, up, role; a Redis Cluster broker also lists its masters (their
+    replicas and which queues each holds)."""
     out = []
     for name in client.router.broker_names():
         broker = client.router.broker(name)
         url = broker.url or client.url
         row: dict[str, Any] = {"name": name, "url": mask_url(url), "up": False, "role": None}
         try:
-            info = broker.redis.info("replication")
-            row.update(up=True, role=info.get("role"))
-        except redis.RedisError as exc:
+            if broker.cluster:
+                row.update(up=True, role="cluster", cluster=cluster_status(client, name))
+            else:
+                info = broker.redis.info("replication")
+                row.update(up=True, role=info.get("role"))
+        except (redis.RedisError, RedisClusterException) as exc:
             row["error"] = str(exc)
         out.append(row)
     return out
+
+
+def cluster_status(client: Client, name: str) -> list[dict[str, Any]]:
+    """The masters of a Redis Cluster broker now: address, slot ranges, replicas, and the
+    queues (``topic#q``) each holds."""
+    broker = client.router.broker(name)
+    masters = topology(broker.redis)  # type: ignore[arg-type]
+    held: dict[str, list[str]] = {m["node"]: [] for m in masters}
+    for t in client.router.topic_names():
+        topic = client.router.topic(t)
+        for q, placed in enumerate(topic.placement):
+            shard = topic.shards.get(q)
+            if placed == name and shard is not None:
+                node = master_of_tag(masters, shard)
+                if node is not None:
+                    held[node].append(f"{t}#{q}")
+    return [{**m, "queues": held[m["node"]]} for m in masters]
 
 
 QUEUE_COMMANDS = 4

@@ -298,3 +298,31 @@ def test_a_killed_master_loses_no_acknowledged_task(tmp_path, processes):
     assert sum(n - 1 for n in repeated.values()) <= 100, repeated
     assert producer.failures > 0  # the failover was felt
     print(f"failed sends {producer.failures}, repeated {len(repeated)}")
+
+
+def test_status_and_dashboard_show_each_master_and_its_queues(cluster_url):
+    from rich.console import Console
+
+    from cli.dashboard import gather, render
+    from redismq.status import snapshot
+
+    client = Client(cluster_url)
+    client.create_topic("seen", 6)
+    client.send_many("seen", [{"n": i} for i in range(12)])
+    [broker] = snapshot(client)["brokers"]
+    assert broker["role"] == "cluster"
+    masters = broker["cluster"]
+    assert len(masters) == 3
+    assert all(len(m["replicas"]) == 1 for m in masters)
+    assert sorted(q for m in masters for q in m["queues"]) == sorted(f"seen#{q}" for q in range(6))
+    assert all(len(m["queues"]) == 2 for m in masters)
+    [topic] = snapshot(client)["topics"]
+    assert topic["length"] == 12
+
+    data = gather(client)
+    console = Console(record=True, width=160)
+    console.print(render(data, width=160))
+    text = console.export_text()
+    assert all(m["node"] in text for m in masters), text
+    assert "master, 2 queues" in text
+    client.close()
