@@ -1,10 +1,15 @@
 """The app of the fault soak (tests/fault/soak.py): one task whose side effect is one row in
 the SQLite table `effects`, written inside an effect-once step.
 
+The table stands for the external system: it receives the step's `step.key` with the
+effect, the idempotency key a mail or payment API checks. Every effect a run did is a row;
+the soak counts a row whose key an earlier row has as *fenced* (the external system would
+drop it).
+
 Every start of the handler also leaves a row in `runs` (to count redeliveries), a run whose
 step was already done leaves a row in `skips` (an effect the step suppressed), and a step
 whose done mark came later than the visibility timeout after its claim leaves a row in
-`late_marks` (the claim had expired, so the mark was dropped). Rows
+`late_marks` (a run slower than its lease: paused or starved). Rows
 are committed at once, so what a SIGKILLed worker did before it died stays on disk.
 
 Run as `redismq worker tests.apps.soak_app:app --url META` with $REDISMQ_SOAK_DB naming the
@@ -35,7 +40,8 @@ SCHEMA = (
     " attempt INTEGER, at REAL)",
     "CREATE TABLE IF NOT EXISTS effects "
     "(task_id INTEGER NOT NULL, pid INTEGER, thread INTEGER, message_id TEXT, queue INTEGER,"
-    " claimed_at REAL, at REAL)",
+    " claimed_at REAL, key TEXT, at REAL)",
+    "CREATE INDEX IF NOT EXISTS effects_by_key ON effects (key)",
     "CREATE TABLE IF NOT EXISTS skips "
     "(task_id INTEGER NOT NULL, pid INTEGER, thread INTEGER, message_id TEXT, queue INTEGER,"
     " at REAL)",
@@ -96,11 +102,11 @@ def effect(task_id: int) -> None:
     job = current_job()
     _row("runs", task_id, job.attempt)
     with job.once("effect") as step:
-        claimed = time.monotonic()
+        claimed, claimed_at = time.monotonic(), time.time()
         if step.needed:
-            _row("effects", task_id, time.time())
+            _row("effects", task_id, claimed_at, step.key)
         else:
             _row("skips", task_id)
     took = time.monotonic() - claimed
     if step.needed and job.consumer is not None and took > job.consumer.visibility_timeout:
-        _row("late_marks", task_id, took)  # the claim had expired: the mark was not written
+        _row("late_marks", task_id, took)  # slower than the timeout (a pause, a stall)

@@ -16,16 +16,20 @@ What runs (every server a real one, from the same binary as the tests):
   key until it returns; only a send that returned is *acknowledged*.
 
 The task writes one row per run in `runs` and, inside an effect-once step, one row in
-`effects` (tests/apps/soak_app.py).
+`effects` with the step's `step.key` (tests/apps/soak_app.py). `effects` stands for the
+external system: it would drop a repeat of a key it has, as a mail or payment API does with
+an idempotency key; the soak counts such repeats as *fenced*.
 
 Faults, bounded in number and time. Periodic (the fault thread): SIGKILL a random worker
-process every few seconds (its supervisor restarts it); CLIENT KILL TYPE normal SKIPME yes
-on a master (or the meta Redis) every few seconds. One-shot (a helper thread, at fixed
-fractions of the acknowledged sends): SIGTERM a whole worker (supervisor) and start a new
-one; restart the replica of one broker; SIGKILL the master of the other broker once
-(Sentinel fails over; the old master comes back as the new master's replica; the NameServer
-must report the new master). Periodic faults stop once most of the work is finished, so the
-end settles.
+process every few seconds (its supervisor restarts it); SIGSTOP a random worker process for
+3 s, longer than the visibility timeout, every few seconds (`--pause-every`; its leases
+lapse and other workers take its messages over while it still holds them); CLIENT KILL
+TYPE normal SKIPME yes on a master (or the meta Redis) every few seconds. One-shot (a
+helper thread, at fixed fractions of the acknowledged sends): SIGTERM a whole worker
+(supervisor) and start a new one; restart the replica of one broker; SIGKILL the master of
+the other broker once (Sentinel fails over; the old master comes back as the new master's
+replica; the NameServer must report the new master). Periodic faults stop once most of the
+work is finished, so the end settles.
 
 At the end (every acknowledged task done or dead, or the time limit) it prints a table and
 returns it as a dict (`run_soak`); every process and server it started is stopped, also on
@@ -38,6 +42,10 @@ Known limits, measured and explained rather than hidden:
   effect when the task is redelivered (README, Guarantees). On a loaded 2-core machine that
   window is milliseconds to tens of milliseconds wide (the thread waits for the GIL between
   the two), and a few per cent of the worker SIGKILLs land in it.
+- A worker process stopped longer than the visibility timeout renews nothing: its leases
+  and step claims lapse, another worker takes its messages over and claims the steps, and
+  a run stopped between its claim and its effect does the effect when it resumes (its next
+  claim or done mark learns it lost the message, too late for this one).
 - Replication is asynchronous. `durability="replicated"` (WAIT 1) makes an acknowledged
   send exist on the replica that Sentinel promotes (each broker has one replica), so no
   acknowledged send is lost; but the step's claim and done mark, the acknowledgement and
@@ -46,10 +54,13 @@ Known limits, measured and explained rather than hidden:
   it had not yet replicated, leaves a new master without the mark: the task runs again and
   repeats its effect.
 
-Every double effect is attributed to one of these windows from what the thread that wrote
-the first effect did next and what was killed around then (`Soak._cause`), or reported as
-unexplained. The short version (tests/fault/test_soak.py) asserts that none is
-unexplained, and that the faults which crash nothing repeat no effect at all.
+Every repeated effect is attributed to one of these windows from what the thread that wrote
+the first effect did next and what was killed or stopped around then (`Soak._cause`), or
+reported as unexplained. Each repeat carries the same step.key as the first, so the
+external side drops it: the *double effects* (what reached it twice) must be 0. The short
+version (tests/fault/test_soak.py) asserts that no repeat is unexplained, that nothing
+reached the external side twice, and that the faults which crash nothing repeat no effect
+at all.
 """
 
 from __future__ import annotations
@@ -105,9 +116,12 @@ WORKER_KILL = "worker SIGKILL between the effect and the step's done mark"
 FAILOVER_UNWRITTEN = "master SIGKILL between the step's claim and its done mark"
 FAILOVER_UNREPLICATED = "master SIGKILL: the step's done mark was not replicated"
 LATE_MARK = "the step's claim expired before its done mark (a run slower than the timeout)"
+PAUSED = "worker SIGSTOP past its lease inside the step (between its claim and its done mark)"
 CONCURRENT = "two runs at once: the first run outlived its lease and its step claim"
 UNEXPLAINED = "unexplained"
-DOCUMENTED = (WORKER_KILL, FAILOVER_UNWRITTEN, FAILOVER_UNREPLICATED)
+# The windows README "Guarantees" names: each repeat there reaches the external side with the
+# same step.key, which drops it (the soak's `effects` table checks the key like an API).
+DOCUMENTED = (WORKER_KILL, FAILOVER_UNWRITTEN, FAILOVER_UNREPLICATED, PAUSED, CONCURRENT)
 EXPLANATIONS = {
     WORKER_KILL: (
         "the worker process died after the effect was written and before the step's done "
@@ -120,17 +134,24 @@ EXPLANATIONS = {
         "written (the mark failed with the broker); after the failover the task ran again. "
         "Narrowable in the library: retry the done mark on the new master."
     ),
+    PAUSED: (
+        "the worker process was stopped (SIGSTOP; in production a GC pause, a VM steal, a swap "
+        "storm) after its step's claim, longer than the visibility timeout: a stopped process "
+        "renews nothing, so its lease and claim lapsed, another worker took the message over "
+        "and claimed the step, and the first run did its effect when it resumed. No lock can "
+        "close this; the repeat carries the same step.key and the external side drops it."
+    ),
     CONCURRENT: (
-        "the first run was still going (paused longer than the visibility timeout, e.g. a "
-        "starved process) when its lease expired and another worker took the message over; "
-        "the step's claim expires with the visibility timeout and is not renewed, so both "
-        "runs got it. Not one of the documented windows."
+        "the first run was still going (stalled longer than the visibility timeout: a starved "
+        "process renews nothing) when its lease and step claim lapsed and another worker took "
+        "the message over; both runs did the effect. The same window as a pause: the repeat "
+        "carries the same step.key and the external side drops it."
     ),
     LATE_MARK: (
         "the step was claimed, the effect written, and the done mark came more than the "
-        "visibility timeout after the claim: the claim had expired (nothing renews it), and "
-        "step.lua drops a done mark whose claim is gone. When the task ran again the step "
-        "looked new. A library bug (redismq/steps.py, redismq/scripts/step.lua)."
+        "visibility timeout after the claim, and the task ran again as if the step were new, "
+        "although no other run overlapped it. Claims are renewed with the lease and a done "
+        "mark is always written: a library bug (redismq/steps.py, redismq/scripts/step.lua)."
     ),
     FAILOVER_UNREPLICATED: (
         "the done mark was written on the old master but not replicated when it was killed "
@@ -156,9 +177,9 @@ class Config:
     max_child_kills: int = 200
     client_kill_every: float = 5.0
     max_client_kills: int = 200
-    # off by default: SIGSTOP a worker process for `pause_for` seconds (a process pause longer
+    # SIGSTOP a worker process for `pause_for` seconds this often (a process pause longer
     # than the visibility timeout: its leases expire while it still runs its jobs)
-    pause_every: float = 0.0
+    pause_every: float = 5.0
     pause_for: float = 3.0
     max_pauses: int = 50
     # one-shot faults, at these fractions of the sends acknowledged (None: not done)
@@ -444,7 +465,7 @@ class Faults(threading.Thread):
         )
         self.failover: dict[str, Any] = {}
         self.killed_pids: dict[int, float] = {}
-        self.paused_pids: dict[int, float] = {}
+        self.paused_pids: dict[int, list[float]] = defaultdict(list)
         self.client_targets = [*BROKERS, "meta"]
 
     def event(self, kind: str, **detail: Any) -> None:
@@ -522,7 +543,7 @@ class Faults(threading.Thread):
             return
         pid = self.rng.choice(candidates)
         os.kill(pid, signal.SIGSTOP)
-        self.paused_pids[pid] = time.time()
+        self.paused_pids[pid].append(time.time())
         self.counts["pause"] += 1
         self.event("worker SIGSTOP", pid=pid, seconds=self.config.pause_for)
         threading.Timer(self.config.pause_for, self._resume, (pid,)).start()
@@ -814,6 +835,8 @@ class Soak:
             effect_rows, distinct_effects = conn.execute(
                 "SELECT COUNT(*), COUNT(DISTINCT task_id) FROM effects"
             ).fetchone()
+            # what the external side kept (it drops an effect whose step.key it has)
+            (kept_rows,) = conn.execute("SELECT COUNT(DISTINCT key) FROM effects").fetchone()
             skips = conn.execute("SELECT COUNT(*) FROM skips").fetchone()[0]
             late = {
                 (task_id, pid, thread): seconds
@@ -823,8 +846,10 @@ class Soak:
             }
             with_effect = {i for (i,) in conn.execute("SELECT DISTINCT task_id FROM effects")}
             repeated = defaultdict(list)
-            for task_id, pid, thread, mid, queue, claimed_at, at in conn.execute(
-                "SELECT task_id, pid, thread, message_id, queue, claimed_at, at FROM effects "
+            for task_id, pid, thread, mid, queue, claimed_at, fenced, at in conn.execute(
+                "SELECT task_id, pid, thread, message_id, queue, claimed_at, "
+                "EXISTS (SELECT 1 FROM effects AS e WHERE e.key = effects.key "
+                "AND e.rowid < effects.rowid), at FROM effects "
                 "WHERE task_id "
                 "IN (SELECT task_id FROM effects GROUP BY task_id HAVING COUNT(*) > 1) "
                 "ORDER BY task_id, at"
@@ -850,6 +875,7 @@ class Soak:
                         "run_started": started,
                         "claimed_at": claimed_at,
                         "at": at,
+                        "fenced": bool(fenced),
                         "next_at": next_at,
                         "late_mark": late.get((task_id, pid, thread)),
                     }
@@ -912,7 +938,12 @@ class Soak:
             },
             "lost": len(acked) - (completed + row["dead"]),
             "lost_tasks": lost,
-            "double_effects": effect_rows - distinct_effects,
+            # a run repeated the effect (the step's windows), whether or not the external
+            # side dropped it by its step.key
+            "repeated_effects": effect_rows - distinct_effects,
+            "fenced_by_step_key": effect_rows - kept_rows,
+            # what reached the external side twice although it checks step.key
+            "double_effects": kept_rows - distinct_effects,
             "double_effect_causes": dict(causes),
             "unexplained_double_effects": sum(
                 n for cause, n in causes.items() if cause not in DOCUMENTED
@@ -950,13 +981,15 @@ class Soak:
             "faults injected without error": not faults.errors,
         }
         if c.crash_faults:
-            # a SIGKILLed worker or master can repeat an effect (the documented windows):
-            # each repeat must be one of those, and the figure is printed with its cause
-            report["checks"]["no double effect outside the documented windows"] = (
+            # a SIGKILLed worker or master, or a paused worker, can repeat an effect (the
+            # documented windows): each repeat must be one of those, printed with its cause
+            report["checks"]["no repeated effect outside the documented windows"] = (
                 report["unexplained_double_effects"] == 0
             )
         else:
-            report["checks"]["double effects == 0"] = report["double_effects"] == 0
+            report["checks"]["no effect repeated by a run"] = report["repeated_effects"] == 0
+        # every repeat carried the first one's step.key, so the external side dropped it
+        report["checks"]["double effects (after step.key) == 0"] = report["double_effects"] == 0
         report["ok"] = all(report["checks"].values())
         return report
 
@@ -980,17 +1013,29 @@ class Soak:
                 if next_at is not None and next_at < killed_at:
                     return FAILOVER_UNREPLICATED
                 return FAILOVER_UNWRITTEN
-        if first["late_mark"] is not None:
+        for row in rows:  # a run stopped (SIGSTOP) while it was inside the step
+            end = row["next_at"] or row["at"] + KILL_WINDOW
+            started = row["run_started"] if row["run_started"] is not None else row["claimed_at"]
+            if any(
+                started - CLAIM_SLACK <= p <= end for p in faults.paused_pids.get(row["pid"], ())
+            ):
+                return PAUSED
+        if first["late_mark"] is not None and not self._overlapped(rows, faults):
             return LATE_MARK
-        # the second run started while the first was still going (it had not moved on and
-        # was not killed): the first run's lease and step claim had expired meanwhile
-        second = rows[1]
-        first_end = min(t for t in (next_at, killed, float("inf")) if t is not None)
-        if second["run_started"] is not None and second["run_started"] < first_end:
+        if self._overlapped(rows, faults):
             return CONCURRENT
         if first["pid"] in self.sigtermed:
             return "graceful stop (SIGTERM) -- should not happen"
         return UNEXPLAINED
+
+    @staticmethod
+    def _overlapped(rows: list[dict[str, Any]], faults: Faults) -> bool:
+        """Whether the second run started while the first was still going (it had not moved
+        on and was not killed): the first run's lease and step claim had lapsed meanwhile."""
+        first, second = rows[0], rows[1]
+        killed = faults.killed_pids.get(first["pid"])
+        first_end = min(t for t in (first["next_at"], killed, float("inf")) if t is not None)
+        return second["run_started"] is not None and second["run_started"] < first_end
 
     @staticmethod
     def _lost_cause(acked: tuple[str, int, float], placement: list[str], faults: Faults) -> str:
@@ -1026,9 +1071,11 @@ def format_report(report: dict[str, Any]) -> str:
         ("dead letters", report["dead_letters"]),
         ("handler runs", report["runs"]),
         ("redeliveries (runs - distinct)", report["redeliveries"]),
-        ("step done marks after the claim expired", report["late_step_marks"]),
+        ("steps slower than the visibility timeout", report["late_step_marks"]),
         ("LOST = acked - (completed + dead)", report["lost"]),
-        ("DOUBLE EFFECTS = rows - distinct", report["double_effects"]),
+        ("effects repeated by a run = rows - distinct", report["repeated_effects"]),
+        ("  of which dropped by the receiver (step.key)", report["fenced_by_step_key"]),
+        ("DOUBLE EFFECTS (reached the receiver twice)", report["double_effects"]),
         ("acknowledged tasks without an effect", report["missing_effects"]),
         ("faults: worker process SIGKILL", f["child_sigkill"]),
         ("faults: worker SIGTERM + new worker", f["worker_sigterm"]),
@@ -1036,8 +1083,7 @@ def format_report(report: dict[str, Any]) -> str:
         ("faults: master SIGKILL (failover)", f["master_sigkill"]),
         ("faults: CLIENT KILL (connections)", f"{f['client_kill']} ({f['connections_killed']})"),
     ]
-    if f["pause"]:
-        rows.append(("faults: worker process SIGSTOP (3 s)", f["pause"]))
+    rows.append(("faults: worker process SIGSTOP (3 s)", f["pause"]))
     if failover:
         rows.append(
             (
@@ -1054,7 +1100,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"{'soak':<{width}}  seed {report['seed']}", "-" * (width + 30)]
     lines += [f"{k:<{width}}  {v}" for k, v in rows]
     if report["double_effect_causes"]:
-        lines.append("double effects by cause:")
+        lines.append("effects repeated by a run, by cause:")
         for cause, n in report["double_effect_causes"].items():
             lines.append(f"  {n:>5}  {cause}")
             if cause in EXPLANATIONS:
@@ -1088,8 +1134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pause-every",
         type=float,
-        default=0.0,
-        help="also SIGSTOP a worker process for 3 s this often (default: never)",
+        default=defaults.pause_every,
+        help=f"SIGSTOP a worker process for 3 s this often (default {defaults.pause_every}; "
+        "0: never)",
     )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-master-kill", action="store_true", help="skip the failover")

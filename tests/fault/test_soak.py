@@ -4,12 +4,15 @@ Two runs of the whole system on loopback (2 brokers with a replica and 3 Sentine
 NameServer, 3 workers of 2 processes, producers sending with durability="replicated" and
 dedup keys):
 
-- with every fault, crashes included (worker processes SIGKILLed every ~1 s, a worker
-  SIGTERMed and replaced, a replica restarted, one master SIGKILLed and failed over,
-  connections killed): no acknowledged send is lost, every one completes and has its
-  effect. A crash can repeat an effect in two documented windows (a worker killed between
-  the effect and the step's done mark; a master killed before the mark was written or
-  replicated): each repeat must be one of those, attributed by the soak, never another;
+- with every fault, crashes and pauses included (worker processes SIGKILLed every ~1 s and
+  SIGSTOPped for 3 s, longer than the visibility timeout, every ~3 s, a worker SIGTERMed
+  and replaced, a replica restarted, one master SIGKILLed and failed over, connections
+  killed): no acknowledged send is lost, every one completes and has its effect. A crash
+  or a pause can repeat an effect in the documented windows (a worker killed between the
+  effect and the step's done mark; a worker stopped past its lease inside the step; a
+  master killed before the mark was written or replicated): each repeat must be one of
+  those, attributed by the soak, never another, and each carries the first one's step.key,
+  so the external side drops it: nothing reaches it twice;
 - with the faults that crash nothing (graceful worker restart, replica restart, killed
   connections): not one effect is repeated.
 """
@@ -47,6 +50,7 @@ def test_every_fault_loses_no_acknowledged_task_and_repeats_effects_only_where_d
             rate=400,  # about what the workers take: busy, so that kills land in jobs
             child_kill_every=1.0,
             client_kill_every=1.5,
+            pause_every=3.0,
             time_limit=180,
             send_give_up=60,
         )
@@ -55,9 +59,11 @@ def test_every_fault_loses_no_acknowledged_task_and_repeats_effects_only_where_d
     assert faults["child_sigkill"] >= 5, faults
     assert faults["worker_sigterm"] == faults["replica_restart"] == faults["master_sigkill"] == 1
     assert faults["client_kill"] >= 5, faults
+    assert faults["pause"] >= 2, faults
     assert report["failover"]["nameserver_showed_new_master_after"] is not None
     assert_nothing_lost(report)
     assert report["unexplained_double_effects"] == 0, report["double_effect_tasks"]
+    assert report["double_effects"] == 0, report["double_effect_tasks"]
     assert report["ok"], report["checks"]
 
 
@@ -67,6 +73,7 @@ def test_faults_that_crash_nothing_repeat_no_effect():
             tasks=3_000,
             rate=250,
             child_kill_every=0,
+            pause_every=0,
             master_kill_at=None,
             client_kill_every=1.0,
             time_limit=120,
@@ -76,6 +83,7 @@ def test_faults_that_crash_nothing_repeat_no_effect():
     faults = report["faults"]
     assert faults["worker_sigterm"] == faults["replica_restart"] == 1, faults
     assert faults["client_kill"] >= 5 and faults["child_sigkill"] == faults["master_sigkill"] == 0
+    assert faults["pause"] == 0
     assert_nothing_lost(report)
-    assert report["double_effects"] == 0, report["double_effect_tasks"]
+    assert report["repeated_effects"] == 0, report["double_effect_tasks"]
     assert report["ok"], report["checks"]
