@@ -591,8 +591,9 @@ class Client:
     def trim(self, topic: str) -> tuple[int, int]:
         """Trim every queue of a topic by its retention; returns (trimmed, dropped).
 
-        Never removes an entry some group has not acknowledged, unless the topic has a
-        hard cap (then what it dropped is counted in status).
+        Never removes an entry some group has not acknowledged, nor, on a queue where a
+        group registered for the topic has no group yet, any entry at all, unless the topic
+        has a hard cap (then what it dropped is counted in status).
         """
         t = self.topic(topic, create=False)
         trimmed = dropped = 0
@@ -601,7 +602,7 @@ class Client:
                 k = self.router.queue_keys(topic, q)
                 broker = self.router.queue_broker(t, q)
                 a, b = broker.scripts.trim(
-                    keys=[k.stream, k.counters], args=[t.retention, t.hard_cap]
+                    keys=[k.stream, k.counters], args=[t.retention, t.hard_cap, *t.groups]
                 )
                 trimmed, dropped = trimmed + a, dropped + b
         return trimmed, dropped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from redismq import Client
 from redismq.brokers import expand_topic
+from redismq.routing import queue_for_key
 
 
 def test_a_resend_after_an_expand_finds_the_first_message(client: Client):
@@ -19,3 +20,26 @@ def test_a_resend_after_an_expand_finds_the_first_message(client: Client):
     other = Client(client.url)  # a client that never saw the topic before the expand
     assert other.send("signup", {"k": "user-3"}, dedup_key="user-3") == first["user-3"]
     other.close()
+
+
+def test_trimming_keeps_entries_a_registered_group_has_not_seen_on_a_new_queue(client):
+    client.create_topic("audit", 1, retention=5)
+    consumer = client.consumer("audit", "g")  # registers g; its group exists on queue 0 only
+    expand_topic(client, "audit", 2)
+    key = next(k for k in map(str, range(100)) if queue_for_key(k, 2) == 1)
+    for i in range(40):
+        client.send("audit", {"n": i}, key=key)
+    client.trim("audit")
+    stream = client.router.queue_keys("audit", 1).stream
+    assert client.meta.xlen(stream) == 40
+    consumer.close()
+    later = client.consumer("audit", "g", queues=[1])
+    assert len(later.receive(100, block=0.1)) == 40
+
+
+def test_trimming_keeps_entries_of_a_group_registered_while_its_workers_were_down(client):
+    client.create_topic("audit2", 1, retention=5)
+    client.router.add_group("audit2", "mailer")  # as `redismq group`/an app registers it
+    client.send_many("audit2", [{"n": i} for i in range(30)])
+    client.trim("audit2")
+    assert client.meta.xlen(client.router.queue_keys("audit2", 0).stream) == 30

@@ -2,7 +2,11 @@
 -- Keeps at most ARGV[1] entries that every group has acknowledged (so that a group created
 -- later still finds recent history); with a hard cap ARGV[2] > 0, also drops the oldest
 -- needed entries beyond it and counts them as dropped.
+-- A group registered for the topic (ARGV[3..]) that has no group on this stream yet (its
+-- workers never ran, or the queue was added later) will start at the oldest entry: while
+-- one is missing, nothing is trimmed but what the hard cap drops.
 -- KEYS[1] stream, KEYS[2] queue counters hash
+-- ARGV[1] entries to keep, ARGV[2] hard cap (0: none), ARGV[3..] registered group names
 -- Returns {trimmed, dropped}
 local keep, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
@@ -22,9 +26,11 @@ end
 -- The oldest entry any group still needs: its oldest pending entry, else the one after
 -- the last entry it was given.
 local needed = nil
+local present = {}
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local info = {}
   for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  present[info['name']] = true
   local need
   if tonumber(info['pending']) > 0 then
     need = redis.call('XPENDING', KEYS[1], info['name'])[2]
@@ -32,6 +38,10 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     need = next_id(info['last-delivered-id'])
   end
   if needed == nil or id_less(need, needed) then needed = need end
+end
+
+for i = 3, #ARGV do
+  if not present[ARGV[i]] then needed = '0-1' end
 end
 
 local trimmed = 0
