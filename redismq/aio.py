@@ -127,10 +127,10 @@ class AsyncRouter:
 
     async def _load_topic(self, name: str) -> Topic:
         async with self.meta.pipeline(transaction=False) as pipe:
+            pipe.get(self.keys.routes_version)  # first: see Router._load_topic
             pipe.hget(self.keys.topics, name)
-            pipe.get(self.keys.routes_version)
             pipe.smembers(self.keys.groups(name))
-            raw, version, groups = await pipe.execute()
+            version, raw, groups = await pipe.execute()
         record = topic_record(name, raw)
         fields = route_fields(name, record["queues"])
         placed = await self.meta.hmget(self.keys.routes, fields) if fields else []

@@ -254,6 +254,10 @@ class Topic:
         return next(self._rr) % self.queues
 
 
+def _version_number(version: bytes | None) -> int:
+    return int(version or 0)
+
+
 class RouteCache:
     """Topics read from the meta Redis, kept until the route version changes.
 
@@ -271,10 +275,16 @@ class RouteCache:
         return self._topics.get(name)
 
     def put(self, topic: Topic, version: bytes | None) -> None:
-        """Remember a topic read at this route version."""
+        """Remember a topic read at this route version. Every cached topic was read at the
+        same version: a newer one forgets the others, and a topic read at another version
+        than the newest seen is not kept (it may predate a change)."""
         with self._lock:
+            if version != self._version:
+                if _version_number(version) < _version_number(self._version):
+                    return
+                self._topics.clear()
+                self._version = version
             self._topics[topic.name] = topic
-            self._version = version
 
     def drop(self, name: str) -> None:
         """Forget one topic."""
@@ -300,8 +310,10 @@ class RouteCache:
 
     def seen(self, version: bytes | None) -> None:
         """The route version just read: forget every topic if it changed."""
-        if version != self._version:
-            self.clear()
+        with self._lock:
+            if version != self._version:
+                self._topics.clear()
+                self._version = version
 
 
 class Router:
@@ -392,11 +404,13 @@ class Router:
         return found if found is not None else self._load_topic(name)
 
     def _load_topic(self, name: str) -> Topic:
+        # the version first: a change between the reads leaves the topic tagged with the
+        # version before it, which the next version check drops
         pipe = self.meta.pipeline(transaction=False)
-        pipe.hget(self.keys.topics, name)
         pipe.get(self.keys.routes_version)
+        pipe.hget(self.keys.topics, name)
         pipe.smembers(self.keys.groups(name))
-        raw, version, groups = pipe.execute()
+        version, raw, groups = pipe.execute()
         record = topic_record(name, raw)
         fields = route_fields(name, record["queues"])
         placed = self.meta.hmget(self.keys.routes, fields) if fields else []

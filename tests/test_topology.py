@@ -43,3 +43,30 @@ def test_trimming_keeps_entries_of_a_group_registered_while_its_workers_were_dow
     client.send_many("audit2", [{"n": i} for i in range(30)])
     client.trim("audit2")
     assert client.meta.xlen(client.router.queue_keys("audit2", 0).stream) == 30
+
+
+def test_the_route_cache_never_keeps_a_topic_read_before_a_version_bump():
+    from redismq.routing import RouteCache, Topic
+
+    cache = RouteCache()
+    a = Topic("a", 2, 0, 0, placement=["x", "x"])
+    b = Topic("b", 2, 0, 0, placement=["x", "x"])
+    cache.put(a, b"1")
+    cache.put(b, b"2")  # read after a change: `a` may be what changed
+    assert cache.get("a") is None and cache.get("b") is b
+    cache.put(a, b"1")  # a late read from before the change is not kept
+    assert cache.get("a") is None
+    cache.seen(b"3")
+    assert cache.get("b") is None
+
+
+def test_a_client_sees_an_expand_made_through_another_client(client, url):
+    other = Client(url)
+    client.create_topic("wide", 2)
+    client.create_topic("other", 2)
+    assert client.topic("wide").queues == 2
+    expand_topic(other, "wide", 5)
+    other.create_topic("third", 1)  # bumps the version again
+    client.topic("third")
+    assert client.topic("wide").queues == 5
+    other.close()
