@@ -102,15 +102,33 @@ class OrderedConsumer(Consumer):
     def _give_back(self) -> None:
         """Give back the leases marked extra of which nothing fetched is left unsettled
         (called by the fetching thread, between reads, under the lock)."""
-        done = {q for q in self._retiring & self.leased if not self._fetched.get(q)}
-        if not done:
+        retiring = self._retiring & self.leased
+        if not retiring:
             return
         with self.errors():
+            for q in retiring:
+                if self._fetched.get(q):
+                    self._forget_gone(q)
+            done = {q for q in retiring if not self._fetched.get(q)}
             for q in done:
                 self._lease("give", q)
         self.leased -= done
         self._retiring -= done
         self._set_streams()
+
+    def _forget_gone(self, queue: int) -> None:
+        """Stop tracking fetched messages of a queue that are no longer pending here: a
+        message dropped without an outcome through this consumer (its step was taken over)
+        must not keep the queue from changing hands (under the lock)."""
+        q = self.queues[queue]
+        fetched = list(self._fetched[queue].values())
+        pipe = q.broker.redis.pipeline(transaction=False)
+        for m in fetched:
+            stream = q.keys.retry_stream(self.group) if m.from_retry else q.keys.stream
+            pipe.xpending_range(stream, self.group, m.entry_id, m.entry_id, 1, self.name)
+        for m, mine in zip(fetched, pipe.execute(), strict=True):
+            if not mine:
+                self._fetched[queue].pop(m.entry_id, None)
 
     def _track(self, messages: Iterable[Message]) -> None:
         """Note messages as fetched (under the lock)."""
@@ -168,6 +186,7 @@ class OrderedConsumer(Consumer):
             messages = self._read(count, self._block_ms(block))
             with self._lock:
                 self._track(messages)
+                self._keep_extra()
             return self._drop_done(messages)
 
     def _excess(self, messages: list[Message]) -> None:
@@ -175,6 +194,16 @@ class OrderedConsumer(Consumer):
         with self._lock:
             self._backlog[:0] = messages
             self._track(messages)
+
+    def _keep_extra(self) -> None:
+        """Where the base read keeps what it brought beyond the count (`_extra`, for its
+        own next receive), move that to the front of the backlog: this receive serves and
+        tracks it (under the lock)."""
+        extra = getattr(self, "_extra", None)
+        if extra:
+            self._backlog[:0] = extra
+            self._track(extra)
+            self._extra = []
 
     # -- outcomes --------------------------------------------------------------------
     def ack_many(self, messages: Sequence[Message], results: Sequence[Any] | None = None) -> int:

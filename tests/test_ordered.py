@@ -209,3 +209,21 @@ def test_graceful_handovers_of_an_unstarted_message_are_not_attempts(client):
     BatchRunner(last, sub).run(last.receive(count=10, block=0.2))
     assert client.dead_letters("orders", "ledger") == []
     assert ran == [(0, 0)]
+
+
+def test_a_fetched_message_taken_elsewhere_does_not_keep_its_queue(client):
+    client.create_topic("orders", queues=2)
+    key = next(k for k in (f"k{i}" for i in range(40)) if queue_for_key(k, 2) == 1)
+    client.send("orders", {"seq": 0}, key=key)
+    a = client.consumer("orders", "ledger", ordered=True, visibility_timeout=5)
+    a.rebalance()
+    [msg] = a.receive(count=10, block=0.2)
+    # Dropped without an outcome here: another consumer took it over (its step was lost).
+    stream = client.router.queue_keys("orders", 1).stream
+    client.meta.xclaim(stream, "ledger", "someone-else", 0, [msg.entry_id])
+    b = client.consumer("orders", "ledger", ordered=True, visibility_timeout=5)
+    b.rebalance()
+    a.rebalance()
+    a.receive(count=10, block=0.01)
+    b.rebalance()
+    assert a.leased == {0} and b.leased == {1}
