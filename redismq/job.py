@@ -12,6 +12,12 @@ from .keys import QueueKeys
 if TYPE_CHECKING:
     from .client import Client
 
+# A waiter blocks this long at most before looking again and renewing its place.
+WAIT_STEP = 5.0
+# A waiter whose place was not renewed for this long died: the janitor forgets it (long
+# next to WAIT_STEP, to tolerate clocks that differ between hosts).
+WAITER_TIMEOUT = 600.0
+
 
 class Job:
     """A sent task. `status()` is one of queued, running, done, failed (will retry), dead,
@@ -102,28 +108,29 @@ class Job:
         key = k.outcome(self.id)
         with self.client.errors():
             r = self._redis()
-            # Registered before looking, so that a task finishing now stores its outcome
-            # even when it returned None (those are stored only for someone waiting).
-            r.sadd(k.waiting, self.id)
             try:
                 while True:
                     pipe = r.pipeline(transaction=False)
+                    # Registered (and renewed) before looking, so that a task finishing now
+                    # stores its outcome even when it returned None (those are stored only
+                    # for someone waiting).
+                    pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
                     pipe.lindex(key, 0)
                     pipe.zscore(k.done(self.group), self.id)
-                    outcome, done = pipe.execute()
+                    _, outcome, done = pipe.execute()
                     if outcome is not None:
                         return self._final(json.loads(outcome))
                     if done is not None:
                         return None  # completed before anyone waited: it returned None
-                    left = 5.0 if deadline is None else deadline - time.monotonic()
+                    left = WAIT_STEP if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         raise JobTimeout(
                             f"job {self.id} has not finished (status: {self.status()})"
                         )
                     # BLMOVE onto itself: wakes every waiter and leaves the element.
-                    r.blmove(key, key, min(left, 5.0), "LEFT", "RIGHT")
+                    r.blmove(key, key, min(left, WAIT_STEP), "LEFT", "RIGHT")
             finally:
-                r.srem(k.waiting, self.id)
+                r.zrem(k.waiting, self.id)
 
     def _final(self, outcome: dict[str, Any]) -> Any:
         if outcome["status"] == "done":

@@ -41,8 +41,9 @@ class QueueKeys:
         self.counters = f"{self.tag}:counters"
         # Set of ids of this queue's jobs cancelled before a worker settled them.
         self.cancelled = f"{self.tag}:cancelled"
-        # Set of ids of jobs whose result someone waits for (`job.result()`).
-        self.waiting = f"{self.tag}:waiting"
+        # Zset of ids of jobs whose result someone waits for (`job.result()`), scored by
+        # when a waiter last renewed its place (ms): the janitor forgets waiters that died.
+        self.waiting = f"{self.tag}:waiters"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, QueueKeys) and (self.topic, self.queue, self.tag) == (

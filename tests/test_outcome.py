@@ -193,13 +193,13 @@ def test_none_results_are_stored_only_for_someone_waiting(client, app):
     assert client.meta.exists(watched.keys.outcome(watched.id)) == 1
     assert client.meta.exists(unwatched.keys.outcome(unwatched.id)) == 0
     assert unwatched.result(timeout=1) is None  # done without an outcome: it returned None
-    assert client.meta.scard(watched.keys.waiting) == 0
+    assert client.meta.zcard(watched.keys.waiting) == 0
 
 
 def wait_for_member(client, job) -> bool:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if client.meta.sismember(job.keys.waiting, job.id):
+        if client.meta.zscore(job.keys.waiting, job.id) is not None:
             return True
         time.sleep(0.01)
     return False

@@ -29,6 +29,7 @@ from .housekeeping import (
     Watchdog,
     safely,
 )
+from .janitor import Janitor
 from .scheduler import Scheduler
 
 log = logging.getLogger("redismq.worker")
@@ -150,6 +151,7 @@ class Worker:
                 Watchdog(self.loops, self._replace),
                 Canceller(self.loops, self._replace),
                 Trimmer(self.client, {s.topic for s in subs}),
+                Janitor(self.client, subs),
                 heartbeat,
                 *([Scheduler(self.client, periodics)] if periodics else []),
                 *components,

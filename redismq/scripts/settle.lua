@@ -1,7 +1,7 @@
 -- Record successful (or cancelled) outcomes of one queue for one group: XACK, done record,
 -- counters and (for tasks) the outcome their senders wait for, all at once.
 -- KEYS[1] stream, KEYS[2] group's retry stream, KEYS[3] done zset, KEYS[4] stats hash,
--- KEYS[5] the queue's cancelled set, KEYS[6] the queue's set of awaited job ids,
+-- KEYS[5] the queue's cancelled set, KEYS[6] the queue's zset of awaited job ids,
 -- KEYS[7..] per task message (outcome neither '' nor '~'): its outcome list, in message order
 -- ARGV[1] group, ARGV[2] now ms, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
 -- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
@@ -34,12 +34,12 @@ for i = 5, #ARGV, 4 do
   if outcome ~= '' and outcome ~= '~' then k = k + 1 end
 end
 if #silent > 0 then
-  local awaited = redis.call('SMISMEMBER', KEYS[6], unpack(silent))
-  for i, yes in ipairs(awaited) do
-    if yes == 1 then
+  local awaited = redis.call('ZMSCORE', KEYS[6], unpack(silent))
+  for i = 1, #silent do
+    if awaited[i] then
       redis.call('RPUSH', silent_keys[i], '{"status":"done","result":null}')
       redis.call('PEXPIRE', silent_keys[i], result_ttl)
-      redis.call('SREM', KEYS[6], silent[i])
+      redis.call('ZREM', KEYS[6], silent[i])
     end
   end
 end

@@ -1,0 +1,149 @@
+"""What dead processes leave behind is pruned, on a real server: heartbeat records of killed
+workers, group consumers of dead processes (only once they hold nothing), ids of
+`job.result()` waiters that died."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from redismq.errors import JobTimeout
+from redismq.job import Job
+from redismq.status import live_workers
+from tests.apps import runtime_app
+from tests.conftest import ROOT, wait_for
+from tests.test_runtime import kill_group, rows, start_worker
+from workers.janitor import Janitor
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    path = str(tmp_path / "runs.db")
+    monkeypatch.setenv("REDISMQ_TEST_DB", path)
+    runtime_app.record("init", "")
+    return path
+
+
+@pytest.fixture
+def rt(client, db):
+    runtime_app.app.connect(client)
+    yield runtime_app
+    runtime_app.app.connect(None)
+
+
+def consumers(client, topic: str, group: str) -> dict[str, int]:
+    """Every consumer of the group on the topic's streams -> what it holds."""
+    t = client.topic(topic)
+    out: dict[str, int] = {}
+    for q in range(t.queues):
+        k = client.router.queue_keys(topic, q)
+        r = client.router.queue_broker(t, q).redis
+        for stream in (k.stream, k.retry_stream(group)):
+            if r.exists(stream):
+                for c in r.xinfo_consumers(stream, group):
+                    out[c["name"].decode()] = out.get(c["name"].decode(), 0) + c["pending"]
+    return out
+
+
+def janitor(client, **options) -> Janitor:
+    subs = [s for s in runtime_app.app.subscriptions.values() if s.topic == "rt"]
+    return Janitor(client, subs, **options)
+
+
+def test_a_killed_workers_record_and_consumers_are_pruned_once_they_hold_nothing(
+    rt, client, url, db, processes
+):
+    job = rt.slow_retried.send(30.0, "held")
+    worker = start_worker(processes, url, "--processes", "1", "--topic", "rt")
+    dead = f"{socket.gethostname()}:{worker.pid}"
+    assert wait_for(
+        lambda: rows(db, "slow-start") and client.meta.hexists(client.router.keys.workers, dead),
+        timeout=30,
+    )
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    before = consumers(client, "rt", "workers")
+    assert len(before) > 1 and sum(before.values()) == 1
+
+    # An hour later by the janitor's clock: the record is stale, the idle consumers go,
+    # the one that holds the running job stays (deleting it would drop the job).
+    janitor(client, consumer_idle=0.0, clock=lambda: time.time() + 3600).tick()
+    assert not client.meta.hexists(client.router.keys.workers, dead)
+    left = consumers(client, "rt", "workers")
+    assert list(left.values()) == [1] and set(left) < set(before)
+
+    # Once another consumer took the job over, the dead one goes too.
+    consumer = client.consumer("rt", "workers", visibility_timeout=0.05)
+    time.sleep(0.1)
+    [taken] = consumer.receive(count=10, block=None)
+    consumer.ack(taken, "x")
+    assert job.result(timeout=1) == "x"
+    janitor(client, consumer_idle=0.0).tick()
+    assert all(name.startswith(consumer.name) for name in consumers(client, "rt", "workers"))
+    consumer.close()
+
+
+def test_a_live_worker_keeps_its_record_and_consumers(rt, client, url, db, processes):
+    worker = start_worker(processes, url, "--processes", "1", "--topic", "rt")
+    assert wait_for(lambda: live_workers(client), timeout=30)
+    before = consumers(client, "rt", "workers")
+    janitor(client, consumer_idle=0.0).tick()
+    assert live_workers(client) and consumers(client, "rt", "workers") == before
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def test_a_supervised_child_killed_leaves_status_at_once(rt, client, url, db, processes):
+    worker = start_worker(processes, url, "--processes", "2", start_new_session=True)
+    try:
+        assert wait_for(lambda: len(live_workers(client)) == 2, timeout=30)
+        victim = live_workers(client)[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_for(lambda: victim not in {w["pid"] for w in live_workers(client)}, 5)
+        assert wait_for(lambda: len(live_workers(client)) == 2, timeout=30)  # replaced
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        kill_group(worker.pid, signal.SIGKILL)
+
+
+WAITER = """
+import sys
+from redismq import Client
+from redismq.job import Job
+Job(Client(sys.argv[1]), sys.argv[2], "rt", int(sys.argv[3]), "workers").result(timeout=60)
+"""
+
+
+def test_ids_of_waiters_that_died_are_pruned(rt, client, url):
+    job = rt.sync_job.send(1)
+    waiting = job.keys.waiting
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WAITER, url, job.id, str(job.queue)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        r = client.meta
+        assert wait_for(lambda: r.zscore(waiting, job.id) is not None, timeout=20)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    time.sleep(1.5)
+    # A live waiter on the same queue (for a job that does not finish while we look).
+    other = Job(client, "not-finishing", "rt", job.queue, "workers")
+    waiter = threading.Thread(target=lambda: pytest.raises(JobTimeout, other.result, 3))
+    waiter.start()
+    assert wait_for(lambda: r.zscore(waiting, other.id) is not None, timeout=5)
+    janitor(client, waiter_timeout=1.0).tick()
+    assert r.zscore(waiting, job.id) is None
+    assert r.zscore(waiting, other.id) is not None
+    waiter.join()
+    assert r.zcard(waiting) == 0
