@@ -8,10 +8,11 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .client import redis_errors
@@ -34,6 +35,8 @@ MOVE_BATCH = 500
 # sooner; bounds how late a message sent with a delay by another process becomes visible.
 MOVE_TICK_MS = 250
 MULTI_BROKER_BLOCK_MS = 100
+# How many lost leases a consumer remembers (to warn once per message).
+LOST_MEMORY = 10_000
 
 
 def consumer_name() -> str:
@@ -50,6 +53,17 @@ def describe(exc: BaseException) -> str:
     """`Type: message` of an exception, on one line."""
     text = str(exc).replace("\n", " ").strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(slots=True)
+class Settled:
+    """What one `settle_many` call did: newly completed, duplicates (completed before),
+    cancelled, and the messages it left alone because this consumer no longer owns them."""
+
+    completed: int = 0
+    duplicates: int = 0
+    cancelled: int = 0
+    lost: list[Message] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -112,6 +126,8 @@ class Consumer:
         self._next_move = 0.0
         self._next_claim = 0.0
         self._claim_every = max(0.05, min(visibility_timeout / 4, 5.0))
+        self._lost: dict[tuple[int, bool, str], None] = {}
+        self._lost_lock = threading.Lock()
         urls = {q.broker.url for q in self.queues.values()}
         self._errors_url = (urls.pop() if len(urls) == 1 else None) or client.url
         with self.errors():
@@ -370,23 +386,37 @@ class Consumer:
 
         `results`, if given, holds one result per message: NO_RESULT for none, CANCELLED for
         a cancelled job (acknowledged and recorded done, so that it never runs).
-        Returns how many were newly completed (the rest were duplicates).
+        Returns how many were newly completed (the rest were duplicates, or messages this
+        consumer no longer owns: those are left to their new owner, see `settle_many`).
         """
+        return self.settle_many(messages, results).completed
+
+    def settle_many(
+        self, messages: Sequence[Message], results: Sequence[Any] | None = None
+    ) -> Settled:
+        """`ack_many`, telling what happened: completed, duplicates, cancelled, and the
+        messages left alone because their lease was taken over (logged `lease lost`)."""
+        settled = Settled()
         if not messages:
-            return 0
+            return settled
         stored = results or [NO_RESULT] * len(messages)
         now = now_ms()
         by_queue: dict[int, list[tuple[Message, Any]]] = defaultdict(list)
         for m, r in zip(messages, stored, strict=True):
             by_queue[m.queue].append((m, r))
-        completed = 0
         with self.errors():
             for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
                 calls = [("settle", *self._settle_call(q, by_queue[q.index], now)) for q in queues]
                 settles = len(calls)
                 calls += self._finish_steps(queues, by_queue)
-                completed += sum(reply[0] for reply in broker.scripts.run(calls)[:settles])
-        return completed
+                replies = broker.scripts.run(calls)[:settles]
+                for q, reply in zip(queues, replies, strict=True):
+                    settled.completed += reply[0]
+                    settled.duplicates += reply[1]
+                    settled.cancelled += reply[2]
+                    settled.lost += [by_queue[q.index][int(n) - 1][0] for n in reply[3]]
+        self.lease_lost(settled.lost)
+        return settled
 
     def _finish_steps(
         self, queues: list[_Queue], by_queue: dict[int, list[tuple[Message, Any]]]
@@ -410,7 +440,8 @@ class Consumer:
         k = q.keys
         keys = [k.stream, k.retry_stream(self.group), k.done(self.group), k.stats(self.group)]
         keys += [k.cancelled, k.waiting]
-        args: list[Any] = [self.group, now, self.client.done_ttl_ms, self.client.result_ttl_ms]
+        args: list[Any] = [self.group, self.name, now]
+        args += [self.client.done_ttl_ms, self.client.result_ttl_ms]
         for m, result in items:
             if result is CANCELLED:
                 encoded = "~"
@@ -438,42 +469,49 @@ class Consumer:
     ) -> str:
         """Schedule another attempt after a backoff, or dead-letter when attempts are spent.
 
-        Returns "retry" or "dead". `track` records the failure in the job's status. An
-        exception's traceback is stored with the job (and the dead letter).
+        Returns "retry", "dead", or "lost" when this consumer no longer owns the message
+        (another consumer took it over: nothing changed). `track` records the failure in
+        the job's status. An exception's traceback is stored with the job (and the dead
+        letter).
         """
         error = exc if isinstance(exc, str) else describe(exc)
         limit = self.max_retries if max_retries is None else max_retries
         if msg.attempt >= limit:
-            self.dead_letter(msg, exc, track=track)
-            return "dead"
+            return "dead" if self.dead_letter(msg, exc, track=track) else "lost"
         tb = "" if isinstance(exc, str) else format_traceback(exc)
         wait = backoff_delay(self.backoff if backoff is None else backoff, msg.attempt)
         due = now_ms() + int((wait if delay is None else delay) * 1000)
         q = self.queues[msg.queue]
         k = q.keys
         src = k.retry_stream(self.group) if msg.from_retry else k.stream
-        args: list[Any] = [self.group, msg.entry_id, int(msg.from_retry), due, int(track)]
-        args += [self.client.result_ttl_ms, job_error(error, tb)]
+        args: list[Any] = [self.group, self.name, msg.entry_id, int(msg.from_retry), due]
+        args += [int(track), self.client.result_ttl_ms, job_error(error, tb)]
         for name, value in msg.fields(attempt=msg.attempt + 1).items():
             args += [name, value]
         with self.errors():
-            q.broker.scripts.retry(
+            scheduled = q.broker.scripts.retry(
                 keys=[src, k.retry(self.group), k.stats(self.group), k.job(msg.id)], args=args
             )
+        if not scheduled:
+            self.lease_lost([msg])
+            return "lost"
         self._next_move = min(self._next_move, time.monotonic() + (due - now_ms()) / 1000)
         return "retry"
 
     def dead_letter(
         self, msg: Message, reason: str | BaseException, *, track: bool = False
-    ) -> None:
+    ) -> bool:
         """Move a message to the group's dead-letter stream with the reason (and, for an
-        exception, its traceback)."""
+        exception, its traceback).
+
+        Returns False (and changes nothing) if this consumer no longer owns the message.
+        """
         text = reason if isinstance(reason, str) else describe(reason)
         tb = "" if isinstance(reason, str) else format_traceback(reason)
         q = self.queues[msg.queue]
         fields = msg.fields()
         with self.errors():
-            self._dead(
+            done = self._dead(
                 q,
                 msg.from_retry,
                 msg.entry_id,
@@ -483,6 +521,9 @@ class Consumer:
                 msg.id if track else None,
                 tb,
             )
+        if not done:
+            self.lease_lost([msg])
+        return done
 
     def _dead(
         self,
@@ -494,11 +535,13 @@ class Consumer:
         attempt: int,
         track: str | None,
         traceback: str = "",
-    ) -> None:
+    ) -> bool:
+        """Dead-letter one entry this consumer owns; False if it does not own it."""
         k = q.keys
         src = k.retry_stream(self.group) if from_retry else k.stream
         job_id = track or "-"
-        args: list[Any] = [self.group, entry_id, int(from_retry), int(track is not None)]
+        args: list[Any] = [self.group, self.name, entry_id, int(from_retry)]
+        args += [int(track is not None)]
         args += [self.client.result_ttl_ms, job_error(reason, traceback)]
         for name, value in fields.items():
             args += [name, value]
@@ -506,7 +549,7 @@ class Consumer:
         args += ["dead_entry", entry_id]
         if traceback:
             args += ["dead_traceback", traceback]
-        q.broker.scripts.dead(
+        reply = q.broker.scripts.dead(
             keys=[
                 src,
                 k.dead(self.group),
@@ -516,21 +559,48 @@ class Consumer:
             ],
             args=args,
         )
+        return bool(reply)
 
     def release(self, messages: Iterable[Message]) -> None:
-        """Hand fetched but unstarted messages back to the group, for another consumer now."""
+        """Hand fetched but unstarted messages back to the group, for another consumer now.
+
+        Messages this consumer no longer owns are left to their new owner.
+        """
         calls: dict[Broker, list] = defaultdict(list)
+        released: dict[Broker, list[Message]] = defaultdict(list)
         for m in messages:
             q = self.queues[m.queue]
             k = q.keys
             src = k.retry_stream(self.group) if m.from_retry else k.stream
-            args: list[Any] = [self.group, m.entry_id, int(m.from_retry)]
+            args: list[Any] = [self.group, self.name, m.entry_id, int(m.from_retry)]
             for name, value in m.fields().items():
                 args += [name, value]
             calls[q.broker].append(("release", [src, k.retry_stream(self.group)], args))
+            released[q.broker].append(m)
+        lost: list[Message] = []
         with self.errors():
             for broker, batch in calls.items():
-                broker.scripts.run(batch)
+                replies = broker.scripts.run(batch)
+                lost += [m for m, ok in zip(released[broker], replies, strict=True) if not ok]
+        self.lease_lost(lost)
+
+    # -- lost leases -----------------------------------------------------------------
+    def lease_lost(self, messages: Iterable[Message]) -> None:
+        """Note messages this consumer no longer owns (another consumer took them over):
+        each is logged `lease lost` once, and `is_lost` then tells not to start it."""
+        with self._lost_lock:
+            for m in messages:
+                key = (m.queue, m.from_retry, m.entry_id)
+                if key in self._lost:
+                    continue
+                log.warning("lease lost: %s is now another consumer's (%s)", m.id, self)
+                self._lost[key] = None
+                while len(self._lost) > LOST_MEMORY:
+                    del self._lost[next(iter(self._lost))]
+
+    def is_lost(self, msg: Message) -> bool:
+        """Whether this consumer learned that it no longer owns the message."""
+        return (msg.queue, msg.from_retry, msg.entry_id) in self._lost
 
     def renew(self, messages: Iterable[Message]) -> list[Message]:
         """Reset the lease of messages this consumer holds, and the effect-once step claims
@@ -614,4 +684,4 @@ def job_error(error: str, traceback: str = "") -> str:
     return json.dumps(record)
 
 
-__all__ = ["CANCELLED", "Consumer", "NO_RESULT", "backoff_delay", "describe"]
+__all__ = ["CANCELLED", "Consumer", "NO_RESULT", "Settled", "backoff_delay", "describe"]

@@ -250,8 +250,7 @@ class OrderedConsumer(Consumer):
         keeping the queue) or "dead" once its retries are spent."""
         limit = self.max_retries if max_retries is None else max_retries
         if msg.attempt >= limit:
-            self.dead_letter(msg, exc, track=track)
-            return "dead"
+            return "dead" if self.dead_letter(msg, exc, track=track) else "lost"
         msg.hold_for = (
             delay
             if delay is not None

@@ -35,6 +35,7 @@ class Counts:
     duplicates: int = 0
     released: int = 0
     cancelled: int = 0
+    lost: int = 0  # dropped: another consumer took them over
 
     def add(self, other: Counts) -> None:
         for name in self.__slots__:
@@ -104,8 +105,9 @@ class Hooks:
         exc: BaseException | None = None,
         result: Any = None,
     ) -> None:
-        """A handler finished: outcome is done, retry, dead or cancelled; `exc` is what it
-        raised (None when done), `result` what it returned."""
+        """A handler finished: outcome is done, retry, dead or cancelled (or lost: its
+        failure was not recorded because another consumer had taken the message over);
+        `exc` is what it raised (None when done), `result` what it returned."""
 
     def after_settle(self, completed: int, duplicates: int) -> None:
         """Successes were acknowledged: `duplicates` had been completed before."""
@@ -189,6 +191,9 @@ class BatchRunner:
             self._pos = i
             if self.abandoned:
                 return counts
+            if self.consumer.is_lost(msg):  # taken over by another consumer: not ours to run
+                counts.lost += 1
+                continue
             if stop():
                 rest = messages[i:]
                 self._flush(counts)
@@ -227,7 +232,9 @@ class BatchRunner:
         try:
             fn, args, kwargs, task = sub.resolve(msg)
         except (InvalidMessage, UnknownTask) as exc:
-            self.consumer.dead_letter(msg, describe(exc), track=sub.handler is None)
+            if not self.consumer.dead_letter(msg, describe(exc), track=sub.handler is None):
+                counts.lost += 1
+                return "lost"
             counts.dead += 1
             self._after(msg, None, "dead", 0.0, describe(exc))
             return "dead"
@@ -281,6 +288,10 @@ class BatchRunner:
             backoff=opts.backoff,
             track=task is not None,
         )
+        if outcome == "lost":
+            counts.lost += 1
+            self._after(msg, task.name if task else None, "lost", took, describe(exc), exc=exc)
+            return outcome
         counts.failed += 1
         if outcome == "dead":
             counts.dead += 1
@@ -310,20 +321,23 @@ class BatchRunner:
         done, results = self._done, self._results
         self._done, self._results = [], []
         try:
-            completed = self.consumer.ack_many(done, results)
+            settled = self.consumer.settle_many(done, results)
         except BrokerUnavailable:
             # Keep them (their leases stay renewed): the next flush settles them once the
             # broker is back, instead of running them again after the visibility timeout.
             self._done[:0], self._results[:0] = done, results
             raise
-        counts.processed += completed
-        counts.duplicates += len(done) - completed
+        counts.processed += settled.completed
+        counts.duplicates += settled.duplicates
+        counts.lost += len(settled.lost)
         for hook in self.hooks:
-            hook.after_settle(completed, len(done) - completed)
+            hook.after_settle(settled.completed, settled.duplicates)
 
     def _cancelled(self, msg: Message, task: str | None, counts: Counts, took: float) -> None:
         self._flush(counts)
-        self.consumer.ack_many([msg], [CANCELLED])
+        if self.consumer.settle_many([msg], [CANCELLED]).lost:
+            counts.lost += 1
+            return
         counts.cancelled += 1
         self._after(msg, task, "cancelled", took, None)
 

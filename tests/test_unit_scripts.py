@@ -197,18 +197,47 @@ def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) 
     r.xreadgroup("g", "c1", {STREAM: ">"})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2"]
     outcome = '{"status":"done","result":{"ok":true}}'
-    args = ["g", 1000, 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, outcome]
-    assert scripts.settle(keys=keys, args=args) == [2, 0, 0]
+    args = ["g", "c1", 1000, 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, outcome]
+    assert scripts.settle(keys=keys, args=args) == [2, 0, 0, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
     assert r.zscore("done", "m1") == 1000
     assert r.hgetall("stats") == {b"done": b"2"}
     assert r.lrange("outcome:m2", 0, -1) == [outcome.encode()]
     assert r.pttl("outcome:m2") > 0
     assert not r.exists("outcome:m1")
-    # Settling again counts duplicates and stores nothing new.
-    assert scripts.settle(keys=keys, args=args) == [0, 2, 0]
-    assert r.hget("stats", "duplicates") == b"2"
+    # Settling again touches nothing: the entries are no longer pending (positions 1, 2).
+    assert scripts.settle(keys=keys, args=args) == [0, 0, 0, [1, 2]]
+    assert r.hget("stats", "duplicates") is None
     assert r.llen("outcome:m2") == 1
+
+
+def test_settle_counts_a_completed_message_delivered_again_as_duplicate(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    e = r.xadd(STREAM, {"id": "m1"}).decode()
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "c1", {STREAM: ">"})
+    r.zadd("done", {"m1": 900})
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
+    args = ["g", "c1", 1000, 60_000, 0, "m1", e, 0, ""]
+    assert scripts.settle(keys=keys, args=args) == [0, 1, 0, []]
+    assert r.xpending(STREAM, "g")["pending"] == 0
+
+
+def test_settle_leaves_an_entry_another_consumer_owns(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    e1 = r.xadd(STREAM, {"id": "m1"}).decode()
+    e2 = r.xadd(STREAM, {"id": "m2"}).decode()
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "c1", {STREAM: ">"})
+    r.xclaim(STREAM, "g", "c2", 0, [e2])
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2"]
+    args = ["g", "c1", 1000, 60_000, 0, "m1", e1, 0, "", "m2", e2, 0, '{"status":"done"}']
+    assert scripts.settle(keys=keys, args=args) == [1, 0, 0, [2]]
+    assert [p["consumer"] for p in r.xpending_range(STREAM, "g", "-", "+", 10)] == [b"c2"]
+    assert r.zscore("done", "m2") is None
+    assert not r.exists("outcome:m2")
 
 
 def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
@@ -217,8 +246,8 @@ def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scrip
     r.xreadgroup("g", "c1", {"rs": ">"})
     assert scripts.settle(
         keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"],
-        args=["g", 1000, 60_000, 0, "m1", e, 1, ""],
-    ) == [1, 0, 0]
+        args=["g", "c1", 1000, 60_000, 0, "m1", e, 1, ""],
+    ) == [1, 0, 0, []]
     assert r.xlen("rs") == 0
     assert r.xpending("rs", "g")["pending"] == 0
 
@@ -226,7 +255,8 @@ def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scrip
 def test_settle_forgets_old_done_records(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
     r.zadd("done", {"old": 100, "recent": 9_500})
     scripts.settle(
-        keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"], args=["g", 10_000, 1000, 0]
+        keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"],
+        args=["g", "c1", 10_000, 1000, 0],
     )
     assert r.zrange("done", 0, -1) == [b"recent"]
 
@@ -239,7 +269,8 @@ def test_settle_of_a_cancelled_job_records_done_without_a_result(
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.sadd("cancelled", "m1")
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
-    assert scripts.settle(keys=keys, args=["g", 1000, 60_000, 0, "m1", e, 0, "~"]) == [0, 0, 1]
+    args = ["g", "c1", 1000, 60_000, 0, "m1", e, 0, "~"]
+    assert scripts.settle(keys=keys, args=args) == [0, 0, 1, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
     assert r.zscore("done", "m1") == 1000
     assert not r.sismember("cancelled", "m1")

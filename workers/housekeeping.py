@@ -84,9 +84,7 @@ class LeaseKeeper(Component):
                 continue
             lost = loop.consumer.renew(held)
             still = {m.entry_id for m in loop.runner.held()}
-            for m in lost:
-                if m.entry_id in still:
-                    log.warning("lease of %s was lost to another consumer", m.id)
+            loop.consumer.lease_lost([m for m in lost if m.entry_id in still])
 
 
 class Watchdog(Component):

@@ -1,35 +1,44 @@
 -- Record successful (or cancelled) outcomes of one queue for one group: XACK, done record,
--- counters and (for tasks) the outcome their senders wait for, all at once.
+-- counters and (for tasks) the outcome their senders wait for, all at once. Only entries
+-- the consumer still owns are settled; the others (taken over by another consumer, or
+-- settled already) are left untouched and reported.
 -- KEYS[1] stream, KEYS[2] group's retry stream, KEYS[3] done zset, KEYS[4] stats hash,
 -- KEYS[5] the queue's cancelled set, KEYS[6] the queue's zset of awaited job ids,
 -- KEYS[7..] per task message (outcome neither '' nor '~'): its outcome list, in message order
--- ARGV[1] group, ARGV[2] now ms, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
--- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] now ms, ARGV[4] done ttl ms, ARGV[5] result ttl ms,
+-- ARGV[6..] per message 4 values: message id, entry id, from retry stream (0/1),
 --   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
 --   outcome is stored only if someone waits for it), else the JSON outcome to store
--- Returns {completed, duplicates, cancelled}
-local group, now = ARGV[1], tonumber(ARGV[2])
-local done_ttl, result_ttl = ARGV[3], ARGV[4]
+-- Returns {completed, duplicates, cancelled, {positions (1-based) of the entries not owned}}
+local group, consumer, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local done_ttl, result_ttl = ARGV[4], ARGV[5]
 local completed, duplicates, cancelled, k = 0, 0, 0, 7
-local main, retried, silent, silent_keys = {}, {}, {}, {}
-for i = 5, #ARGV, 4 do
+local main, retried, silent, silent_keys, lost = {}, {}, {}, {}, {}
+for i = 6, #ARGV, 4 do
   local mid, eid, src, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
-  local first = redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1
-  if outcome == '~' then
-    redis.call('SREM', KEYS[5], mid)
-    if first then cancelled = cancelled + 1 end
-  elseif first then
-    completed = completed + 1
-    if outcome == 'N' then
-      silent[#silent + 1] = mid
-      silent_keys[#silent_keys + 1] = KEYS[k]
-    elseif outcome ~= '' then
-      redis.call('RPUSH', KEYS[k], outcome)
-      redis.call('PEXPIRE', KEYS[k], result_ttl)
-    end
+  local stream = KEYS[1]
+  if src == '1' then stream = KEYS[2] end
+  local p = redis.call('XPENDING', stream, group, eid, eid, 1)
+  if #p == 0 or p[1][2] ~= consumer then
+    lost[#lost + 1] = (i - 2) / 4
   else
-    duplicates = duplicates + 1
+    if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
+    local first = redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1
+    if outcome == '~' then
+      redis.call('SREM', KEYS[5], mid)
+      if first then cancelled = cancelled + 1 end
+    elseif first then
+      completed = completed + 1
+      if outcome == 'N' then
+        silent[#silent + 1] = mid
+        silent_keys[#silent_keys + 1] = KEYS[k]
+      elseif outcome ~= '' then
+        redis.call('RPUSH', KEYS[k], outcome)
+        redis.call('PEXPIRE', KEYS[k], result_ttl)
+      end
+    else
+      duplicates = duplicates + 1
+    end
   end
   if outcome ~= '' and outcome ~= '~' then k = k + 1 end
 end
@@ -52,4 +61,4 @@ if completed > 0 then redis.call('HINCRBY', KEYS[4], 'done', completed) end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', duplicates) end
 if cancelled > 0 then redis.call('HINCRBY', KEYS[4], 'cancelled', cancelled) end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(done_ttl))
-return {completed, duplicates, cancelled}
+return {completed, duplicates, cancelled, lost}
