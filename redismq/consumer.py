@@ -298,9 +298,12 @@ class Consumer:
 
     def _drop_done(self, messages: list[Message]) -> list[Message]:
         """Acknowledge, without returning them, messages the group already completed and
-        messages whose job was cancelled."""
+        messages whose job was cancelled. (Every received message passes here: one this
+        consumer had lost and now received again is its own again.)"""
         if not messages:
             return messages
+        if self._lost:
+            self._owned_again(messages)
         by_queue = self._by_queue(messages)
         done: set[str] = set()
         cancelled: set[str] = set()
@@ -597,6 +600,11 @@ class Consumer:
                 self._lost[key] = None
                 while len(self._lost) > LOST_MEMORY:
                     del self._lost[next(iter(self._lost))]
+
+    def _owned_again(self, messages: Iterable[Message]) -> None:
+        with self._lost_lock:
+            for m in messages:
+                self._lost.pop((m.queue, m.from_retry, m.entry_id), None)
 
     def is_lost(self, msg: Message) -> bool:
         """Whether this consumer learned that it no longer owns the message."""

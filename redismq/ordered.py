@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .consumer import Consumer, backoff_delay
+from .consumer import Consumer, Settled, backoff_delay
 from .message import Message
 
 log = logging.getLogger("redismq.ordered")
@@ -206,18 +206,22 @@ class OrderedConsumer(Consumer):
             self._extra = []
 
     # -- outcomes --------------------------------------------------------------------
-    def ack_many(self, messages: Sequence[Message], results: Sequence[Any] | None = None) -> int:
-        """Acknowledge messages as done (see Consumer.ack_many)."""
-        completed = super().ack_many(messages, results)
+    def settle_many(
+        self, messages: Sequence[Message], results: Sequence[Any] | None = None
+    ) -> Settled:
+        """Acknowledge messages as done (see Consumer.settle_many; `ack_many` calls it)."""
+        settled = super().settle_many(messages, results)
         self._untrack(messages)
-        return completed
+        return settled
 
     def dead_letter(
         self, msg: Message, reason: str | BaseException, *, track: bool = False
-    ) -> None:
-        """Move a message to the group's dead-letter stream with the reason."""
-        super().dead_letter(msg, reason, track=track)
+    ) -> bool:
+        """Move a message to the group's dead-letter stream with the reason; False if this
+        consumer no longer owns it."""
+        done = super().dead_letter(msg, reason, track=track)
         self._untrack([msg])
+        return done
 
     def release(self, messages: Iterable[Message]) -> None:
         """Hand fetched messages over to the queue's next holder, which takes them first:

@@ -86,3 +86,19 @@ def test_a_runner_does_not_start_messages_whose_lease_it_learned_was_lost(client
     assert runs == []
     assert (counts.lost, counts.processed) == (2, 0)
     assert client.meta.xpending("rmq:{taken#0}:stream", "g")["pending"] == 2
+
+
+def test_a_message_received_again_after_its_lease_was_lost_is_owned_again(client):
+    client.create_topic("back", queues=1)
+    client.send("back", 1)
+    a = client.consumer("back", "g", name="a", visibility_timeout=0.2)
+    b = client.consumer("back", "g", name="b", visibility_timeout=0.2)
+    [first] = a.receive(count=10, block=1)
+    time.sleep(0.3)
+    assert len(b.receive(count=10, block=1)) == 1
+    a.lease_lost(a.renew([first]))
+    assert a.is_lost(first)
+    time.sleep(0.3)  # b stalls in turn: a takes the message back
+    [again] = a.receive(count=10, block=1)
+    assert not a.is_lost(again)
+    assert a.ack_many([again]) == 1
