@@ -281,10 +281,12 @@ def test_a_batch_with_a_script_the_server_lost_runs_each_call_once(
     r: fakeredis.FakeRedis, scripts: Scripts
 ) -> None:
     r.xgroup_create("s", "g", id="0", mkstream=True)
-    scripts.settle(keys=["s", "rs", "done", "stats", "x", "w"], args=["g", 1, 10**6, 10**6])
+    r.xadd("s", {"id": "m1"}, id="1-0")
+    r.xreadgroup("g", "c1", {"s": ">"})
+    args = ["g", "c1", 1, 10**6, 10**6]
+    scripts.settle(keys=["s", "rs", "done", "stats", "x", "w"], args=args)
     # settle is loaded now, step is not: the batch fails for step only
-    settle = ("settle", ["s", "rs", "done", "stats", "x", "w"], ["g", 1, 10**6, 10**6])
-    settle[2].extend(["m1", "1-0", 0, ""])
+    settle = ("settle", ["s", "rs", "done", "stats", "x", "w"], [*args, "m1", "1-0", 0, ""])
     replies = scripts.run([settle, ("step", ["h"], ["finish", 1000])])
-    assert replies == [[1, 0, 0], 1]
+    assert replies == [[1, 0, 0, []], 1]
     assert r.hgetall("stats") == {b"done": b"1"}  # settled once, not once more as a duplicate
