@@ -9,42 +9,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from cli.common import err, friendly, out, url_option
 from redismq import Client, RedisMQError
 from redismq.urls import mask_url
-
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
-
-url_option = click.option(
-    "--url",
-    envvar="REDISMQ_URL",
-    default="redis://127.0.0.1:6379/0",
-    show_default=True,
-    help="URL of the meta Redis (env REDISMQ_URL).",
-)
-
-
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a RedisMQError as one red line and exit 1, never as a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RedisMQError as exc:
-            err.print(Text.assemble(("error:", "red"), " ", str(exc)), soft_wrap=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 def parse_body(text: str) -> Any:
@@ -758,6 +732,10 @@ main.add_command(bench)
 from cli.outbox import outbox  # noqa: E402  (cli.outbox does not import this module)
 
 main.add_command(outbox)
+
+from cli.jobs import job  # noqa: E402  (cli.jobs does not import this module)
+
+main.add_command(job)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from .client import (
     choose_queue,
     client_settings,
     full_message,
+    index_entry,
     prepare_batch,
     prepare_message,
     queue_bound,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from redis.commands.core import AsyncScript
 
     from .client import Client
+    from .job import AsyncJob
 
 
 @dataclass(slots=True, eq=False)
@@ -196,8 +198,10 @@ class AsyncClient:
         default_queues: int = DEFAULT_QUEUES,
         max_body: int = DEFAULT_MAX_BODY,
         dedup_window: float = 86_400.0,
+        result_ttl: float = 86_400.0,
     ) -> None:
         self.url, self.namespace = client_settings(url, namespace)
+        self.result_ttl_ms = int(result_ttl * 1000)
         self.auto_create_topics = auto_create_topics
         self.default_queues = default_queues
         self.max_body = max_body
@@ -215,6 +219,7 @@ class AsyncClient:
             default_queues=client.default_queues,
             max_body=client.max_body,
             dedup_window=client.dedup_window_ms / 1000,
+            result_ttl=client.result_ttl_ms / 1000,
         )
 
     def __repr__(self) -> str:
@@ -305,16 +310,31 @@ class AsyncClient:
         delay: float | timedelta | None = None,
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
+        index_as: tuple[str, str] | None = None,
     ) -> Sent:
         """Send one message; returns where it went (id, queue and stream entry).
 
         A message with a `key` goes to the same queue as the sync client sends it to; a
         resend with the same `dedup_key` within the window returns the first id.
+        `index_as=(group, task)` (tasks do it) lets `job(id)` find it.
         """
         msg = prepare_message(
-            body, key=key, delay=delay, dedup_key=dedup_key, headers=headers, max_body=self.max_body
+            body,
+            key=key,
+            delay=delay,
+            dedup_key=dedup_key,
+            headers=headers,
+            max_body=self.max_body,
+            index_as=index_as,
         )
         return await self._send_prepared(await self.topic(topic), msg)
+
+    async def job(self, message_id: str) -> AsyncJob:
+        """A task's job by its message id alone, with awaitable status, result, progress
+        and cancel; raises JobNotFound."""
+        from .job import find_async_job
+
+        return await find_async_job(self, message_id)
 
     async def _send_prepared(self, t: Topic, msg: Outgoing) -> Sent:
         """Write one checked message to the queue it maps to."""
@@ -322,13 +342,20 @@ class AsyncClient:
         queue = choose_queue(t, msg)
         qk = self.router.queue_keys(topic, queue)
         bound = queue_bound(t)
+        index = index_entry(self.namespace, topic, queue, msg)
         with self.errors():
             broker = await self.router.queue_broker(t, queue)
             if not msg.needs_script and not bound:
-                entry = await broker.redis.xadd(qk.stream, msg.fields)
+                async with broker.redis.pipeline(transaction=False) as pipe:
+                    pipe.xadd(qk.stream, msg.fields)
+                    if index:
+                        pipe.set(*index, px=self.result_ttl_ms)
+                    entry = (await pipe.execute())[0]
                 return Sent(msg.id, topic, queue, entry.decode())
             keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)
             sent = script_sent(await broker.send(keys=keys, args=args), topic, queue)
+            if sent is not None and index and sent.id == msg.id:
+                await broker.redis.set(*index, px=self.result_ttl_ms)
         if sent is None:
             raise TopicFull(full_message(t))
         return sent

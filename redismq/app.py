@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, overload
 
 from .aio import AsyncClient
-from .client import Client
+from .client import Client, Sent
 from .errors import InvalidMessage, RedisMQError, Retry, UnknownTask
 from .job import Job
 from .message import Message
@@ -121,8 +121,9 @@ class Task:
             delay=delay,
             dedup_key=dedup_key,
             headers=headers,
+            index_as=(self.group, self.name),
         )
-        return Job(self.app.client, sent.id, self.topic, sent.queue, self.group, sent.entry_id)
+        return self._job(sent)
 
     def send_with_options(
         self,
@@ -142,8 +143,14 @@ class Task:
             delay=delay,
             dedup_key=dedup_key,
             headers=headers,
+            index_as=(self.group, self.name),
         )
-        return Job(self.app.client, sent.id, self.topic, sent.queue, self.group, sent.entry_id)
+        return self._job(sent)
+
+    def _job(self, sent: Sent) -> Job:
+        return Job(
+            self.app.client, sent.id, self.topic, sent.queue, self.group, sent.entry_id, self.name
+        )
 
     def body(
         self, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None
@@ -242,6 +249,10 @@ class App:
     def async_client(self) -> AsyncClient:
         """The app's async client, made on first use with the URL and options of `client`."""
         return AsyncClient.like(self.client)
+
+    def job(self, message_id: str) -> Job:
+        """A task's job by its message id alone (see `Client.job`)."""
+        return self.client.job(message_id)
 
     def _subscription(self, topic: str, group: str, ordered: bool = False) -> Subscription:
         sub = self.subscriptions.setdefault(

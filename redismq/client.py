@@ -22,7 +22,7 @@ from .errors import (
     TopicFull,
     TopicNotFound,
 )
-from .keys import DEFAULT_NAMESPACE, QueueKeys
+from .keys import DEFAULT_NAMESPACE, QueueKeys, job_index
 from .message import (
     DEFAULT_MAX_BODY,
     encode_body,
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from .consumer import Consumer
     from .deadletters import DeadLetter
+    from .job import Job
 
 DEFAULT_QUEUES = 4
 DEFAULT_RETENTION = 10_000
@@ -130,6 +131,8 @@ class Outgoing:
     key: str | None = None
     dedup_key: str | None = None
     delay_ms: int = 0
+    # (group, task): a task's message is indexed by its id, for `client.job(id)`.
+    index_as: tuple[str, str] | None = None
 
     @property
     def route_key(self) -> str | None:
@@ -150,6 +153,7 @@ def prepare_message(
     dedup_key: str | None = None,
     headers: dict[str, str] | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    index_as: tuple[str, str] | None = None,
 ) -> Outgoing:
     """Check and encode one message; raises InvalidMessage before anything is sent."""
     due = delay_ms(delay)
@@ -159,7 +163,16 @@ def prepare_message(
     check_key("dedup_key", dedup_key)
     mid = new_message_id()
     fields = entry_fields(mid, data, raw, key=key, headers=headers)
-    return Outgoing(mid, fields, key, dedup_key, due)
+    return Outgoing(mid, fields, key, dedup_key, due, index_as)
+
+
+def index_entry(namespace: str, topic: str, queue: int, msg: Outgoing) -> tuple[str, str] | None:
+    """The id index entry (key, value) a task's message is written with, else None."""
+    if msg.index_as is None:
+        return None
+    from .job import index_value
+
+    return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as)
 
 
 def prepare_batch(
@@ -386,15 +399,22 @@ class Client:
         durability: str | None = None,
         on_full: str | None = None,
         timeout: float | None = None,
+        index_as: tuple[str, str] | None = None,
     ) -> Sent:
         """Send one message; returns where it went (id, queue and stream entry).
 
         Without a key, a message whose broker fails goes to a queue on another broker; a
         keyed message stays on its queue (moving it would break its order) and the error
-        is raised.
+        is raised. `index_as=(group, task)` (tasks do it) lets `job(id)` find it.
         """
         msg = prepare_message(
-            body, key=key, delay=delay, dedup_key=dedup_key, headers=headers, max_body=self.max_body
+            body,
+            key=key,
+            delay=delay,
+            dedup_key=dedup_key,
+            headers=headers,
+            max_body=self.max_body,
+            index_as=index_as,
         )
         t = self.topic(topic)
         replicated = self._replicated(durability or t.durability)
@@ -479,6 +499,7 @@ class Client:
         again when a restarted server has lost it."""
         qk = self.router.queue_keys(t.name, queue)
         bound = queue_bound(t)
+        index = index_entry(self.namespace, t.name, queue, msg)
         with self.errors():
             broker = self.router.queue_broker(t, queue)
             if msg.needs_script or bound > 0:
@@ -499,9 +520,16 @@ class Client:
 
                 entry, acked = broker.on_node(qk.stream, fill)
                 sent = Sent(msg.id, t.name, queue, entry.decode())
+            elif index and not broker.cluster:  # a task's entry and its id index at once
+                pipe = broker.redis.pipeline(transaction=False)
+                pipe.xadd(qk.stream, msg.fields)
+                pipe.set(*index, px=self.result_ttl_ms)
+                return Sent(msg.id, t.name, queue, pipe.execute()[0].decode())
             else:
                 entry = broker.redis.xadd(qk.stream, msg.fields)
-                return Sent(msg.id, t.name, queue, cast(bytes, entry).decode())
+                sent, acked = Sent(msg.id, t.name, queue, cast(bytes, entry).decode()), 1
+            if index and sent.id == msg.id:  # a task's: findable by its id (client.job)
+                broker.redis.set(*index, px=self.result_ttl_ms)
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
@@ -641,6 +669,14 @@ class Client:
             name=name,
             queues=queues,
         )
+
+    # -- jobs ------------------------------------------------------------------------
+    def job(self, message_id: str) -> Job:
+        """A task's job by its message id alone (status, result, progress, cancel); raises
+        JobNotFound for an id no task was sent with (or whose record expired)."""
+        from .job import find_job
+
+        return find_job(self, message_id)
 
     # -- dead letters ----------------------------------------------------------------
     def dead_letters(self, topic: str, group: str, *, count: int = 100) -> list[DeadLetter]:

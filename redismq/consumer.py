@@ -488,7 +488,7 @@ class Consumer:
         k = q.keys
         src = k.retry_stream(self.group) if msg.from_retry else k.stream
         args: list[Any] = [self.group, self.name, msg.entry_id, int(msg.from_retry), due]
-        args += [int(track), self.client.result_ttl_ms, job_error(error, tb)]
+        args += [int(track), self.client.result_ttl_ms, job_error(error, tb, msg.attempt + 1)]
         for name, value in msg.fields(attempt=msg.attempt + 1).items():
             args += [name, value]
         with self.errors():
@@ -545,7 +545,7 @@ class Consumer:
         job_id = track or "-"
         args: list[Any] = [self.group, self.name, entry_id, int(from_retry)]
         args += [int(track is not None)]
-        args += [self.client.result_ttl_ms, job_error(reason, traceback)]
+        args += [self.client.result_ttl_ms, job_error(reason, traceback, attempt + 1)]
         for name, value in fields.items():
             args += [name, value]
         args += ["dead_reason", reason, "dead_at", now_ms(), "dead_attempts", attempt + 1]
@@ -683,10 +683,13 @@ def encode_result(result: Any) -> str:
         return json.dumps(repr(result))
 
 
-def job_error(error: str, traceback: str = "") -> str:
-    """The error stored with a job: its type, message and (if known) traceback, as JSON."""
+def job_error(error: str, traceback: str = "", attempt: int = 0) -> str:
+    """The error stored with a job: its type, message, (if known) traceback and the number
+    of the attempt that failed, as JSON."""
     kind, _, text = error.partition(": ")
-    record = {"type": kind, "message": text}
+    record: dict[str, Any] = {"type": kind, "message": text}
+    if attempt:
+        record["attempt"] = attempt
     if traceback:
         record["traceback"] = traceback
     return json.dumps(record)

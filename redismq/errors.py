@@ -86,6 +86,17 @@ class JobFailed(RedisMQError):
         self.traceback = traceback
 
 
+class JobNotFound(RedisMQError, LookupError):
+    """No job has that id (never sent as a task, or its record expired)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"no job with the id {job_id!r} (not a task's id, or its record expired after "
+            f"the client's result_ttl)"
+        )
+        self.job_id = job_id
+
+
 class JobTimeout(RedisMQError, TimeoutError):
     """A job's result did not arrive in time."""
 

@@ -1,16 +1,28 @@
-"""Jobs: the handle a task's sender keeps, to read its status and wait for its result."""
+"""Jobs: the handle on a sent task, to read its status and wait for its result, found from
+the `Job` its send returned or from its id alone (`client.job(id)`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import JobFailed, JobTimeout
-from .keys import QueueKeys
+import redis
+
+from .errors import BrokerUnavailable, JobFailed, JobNotFound, JobTimeout, RedisMQError
+from .keys import QueueKeys, job_index
+from .message import Message, now_ms
 
 if TYPE_CHECKING:
+    from .aio import AsyncClient
     from .client import Client
+    from .consumer import Consumer
+
+log = logging.getLogger("redismq.job")
 
 # A waiter blocks this long at most before looking again and renewing its place.
 WAIT_STEP = 5.0
@@ -19,9 +31,114 @@ WAIT_STEP = 5.0
 WAITER_TIMEOUT = 600.0
 
 
+# -- the rules, shared by Job and AsyncJob -----------------------------------------------
+
+
+def status_of(
+    stored: bytes | None, done: float | None, running: float | None = None, pending: Any = None
+) -> str:
+    """A job's status from its stored record, its group's done and running records and
+    (when its stream entry is known) its pending entry."""
+    text = stored.decode() if isinstance(stored, bytes) else None
+    if text in ("dead", "cancelled"):
+        return text
+    if isinstance(done, float):
+        return "done"
+    if isinstance(running, float) or (isinstance(pending, list) and pending):
+        return "running"
+    if text == "failed":
+        return "retrying"
+    return "queued"
+
+
+def final_result(job_id: str, outcome: dict[str, Any], error: str | None) -> Any:
+    """The result of a finished job; raises JobFailed for a dead or cancelled one."""
+    if outcome["status"] == "done":
+        return outcome.get("result")
+    if outcome["status"] == "cancelled":
+        raise JobFailed(job_id, "Cancelled", "the job was cancelled", "cancelled")
+    e = json.loads(error or "{}")
+    raise JobFailed(
+        job_id, e.get("type", "Error"), e.get("message", ""), "dead", e.get("traceback", "")
+    )
+
+
+def index_value(topic: str, queue: int, group: str, task: str) -> str:
+    """The id index entry of a task's job (JSON: it reads well in redis-cli)."""
+    return json.dumps({"topic": topic, "queue": queue, "group": group, "task": task})
+
+
+def parse_index(message_id: str, raw: bytes) -> dict[str, Any]:
+    try:
+        where = json.loads(raw)
+        return {k: where[k] for k in ("topic", "queue", "group", "task")}
+    except (ValueError, KeyError, TypeError):
+        raise RedisMQError(f"the index entry of job {message_id!r} is malformed") from None
+
+
+def check_job_id(message_id: Any) -> str:
+    if not isinstance(message_id, str) or not message_id or len(message_id) > 200:
+        raise JobNotFound(str(message_id))
+    return message_id
+
+
+def sent_at_ms(message_id: str) -> int | None:
+    """When a message was made, from its id (None for an id redismq did not make)."""
+    try:
+        return int(message_id[:12], 16) if len(message_id) == 32 else None
+    except ValueError:
+        return None
+
+
+def running_score(started_ms: int, attempt: int) -> int:
+    """A job's score in its group's running zset: start time and attempt number (1 = first)."""
+    return started_ms * 1000 + min(attempt, 999)
+
+
+def parse_running(score: float | None) -> tuple[int | None, int | None]:
+    """(start time ms, attempt number) of a running zset score; (None, None) for none."""
+    if score is None:
+        return None, None
+    n = int(score)
+    return n // 1000, n % 1000
+
+
+def mark_running(
+    consumer: Consumer, messages: Sequence[Message], previous: Sequence[Message] = ()
+) -> None:
+    """Record that a worker runs these task messages now (and no longer the `previous`
+    batch, settled by now): one command or two per queue, one round trip per broker.
+    Failing to record is logged only."""
+    now, horizon = now_ms(), consumer.client.result_ttl_ms
+    by_queue: dict[int, tuple[list[Message], list[Message]]] = defaultdict(lambda: ([], []))
+    for m in messages:
+        by_queue[m.queue][0].append(m)
+    for m in previous:
+        by_queue[m.queue][1].append(m)
+    try:
+        with consumer.errors():
+            for broker, queues in consumer._by_broker(consumer.queues[i] for i in by_queue).items():
+                pipe = broker.redis.pipeline(transaction=False)
+                for q in queues:
+                    key = q.keys.running(consumer.group)
+                    new, old = by_queue[q.index]
+                    if old:
+                        pipe.zrem(key, *{m.id for m in old} - {m.id for m in new})
+                    if new:
+                        pipe.zadd(key, {m.id: running_score(now, m.attempt + 1) for m in new})
+                        # Marks a dead worker left behind go after the result TTL.
+                        pipe.zremrangebyscore(key, "-inf", (now - horizon) * 1000)
+                pipe.execute()
+    except (RedisMQError, redis.RedisError) as exc:
+        log.warning("could not record which jobs run: %s", exc)
+
+
+# -- the sync handle ---------------------------------------------------------------------
+
+
 class Job:
-    """A sent task. `status()` is one of queued, running, done, failed (will retry), dead,
-    cancelled."""
+    """A sent task. `status()` is one of queued, running, retrying (failed, another attempt
+    is due), done, dead (dead-lettered), cancelled."""
 
     def __init__(
         self,
@@ -31,6 +148,7 @@ class Job:
         queue: int,
         group: str,
         entry_id: str | None = None,
+        task: str | None = None,
     ) -> None:
         self.client = client
         self.id = id
@@ -38,6 +156,7 @@ class Job:
         self.queue = queue
         self.group = group
         self.entry_id = entry_id
+        self.task = task
 
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, topic={self.topic!r}, queue={self.queue})"
@@ -50,7 +169,8 @@ class Job:
         return self.client.router.queue_broker(self.client.topic(self.topic), self.queue).redis
 
     def info(self) -> dict[str, Any]:
-        """The stored record of the job (status, result, error), empty while it runs."""
+        """The stored record of the job (status, attempt, started, progress, error), empty
+        while nothing ran it yet."""
         with self.client.errors():
             raw = self._redis().hgetall(self.keys.job(self.id))
         return {k.decode(): v.decode() for k, v in raw.items()}
@@ -61,19 +181,11 @@ class Job:
             pipe = self._redis().pipeline(transaction=False)
             pipe.hget(self.keys.job(self.id), "status")
             pipe.zscore(self.keys.done(self.group), self.id)
+            pipe.zscore(self.keys.running(self.group), self.id)
             if self.entry_id:
                 pipe.xpending_range(self.keys.stream, self.group, self.entry_id, self.entry_id, 1)
             replies = pipe.execute(raise_on_error=False)
-        stored = replies[0].decode() if isinstance(replies[0], bytes) else None
-        if stored in ("dead", "cancelled"):
-            return stored
-        if isinstance(replies[1], float):
-            return "done"
-        if stored is not None:
-            return stored
-        if len(replies) > 2 and isinstance(replies[2], list) and replies[2]:
-            return "running"
-        return "queued"
+        return status_of(*replies)
 
     def cancel(self) -> bool:
         """Stop the job: a queued one never runs, a running one is stopped as a time limit
@@ -95,6 +207,20 @@ class Job:
             return None
         data = json.loads(raw)
         return data["fraction"], data["text"]
+
+    def describe(self) -> dict[str, Any]:
+        """Everything known about the job: where it is, status, attempts, progress, times
+        (milliseconds since the epoch), error, traceback and stored result."""
+        k = self.keys
+        with self.client.errors():
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.hgetall(k.job(self.id))
+            pipe.zscore(k.done(self.group), self.id)
+            pipe.zscore(k.running(self.group), self.id)
+            pipe.lindex(k.outcome(self.id), 0)
+            raw, done, running, outcome = pipe.execute()
+        info = {a.decode(): b.decode() for a, b in raw.items()}
+        return describe(self, info, done, running, outcome)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait up to `timeout` seconds (None: forever) for the result.
@@ -133,15 +259,184 @@ class Job:
                 r.zrem(k.waiting, self.id)
 
     def _final(self, outcome: dict[str, Any]) -> Any:
-        if outcome["status"] == "done":
-            return outcome.get("result")
-        if outcome["status"] == "cancelled":
-            raise JobFailed(self.id, "Cancelled", "the job was cancelled", "cancelled")
-        error = json.loads(self.info().get("error") or "{}")
-        raise JobFailed(
-            self.id,
-            error.get("type", "Error"),
-            error.get("message", ""),
-            "dead",
-            error.get("traceback", ""),
-        )
+        error = self.info().get("error") if outcome["status"] == "dead" else None
+        return final_result(self.id, outcome, error)
+
+
+def describe(
+    job: Job | AsyncJob, info: dict[str, str], done: Any, running: Any, outcome: Any
+) -> dict:
+    """The record `describe()` returns, from the job hash, the done and running records and
+    the outcome."""
+    error = json.loads(info.get("error") or "null")
+    progress = json.loads(info["progress"]) if "progress" in info else None
+    status = status_of(info.get("status", "").encode() or None, done, running)
+    started, attempt = parse_running(running)
+    failed = (error or {}).get("attempt", 0)
+    if attempt is None:  # not running now: from the last failure, if any
+        attempt = {"queued": 0, "done": failed + 1}.get(status, failed)
+    stored = json.loads(outcome) if outcome is not None else {}
+    return {
+        "id": job.id,
+        "topic": job.topic,
+        "queue": job.queue,
+        "group": job.group,
+        "task": job.task,
+        "status": status,
+        "attempts": attempt,
+        "progress": progress and {"fraction": progress["fraction"], "text": progress["text"]},
+        "sent_at": sent_at_ms(job.id),
+        "started_at": started,
+        "finished_at": int(done) if isinstance(done, float) else None,
+        "retry_at": int(info["retry_at"]) if status == "retrying" and "retry_at" in info else None,
+        "error": error and {"type": error.get("type"), "message": error.get("message")},
+        "traceback": (error or {}).get("traceback"),
+        "result": stored.get("result"),
+    }
+
+
+def find_job(client: Client, message_id: str) -> Job:
+    """The job of a task by its message id alone; raises JobNotFound."""
+    check_job_id(message_id)
+    unreachable: BrokerUnavailable | None = None
+    for name in client.router.broker_names():
+        try:
+            with client.errors():
+                raw = client.router.broker(name).redis.get(job_index(client.namespace, message_id))
+        except BrokerUnavailable as exc:
+            unreachable = exc
+            continue
+        if raw is not None:
+            where = parse_index(message_id, raw)
+            return Job(
+                client,
+                message_id,
+                where["topic"],
+                where["queue"],
+                where["group"],
+                None,
+                where["task"],
+            )
+    if unreachable is not None:
+        raise unreachable
+    raise JobNotFound(message_id)
+
+
+# -- the async handle --------------------------------------------------------------------
+
+
+class AsyncJob:
+    """A sent task seen from async code: `Job` with awaitable methods."""
+
+    def __init__(
+        self, client: AsyncClient, id: str, topic: str, queue: int, group: str, task: str | None
+    ) -> None:
+        self.client = client
+        self.id = id
+        self.topic = topic
+        self.queue = queue
+        self.group = group
+        self.task = task
+        self.entry_id = None
+
+    def __repr__(self) -> str:
+        return f"AsyncJob(id={self.id!r}, topic={self.topic!r}, queue={self.queue})"
+
+    @property
+    def keys(self) -> QueueKeys:
+        return self.client.router.queue_keys(self.topic, self.queue)
+
+    async def _redis(self) -> Any:
+        topic = await self.client.topic(self.topic, create=False)
+        return (await self.client.router.queue_broker(topic, self.queue)).redis
+
+    async def info(self) -> dict[str, Any]:
+        """The stored record of the job (see `Job.info`)."""
+        with self.client.errors():
+            raw = await (await self._redis()).hgetall(self.keys.job(self.id))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def status(self) -> str:
+        """Where the job is now (see `Job.status`)."""
+        with self.client.errors():
+            async with (await self._redis()).pipeline(transaction=False) as pipe:
+                pipe.hget(self.keys.job(self.id), "status")
+                pipe.zscore(self.keys.done(self.group), self.id)
+                pipe.zscore(self.keys.running(self.group), self.id)
+                replies = await pipe.execute(raise_on_error=False)
+        return status_of(*replies)
+
+    async def progress(self) -> tuple[float, str] | None:
+        """The last progress the running task reported: (fraction, text), or None."""
+        raw = (await self.info()).get("progress")
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return data["fraction"], data["text"]
+
+    async def cancel(self) -> bool:
+        """Stop the job (see `Job.cancel`)."""
+        from .scripts import source
+
+        k = self.keys
+        with self.client.errors():
+            r = await self._redis()
+            script = r.register_script(source("cancel"))
+            return bool(
+                await script(
+                    keys=[k.job(self.id), k.outcome(self.id), k.cancelled, k.done(self.group)],
+                    args=[self.id, self.client.result_ttl_ms],
+                )
+            )
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait up to `timeout` seconds (None: forever) for the result, without blocking
+        the event loop; raises JobFailed or JobTimeout as `Job.result` does."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        k = self.keys
+        key = k.outcome(self.id)
+        with self.client.errors():
+            r = await self._redis()
+            try:
+                while True:
+                    async with r.pipeline(transaction=False) as pipe:
+                        pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
+                        pipe.lindex(key, 0)
+                        pipe.zscore(k.done(self.group), self.id)
+                        _, outcome, done = await pipe.execute()
+                    if outcome is not None:
+                        parsed = json.loads(outcome)
+                        error = (await self.info()).get("error")
+                        return final_result(self.id, parsed, error)
+                    if done is not None:
+                        return None
+                    left = WAIT_STEP if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        raise JobTimeout(
+                            f"job {self.id} has not finished (status: {await self.status()})"
+                        )
+                    await r.blmove(key, key, min(left, WAIT_STEP), "LEFT", "RIGHT")
+            finally:
+                await asyncio.shield(r.zrem(k.waiting, self.id))
+
+
+async def find_async_job(client: AsyncClient, message_id: str) -> AsyncJob:
+    """The job of a task by its message id alone, for async code; raises JobNotFound."""
+    check_job_id(message_id)
+    unreachable: BrokerUnavailable | None = None
+    for name in await client.router.broker_names():
+        try:
+            with client.errors():
+                broker = await client.router.broker(name)
+                raw = await broker.redis.get(job_index(client.namespace, message_id))
+        except BrokerUnavailable as exc:
+            unreachable = exc
+            continue
+        if raw is not None:
+            where = parse_index(message_id, raw)
+            return AsyncJob(
+                client, message_id, where["topic"], where["queue"], where["group"], where["task"]
+            )
+    if unreachable is not None:
+        raise unreachable
+    raise JobNotFound(message_id)

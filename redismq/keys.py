@@ -87,6 +87,11 @@ class QueueKeys:
         """Zset of completed message ids, scored by completion time."""
         return f"{self.tag}:done:{group}"
 
+    def running(self, group: str) -> str:
+        """Zset of the ids of task jobs the group's workers run now, scored by start time in
+        ms × 1000 + attempt number (1 = first); `job.status()` reads it."""
+        return f"{self.tag}:running:{group}"
+
     def stats(self, group: str) -> str:
         """Hash of per-group counters (done, duplicates, retried, dead)."""
         return f"{self.tag}:stats:{group}"
@@ -99,6 +104,12 @@ class QueueKeys:
         """List of one element, the job's final outcome as JSON (status and result);
         `job.result()` blocks on it."""
         return f"{self.tag}:outcome:{message_id}"
+
+
+def job_index(ns: str, message_id: str) -> str:
+    """Where a task's job is (topic, queue, group, task), by its message id alone: kept on
+    the broker of the job's queue, so that `client.job(id)` finds it."""
+    return f"{ns}:jobindex:{message_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from .app import Subscription, Task
 from .consumer import CANCELLED, NO_RESULT, Consumer, describe
 from .context import JobContext, reset_current, set_current
 from .errors import BrokerUnavailable, InvalidMessage, Retry, StepBusy, StepLost, UnknownTask
+from .job import mark_running
 from .message import Message
 
 log = logging.getLogger("redismq.processing")
@@ -181,12 +182,16 @@ class BatchRunner:
         self._results: list[Any] = []
         self._batch: Sequence[Message] = ()
         self._pos = 0
+        self._marked: Sequence[Message] = ()  # the last batch recorded as running
 
     def run(self, messages: Sequence[Message], stop: Callable[[], bool] = lambda: False) -> Counts:
         """Run each message; when `stop()` turns true, hand the unstarted ones back."""
         counts = Counts()
         last_flush = time.monotonic()
         self._batch = messages
+        if self.subscription.handler is None:  # tasks: their jobs read "running" now
+            mark_running(self.consumer, messages, self._marked)
+            self._marked = messages
         for i, msg in enumerate(messages):
             self._pos = i
             if self.abandoned:
@@ -292,6 +297,8 @@ class BatchRunner:
             counts.lost += 1
             self._after(msg, task.name if task else None, "lost", took, describe(exc), exc=exc)
             return outcome
+        if task is not None and outcome != "hold":  # no longer running: retrying or dead
+            mark_running(self.consumer, (), [msg])
         counts.failed += 1
         if outcome == "dead":
             counts.dead += 1
