@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .client import check_topic_name
+from .cluster import choose_shards, master_ranges
 from .errors import InvalidMessage, RedisMQError
+from .keys import QueueKeys
 from .routing import ACTIVE, DRAINING, REFRESH_INTERVAL, place, queue_name, rendezvous, route_fields
 from .urls import check_url, connect, mask_url
 
@@ -170,28 +172,19 @@ def undrain_broker(client: Client, name: str) -> None:
 
 
 def remove_broker(client: Client, name: str) -> None:
-    """Unregister a broker; refused while any of its queues holds unconsumed messages,
-    and, if it holds queues, unless it was drained at least DRAIN_SETTLE seconds ago (every
-    client re-reads broker states within REFRESH_INTERVAL, so none still sends to it).
+    """Unregister a broker; refused while any of its queues holds unconsumed messages, or,
+    if it holds queues, unless it is drained. Right after a drain it first waits until
+    DRAIN_SETTLE seconds have passed (every client re-reads broker states within
+    REFRESH_INTERVAL, so none still sends to it).
 
-    Its (empty) queues are placed on the remaining brokers.
+    Its (empty) queues are placed on the remaining brokers, and what they keep — dead
+    letters, done records, dedup records, job results, the groups' positions — is copied
+    there first, so it stays readable. The removed broker keeps its own copy.
     """
     with client.errors():
         record = _record(client, name)
-        client.router.invalidate()  # placements as stored now, not as cached
-        held = [
-            (t, q)
-            for t in client.router.topic_names()
-            for q, broker in enumerate(client.router.topic(t).placement)
-            if broker == name
-        ]
-        busy = {f"{t}#{q}": n for t, q in held if (n := unconsumed(client, t, q))}
-        if busy:
-            listed = ", ".join(f"{k} ({n})" for k, n in sorted(busy.items()))
-            raise BrokerError(
-                f"broker {name!r} still holds unconsumed messages: {listed} "
-                f"(drain it first: redismq broker drain {name})"
-            )
+        held = _held(client, name)
+        _refuse_if_busy(client, name, held)
         if held and record.get("state", ACTIVE) != DRAINING:
             raise BrokerError(
                 f"broker {name!r} holds {len(held)} queue(s) and is not drained: "
@@ -200,21 +193,85 @@ def remove_broker(client: Client, name: str) -> None:
             )
         age = _meta_time(client) - record.get("drained", 0.0)
         if held and age < DRAIN_SETTLE:
-            raise BrokerError(
-                f"broker {name!r} was drained {age:.1f}s ago: clients may still be sending to "
-                f"it; try again in {DRAIN_SETTLE - age:.1f}s"
-            )
+            log.info("broker %r was drained %.1fs ago: waiting for clients to see it", name, age)
+            time.sleep(DRAIN_SETTLE - age)
+            _refuse_if_busy(client, name, held)  # what was sent while clients learned of it
         others = [b for b in client.router.placeable() if b != name]
         if held and not others:
             raise BrokerError(f"broker {name!r} holds queues and no other broker can take them")
+        try:
+            records = _move_queues(client, name, held, others)
+        except redis.ResponseError as exc:
+            raise BrokerError(
+                f"broker {name!r} was not removed: {exc}; move its queues' dead letters "
+                f"and results by hand, or replay/purge them (redismq dlq), then try again"
+            ) from None
         keys = client.router.keys
         pipe = client.meta.pipeline(transaction=True)
-        for t, q in held:
-            pipe.hset(keys.routes, queue_name(t, q), rendezvous(others, queue_name(t, q)))
+        for (t, q), target in held.items():
+            pipe.hset(keys.routes, queue_name(t, q), target)
+        for t, topic_record in records.items():
+            pipe.hset(keys.topics, t, json.dumps(topic_record))
+        pipe.incr(keys.routes_version)
         pipe.execute()
         _set(client, "del", name)
         # a broker added again later under this name must not inherit this one's health
         client.meta.hdel(keys.broker_health, name)
+
+
+def _held(client: Client, name: str) -> dict[tuple[str, int], str]:
+    """The queues a broker holds, as stored now (not as cached)."""
+    client.router.invalidate()
+    return {
+        (t, q): ""
+        for t in client.router.topic_names()
+        for q, broker in enumerate(client.router.topic(t).placement)
+        if broker == name
+    }
+
+
+def _refuse_if_busy(client: Client, name: str, held: dict[tuple[str, int], str]) -> None:
+    busy = {f"{t}#{q}": n for t, q in held if (n := unconsumed(client, t, q))}
+    if busy:
+        listed = ", ".join(f"{k} ({n})" for k, n in sorted(busy.items()))
+        raise BrokerError(
+            f"broker {name!r} still holds unconsumed messages: {listed} "
+            f"(drain it first: redismq broker drain {name})"
+        )
+
+
+def _move_queues(
+    client: Client, name: str, held: dict[tuple[str, int], str], others: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Choose each held queue's new broker (in `held`), copy the queue's state there, and
+    return the topic records whose hash tags changed (a queue moved onto or off a cluster)."""
+    from .relocate import copy_queue_state
+
+    router = client.router
+    records: dict[str, dict[str, Any]] = {}
+    for t, q in held:
+        held[(t, q)] = rendezvous(others, queue_name(t, q))
+    for t in sorted({t for t, _ in held}):
+        topic = router.topic(t)
+        record = json.loads(client.meta.hget(router.keys.topics, t))
+        shards = dict(topic.shards)
+        for (tt, q), target in held.items():
+            if tt != t:
+                continue
+            dst = router.broker(target)
+            shards.pop(q, None)
+            if dst.cluster:
+                mine = {p: s for p, s in shards.items() if topic.placement[p] == target}
+                ranges = master_ranges(dst.redis.cluster_slots())  # type: ignore[attr-defined]
+                shards.update(choose_shards(ranges, t, [q], mine))
+            old = router.queue_keys(t, q)
+            new = QueueKeys(router.namespace, t, q, shards.get(q))
+            copied = copy_queue_state(router.queue_broker(topic, q), dst, old, new)
+            log.info("moved %d key(s) of queue %s#%d to broker %r", copied, t, q, target)
+        if shards != topic.shards:
+            record["shards"] = {str(q): s for q, s in sorted(shards.items())}
+            records[t] = record
+    return records
 
 
 def unconsumed(client: Client, topic: str, queue: int) -> int:

@@ -350,6 +350,17 @@ class Router:
         with self._lock:
             return self._brokers.setdefault(name, broker)
 
+    def _forget_changed(self, records: dict[bytes, bytes]) -> None:
+        """Drop the connections of brokers removed, or registered again with another URL,
+        since they were opened: nothing is sent through a stale connection."""
+        with self._lock:
+            for name, broker in list(self._brokers.items()):
+                raw = records.get(name.encode())
+                if broker.url is not None and (raw is None or json.loads(raw)["url"] != broker.url):
+                    del self._brokers[name]
+                    for key in [k for k in self._views if k[0] == name]:
+                        del self._views[key]
+
     def broker_names(self) -> list[str]:
         """Registered brokers; a system with none registered has the meta Redis itself."""
         return broker_list(self.meta.hkeys(self.keys.brokers))
@@ -368,6 +379,7 @@ class Router:
         pipe.get(self.keys.routes_version)
         records, health, version = pipe.execute()
         self._cache.seen(version)  # states and routes of the same moment
+        self._forget_changed(records)
         self._states = broker_states(records, health)
         self._states_read = time.monotonic()
         return self._states

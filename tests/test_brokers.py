@@ -270,13 +270,10 @@ def test_a_broker_holding_queues_is_removed_only_after_a_drain(client, brokers, 
     assert registry(client) == before
 
     drain_broker(client, holder)
-    drained = registry(client)
     # until every client has seen the drain (it may still be sending), removal waits
-    with pytest.raises(BrokerError, match="try again in"):
-        remove_broker(client, holder)
-    assert registry(client) == drained
-    time.sleep(DRAIN_SETTLE)
+    started = time.monotonic()
     remove_broker(client, holder)
+    assert time.monotonic() - started >= DRAIN_SETTLE * 0.9
     assert holder not in Client(client.url).topic("mail", create=False).placement
 
     add_broker(client, "spare", servers.start().url)  # holds no queue: removed at once

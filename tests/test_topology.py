@@ -70,3 +70,60 @@ def test_a_client_sees_an_expand_made_through_another_client(client, url):
     client.topic("third")
     assert client.topic("wide").queues == 5
     other.close()
+
+
+def test_drain_then_remove_at_once_keeps_what_the_queues_kept(client, url):
+    """`redismq broker drain b1 && redismq broker remove b1`: the removal waits for the
+    drain to settle instead of refusing, and the moved queues' dead letters, done records,
+    dedup records and job results stay readable on their new broker."""
+    from redismq.brokers import add_broker, drain_broker, list_brokers, remove_broker
+    from redismq.server import LocalServer
+
+    with LocalServer() as b0, LocalServer() as b1:
+        add_broker(client, "b0", b0.url)
+        add_broker(client, "b1", b1.url)
+        t = client.create_topic("jobs", 4)
+        gone = t.placement[0]
+        moved = [q for q, b in enumerate(t.placement) if b == gone]
+        key = next(k for k in map(str, range(200)) if queue_for_key(k, 4) == moved[0])
+        first = client.send("jobs", {"n": 1}, key=key, dedup_key="once")
+        done_id = client.send("jobs", {"n": 2}, key=key)
+        dead_id = client.send("jobs", {"n": 3}, key=key)
+        consumer = client.consumer("jobs", "g", queues=moved)
+        got = {m.id: m for m in consumer.receive(10, block=0.2)}
+        consumer.ack(got[first], {"answer": 42})
+        consumer.ack(got[done_id])
+        consumer.dead_letter(got[dead_id], "broken")
+
+        drain_broker(client, gone)
+        remove_broker(client, gone)  # at once: waits out the settle time
+
+        assert gone not in {b.name for b in list_brokers(client)}
+        fresh = Client(url)
+        assert gone not in fresh.topic("jobs").placement
+        assert [d.id for d in fresh.dead_letters("jobs", "g")] == [dead_id]
+        assert fresh.send("jobs", {"n": 1}, key=key, dedup_key="once") == first
+        k = fresh.router.queue_keys("jobs", moved[0])
+        home = fresh.router.queue_broker(fresh.topic("jobs"), moved[0]).redis
+        assert home.zscore(k.done("g"), done_id) is not None
+        assert home.exists(k.outcome(first))
+        # the group's position moved too: nothing already settled comes back
+        assert fresh.consumer("jobs", "g", queues=moved).receive(10, block=0.2) == []
+        fresh.close()
+
+
+def test_a_broker_registered_again_under_its_name_gets_a_new_connection(client, url):
+    from redismq.brokers import add_broker, drain_broker, remove_broker
+    from redismq.server import LocalServer
+
+    with LocalServer() as first, LocalServer() as second, LocalServer() as keep:
+        add_broker(client, "keep", keep.url)
+        add_broker(client, "b", first.url)
+        producer = Client(url)
+        assert producer.router.broker("b").url == first.url  # a connection cached
+        drain_broker(client, "b")
+        remove_broker(client, "b")
+        add_broker(client, "b", second.url)
+        producer.router.states()  # the next state refresh (every REFRESH_INTERVAL)
+        assert producer.router.broker("b").url == second.url
+        producer.close()
