@@ -147,3 +147,36 @@ def test_ids_of_waiters_that_died_are_pruned(rt, client, url):
     assert r.zscore(waiting, other.id) is not None
     waiter.join()
     assert r.zcard(waiting) == 0
+
+
+def test_an_ordered_queue_held_by_a_killed_child_is_taken_over_at_once(client, url, processes):
+    client.create_topic("orders", queues=1)
+    client.send("orders", {"key": "k", "seq": 0, "sleep": 3}, key="k")
+    for seq in range(1, 4):
+        client.send("orders", {"key": "k", "seq": seq}, key="k")
+    args = ["--processes", "2", "--concurrency", "1", "--visibility-timeout", "30"]
+    worker = processes.start(
+        "worker",
+        "tests.apps.ordered_app:app",
+        "--url",
+        url,
+        "--log-level",
+        "WARNING",
+        *args,
+        start_new_session=True,
+    )
+    try:
+        r = client.meta
+        assert wait_for(lambda: r.llen("started:k") == 1, timeout=30)
+        killed = time.monotonic()
+        os.kill(int(r.lindex("started:k", 0)), signal.SIGKILL)
+        assert wait_for(lambda: r.llen("seen:k") == 4, timeout=25)
+        took = time.monotonic() - killed
+        print(f"the ordered queue of the killed child was done {took:.1f}s after the kill")
+        assert took < 15  # the lease and the visibility timeout are 30 s
+        assert [int(s) for s in r.lrange("seen:k", 0, -1)] == [0, 1, 2, 3]
+        assert r.llen("started:k") == 2  # the killed run, then one more
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+    finally:
+        kill_group(worker.pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ Redis list per key, so the test can read the order in which each key was process
 from __future__ import annotations
 
 import os
+import time
 
 import redis
 
@@ -18,4 +19,7 @@ def apply(msg: Message) -> None:
     body = msg.body
     if body.get("fail_first") and msg.attempt == 0:
         raise RuntimeError("first attempt fails")
+    if body.get("sleep"):  # a slow message: its process id is readable while it runs
+        _seen.rpush(f"started:{body['key']}", os.getpid())
+        time.sleep(body["sleep"])
     _seen.rpush(f"seen:{body['key']}", body["seq"])
