@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .client import redis_errors
-from .errors import InvalidMessage
+from .errors import InvalidMessage, ResultNotStorable
 from .failures import format_traceback
 from .message import Message, decode_entry, now_ms
 from .routing import Broker, Topic
@@ -50,9 +50,19 @@ def backoff_delay(backoff: float, attempt: int) -> float:
 
 
 def describe(exc: BaseException) -> str:
-    """`Type: message` of an exception, on one line."""
-    text = str(exc).replace("\n", " ").strip()
+    """`Type: message` of an exception, on one line (valid UTF-8: see `storable_text`)."""
+    text = storable_text(str(exc).replace("\n", " ").strip())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def storable_text(text: str) -> str:
+    """`text` with what is not valid Unicode (a lone surrogate, as in a file name from
+    os.listdir) written as a backslash escape, so that it can be stored and shown."""
+    try:
+        text.encode()
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
 
 
 @dataclass(slots=True)
@@ -404,9 +414,17 @@ class Consumer:
             return settled
         stored = results or [NO_RESULT] * len(messages)
         now = now_ms()
-        by_queue: dict[int, list[tuple[Message, Any]]] = defaultdict(list)
+        by_queue: dict[int, list[tuple[Message, Encoded]]] = defaultdict(list)
+        unstorable: list[tuple[Message, ResultNotStorable]] = []
         for m, r in zip(messages, stored, strict=True):
-            by_queue[m.queue].append((m, r))
+            try:
+                by_queue[m.queue].append((m, r if isinstance(r, Encoded) else encode_outcome(r)))
+            except ResultNotStorable as exc:
+                unstorable.append((m, exc))
+        for m, exc in unstorable:  # fails alone: the others settle
+            log.warning("job %s failed: %s", m.id, exc)
+            if self.retry(m, exc, track=True) == "lost":
+                settled.lost.append(m)
         with self.errors():
             for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
                 calls = [("settle", *self._settle_call(q, by_queue[q.index], now)) for q in queues]
@@ -438,24 +456,15 @@ class Consumer:
         return calls
 
     def _settle_call(
-        self, q: _Queue, items: list[tuple[Message, Any]], now: int
+        self, q: _Queue, items: list[tuple[Message, Encoded]], now: int
     ) -> tuple[list[str], list[Any]]:
         k = q.keys
         keys = [k.stream, k.retry_stream(self.group), k.done(self.group), k.stats(self.group)]
         keys += [k.cancelled, k.waiting]
         args: list[Any] = [self.group, self.name, now]
         args += [self.client.done_ttl_ms, self.client.result_ttl_ms]
-        for m, result in items:
-            if result is CANCELLED:
-                encoded = "~"
-            elif result is NO_RESULT:
-                encoded = ""
-            else:
-                encoded = (
-                    "N"
-                    if result is None
-                    else f'{{"status":"done","result":{encode_result(result)}}}'
-                )
+        for m, encoded in items:
+            if encoded and encoded != b"~":
                 keys.append(k.outcome(m.id))
             args += [m.id, m.entry_id, 1 if m.from_retry else 0, encoded]
         return keys, args
@@ -477,7 +486,7 @@ class Consumer:
         the job's status. An exception's traceback is stored with the job (and the dead
         letter).
         """
-        error = exc if isinstance(exc, str) else describe(exc)
+        error = storable_text(exc) if isinstance(exc, str) else describe(exc)
         limit = self.max_retries if max_retries is None else max_retries
         if msg.attempt >= limit:
             return "dead" if self.dead_letter(msg, exc, track=track) else "lost"
@@ -509,7 +518,7 @@ class Consumer:
 
         Returns False (and changes nothing) if this consumer no longer owns the message.
         """
-        text = reason if isinstance(reason, str) else describe(reason)
+        text = storable_text(reason) if isinstance(reason, str) else describe(reason)
         tb = "" if isinstance(reason, str) else format_traceback(reason)
         q = self.queues[msg.queue]
         fields = msg.fields()
@@ -675,6 +684,36 @@ def group_lag(groups: list[dict], group: str) -> int:
     return 0
 
 
+class Encoded(bytes):
+    """A result as the settle script takes it (see `encode_outcome`)."""
+
+
+def encode_outcome(result: Any) -> Encoded:
+    """What the settle script stores for a result: b'' for none (NO_RESULT), b'~' for a
+    cancelled job, b'N' for None, else the done outcome as UTF-8 JSON.
+
+    Raises ResultNotStorable for a result that cannot be stored.
+    """
+    if result is NO_RESULT:
+        return Encoded(b"")
+    if result is CANCELLED:
+        return Encoded(b"~")
+    if result is None:
+        return Encoded(b"N")
+    try:
+        return Encoded(f'{{"status":"done","result":{encode_result(result)}}}'.encode())
+    except UnicodeEncodeError:
+        raise ResultNotStorable(
+            "the task's result cannot be stored: it holds text that is not valid Unicode "
+            "(a lone surrogate, as in a file name from os.listdir; decode such names with "
+            "errors='replace' or return bytes as text another way)"
+        ) from None
+    except RecursionError:
+        raise ResultNotStorable(
+            "the task's result cannot be stored: it is nested too deeply for JSON"
+        ) from None
+
+
 def encode_result(result: Any) -> str:
     """A task's return value as JSON text (its repr when it is not JSON-serialisable)."""
     try:
@@ -695,4 +734,13 @@ def job_error(error: str, traceback: str = "", attempt: int = 0) -> str:
     return json.dumps(record)
 
 
-__all__ = ["CANCELLED", "Consumer", "NO_RESULT", "Settled", "backoff_delay", "describe"]
+__all__ = [
+    "CANCELLED",
+    "Consumer",
+    "NO_RESULT",
+    "Encoded",
+    "Settled",
+    "backoff_delay",
+    "describe",
+    "encode_outcome",
+]

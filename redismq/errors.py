@@ -101,6 +101,11 @@ class JobTimeout(RedisMQError, TimeoutError):
     """A job's result did not arrive in time."""
 
 
+class ResultNotStorable(RedisMQError, ValueError):
+    """A task returned a value that cannot be stored (not valid Unicode, or nested too
+    deeply for JSON): the job fails with this reason, its batch is settled."""
+
+
 class Retry(Exception):  # noqa: N818 - the name users raise: `raise redismq.Retry(delay=5)`
     """Raised by a task to be run again after `delay` seconds (None: the task's backoff).
 

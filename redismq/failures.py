@@ -13,7 +13,8 @@ def format_traceback(exc: BaseException) -> str:
     """The exception's formatted traceback (its chain included), trimmed to TRACEBACK_LIMIT
     bytes: the start and the end are kept (where it was called, where it broke)."""
     text = "".join(traceback.format_exception(exc)).rstrip("\n")
-    return trim(text)
+    # Valid UTF-8 (a lone surrogate, as in a file name from os.listdir, is escaped).
+    return trim(text.encode("utf-8", "backslashreplace").decode())
 
 
 def trim(text: str, limit: int = TRACEBACK_LIMIT) -> str:

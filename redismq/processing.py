@@ -15,9 +15,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from .app import Subscription, Task
-from .consumer import CANCELLED, NO_RESULT, Consumer, describe
+from .consumer import CANCELLED, NO_RESULT, Consumer, describe, encode_outcome
 from .context import JobContext, reset_current, set_current
-from .errors import BrokerUnavailable, InvalidMessage, Retry, StepBusy, StepLost, UnknownTask
+from .errors import (
+    BrokerUnavailable,
+    InvalidMessage,
+    ResultNotStorable,
+    Retry,
+    StepBusy,
+    StepLost,
+    UnknownTask,
+)
 from .job import mark_running
 from .message import Message
 
@@ -270,8 +278,15 @@ class BatchRunner:
                 self.running = None
             if self.abandoned:
                 return None
+            if task is None:
+                stored = NO_RESULT
+            else:
+                try:
+                    stored = encode_outcome(result)
+                except ResultNotStorable as exc:
+                    return self.fail(msg, exc, task, counts, time.perf_counter() - started)
             self._done.append(msg)
-            self._results.append(result if task is not None else NO_RESULT)
+            self._results.append(stored)
             self._after(msg, name, "done", time.perf_counter() - started, None, result=result)
             return "done"
         finally:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import time
 
+import pytest
+
 from redismq.consumer import CANCELLED
 
 
@@ -102,3 +104,58 @@ def test_a_message_received_again_after_its_lease_was_lost_is_owned_again(client
     [again] = a.receive(count=10, block=1)
     assert not a.is_lost(again)
     assert a.ack_many([again]) == 1
+
+
+def test_a_result_or_reason_that_cannot_be_stored_fails_alone(client, app):
+    from redismq import JobFailed
+    from redismq.processing import BatchRunner
+
+    @app.task(topic="enc", max_retries=0)
+    def work(kind):
+        if kind == "surrogate":
+            return {"name": "caf\udcff"}  # as os.listdir gives an undecodable file name
+        if kind == "deep":
+            nested: list = []
+            for _ in range(100_000):
+                nested = [nested]
+            return nested
+        if kind == "reason":
+            raise FileNotFoundError("no such file: caf\udcff")
+        return kind
+
+    client.create_topic("enc", queues=1)
+    kinds = ["a", "surrogate", "b", "deep", "reason", "c"]
+    jobs = {k: work.send(k) for k in kinds}
+    consumer = client.consumer("enc", work.group)
+    batch = consumer.receive(count=10, block=1)
+    assert len(batch) == len(kinds)
+    counts = BatchRunner(consumer, app.subscriptions[("enc", work.group)]).run(batch)
+    assert (counts.processed, counts.dead) == (3, 3)
+    for k in ("a", "b", "c"):
+        assert jobs[k].result(timeout=1) == k
+    for k in ("surrogate", "deep", "reason"):
+        assert jobs[k].status() == "dead"
+        with pytest.raises(JobFailed) as failed:
+            jobs[k].result(timeout=1)
+        str(failed.value).encode()  # a readable reason, valid UTF-8
+    reasons = {d.id: d.reason for d in client.dead_letters("enc", work.group)}
+    assert "cannot be stored" in reasons[jobs["surrogate"].id]
+    assert "cannot be stored" in reasons[jobs["deep"].id]
+    assert "FileNotFoundError: no such file: caf\\udcff" in reasons[jobs["reason"].id]
+    assert client.meta.xpending(jobs["a"].keys.stream, work.group)["pending"] == 0
+
+
+def test_ack_many_with_a_result_that_cannot_be_stored_retries_that_one(client, app):
+    @app.task(topic="enc2")
+    def work(n):
+        return n
+
+    client.create_topic("enc2", queues=1)
+    good, bad = work.send(1), work.send(2)
+    consumer = client.consumer("enc2", work.group)
+    got = sorted(consumer.receive(count=10, block=1), key=lambda m: m.body["args"][0])
+    assert consumer.ack_many(got, ["fine", "caf\udcff"]) == 1
+    assert good.result(timeout=1) == "fine"
+    assert bad.status() == "failed"
+    assert "cannot be stored" in bad.info()["error"]
+    assert client.meta.zcard(bad.keys.retry(work.group)) == 1
