@@ -156,6 +156,6 @@ def test_ack_many_with_a_result_that_cannot_be_stored_retries_that_one(client, a
     got = sorted(consumer.receive(count=10, block=1), key=lambda m: m.body["args"][0])
     assert consumer.ack_many(got, ["fine", "caf\udcff"]) == 1
     assert good.result(timeout=1) == "fine"
-    assert bad.status() == "failed"
+    assert bad.status() == "retrying"
     assert "cannot be stored" in bad.info()["error"]
     assert client.meta.zcard(bad.keys.retry(work.group)) == 1
