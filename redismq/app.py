@@ -10,6 +10,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, overload
 
 from .aio import AsyncClient
+from .arguments import decode_arguments, encode_arguments, may_be_tagged
 from .client import Client, Sent
 from .errors import InvalidMessage, RedisMQError, Retry, UnknownTask
 from .job import Job
@@ -155,8 +156,11 @@ class Task:
     def body(
         self, args: tuple[Any, ...] | list[Any] = (), kwargs: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """The message body that names this task and its arguments."""
-        return {"task": self.name, "args": list(args), "kwargs": dict(kwargs or {})}
+        """The message body that names this task and its arguments (datetime, date, time,
+        UUID and Decimal in their tagged form); raises InvalidMessage for an argument JSON
+        cannot carry."""
+        encoded_args, encoded_kwargs = encode_arguments(args, dict(kwargs or {}))
+        return {"task": self.name, "args": encoded_args, "kwargs": encoded_kwargs}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,8 @@ class Subscription:
         args, kwargs = body.get("args", []), body.get("kwargs", {})
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise InvalidMessage(f"message {msg.id}: 'args' must be a list, 'kwargs' an object")
+        if not msg.raw or may_be_tagged(msg.raw):
+            return task.fn, *decode_arguments(args, kwargs), task
         return task.fn, tuple(args), kwargs, task
 
     def options_for(self, task: Task | None) -> Options:
