@@ -43,3 +43,23 @@ def test_hard_cap_drops_oldest_and_counts_them(client):
     client.send_many("capped", list(range(25)))
     assert client.trim("capped") == (0, 15)
     assert topic_status(client, "capped")["dropped"] == 15
+
+
+def test_hard_cap_counts_as_dropped_only_entries_some_group_had_not_acknowledged(client):
+    from redismq.status import topic_status
+
+    client.create_topic("capped2", queues=1, retention=100, hard_cap=10)
+    fast = client.consumer("capped2", "fast")
+    slow = client.consumer("capped2", "slow")
+    client.send_many("capped2", list(range(25)))
+    fast.ack_many(fast.receive(count=100, block=0.2))
+    slow.ack_many(slow.receive(count=5, block=0.2))  # 20 left that slow still needs
+    # The cap removes the 15 oldest: 5 every group had acknowledged, 10 that slow needed.
+    assert client.trim("capped2") == (5, 10)
+    assert topic_status(client, "capped2")["dropped"] == 10
+    slow.ack_many(slow.receive(count=100, block=0.2))
+    client.send_many("capped2", list(range(5)))
+    fast.ack_many(fast.receive(count=100, block=0.2))
+    slow.ack_many(slow.receive(count=100, block=0.2))
+    assert client.trim("capped2") == (5, 0)  # every group had them: nothing dropped
+    assert topic_status(client, "capped2")["dropped"] == 10

@@ -1,7 +1,8 @@
 -- Trim a queue's stream without removing any entry that some group still needs.
 -- Keeps at most ARGV[1] entries that every group has acknowledged (so that a group created
 -- later still finds recent history); with a hard cap ARGV[2] > 0, also drops the oldest
--- needed entries beyond it and counts them as dropped.
+-- needed entries beyond it and counts them as dropped (entries every group had
+-- acknowledged count as trimmed).
 -- A group registered for the topic (ARGV[3..]) that has no group on this stream yet (its
 -- workers never ran, or the queue was added later) will start at the oldest entry: while
 -- one is missing, nothing is trimmed but what the hard cap drops.
@@ -55,9 +56,17 @@ if excess > 0 then
   end
 end
 
+-- The hard cap removes the oldest entries beyond it; of those, the ones every group had
+-- acknowledged (older than the oldest needed entry) count as trimmed, the rest as dropped.
 local dropped = 0
-if cap > 0 and redis.call('XLEN', KEYS[1]) > cap then
-  dropped = redis.call('XTRIM', KEYS[1], 'MAXLEN', '=', cap)
-  redis.call('HINCRBY', KEYS[2], 'dropped', dropped)
+local over = 0
+if cap > 0 then over = redis.call('XLEN', KEYS[1]) - cap end
+if over > 0 then
+  local acked = over
+  if needed ~= nil then acked = #redis.call('XRANGE', KEYS[1], '-', '(' .. needed, 'COUNT', over) end
+  local removed = redis.call('XTRIM', KEYS[1], 'MAXLEN', '=', cap)
+  trimmed = trimmed + math.min(acked, removed)
+  dropped = removed - math.min(acked, removed)
+  if dropped > 0 then redis.call('HINCRBY', KEYS[2], 'dropped', dropped) end
 end
 return {trimmed, dropped}
