@@ -44,6 +44,7 @@ from redismq.status import (
     QUEUE_COMMANDS,
     cluster_status,
     live_workers,
+    mark_unconsumed,
     queue_commands,
 )
 from redismq.urls import connect, mask_url
@@ -109,6 +110,7 @@ class Gatherer:
             queue_rows.update(queues)
             data["dead_letters"].extend(row.pop("_dead", []))
         data["topics"] = [_sum_topic(t, groups[t.name], queue_rows) for t in topics]
+        mark_unconsumed(data["topics"], data["workers"])
         data["dead_letters"].sort(key=lambda d: d["failed_at"], reverse=True)
         del data["dead_letters"][self.dead_letters :]
         data["rates"] = rates(previous, data)
@@ -568,8 +570,9 @@ def topics_table(data: dict[str, Any], wide: bool) -> Table:
         queues: str | Text = str(t["queues"])
         if t.get("unreachable"):
             queues = cell(f"{t['queues']} ({t['unreachable']} down)", style="red")
+        name = cell(t["name"], style="yellow" if t.get("no_group") else "")
         row: list[Any] = [
-            cell(t["name"]),
+            name,
             queues,
             count(t["length"]),
             count(t["delayed"]),
@@ -611,6 +614,8 @@ def groups_table(data: dict[str, Any], wide: bool) -> Table:
             names = (
                 [cell(t["name"]), cell(g["name"])] if wide else [cell(f"{t['name']}/{g['name']}")]
             )
+            if g.get("live") is False:
+                names[-1].stylize("yellow")
             row: list[Any] = [
                 *names,
                 count(g["pending"]),
@@ -700,6 +705,14 @@ def header(data: dict[str, Any], interval: float | None) -> Text:
         if not b["up"] and b.get("error"):
             text.append("\n")
             text.append(f"broker {b['name']} is down: {b['error']}", style="red")
+    for t in data["topics"]:
+        if t.get("no_group"):
+            text.append("\n")
+            text.append(f"topic {t['name']} has no group: nothing consumes it", style="yellow")
+        for g in t["groups"]:
+            if g.get("live") is False:
+                text.append("\n")
+                text.append(f"group {t['name']}/{g['name']} has no live consumer", style="yellow")
     return text
 
 

@@ -737,6 +737,11 @@ from cli.jobs import job  # noqa: E402  (cli.jobs does not import this module)
 
 main.add_command(job)
 
+from cli.lifecycle import group, topic_delete  # noqa: E402  (does not import this module)
+
+main.add_command(group)
+topic.add_command(topic_delete)
+
 
 if __name__ == "__main__":
     main()

@@ -678,6 +678,28 @@ class Client:
 
         return find_job(self, message_id)
 
+    # -- lifecycle -------------------------------------------------------------------
+    def groups(self, topic: str) -> list[dict[str, Any]]:
+        """The groups registered for a topic, with their counts and whether a live worker
+        consumes each (`live`)."""
+        from .lifecycle import list_groups
+
+        return list_groups(self, topic)
+
+    def delete_group(self, topic: str, group: str, *, force: bool = False) -> None:
+        """Delete a group of a topic; refused (InUse) while it has pending, retrying or dead
+        messages unless `force`."""
+        from .lifecycle import delete_group
+
+        delete_group(self, topic, group, force=force)
+
+    def delete_topic(self, topic: str, *, force: bool = False) -> None:
+        """Delete a topic and everything its queues keep; refused (InUse) while anything is
+        unfinished unless `force`."""
+        from .lifecycle import delete_topic
+
+        delete_topic(self, topic, force=force)
+
     # -- dead letters ----------------------------------------------------------------
     def dead_letters(self, topic: str, group: str, *, count: int = 100) -> list[DeadLetter]:
         """The oldest dead letters of a group, over all queues of the topic."""

@@ -111,6 +111,12 @@ def node_client(conn: RedisCluster, key: str) -> redis.Redis:
     return conn.get_redis_connection(node)
 
 
+def server_of(conn: Any, key: str) -> redis.Redis:
+    """The one server that holds `key`: on a cluster the master of its slot (for SCAN and
+    multi-key commands within one hash tag), else the client itself."""
+    return node_client(conn, key) if is_cluster(conn) else conn
+
+
 def refresh(conn: RedisCluster) -> None:
     """Re-read the cluster's topology (after a failover or a slot move); best effort."""
     with contextlib.suppress(redis.RedisError, Exception):

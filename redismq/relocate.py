@@ -5,7 +5,7 @@ takes the queue over when its broker is removed."""
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -27,7 +27,7 @@ def copy_queue_state(src: Broker, dst: Broker, old: QueueKeys, new: QueueKeys) -
     """Copy every key of a queue (DUMP/RESTORE, keeping time to live) from `src` to `dst`,
     renamed from `old`'s hash tag to `new`'s; returns how many keys were copied. The source
     keeps its copy. Not a hot path: run once per queue when a broker is removed."""
-    node: Any = cluster.node_client(src.redis, old.stream) if src.cluster else src.redis  # type: ignore[arg-type]
+    node = cluster.server_of(src.redis, old.stream)
     copied = 0
     for raw in node.scan_iter(match=glob_escape(old.tag) + ":*", count=SCAN_COUNT):
         key = raw.decode()

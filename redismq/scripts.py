@@ -30,6 +30,8 @@ NAMES = (
     "handover",
     "trim",
     "retire_consumer",
+    "delete_group",
+    "delete_topic",
 )
 
 

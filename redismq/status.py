@@ -153,11 +153,26 @@ GROUP_FIELDS = ("pending", "lag", "retrying", "retried", "dead", "done", "duplic
 
 
 def snapshot(client: Client) -> dict[str, Any]:
-    """Brokers, topics (with per-group counts) and live workers, as plain data."""
+    """Brokers, topics (with per-group counts) and live workers, as plain data.
+
+    A topic nobody consumes has ``no_group``; a group no live worker consumes has
+    ``live: false``."""
     with client.errors():
-        return {
+        data = {
             "brokers": broker_status(client),
             "topics": [topic_status(client, t) for t in client.router.topic_names()],
             "workers": live_workers(client),
             "outboxes": outbox_status(client),
         }
+    mark_unconsumed(data["topics"], data["workers"])
+    return data
+
+
+def mark_unconsumed(topics: list[dict[str, Any]], workers: list[dict[str, Any]]) -> None:
+    """Mark each topic with no group (``no_group``) and each group that no live worker
+    consumes (``live``), from the workers' heartbeats."""
+    live = {(t, g) for w in workers for t in w.get("topics") or [] for g in w.get("groups") or []}
+    for t in topics:
+        t["no_group"] = not t["groups"]
+        for g in t["groups"]:
+            g["live"] = (t["name"], g["name"]) in live
