@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, overload
 
@@ -14,12 +15,14 @@ from .arguments import decode_arguments, encode_arguments, may_be_tagged
 from .client import Client, Sent
 from .errors import InvalidMessage, RedisMQError, Retry, UnknownTask
 from .job import Job
-from .message import Message
+from .message import Message, now_ms
 from .schedule import Schedule
 
 if TYPE_CHECKING:
     from .middleware import Middleware
 
+# The header that carries a per-send time limit (seconds) to the worker.
+TIME_LIMIT_HEADER = "redismq-time-limit"
 DEFAULT_TOPIC = "tasks"
 DEFAULT_GROUP = "workers"
 
@@ -110,18 +113,29 @@ class Task:
         kwargs: dict[str, Any] | None = None,
         *,
         delay: float | timedelta | None = None,
+        eta: datetime | None = None,
         key: str | None = None,
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
+        topic: str | None = None,
+        time_limit: float | None = None,
+        durability: str | None = None,
     ) -> Job:
-        """`send_with_options` for async code (no blocking I/O)."""
+        """`send_with_options` for async code (no blocking I/O). The async client has no
+        replicated sends yet: `durability="replicated"` is refused."""
+        if durability not in (None, "master"):
+            raise InvalidMessage(
+                f"durability={durability!r} is not available from async code yet "
+                f"(use send_with_options, or durability='master')"
+            )
+        to, wait, extra = self._per_send(delay, eta, topic, time_limit, headers)
         sent = await self.app.async_client.send_message(
-            self.topic,
+            to,
             self.body(args, kwargs),
             key=key,
-            delay=delay,
+            delay=wait,
             dedup_key=dedup_key,
-            headers=headers,
+            headers=extra,
             index_as=(self.group, self.name),
         )
         return self._job(sent)
@@ -132,25 +146,66 @@ class Task:
         kwargs: dict[str, Any] | None = None,
         *,
         delay: float | timedelta | None = None,
+        eta: datetime | None = None,
         key: str | None = None,
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
+        topic: str | None = None,
+        time_limit: float | None = None,
+        durability: str | None = None,
     ) -> Job:
-        """Queue a run with a delay, an ordering key, a dedup key or headers."""
+        """Queue a run with options for this send only.
+
+        `delay` (seconds) or `eta` (a datetime; naive means UTC): it runs then, never
+        before (by the workers' clocks); `key`: the ordering key; `dedup_key`: a resend
+        within the window is a no-op that returns the first job; `headers`; `topic`:
+        another topic than the task's (some task or handler of the app must be on it, so
+        that its workers run this one too); `time_limit`: seconds, instead of the task's;
+        `durability`: "master" or "replicated" (wait for a replica).
+        """
+        to, wait, extra = self._per_send(delay, eta, topic, time_limit, headers)
         sent = self.app.client.send_message(
-            self.topic,
+            to,
             self.body(args, kwargs),
             key=key,
-            delay=delay,
+            delay=wait,
             dedup_key=dedup_key,
-            headers=headers,
+            headers=extra,
+            durability=durability,
             index_as=(self.group, self.name),
         )
         return self._job(sent)
 
+    def _per_send(
+        self,
+        delay: float | timedelta | None,
+        eta: datetime | None,
+        topic: str | None,
+        time_limit: float | None,
+        headers: dict[str, str] | None,
+    ) -> tuple[str, float | timedelta | None, dict[str, str] | None]:
+        """The topic, delay and headers of one send with these options (checked)."""
+        if eta is not None:
+            if delay is not None:
+                raise InvalidMessage("give a delay or an eta, not both")
+            delay = delay_until(eta)
+        to = self.topic if topic is None else topic
+        if to != self.topic and (to, self.group) not in self.app.subscriptions:
+            raise InvalidMessage(
+                f"no task of the app on topic {to!r} for group {self.group!r}: no worker "
+                f"would run {self.name!r} there (register a task on that topic first)"
+            )
+        if time_limit is not None:
+            if isinstance(time_limit, bool) or not isinstance(time_limit, int | float):
+                raise InvalidMessage(f"time_limit must be seconds > 0, not {time_limit!r}")
+            if not time_limit > 0:
+                raise InvalidMessage(f"time_limit must be seconds > 0, not {time_limit!r}")
+            headers = {**(headers or {}), TIME_LIMIT_HEADER: repr(float(time_limit))}
+        return to, delay, headers
+
     def _job(self, sent: Sent) -> Job:
         return Job(
-            self.app.client, sent.id, self.topic, sent.queue, self.group, sent.entry_id, self.name
+            self.app.client, sent.id, sent.topic, sent.queue, self.group, sent.entry_id, self.name
         )
 
     def body(
@@ -161,6 +216,17 @@ class Task:
         cannot carry."""
         encoded_args, encoded_kwargs = encode_arguments(args, dict(kwargs or {}))
         return {"task": self.name, "args": encoded_args, "kwargs": encoded_kwargs}
+
+
+def delay_until(eta: datetime) -> float:
+    """Seconds from now until `eta` (naive means UTC), rounded up to the next
+    millisecond so that it never runs before; 0 for a time past."""
+    if not isinstance(eta, datetime):
+        raise InvalidMessage(f"eta must be a datetime, not {eta!r}")
+    if eta.tzinfo is None:
+        eta = eta.replace(tzinfo=UTC)
+    eta_ms = math.ceil(eta.timestamp() * 1000)
+    return max(0, eta_ms - now_ms() + 1) / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +249,8 @@ class Subscription:
     handler: Callable[[Message], Any] | None = None
     options: Options = field(default_factory=Options)
     ordered: bool = False
+    # Every task of the app by name: a task of another topic may be sent to this one.
+    app_tasks: dict[str, Task] | None = field(default=None, repr=False)
 
     def resolve(
         self, msg: Message
@@ -196,7 +264,7 @@ class Subscription:
         body = msg.body
         if not isinstance(body, dict) or not isinstance(body.get("task"), str):
             raise InvalidMessage(f"message {msg.id}: a task body must be an object with 'task'")
-        task = self.tasks.get(body["task"])
+        task = self.tasks.get(body["task"]) or self._sent_here(body["task"])
         if task is None:
             raise UnknownTask(
                 f"message {msg.id} names the unknown task {body['task']!r} "
@@ -209,8 +277,25 @@ class Subscription:
             return task.fn, *decode_arguments(args, kwargs), task
         return task.fn, tuple(args), kwargs, task
 
+    def _sent_here(self, name: Any) -> Task | None:
+        """A task of the app on another topic, sent to this one (`send_with_options(topic=)`)."""
+        if self.app_tasks is None or not isinstance(name, str):
+            return None
+        task = self.app_tasks.get(name)
+        return task if task is not None and task.group == self.group else None
+
     def options_for(self, task: Task | None) -> Options:
         return task.options if task is not None else self.options
+
+    def time_limit_for(self, task: Task | None, msg: Message) -> float | None:
+        """The message's own time limit (sent with it), else its task's or handler's."""
+        sent = msg.headers.get(TIME_LIMIT_HEADER)
+        if sent is not None:
+            try:
+                return float(sent)
+            except ValueError:
+                pass
+        return self.options_for(task).time_limit
 
 
 class App:
@@ -262,7 +347,7 @@ class App:
 
     def _subscription(self, topic: str, group: str, ordered: bool = False) -> Subscription:
         sub = self.subscriptions.setdefault(
-            (topic, group), Subscription(topic, group, ordered=ordered)
+            (topic, group), Subscription(topic, group, ordered=ordered, app_tasks=self.tasks)
         )
         if sub.ordered != ordered:
             raise RedisMQError(f"{topic}/{group} is ordered for some tasks and not for others")

@@ -252,7 +252,7 @@ class BatchRunner:
             self._after(msg, None, "dead", 0.0, describe(exc))
             return "dead"
         name = task.name if task else None
-        limit = sub.options_for(task).time_limit
+        limit = sub.time_limit_for(task, msg)
         # The job stays current through the hooks, so that middleware sees it too.
         token = set_current(JobContext(msg, name, self.consumer))
         try:
