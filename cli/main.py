@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.common import err, friendly, out, url_option
-from redismq import Client, RedisMQError
+from redismq import Client, RedisMQError, TopicNotFound
 from redismq.urls import mask_url
 
 
@@ -178,6 +178,7 @@ def dashboard(url: str, interval: float) -> None:
     "--delay", type=click.FloatRange(min=0), default=None, help="Seconds before it is visible."
 )
 @click.option("--dedup-key", default=None, help="A resend with this key is a no-op.")
+@click.option("--create", is_flag=True, help="Create the topic if it does not exist.")
 @click.option(
     "--file",
     "path",
@@ -193,23 +194,32 @@ def send(
     key: str | None,
     delay: float | None,
     dedup_key: str | None,
+    create: bool,
     path: str | None,
 ) -> None:
-    """Send one message (BODY is JSON, or else a string), or a file of them.
+    """Send one message (BODY is JSON, or else a string), or a file of them. The topic must
+    exist, unless --create (a typo then makes a new topic).
 
     Example: redismq send emails '{"to": "a@b.c"}' --delay 5
-    Example: redismq send emails --file signups.jsonl
+    Example: redismq send emails --file signups.jsonl --create
     """
     if (body is None) == (path is None):
         raise click.UsageError("give either BODY or --file")
+    if path is not None and (key or delay or dedup_key):
+        raise click.UsageError("--key, --delay and --dedup-key go with a single BODY")
+    bodies = read_jsonl(path) if path is not None else []
+    client = Client(url)
+    try:
+        client.topic(topic, create=create)
+    except TopicNotFound:
+        raise click.UsageError(
+            f"topic {topic!r} does not exist: pass --create to create it "
+            f"(or: redismq topic create {topic})"
+        ) from None
     if path is None:
-        mid = Client(url).send(topic, parse_body(body), key=key, delay=delay, dedup_key=dedup_key)
+        mid = client.send(topic, parse_body(body), key=key, delay=delay, dedup_key=dedup_key)
         click.echo(mid)
         return
-    if key or delay or dedup_key:
-        raise click.UsageError("--key, --delay and --dedup-key go with a single BODY")
-    bodies = read_jsonl(path)
-    client = Client(url)
     with Progress(
         TextColumn(f"sending to {topic}"), BarColumn(), MofNCompleteColumn(), console=err
     ) as bar:

@@ -291,6 +291,7 @@ class Client:
         self.done_ttl_ms = int(done_ttl * 1000)
         self.meta = connect(self.url)
         self.router = Router(self.meta, self.namespace)
+        self._announced: set[str] = set()  # topics this client created by sending to them
 
     def __repr__(self) -> str:
         return f"Client({mask_url(self.url)!r}, namespace={self.namespace!r})"
@@ -349,7 +350,17 @@ class Client:
             except TopicNotFound:
                 if not create:
                     raise
-        return self.create_topic(name, self.default_queues)
+        created = self.create_topic(name, self.default_queues)
+        if name not in self._announced:  # once per topic and client
+            self._announced.add(name)
+            log.warning(
+                "topic %r did not exist: created it with %d queues (auto_create_topics=True; "
+                "create topics with: redismq topic create %s --queues N)",
+                name,
+                self.default_queues,
+                name,
+            )
+        return created
 
     def topics(self) -> list[str]:
         with self.errors():

@@ -154,6 +154,8 @@ def test_status_masks_the_password_of_the_url():
 # -- send ------------------------------------------------------------------------------
 def test_send_prints_the_id_of_the_stored_message(client, url):
     code, output = invoke("send", "emails", '{"to": "a@b.c"}', "--url", url)
+    assert code == 2 and "--create" in output  # an unknown topic: a typo, unless asked
+    code, output = invoke("send", "emails", '{"to": "a@b.c"}', "--create", "--url", url)
     assert code == 0, output
     message_id = output.strip()
     assert re.fullmatch(r"[0-9a-f]{32}", message_id), output
@@ -248,7 +250,9 @@ def test_status_shows_a_down_broker_instead_of_failing(tmp_path):
 def test_send_file_sends_every_line_and_refuses_a_bad_one(client, url, tmp_path):
     good = tmp_path / "good.jsonl"
     good.write_text("\n".join(json.dumps({"n": i}) for i in range(1200)) + "\n\n")
-    result = CliRunner().invoke(main, ["send", "bulk", "--file", str(good), "--url", url])
+    result = CliRunner().invoke(
+        main, ["send", "bulk", "--file", str(good), "--create", "--url", url]
+    )
     assert result.exit_code == 0, result.output
     assert "sent 1200 messages" in result.output
     bad = tmp_path / "bad.jsonl"

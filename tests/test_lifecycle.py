@@ -89,3 +89,13 @@ def test_status_marks_groups_without_live_consumers_and_topics_without_groups(cl
     code, out = invoke("status", "--url", url)
     assert code == 0
     assert "no group" in out and "no live consumer" in out
+
+
+def test_sending_to_a_missing_topic_creates_it_and_says_so_once(client, caplog):
+    with caplog.at_level("WARNING", logger="redismq.client"):
+        client.send("typo", {"n": 1})
+        client.router.invalidate()
+        client.send("typo", {"n": 2})
+    said = [r for r in caplog.records if "did not exist" in r.getMessage()]
+    assert len(said) == 1 and "'typo'" in said[0].getMessage()
+    assert "typo" in client.topics()
