@@ -322,14 +322,14 @@ class Consumer:
             for q in queues:
                 ids = [m.id for m in by_queue[q.index]]
                 pipe.zmscore(q.keys.done(self.group), ids)
-                pipe.smismember(q.keys.cancelled, ids)
+                pipe.zmscore(q.keys.cancelled, ids)
             replies = pipe.execute()
             for n, q in enumerate(queues):
                 scores, flags = replies[2 * n], replies[2 * n + 1]
                 for m, score, flag in zip(by_queue[q.index], scores, flags, strict=True):
                     if score is not None:
                         done.add(m.entry_id)
-                    elif flag:
+                    elif flag is not None:
                         cancelled.add(m.entry_id)
         if not done and not cancelled:
             return messages
@@ -346,7 +346,7 @@ class Consumer:
         with self.errors():
             for m in messages:
                 q = self.queues[m.queue]
-                if q.broker.redis.sismember(q.keys.cancelled, m.id):
+                if q.broker.redis.zscore(q.keys.cancelled, m.id) is not None:
                     out.append(m)
         return out
 
@@ -465,7 +465,7 @@ class Consumer:
         args += [self.client.done_ttl_ms, self.client.result_ttl_ms]
         for m, encoded in items:
             if encoded and encoded != b"~":
-                keys.append(k.outcome(m.id))
+                keys += [k.outcome(m.id), k.job(m.id)]
             args += [m.id, m.entry_id, 1 if m.from_retry else 0, encoded]
         return keys, args
 

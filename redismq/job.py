@@ -42,7 +42,7 @@ def status_of(
     text = stored.decode() if isinstance(stored, bytes) else None
     if text in ("dead", "cancelled"):
         return text
-    if isinstance(done, float):
+    if isinstance(done, float) or text == "done":
         return "done"
     if isinstance(running, float) or (isinstance(pending, list) and pending):
         return "running"
@@ -60,6 +60,18 @@ def final_result(job_id: str, outcome: dict[str, Any], error: str | None) -> Any
     e = json.loads(error or "{}")
     raise JobFailed(
         job_id, e.get("type", "Error"), e.get("message", ""), "dead", e.get("traceback", "")
+    )
+
+
+def cancel_args(
+    client: Client | AsyncClient, keys: QueueKeys, job_id: str, group: str
+) -> tuple[list[str], list[Any]]:
+    """Keys and arguments of the cancel script for a job. Its mark, honoured by every
+    group, lasts as long as the job's records (the longer of the result and done TTLs)."""
+    ttl = max(client.result_ttl_ms, getattr(client, "done_ttl_ms", 0))
+    return (
+        [keys.job(job_id), keys.outcome(job_id), keys.cancelled, keys.done(group)],
+        [job_id, client.result_ttl_ms, ttl],
     )
 
 
@@ -188,17 +200,14 @@ class Job:
         return status_of(*replies)
 
     def cancel(self) -> bool:
-        """Stop the job: a queued one never runs, a running one is stopped as a time limit
-        would stop it. Returns False if it had already finished."""
-        k = self.keys
+        """Stop the job, in every group that consumes it: a queued one never runs, a running
+        one is stopped as a time limit would stop it. Returns False (and changes nothing) if
+        it had already finished. A job that finishes while the cancel reaches its worker
+        keeps its result and reads done."""
+        keys, args = cancel_args(self.client, self.keys, self.id, self.group)
         with self.client.errors():
             broker = self.client.router.queue_broker(self.client.topic(self.topic), self.queue)
-            return bool(
-                broker.scripts.cancel(
-                    keys=[k.job(self.id), k.outcome(self.id), k.cancelled, k.done(self.group)],
-                    args=[self.id, self.client.result_ttl_ms],
-                )
-            )
+            return bool(broker.scripts.cancel(keys=keys, args=args))
 
     def progress(self) -> tuple[float, str] | None:
         """The last progress the running task reported: (fraction, text), or None."""
@@ -378,16 +387,11 @@ class AsyncJob:
         """Stop the job (see `Job.cancel`)."""
         from .scripts import source
 
-        k = self.keys
+        keys, args = cancel_args(self.client, self.keys, self.id, self.group)
         with self.client.errors():
             r = await self._redis()
             script = r.register_script(source("cancel"))
-            return bool(
-                await script(
-                    keys=[k.job(self.id), k.outcome(self.id), k.cancelled, k.done(self.group)],
-                    args=[self.id, self.client.result_ttl_ms],
-                )
-            )
+            return bool(await script(keys=keys, args=args))
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait up to `timeout` seconds (None: forever) for the result, without blocking

@@ -39,8 +39,9 @@ class QueueKeys:
         self.delayed = f"{self.tag}:delayed"
         # Hash of queue-wide counters (deduplicated, dropped).
         self.counters = f"{self.tag}:counters"
-        # Set of ids of this queue's jobs cancelled before a worker settled them.
-        self.cancelled = f"{self.tag}:cancelled"
+        # Zset of ids of this queue's cancelled jobs, scored by when the mark expires (server
+        # time, ms): every group skips them until then.
+        self.cancelled = f"{self.tag}:cancels"
         # Zset of ids of jobs whose result someone waits for (`job.result()`), scored by
         # when a waiter last renewed its place (ms): the janitor forgets waiters that died.
         self.waiting = f"{self.tag}:waiters"

@@ -195,7 +195,7 @@ def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) 
     e2 = r.xadd(STREAM, {"id": "m2"}).decode()
     r.xgroup_create(STREAM, "g", id="0")
     r.xreadgroup("g", "c1", {STREAM: ">"})
-    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2"]
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2", "job:m2"]
     outcome = '{"status":"done","result":{"ok":true}}'
     args = ["g", "c1", 1000, 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, outcome]
     assert scripts.settle(keys=keys, args=args) == [2, 0, 0, []]
@@ -232,7 +232,7 @@ def test_settle_leaves_an_entry_another_consumer_owns(
     r.xgroup_create(STREAM, "g", id="0")
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.xclaim(STREAM, "g", "c2", 0, [e2])
-    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2"]
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2", "job:m2"]
     args = ["g", "c1", 1000, 60_000, 0, "m1", e1, 0, "", "m2", e2, 0, '{"status":"done"}']
     assert scripts.settle(keys=keys, args=args) == [1, 0, 0, [2]]
     assert [p["consumer"] for p in r.xpending_range(STREAM, "g", "-", "+", 10)] == [b"c2"]
@@ -267,13 +267,14 @@ def test_settle_of_a_cancelled_job_records_done_without_a_result(
     e = r.xadd(STREAM, {"id": "m1"}).decode()
     r.xgroup_create(STREAM, "g", id="0")
     r.xreadgroup("g", "c1", {STREAM: ">"})
-    r.sadd("cancelled", "m1")
+    r.zadd("cancelled", {"m1": 2**50, "expired": 1})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
     args = ["g", "c1", 1000, 60_000, 0, "m1", e, 0, "~"]
     assert scripts.settle(keys=keys, args=args) == [0, 0, 1, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
     assert r.zscore("done", "m1") == 1000
-    assert not r.sismember("cancelled", "m1")
+    # The mark stays for the other groups until it expires; expired marks are pruned.
+    assert r.zrange("cancelled", 0, -1) == [b"m1"]
     assert r.hgetall("stats") == {b"cancelled": b"1"}
 
 

@@ -3,8 +3,9 @@
 -- the consumer still owns are settled; the others (taken over by another consumer, or
 -- settled already) are left untouched and reported.
 -- KEYS[1] stream, KEYS[2] group's retry stream, KEYS[3] done zset, KEYS[4] stats hash,
--- KEYS[5] the queue's cancelled set, KEYS[6] the queue's zset of awaited job ids,
--- KEYS[7..] per task message (outcome neither '' nor '~'): its outcome list, in message order
+-- KEYS[5] the queue's cancel marks zset, KEYS[6] the queue's zset of awaited job ids,
+-- KEYS[7..] per task message (outcome neither '' nor '~'), in message order: its outcome
+--   list and its job hash (a job cancelled while it finished reads done, with its result)
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] now ms, ARGV[4] done ttl ms, ARGV[5] result ttl ms,
 -- ARGV[6..] per message 4 values: message id, entry id, from retry stream (0/1),
 --   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
@@ -25,10 +26,16 @@ for i = 6, #ARGV, 4 do
     if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
     local first = redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1
     if outcome == '~' then
-      redis.call('SREM', KEYS[5], mid)
       if first then cancelled = cancelled + 1 end
     elseif first then
       completed = completed + 1
+      if outcome ~= '' and redis.call('ZSCORE', KEYS[5], mid) then
+        -- Cancelled while it finished: it did finish (the mark stays for other groups).
+        redis.call('DEL', KEYS[k])
+        redis.call('HSET', KEYS[k + 1], 'status', 'done')
+        redis.call('PEXPIRE', KEYS[k + 1], result_ttl)
+        if outcome == 'N' then outcome = '{"status":"done","result":null}' end
+      end
       if outcome == 'N' then
         silent[#silent + 1] = mid
         silent_keys[#silent_keys + 1] = KEYS[k]
@@ -40,7 +47,7 @@ for i = 6, #ARGV, 4 do
       duplicates = duplicates + 1
     end
   end
-  if outcome ~= '' and outcome ~= '~' then k = k + 1 end
+  if ARGV[i + 3] ~= '' and ARGV[i + 3] ~= '~' then k = k + 2 end
 end
 if #silent > 0 then
   local awaited = redis.call('ZMSCORE', KEYS[6], unpack(silent))
@@ -59,6 +66,10 @@ if #retried > 0 then
 end
 if completed > 0 then redis.call('HINCRBY', KEYS[4], 'done', completed) end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', duplicates) end
-if cancelled > 0 then redis.call('HINCRBY', KEYS[4], 'cancelled', cancelled) end
+if cancelled > 0 then
+  redis.call('HINCRBY', KEYS[4], 'cancelled', cancelled)
+  local t = redis.call('TIME')
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(t[1]) * 1000)  -- expired marks
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(done_ttl))
 return {completed, duplicates, cancelled, lost}
