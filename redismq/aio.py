@@ -7,40 +7,35 @@ it reads topics and routes with async calls only, so the event loop never blocks
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from .client import (
     DEFAULT_QUEUES,
     DEFAULT_RETENTION,
-    Outgoing,
-    Sent,
-    batch_by_broker,
-    batch_sent,
-    check_topic_name,
-    check_topic_shape,
-    choose_queue,
+    DEFAULT_SEND_TIMEOUT,
+    DURABILITIES,
+    ON_FULL,
     client_settings,
-    full_message,
-    index_entry,
-    prepare_batch,
-    prepare_message,
-    queue_bound,
+    converted,
     redis_errors,
-    script_sent,
-    send_script_call,
 )
 from .cluster import choose_shards, master_ranges
-from .errors import TopicFull, TopicNotFound
+from .errors import BrokerUnavailable, NotReplicated, RedisMQError, TopicNotFound
 from .keys import MetaKeys, QueueKeys
 from .message import DEFAULT_MAX_BODY
 from .routing import (
+    REMOVED,
+    BrokerHealth,
     RouteCache,
     Topic,
     TopicSettings,
@@ -54,31 +49,50 @@ from .routing import (
     sorted_names,
     topic_record,
 )
-from .scripts import source
+from .scripts import Scripts
+from .sending import (
+    Attempts,
+    Outgoing,
+    Sent,
+    batch_by_broker,
+    batch_sent,
+    check_keyed,
+    choose_queue,
+    index_entry,
+    is_outage,
+    prepare_batch,
+    prepare_message,
+    queue_bound,
+    script_sent,
+    send_script_call,
+)
 from .urls import connect_async, mask_url
+from .validation import check_choice, check_seconds, check_topic_name, check_topic_shape
 
 if TYPE_CHECKING:
-    from redis.commands.core import AsyncScript
-
     from .client import Client
     from .job import AsyncJob
+
+log = logging.getLogger("redismq.aio")
 
 
 @dataclass(slots=True, eq=False)
 class AsyncBroker:
-    """One broker for the async client: name, URL (None: the meta Redis), connection, script."""
+    """One broker for the async client: name, URL (None: the meta Redis), connection, and
+    the scripts registered on it."""
 
     name: str
     url: str | None
     redis: AsyncRedis
-    send: AsyncScript
+    scripts: Scripts
 
 
 class AsyncRouter:
     """Reads topics, routes and brokers from the meta Redis with async calls, and caches them.
 
-    Cached topics are dropped when the route version changes; the version is re-read at
-    most once per second, as in the sync `Router`.
+    The rules (which brokers are usable and placeable, a removed broker) are the sync
+    `Router`'s, from `BrokerHealth`; cached topics are dropped when the route version
+    changes, re-read at most once per second.
     """
 
     def __init__(self, meta: AsyncRedis, namespace: str) -> None:
@@ -88,30 +102,71 @@ class AsyncRouter:
         self._cache = RouteCache()
         self._brokers: dict[str, AsyncBroker] = {}
         self._shards: dict[str, dict[int, str]] = {}
-        self._create_topic = meta.register_script(source("create_topic"))
-        self._meta_send = meta.register_script(source("send"))
+        self.meta_scripts = Scripts(meta)
+        self.health = BrokerHealth()
 
     # -- brokers ---------------------------------------------------------------------
     async def broker(self, name: str) -> AsyncBroker:
-        """The connected broker of that name."""
+        """The connected broker of that name; BrokerUnavailable if it is no longer registered."""
         found = self._brokers.get(name)
         if found is not None:
             return found
-        url = broker_url(name, await self.meta.hget(self.keys.brokers, name))
+        try:
+            url = broker_url(name, await self.meta.hget(self.keys.brokers, name))
+        except BrokerUnavailable:
+            self.invalidate()  # a cached route names a broker removed meanwhile
+            raise
         found = self._brokers.get(name)  # another task may have added it meanwhile
         if found is not None:
             return found
         if url is None:
-            broker = AsyncBroker(name, None, self.meta, self._meta_send)
+            broker = AsyncBroker(name, None, self.meta, self.meta_scripts)
         else:
             conn = connect_async(url)
-            broker = AsyncBroker(name, url, conn, conn.register_script(source("send")))
+            broker = AsyncBroker(name, url, conn, Scripts(conn))
         self._brokers[name] = broker
         return broker
 
     async def broker_names(self) -> list[str]:
         """Registered brokers; a system with none registered has the meta Redis itself."""
         return broker_list(await self.meta.hkeys(self.keys.brokers))
+
+    async def states(self) -> dict[str, str]:
+        """Broker name -> active, draining or down (from the registry and the NameServer)."""
+        async with self.meta.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.brokers)
+            pipe.hgetall(self.keys.broker_health)
+            pipe.get(self.keys.routes_version)
+            records, health, version = await pipe.execute()
+        self._cache.seen(version)
+        return self.health.update(records, health)
+
+    async def refresh_states(self) -> None:
+        """Read the states again if they are old; keep the last ones if the meta Redis
+        cannot be reached."""
+        if self.health.due():
+            try:
+                await self.states()
+            except (redis.ConnectionError, redis.TimeoutError):
+                self.health.unreadable()
+
+    async def placeable(self) -> list[str]:
+        """Brokers new queues may go to: active (not draining) and not known to be down."""
+        await self.states()
+        return self.health.placeable(await self.broker_names())
+
+    def usable(self, name: str) -> bool:
+        """Whether a send may go to this broker (as of the last `refresh_states`)."""
+        return self.health.usable(name)
+
+    def state(self, name: str) -> str:
+        """active, draining, down or removed (as of the last `refresh_states`)."""
+        return self.health.state(name)
+
+    def mark_down(self, name: str) -> None:
+        """Avoid a broker for a moment after a failed send."""
+        self.health.mark_down(name)
+        self.invalidate()
 
     async def aclose(self) -> None:
         """Close the connections to brokers other than the meta Redis."""
@@ -121,6 +176,10 @@ class AsyncRouter:
                 await broker.redis.aclose()
 
     # -- topics ----------------------------------------------------------------------
+    def known(self, name: str) -> Topic | None:
+        """The last copy read of a topic, however old (None: never read)."""
+        return self._cache.get(name)
+
     async def topic(self, name: str) -> Topic:
         """The topic's record; raises TopicNotFound."""
         await self._maybe_refresh()
@@ -143,7 +202,7 @@ class AsyncRouter:
 
     async def create_topic(self, name: str, queues: int, settings: TopicSettings) -> Topic:
         """Create a topic and place its queues; idempotent for the same shape."""
-        brokers = await self.broker_names()
+        brokers = await self.placeable()
         placement = place(brokers, route_fields(name, queues))
         shards: dict[int, str] = {}
         for b in sorted(set(placement)):
@@ -153,7 +212,7 @@ class AsyncRouter:
                 new = [q for q, p in enumerate(placement) if p == b]
                 shards.update(choose_shards(ranges, name, new, {}))
         keys, args = create_topic_call(self.keys, name, queues, settings, brokers, lambda _: shards)
-        stored = await self._create_topic(keys=keys, args=args)
+        stored = await self.meta_scripts.create_topic(keys=keys, args=args)
         check_created(name, stored, queues)
         self._cache.drop(name)
         return await self.topic(name)
@@ -184,9 +243,9 @@ class AsyncRouter:
 class AsyncClient:
     """Sends messages from asyncio code through a redismq system's meta Redis.
 
-    Takes the sending options of `Client` and behaves like its `send`, `send_message`,
-    `send_many` and `create_topic`, with the same errors. Use it inside one event loop and
-    `await client.aclose()` (or `async with AsyncClient(...)`) when done.
+    Takes the sending options of `Client` and follows its rules (`redismq.sending`) in
+    `send`, `send_message`, `send_many` and `create_topic`, with the same errors. Use it
+    inside one event loop and `await client.aclose()` (or `async with`) when done.
     """
 
     def __init__(
@@ -198,6 +257,11 @@ class AsyncClient:
         default_queues: int = DEFAULT_QUEUES,
         max_body: int = DEFAULT_MAX_BODY,
         dedup_window: float = 86_400.0,
+        durability: str = "master",
+        replica_timeout: float = 1.0,
+        on_full: str = "raise",
+        full_timeout: float = 30.0,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
         result_ttl: float = 86_400.0,
     ) -> None:
         self.url, self.namespace = client_settings(url, namespace)
@@ -206,6 +270,11 @@ class AsyncClient:
         self.default_queues = default_queues
         self.max_body = max_body
         self.dedup_window_ms = int(dedup_window * 1000)
+        self.durability = check_choice("durability", durability, DURABILITIES)
+        self.replica_timeout_ms = int(replica_timeout * 1000)
+        self.on_full = check_choice("on_full", on_full, ON_FULL)
+        self.full_timeout = check_seconds("full_timeout", full_timeout)
+        self.send_timeout = check_seconds("send_timeout", send_timeout)
         self.meta = connect_async(self.url)
         self.router = AsyncRouter(self.meta, self.namespace)
 
@@ -219,6 +288,11 @@ class AsyncClient:
             default_queues=client.default_queues,
             max_body=client.max_body,
             dedup_window=client.dedup_window_ms / 1000,
+            durability=client.durability,
+            replica_timeout=client.replica_timeout_ms / 1000,
+            on_full=client.on_full,
+            full_timeout=client.full_timeout,
+            send_timeout=client.send_timeout,
             result_ttl=client.result_ttl_ms / 1000,
         )
 
@@ -259,12 +333,15 @@ class AsyncClient:
         retention: int = DEFAULT_RETENTION,
         hard_cap: int = 0,
         max_backlog: int = 0,
+        durability: str | None = None,
     ) -> Topic:
         """Create a topic of `queues` queues (idempotent); see `Client.create_topic`."""
+        if durability is not None:
+            check_choice("durability", durability, DURABILITIES)
         check_topic_shape(name, queues)
         with self.errors():
             return await self.router.create_topic(
-                name, queues, TopicSettings(retention, hard_cap, max_backlog)
+                name, queues, TopicSettings(retention, hard_cap, max_backlog, durability)
             )
 
     async def topic(self, name: str, *, create: bool | None = None) -> Topic:
@@ -294,10 +371,21 @@ class AsyncClient:
         delay: float | timedelta | None = None,
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
+        durability: str | None = None,
+        on_full: str | None = None,
+        timeout: float | None = None,
     ) -> str:
-        """Send one message; returns its id once the broker has stored it."""
+        """Send one message; returns its id once the broker has stored it (see `Client.send`)."""
         sent = await self.send_message(
-            topic, body, key=key, delay=delay, dedup_key=dedup_key, headers=headers
+            topic,
+            body,
+            key=key,
+            delay=delay,
+            dedup_key=dedup_key,
+            headers=headers,
+            durability=durability,
+            on_full=on_full,
+            timeout=timeout,
         )
         return sent.id
 
@@ -310,14 +398,12 @@ class AsyncClient:
         delay: float | timedelta | None = None,
         dedup_key: str | None = None,
         headers: dict[str, str] | None = None,
+        durability: str | None = None,
+        on_full: str | None = None,
+        timeout: float | None = None,
         index_as: tuple[str, str] | None = None,
     ) -> Sent:
-        """Send one message; returns where it went (id, queue and stream entry).
-
-        A message with a `key` goes to the same queue as the sync client sends it to; a
-        resend with the same `dedup_key` within the window returns the first id.
-        `index_as=(group, task)` (tasks do it) lets `job(id)` find it.
-        """
+        """Send one message; returns where it went (see `Client.send_message`)."""
         msg = prepare_message(
             body,
             key=key,
@@ -327,7 +413,11 @@ class AsyncClient:
             max_body=self.max_body,
             index_as=index_as,
         )
-        return await self._send_prepared(await self.topic(topic), msg)
+        room = self._room(on_full, timeout)
+        outage = self.send_timeout if timeout is None else check_seconds("timeout", timeout)
+        t = await self._send_topic(topic, outage)
+        replicated = self._replicated(durability or t.durability)
+        return await self._send(t, msg, replicated, room, outage)
 
     async def job(self, message_id: str) -> AsyncJob:
         """A task's job by its message id alone, with awaitable status, result, progress
@@ -336,48 +426,130 @@ class AsyncClient:
 
         return await find_async_job(self, message_id)
 
-    async def _send_prepared(self, t: Topic, msg: Outgoing) -> Sent:
-        """Write one checked message to the queue it maps to."""
-        topic = t.name
-        queue = choose_queue(t, msg)
-        qk = self.router.queue_keys(topic, queue)
+    async def _send(
+        self, t: Topic, msg: Outgoing, replicated: bool, room: float | None, outage: float
+    ) -> Sent:
+        """Write one message by the rules of `Attempts` (full queues, unreachable brokers)."""
+        await self.router.refresh_states()
+        if msg.route_key is not None:
+            state = self.router.state(t.placement[choose_queue(t, msg)])
+            if state == REMOVED:  # routes changed meanwhile
+                t = await self._send_topic(t.name, outage)
+                state = self.router.state(t.placement[choose_queue(t, msg)])
+            check_keyed(t, msg, state)
+        plan = Attempts(t, msg, self.router.usable, room=room, outage=outage)
+        while True:
+            url = self.url
+            try:
+                broker = await self.router.queue_broker(t, plan.queue)
+                url = broker.url or self.url
+                sent = await self._write(broker, t, plan.queue, msg, replicated, plan.guard_ms)
+            except redis.RedisError as exc:
+                if not is_outage(exc):
+                    raise converted(url, exc) from None
+                error = converted(url, exc)
+                if not plan.failed:
+                    log.warning("%s; trying again", error)
+                self.router.mark_down(plan.broker)
+                pause = plan.when_unreachable(cast(RedisMQError, error))
+            else:
+                if sent is not None:
+                    return sent
+                pause = plan.when_full()
+            if pause:
+                await asyncio.sleep(pause)
+                await self.router.refresh_states()
+
+    async def _send_topic(self, name: str, outage: float) -> Topic:
+        """The topic a send goes to; while the meta Redis cannot be reached, the last copy
+        read, else tried again for up to `outage` seconds."""
+        deadline = time.monotonic() + outage
+        pause = 0.05
+        while True:
+            try:
+                return await self.topic(name)
+            except BrokerUnavailable as exc:
+                known = self.router.known(name)
+                if known is not None:
+                    return known
+                if time.monotonic() >= deadline or not str(exc).startswith("cannot reach"):
+                    raise
+                log.warning("%s; trying again", exc)
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(0.5, pause * 2)
+
+    def _room(self, on_full: str | None, timeout: float | None) -> float | None:
+        """How long a send waits for room in a full topic (None: it raises at once)."""
+        chosen = check_choice("on_full", on_full or self.on_full, ON_FULL)
+        return None if chosen == "raise" else (self.full_timeout if timeout is None else timeout)
+
+    def _replicated(self, durability: str | None) -> bool:
+        return check_choice("durability", durability or self.durability, DURABILITIES) == (
+            "replicated"
+        )
+
+    async def _write(
+        self,
+        broker: AsyncBroker,
+        t: Topic,
+        queue: int,
+        msg: Outgoing,
+        replicated: bool,
+        guard_ms: int,
+    ) -> Sent | None:
+        """One attempt to write a message (None: the bounded queue is full), then wait for a
+        replica if asked; a task's message is indexed by its id. Raises redis-py's errors."""
+        qk = self.router.queue_keys(t.name, queue)
         bound = queue_bound(t)
-        index = index_entry(self.namespace, topic, queue, msg)
-        with self.errors():
-            broker = await self.router.queue_broker(t, queue)
-            if not msg.needs_script and not bound:
-                async with broker.redis.pipeline(transaction=False) as pipe:
-                    pipe.xadd(qk.stream, msg.fields)
-                    if index:
-                        pipe.set(*index, px=self.result_ttl_ms)
-                    entry = (await pipe.execute())[0]
-                return Sent(msg.id, topic, queue, entry.decode())
-            keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)
-            sent = script_sent(await broker.send(keys=keys, args=args), topic, queue)
-            if sent is not None and index and sent.id == msg.id:
-                await broker.redis.set(*index, px=self.result_ttl_ms)
-        if sent is None:
-            raise TopicFull(full_message(t))
+        index = index_entry(self.namespace, t.name, queue, msg)
+        if msg.needs_script or bound > 0 or guard_ms:
+            keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups, guard_ms)
+            sent = script_sent(await broker.scripts.send(keys=keys, args=args), t.name, queue)
+            if sent is None:
+                return None
+        else:
+            entry = await broker.redis.xadd(qk.stream, msg.fields)
+            sent = Sent(msg.id, t.name, queue, entry.decode())
+        if index and sent.id == msg.id:  # a task's: findable by its id (client.job)
+            await broker.redis.set(*index, px=self.result_ttl_ms)
+        if replicated and await broker.redis.wait(1, self.replica_timeout_ms) < 1:
+            raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
 
     async def send_many(
-        self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
+        self,
+        topic: str,
+        bodies: Iterable[Any],
+        *,
+        headers: dict[str, str] | None = None,
+        durability: str | None = None,
     ) -> list[str]:
         """Send many messages round-robin over the topic's queues in one pipeline per broker.
 
         Returns their ids in the order of `bodies`.
         """
-        return [s.id for s in await self.send_many_messages(topic, bodies, headers=headers)]
+        sent = await self.send_many_messages(topic, bodies, headers=headers, durability=durability)
+        return [s.id for s in sent]
 
     async def send_many_messages(
-        self, topic: str, bodies: Iterable[Any], *, headers: dict[str, str] | None = None
+        self,
+        topic: str,
+        bodies: Iterable[Any],
+        *,
+        headers: dict[str, str] | None = None,
+        durability: str | None = None,
     ) -> list[Sent]:
-        """Send many messages round-robin in one pipeline per broker; returns where they went."""
+        """Send many messages round-robin in one pipeline per broker; returns where they went
+        (see `Client.send_many_messages`)."""
         msgs = prepare_batch(bodies, headers, self.max_body)
         t = await self.topic(topic)
+        replicated = self._replicated(durability or t.durability)
         if t.max_backlog:  # every message must pass the bound: one checked send each
-            return [await self._send_prepared(t, m) for m in msgs]
-        queues = [t.next_queue() for _ in msgs]
+            room, outage = self._room(None, None), self.send_timeout
+            return [await self._send(t, m, replicated, room, outage) for m in msgs]
+        with self.errors():
+            await self.router.refresh_states()
+        queues = [t.next_queue(self.router.usable) for _ in msgs]
         entries: list[str | None] = [None] * len(msgs)
 
         async def to_broker(name: str, indexes: list[int]) -> None:
@@ -385,7 +557,11 @@ class AsyncClient:
             async with broker.redis.pipeline(transaction=False) as pipe:
                 for i in indexes:
                     pipe.xadd(self.router.queue_keys(topic, queues[i]).stream, msgs[i].fields)
+                if replicated:
+                    pipe.wait(1, self.replica_timeout_ms)
                 replies = await pipe.execute()
+            if replicated and replies.pop() < 1:
+                raise NotReplicated(msgs[indexes[0]].id, name, self.replica_timeout_ms)
             for i, entry in zip(indexes, replies, strict=True):
                 entries[i] = entry.decode()
 

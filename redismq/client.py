@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -15,57 +13,53 @@ import redis
 
 from .errors import (
     BrokerUnavailable,
-    InvalidMessage,
     NotReplicated,
-    QueueUnavailable,
     RedisMQError,
-    TopicFull,
     TopicNotFound,
 )
-from .keys import DEFAULT_NAMESPACE, QueueKeys, job_index
-from .message import (
-    DEFAULT_MAX_BODY,
-    encode_body,
-    entry_fields,
-    new_message_id,
-    now_ms,
-)
-from .routing import (
-    DRAINING,
-    REMOVED,
-    Broker,
-    Router,
-    Topic,
-    TopicSettings,
-    earlier_queues,
-    queue_for_key,
+from .keys import DEFAULT_NAMESPACE
+from .message import DEFAULT_MAX_BODY, now_ms
+from .routing import REMOVED, Broker, Router, Topic, TopicSettings, earlier_queues
+from .sending import (
+    Attempts,
+    Outgoing,
+    Sent,
+    batch_by_broker,
+    batch_sent,
+    check_keyed,
+    choose_queue,
+    index_entry,
+    is_outage,
+    prepare_batch,
+    prepare_message,
+    queue_bound,
+    script_sent,
+    send_script_call,
 )
 from .urls import check_url, connect, mask_url
+from .validation import (  # noqa: F401 - check_key, check_headers and delay_ms: public here too
+    check_choice,
+    check_headers,
+    check_key,
+    check_seconds,
+    check_topic_name,
+    check_topic_shape,
+    delay_ms,
+)
 
 log = logging.getLogger("redismq.client")
 DURABILITIES = ("master", "replicated")
-# Tries of a keyless send on different brokers before its error is raised.
-SEND_ATTEMPTS = 3
+ON_FULL = ("raise", "block")
 
 if TYPE_CHECKING:
-    from redis.typing import EncodableT, FieldT
-
     from .consumer import Consumer
     from .deadletters import DeadLetter
     from .job import Job
 
 DEFAULT_QUEUES = 4
 DEFAULT_RETENTION = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """Where a message went: its id, and the queue and stream entry that hold it."""
-
-    id: str
-    topic: str
-    queue: int
-    entry_id: str | None
+# How long a send keeps trying to reach its broker before it raises (Client(send_timeout=)).
+DEFAULT_SEND_TIMEOUT = 10.0
 
 
 class redis_errors:  # noqa: N801 - used like the context manager function it replaced
@@ -100,158 +94,19 @@ class redis_errors:  # noqa: N801 - used like the context manager function it re
             raise BrokerUnavailable(f"permission denied at {url}: {exc}") from None
 
 
-def delay_ms(delay: float | timedelta | None) -> int:
-    """A delay in whole milliseconds; raises InvalidMessage when negative or not a number."""
-    if delay is None:
-        return 0
-    seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-    if (
-        not isinstance(seconds, int | float)
-        or isinstance(seconds, bool)
-        or not math.isfinite(seconds)
-    ):
-        raise InvalidMessage(f"delay must be a finite number of seconds, not {delay!r}")
-    if seconds < 0:
-        raise InvalidMessage(f"delay must not be negative (got {seconds})")
-    return int(seconds * 1000)
+def converted(url: str, exc: BaseException) -> BaseException:
+    """The RedisMQError a redis-py error becomes (the error itself if it becomes none)."""
+    try:
+        with redis_errors(url):
+            raise exc
+    except BaseException as out:  # noqa: BLE001 - returned, not swallowed
+        return out
 
 
 def client_settings(url: str | None, namespace: str | None) -> tuple[str, str]:
     """The checked URL ($REDISMQ_URL if None) and namespace ($REDISMQ_NAMESPACE, else "rmq")."""
     checked = check_url(url or os.environ.get("REDISMQ_URL", ""))
     return checked, namespace or os.environ.get("REDISMQ_NAMESPACE") or DEFAULT_NAMESPACE
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """One checked and encoded message, not yet written to a queue."""
-
-    id: str
-    fields: dict[FieldT, EncodableT]
-    key: str | None = None
-    dedup_key: str | None = None
-    delay_ms: int = 0
-    # (group, task): a task's message is indexed by its id, for `client.job(id)`.
-    index_as: tuple[str, str] | None = None
-
-    @property
-    def route_key(self) -> str | None:
-        """What picks the queue: the key, else the dedup key (None: round-robin)."""
-        return self.key if self.key is not None else self.dedup_key
-
-    @property
-    def needs_script(self) -> bool:
-        """Whether the `send` script must store it (dedup or delay) instead of a plain XADD."""
-        return self.dedup_key is not None or self.delay_ms > 0
-
-
-def prepare_message(
-    body: Any,
-    *,
-    key: str | None = None,
-    delay: float | timedelta | None = None,
-    dedup_key: str | None = None,
-    headers: dict[str, str] | None = None,
-    max_body: int = DEFAULT_MAX_BODY,
-    index_as: tuple[str, str] | None = None,
-) -> Outgoing:
-    """Check and encode one message; raises InvalidMessage before anything is sent."""
-    due = delay_ms(delay)
-    data, raw = encode_body(body, max_body)
-    check_headers(headers)
-    check_key("key", key)
-    check_key("dedup_key", dedup_key)
-    mid = new_message_id()
-    fields = entry_fields(mid, data, raw, key=key, headers=headers)
-    return Outgoing(mid, fields, key, dedup_key, due, index_as)
-
-
-def index_entry(namespace: str, topic: str, queue: int, msg: Outgoing) -> tuple[str, str] | None:
-    """The id index entry (key, value) a task's message is written with, else None."""
-    if msg.index_as is None:
-        return None
-    from .job import index_value
-
-    return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as)
-
-
-def prepare_batch(
-    bodies: Iterable[Any], headers: dict[str, str] | None, max_body: int = DEFAULT_MAX_BODY
-) -> list[Outgoing]:
-    """Check and encode many plain messages (no key, delay or dedup) sharing headers."""
-    check_headers(headers)
-    msgs = []
-    for body in bodies:
-        data, raw = encode_body(body, max_body)
-        mid = new_message_id()
-        msgs.append(Outgoing(mid, entry_fields(mid, data, raw, headers=headers)))
-    return msgs
-
-
-def choose_queue(topic: Topic, msg: Outgoing, usable: Callable[[str], bool] | None = None) -> int:
-    """The queue a message goes to: by its key (or dedup key), else the next round-robin
-    queue on a `usable` broker."""
-    route_key = msg.route_key
-    if route_key is not None:
-        return queue_for_key(route_key, topic.queues)
-    return topic.next_queue(usable)
-
-
-def send_script_call(
-    keys: QueueKeys,
-    msg: Outgoing,
-    dedup_window_ms: int,
-    bound: int = 0,
-    groups: Iterable[str] = (),
-) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of the `send` script for one message (dedup, delay, and the bound of
-    a queue's backlog, which counts the retries of the `groups`)."""
-    names = list(groups) if bound else []
-    script_keys = [keys.stream, keys.delayed, keys.dedup(msg.dedup_key or ""), keys.counters]
-    for g in names:
-        script_keys += [keys.retry_stream(g), keys.retry(g)]
-    args: list[Any] = [msg.id, dedup_window_ms if msg.dedup_key else 0]
-    args.append(now_ms() + msg.delay_ms if msg.delay_ms else 0)
-    args += [bound, len(names), *names]
-    for name, value in msg.fields.items():
-        args += [name, value]
-    return script_keys, args
-
-
-def script_sent(reply: list[Any], topic: str, queue: int) -> Sent | None:
-    """Where the `send` script put a message (the first id if it was a duplicate); None
-    when the queue was full."""
-    sent_id, outcome = reply
-    if outcome == -1:
-        return None
-    return Sent(sent_id.decode(), topic, queue, None)
-
-
-def full_message(topic: Topic) -> str:
-    return (
-        f"topic {topic.name!r} is full: its backlog reached its bound of {topic.max_backlog} "
-        f"unfinished messages"
-    )
-
-
-def queue_bound(topic: Topic) -> int:
-    """The most unfinished messages one queue of a bounded topic may hold (0: no bound)."""
-    return -(-topic.max_backlog // topic.queues) if topic.max_backlog else 0
-
-
-def batch_by_broker(topic: Topic, queues: list[int]) -> dict[str, list[int]]:
-    """The positions of a batch's messages grouped by the broker of their queue, in order."""
-    groups: dict[str, list[int]] = {}
-    for i, queue in enumerate(queues):
-        groups.setdefault(topic.placement[queue], []).append(i)
-    return groups
-
-
-def batch_sent(
-    topic: str, msgs: list[Outgoing], queues: list[int], entries: list[str | None]
-) -> list[Sent]:
-    """Where each message of a batch went, in the order they were given."""
-    return [Sent(m.id, topic, q, e) for m, q, e in zip(msgs, queues, entries, strict=True)]
 
 
 class Client:
@@ -274,6 +129,7 @@ class Client:
         replica_timeout: float = 1.0,
         on_full: str = "raise",
         full_timeout: float = 30.0,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
         result_ttl: float = 86_400.0,
         done_ttl: float = 86_400.0,
     ) -> None:
@@ -282,11 +138,11 @@ class Client:
         self.default_queues = default_queues
         self.max_body = max_body
         self.dedup_window_ms = int(dedup_window * 1000)
-        self.durability = durability
-        self.on_full = on_full
-        self.full_timeout = full_timeout
+        self.durability = check_choice("durability", durability, DURABILITIES)
+        self.on_full = check_choice("on_full", on_full, ON_FULL)
+        self.full_timeout = check_seconds("full_timeout", full_timeout)
+        self.send_timeout = check_seconds("send_timeout", send_timeout)
         self.replica_timeout_ms = int(replica_timeout * 1000)
-        self._replicated(durability)
         self.result_ttl_ms = int(result_ttl * 1000)
         self.done_ttl_ms = int(done_ttl * 1000)
         self.meta = connect(self.url)
@@ -385,6 +241,8 @@ class Client:
         `durability="replicated"` also waits until a replica has it (else NotReplicated).
         In a bounded topic that is full, `on_full="raise"` raises TopicFull at once and
         `on_full="block"` waits up to `timeout` seconds for room, then raises TopicFull.
+        A broker that cannot be reached is tried again for up to `timeout` seconds
+        (default: the client's `send_timeout`), then BrokerUnavailable is raised.
         """
         return self.send_message(
             topic,
@@ -414,9 +272,11 @@ class Client:
     ) -> Sent:
         """Send one message; returns where it went (id, queue and stream entry).
 
-        Without a key, a message whose broker fails goes to a queue on another broker; a
-        keyed message stays on its queue (moving it would break its order) and the error
-        is raised. `index_as=(group, task)` (tasks do it) lets `job(id)` find it.
+        Without a key, a message goes to the next queue round-robin, skipping queues that
+        are full or on a broker that is down or draining. A keyed message stays on its
+        queue (moving it would break its order): it waits for room and for its broker.
+        A retry of an attempt whose reply was lost stores nothing twice.
+        `index_as=(group, task)` (tasks do it) lets `job(id)` find it.
         """
         msg = prepare_message(
             body,
@@ -427,40 +287,47 @@ class Client:
             max_body=self.max_body,
             index_as=index_as,
         )
-        t = self.topic(topic)
+        room = self._room(on_full, timeout)
+        outage = self.send_timeout if timeout is None else check_seconds("timeout", timeout)
+        t = self._send_topic(topic, outage)
         replicated = self._replicated(durability or t.durability)
-        queue = choose_queue(t, msg, self.router.usable)
+        return self._send(t, msg, replicated, room, outage)
+
+    def _send(
+        self, t: Topic, msg: Outgoing, replicated: bool, room: float | None, outage: float
+    ) -> Sent:
+        """Write one message by the rules of `Attempts` (full queues, unreachable brokers)."""
         if msg.route_key is not None:
-            state = self.router.state(t.placement[queue])
+            state = self.router.state(t.placement[choose_queue(t, msg)])
             if state == REMOVED:  # routes changed meanwhile
-                t = self.topic(topic)
-                state = self.router.state(t.placement[queue])
-            if state == DRAINING:
-                raise QueueUnavailable(
-                    f"queue {queue} of {topic!r} is on broker {t.placement[queue]!r}, which is "
-                    f"draining (read-only); a keyed message stays on its queue to keep its order"
-                )
+                t = self._send_topic(t.name, outage)
+                state = self.router.state(t.placement[choose_queue(t, msg)])
+            check_keyed(t, msg, state)
         if msg.dedup_key is not None and t.earlier:
-            first = self._sent_before_expand(t, queue, msg)
+            first = self._sent_before_expand(t, choose_queue(t, msg), msg)
             if first is not None:
                 return first
-        for attempt in range(SEND_ATTEMPTS):
+        plan = Attempts(t, msg, self.router.usable, room=room, outage=outage)
+        while True:
+            url = self.url
             try:
-                return self._send_to(t, queue, msg, replicated, self._room(on_full, timeout))
-            except BrokerUnavailable as exc:
-                broker = t.placement[queue]
-                self.router.mark_down(broker)
-                if msg.route_key is not None:
-                    raise QueueUnavailable(
-                        f"queue {queue} of {topic!r} (broker {broker!r}) cannot take the "
-                        f"message: {exc}; a keyed message stays on its queue to keep its order"
-                    ) from None
-                if attempt == SEND_ATTEMPTS - 1:
-                    raise
-                log.warning("%s; sending to another broker", exc)
-                t = self.topic(topic)
-                queue = t.next_queue(self.router.usable)
-        raise AssertionError("unreachable")
+                broker = self.router.queue_broker(t, plan.queue)
+                url = broker.url or self.url
+                sent = self._write(broker, t, plan.queue, msg, replicated, plan.guard_ms)
+            except redis.RedisError as exc:
+                if not is_outage(exc):
+                    raise converted(url, exc) from None
+                error = converted(url, exc)
+                if not plan.failed:
+                    log.warning("%s; trying again", error)
+                self.router.mark_down(plan.broker)
+                pause = plan.when_unreachable(cast(RedisMQError, error))
+            else:
+                if sent is not None:
+                    return sent
+                pause = plan.when_full()
+            if pause:
+                time.sleep(pause)
 
     def _sent_before_expand(self, t: Topic, queue: int, msg: Outgoing) -> Sent | None:
         """Where the first send of a dedup key went, if that was to another queue before the
@@ -475,75 +342,103 @@ class Client:
                     return Sent(first.decode(), t.name, q, None)
         return None
 
+    def _send_topic(self, name: str, outage: float) -> Topic:
+        """The topic a send goes to; while the meta Redis cannot be reached, the last copy
+        read, else tried again for up to `outage` seconds."""
+        deadline = time.monotonic() + outage
+        pause = 0.05
+        while True:
+            try:
+                return self.topic(name)
+            except BrokerUnavailable as exc:
+                known = self.router.known(name)
+                if known is not None:
+                    return known
+                if time.monotonic() >= deadline or not str(exc).startswith("cannot reach"):
+                    raise
+                log.warning("%s; trying again", exc)
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(0.5, pause * 2)
+
     def _room(self, on_full: str | None, timeout: float | None) -> float | None:
         """How long a send waits for room in a full topic (None: it raises at once)."""
-        chosen = on_full or self.on_full
-        if chosen not in ("raise", "block"):
-            raise InvalidMessage(f"on_full must be 'raise' or 'block', not {chosen!r}")
+        chosen = check_choice("on_full", on_full or self.on_full, ON_FULL)
         return None if chosen == "raise" else (self.full_timeout if timeout is None else timeout)
 
     def _replicated(self, durability: str | None) -> bool:
-        chosen = durability or self.durability
-        if chosen not in DURABILITIES:
-            raise InvalidMessage(f"durability must be one of {', '.join(DURABILITIES)}")
-        return chosen == "replicated"
+        return check_choice("durability", durability or self.durability, DURABILITIES) == (
+            "replicated"
+        )
 
-    def _send_to(
-        self, t: Topic, queue: int, msg: Outgoing, replicated: bool, room: float | None
-    ) -> Sent:
-        """Write one message to one queue (waiting for a replica if asked, and up to `room`
-        seconds for room in a bounded topic; None: raise TopicFull at once)."""
-        deadline = time.monotonic() + (room or 0.0)
-        pause = 0.01
-        while True:
-            sent = self._write(t, queue, msg, replicated)
-            if sent is not None:
-                return sent
-            if room is None or time.monotonic() >= deadline:
-                raise TopicFull(full_message(t))
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(0.2, pause * 2)
-
-    def _write(self, t: Topic, queue: int, msg: Outgoing, replicated: bool) -> Sent | None:
-        """Write one message (None: the bounded queue is full), then wait for a replica if
-        asked. The script is called on its own, not in a pipeline, so that redis-py loads it
-        again when a restarted server has lost it."""
+    def _write(
+        self, broker: Broker, t: Topic, queue: int, msg: Outgoing, replicated: bool, guard_ms: int
+    ) -> Sent | None:
+        """One attempt to write a message (None: the bounded queue is full), then wait for a
+        replica if asked; a task's message is indexed by its id. Raises redis-py's errors."""
         qk = self.router.queue_keys(t.name, queue)
         bound = queue_bound(t)
         index = index_entry(self.namespace, t.name, queue, msg)
-        with self.errors():
-            broker = self.router.queue_broker(t, queue)
-            if msg.needs_script or bound > 0:
-                keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups)
-                if replicated and broker.cluster:  # WAIT on the slot's master, same connection
-                    reply, acked = self._send_and_wait(broker, keys, args)
-                else:
-                    reply = broker.scripts.send(keys=keys, args=args)
-                    acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
-                sent = script_sent(reply, t.name, queue)
-                if sent is None:
-                    return None
-            elif replicated:
-
-                def fill(pipe: Any) -> None:
-                    pipe.xadd(qk.stream, msg.fields)
-                    pipe.wait(1, self.replica_timeout_ms)
-
-                entry, acked = broker.on_node(qk.stream, fill)
-                sent = Sent(msg.id, t.name, queue, entry.decode())
-            elif index and not broker.cluster:  # a task's entry and its id index at once
-                pipe = broker.redis.pipeline(transaction=False)
-                pipe.xadd(qk.stream, msg.fields)
-                pipe.set(*index, px=self.result_ttl_ms)
-                return Sent(msg.id, t.name, queue, pipe.execute()[0].decode())
+        if msg.needs_script or bound > 0 or guard_ms:
+            keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups, guard_ms)
+            if replicated and broker.cluster:  # WAIT on the slot's master, same connection
+                reply, acked = self._send_and_wait(broker, keys, args)
             else:
-                entry = broker.redis.xadd(qk.stream, msg.fields)
-                sent, acked = Sent(msg.id, t.name, queue, cast(bytes, entry).decode()), 1
-            if index and sent.id == msg.id:  # a task's: findable by its id (client.job)
+                reply = self._send_script(broker, keys, args, index)
+                acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
+            sent = script_sent(reply, t.name, queue)
+            if sent is None:
+                return None
+            if index and broker.cluster and sent.id == msg.id:  # not pipelined there
+                broker.redis.set(*index, px=self.result_ttl_ms)
+        elif replicated:
+
+            def fill(pipe: Any) -> None:
+                pipe.xadd(qk.stream, msg.fields)
+                pipe.wait(1, self.replica_timeout_ms)
+
+            entry, acked = broker.on_node(qk.stream, fill)
+            sent = Sent(msg.id, t.name, queue, entry.decode())
+            if index:
+                broker.redis.set(*index, px=self.result_ttl_ms)
+        elif index and not broker.cluster:  # a task's entry and its id index at once
+            pipe = broker.redis.pipeline(transaction=False)
+            pipe.xadd(qk.stream, msg.fields)
+            pipe.set(*index, px=self.result_ttl_ms)
+            return Sent(msg.id, t.name, queue, pipe.execute()[0].decode())
+        else:
+            entry = broker.redis.xadd(qk.stream, msg.fields)
+            sent, acked = Sent(msg.id, t.name, queue, cast(bytes, entry).decode()), 1
+            if index:
                 broker.redis.set(*index, px=self.result_ttl_ms)
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
+
+    def _send_script(
+        self, broker: Broker, keys: list[str], args: list[Any], index: tuple[str, str] | None
+    ) -> Any:
+        """The `send` script's reply; with a task's id index, both in one round trip (on a
+        standalone broker; the index is written even if the send stored nothing: harmless,
+        it names a message that is not there and expires)."""
+        if index is None or broker.cluster:
+            return broker.scripts.send(keys=keys, args=args)
+        pipe = broker.redis.pipeline(transaction=False)
+        pipe.evalsha(broker.scripts.send.sha, len(keys), *keys, *args)
+        pipe.set(*index, px=self.result_ttl_ms)
+        reply = pipe.execute(raise_on_error=False)[0]
+        if isinstance(reply, redis.exceptions.NoScriptError):  # a restarted server
+            return broker.scripts.send(keys=keys, args=args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    # -- jobs ------------------------------------------------------------------------
+    def job(self, message_id: str) -> Job:
+        """A task's job by its message id alone (status, result, progress, cancel); raises
+        JobNotFound for an id no task was sent with (or whose record expired)."""
+        from .job import find_job
+
+        return find_job(self, message_id)
 
     def _send_and_wait(self, broker: Broker, keys: list[str], args: list[Any]) -> tuple[Any, int]:
         """The `send` script and a WAIT in one pipeline on the master of the queue's slot (a
@@ -585,17 +480,15 @@ class Client:
     ) -> list[Sent]:
         """Send many messages round-robin in one pipeline per broker; returns where they went.
 
-        Queues on brokers known to be down or draining are skipped.
+        Queues on brokers known to be down or draining are skipped. In a bounded topic each
+        message is sent on its own, by the rules of `send_message`.
         """
         msgs = prepare_batch(bodies, headers, self.max_body)
         t = self.topic(topic)
         replicated = self._replicated(durability or t.durability)
         if t.max_backlog:  # every message must pass the bound: one checked send each
-            room = self._room(None, None)
-            return [
-                self._send_to(t, t.next_queue(self.router.usable), m, replicated, room)
-                for m in msgs
-            ]
+            room, outage = self._room(None, None), self.send_timeout
+            return [self._send(t, m, replicated, room, outage) for m in msgs]
         queues = [t.next_queue(self.router.usable) for _ in msgs]
         entries: list[str | None] = [None] * len(msgs)
         with self.errors():
@@ -681,14 +574,6 @@ class Client:
             queues=queues,
         )
 
-    # -- jobs ------------------------------------------------------------------------
-    def job(self, message_id: str) -> Job:
-        """A task's job by its message id alone (status, result, progress, cancel); raises
-        JobNotFound for an id no task was sent with (or whose record expired)."""
-        from .job import find_job
-
-        return find_job(self, message_id)
-
     # -- lifecycle -------------------------------------------------------------------
     def groups(self, topic: str) -> list[dict[str, Any]]:
         """The groups registered for a topic, with their counts and whether a live worker
@@ -740,43 +625,6 @@ class Client:
 
         with self.errors():
             return replay(self, self.topic(topic, create=False), group, ids, count)
-
-
-def check_topic_name(name: str) -> None:
-    """Raise InvalidMessage unless the name can be used as a topic or group name."""
-    if not isinstance(name, str) or not name or len(name) > 200:
-        raise InvalidMessage(f"a name must be a non-empty string of up to 200 characters: {name!r}")
-    bad = set("{}#:\n\r\t ") & set(name)
-    if bad:
-        raise InvalidMessage(f"name {name!r} must not contain {''.join(sorted(bad))!r}")
-
-
-def check_topic_shape(name: str, queues: int) -> None:
-    """Raise InvalidMessage unless a topic of that name and number of queues can be made."""
-    check_topic_name(name)
-    if not isinstance(queues, int) or not 1 <= queues <= 1024:
-        raise InvalidMessage(f"queues must be a whole number from 1 to 1024, not {queues!r}")
-
-
-def check_key(what: str, value: str | None) -> None:
-    """Raise InvalidMessage unless the value is None or a non-empty encodable string."""
-    if value is None:
-        return
-    if not isinstance(value, str) or not value:
-        raise InvalidMessage(f"{what} must be a non-empty string, not {value!r}")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise InvalidMessage(f"{what} is not encodable as UTF-8: {value!r}") from None
-
-
-def check_headers(headers: dict[str, str] | None) -> None:
-    if headers is None:
-        return
-    if not isinstance(headers, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
-    ):
-        raise InvalidMessage("headers must be a dict of strings to strings")
 
 
 __all__ = ["Client", "Sent", "RedisMQError"]

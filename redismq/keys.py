@@ -73,6 +73,10 @@ class QueueKeys:
     def dedup(self, dedup_key: str) -> str:
         return f"{self.tag}:dedup:{dedup_key}"
 
+    def sent(self, message_id: str) -> str:
+        """A short-lived record that a message id was stored: a retried send is a no-op."""
+        return f"{self.tag}:sent:{message_id}"
+
     def retry(self, group: str) -> str:
         """Zset of failed messages waiting for their next attempt, scored by due time."""
         return f"{self.tag}:retry:{group}"

@@ -100,14 +100,64 @@ def broker_list(raw_names: Iterable[bytes]) -> list[str]:
 def broker_url(name: str, raw: bytes | None) -> str | None:
     """A broker's URL from its registry record (None: the meta Redis itself).
 
-    Raises LookupError for an unregistered broker other than the default one.
+    Raises BrokerUnavailable for an unregistered broker other than the default one (a
+    cached route that names a broker removed meanwhile).
     """
     if raw is None and name != DEFAULT_BROKER:
-        raise LookupError(f"broker {name!r} is not registered")
+        raise BrokerUnavailable(f"broker {name!r} is no longer registered")
     return json.loads(raw)["url"] if raw else None
 
 
 ACTIVE, DRAINING, DOWN, REMOVED = "active", "draining", "down", "removed"
+
+
+class BrokerHealth:
+    """What a client knows of its brokers, and the routing rules that follow from it,
+    shared by the sync and async routers (which only read the records).
+
+    - placeable: new queues go to active brokers (not draining, not down), else anywhere;
+    - usable: a send goes to an active broker this client has not found down within the
+      last DOWN_FOR seconds;
+    - removed: a broker no longer registered (other than the meta Redis itself).
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, str] = {}
+        self._read_at = float("-inf")
+        self._down: dict[str, float] = {}
+
+    def due(self) -> bool:
+        """Whether the states are older than REFRESH_INTERVAL and should be read again."""
+        return time.monotonic() - self._read_at > REFRESH_INTERVAL
+
+    def update(self, records: dict[bytes, bytes], health: dict[bytes, bytes]) -> dict[str, str]:
+        """Take the registry and health records just read; returns the states."""
+        self._states = broker_states(records, health)
+        self._read_at = time.monotonic()
+        return self._states
+
+    def unreadable(self) -> None:
+        """The records could not be read: keep the last states until the next interval."""
+        self._read_at = time.monotonic()
+
+    def state(self, name: str) -> str:
+        """active, draining, down, or removed (no longer registered), as last read."""
+        # The meta Redis itself ("default") holds the queues of single-broker topics.
+        return self._states.get(name, ACTIVE if name == DEFAULT_BROKER else REMOVED)
+
+    def usable(self, name: str) -> bool:
+        """Whether a send may go to this broker now (writable, not known to be down)."""
+        if self._down.get(name, 0.0) > time.monotonic():
+            return False
+        return self.state(name) == ACTIVE
+
+    def placeable(self, names: list[str]) -> list[str]:
+        """The brokers among `names` new queues may go to (all of them if none is active)."""
+        return [n for n in names if self._states.get(n, ACTIVE) == ACTIVE] or names
+
+    def mark_down(self, name: str) -> None:
+        """Avoid a broker for DOWN_FOR seconds after a send failed to reach it."""
+        self._down[name] = time.monotonic() + DOWN_FOR
 
 
 def broker_states(records: dict[bytes, bytes], health: dict[bytes, bytes]) -> dict[str, str]:
@@ -327,11 +377,9 @@ class Router:
         self._brokers: dict[str, Broker] = {}
         self._cache = RouteCache()
         self.meta_scripts = Scripts(meta)
-        self._states: dict[str, str] = {}
+        self.health = BrokerHealth()
         self._queue_keys: dict[tuple[str, int, str | None], QueueKeys] = {}
         self._views: dict[tuple[str, str], Broker] = {}
-        self._states_read = float("-inf")
-        self._down: dict[str, float] = {}
 
     # -- brokers ---------------------------------------------------------------------
     def broker(self, name: str) -> Broker:
@@ -342,9 +390,9 @@ class Router:
             return found
         try:
             url = broker_url(name, self.meta.hget(self.keys.brokers, name))
-        except LookupError:
+        except BrokerUnavailable:
             self.invalidate()  # a cached route names a broker removed meanwhile
-            raise BrokerUnavailable(f"broker {name!r} is no longer registered") from None
+            raise
         conn = self.meta if url is None else connect(url)
         broker = Broker(name, url, conn, self.meta_scripts if url is None else Scripts(conn))
         with self._lock:
@@ -367,9 +415,8 @@ class Router:
 
     def placeable(self) -> list[str]:
         """Brokers new queues may go to: active (not draining) and not known to be down."""
-        states = self.states()
-        names = [n for n in self.broker_names() if states.get(n, ACTIVE) == ACTIVE]
-        return names or self.broker_names()
+        self.states()
+        return self.health.placeable(self.broker_names())
 
     def states(self) -> dict[str, str]:
         """Broker name -> active, draining or down (from the registry and the NameServer)."""
@@ -380,34 +427,40 @@ class Router:
         records, health, version = pipe.execute()
         self._cache.seen(version)  # states and routes of the same moment
         self._forget_changed(records)
-        self._states = broker_states(records, health)
-        self._states_read = time.monotonic()
-        return self._states
+        return self.health.update(records, health)
+
+    def _refresh_states(self) -> None:
+        """Read the states again if they are old; keep the last ones if the meta Redis
+        cannot be reached (a send then rides on what it knew)."""
+        if self.health.due():
+            try:
+                self.states()
+            except (redis.ConnectionError, redis.TimeoutError):
+                self.health.unreadable()
 
     def usable(self, name: str) -> bool:
         """Whether a send may go to this broker now (writable, not known to be down)."""
-        if time.monotonic() - self._states_read > REFRESH_INTERVAL:
-            self.states()
-        if self._down.get(name, 0.0) > time.monotonic():
-            return False
-        return self.state(name) == ACTIVE
+        self._refresh_states()
+        return self.health.usable(name)
 
     def state(self, name: str) -> str:
         """active, draining, down, or removed (no longer registered), as last read."""
-        if time.monotonic() - self._states_read > REFRESH_INTERVAL:
-            self.states()
-        # The meta Redis itself ("default") holds the queues of single-broker topics.
-        return self._states.get(name, ACTIVE if name == DEFAULT_BROKER else REMOVED)
+        self._refresh_states()
+        return self.health.state(name)
 
     def mark_down(self, name: str) -> None:
         """Avoid a broker for a moment after a failed send."""
-        self._down[name] = time.monotonic() + DOWN_FOR
+        self.health.mark_down(name)
         self.invalidate()
 
     # -- topics ----------------------------------------------------------------------
     def cached(self, name: str) -> Topic | None:
         """The topic if it is cached and the route version was checked recently, else None."""
         return self._cache.get(name) if self._cache.fresh() else None
+
+    def known(self, name: str) -> Topic | None:
+        """The last copy read of a topic, however old (None: never read)."""
+        return self._cache.get(name)
 
     def topic(self, name: str) -> Topic:
         """The topic's record; raises TopicNotFound."""

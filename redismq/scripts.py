@@ -7,6 +7,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import NoScriptError
 
 from . import cluster
@@ -43,10 +44,11 @@ def source(name: str) -> str:
 
 
 class Scripts:
-    """The scripts registered on one Redis client: `scripts.settle(keys=..., args=...)`
-    for one call, `scripts.run([(name, keys, args), ...])` for a pipeline of calls."""
+    """The scripts registered on one Redis client, sync or asyncio (the one registry of
+    both): `scripts.settle(keys=..., args=...)` for one call (awaited on an asyncio
+    client), `scripts.run([(name, keys, args), ...])` for a pipeline of calls (sync)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | AsyncRedis) -> None:
         self.client = client
         for name in NAMES:
             setattr(self, name, client.register_script(source(name)))

@@ -16,6 +16,7 @@ from pgcluster import postgres  # noqa: F401  (fixture: a throwaway PostgreSQL s
 
 from redismq import App, Client
 from redismq.server import LocalServer
+from tests.producers import producer_kind, producers  # noqa: F401 - fixtures: sync and async
 
 ROOT = Path(__file__).resolve().parent.parent
 

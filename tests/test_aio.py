@@ -175,7 +175,7 @@ def test_unreachable_server_is_one_line_with_the_password_masked():
         port = s.getsockname()[1]
 
     async def main() -> BrokerUnavailable:
-        async with AsyncClient(f"redis://:hunter2@127.0.0.1:{port}/0") as ac:
+        async with AsyncClient(f"redis://:hunter2@127.0.0.1:{port}/0", send_timeout=0) as ac:
             with pytest.raises(BrokerUnavailable) as info:
                 await ac.send("emails", {"to": "a@b.c"})
             return info.value

@@ -154,7 +154,7 @@ def test_keyless_sends_continue_on_live_brokers_while_one_is_dead(
     stored = {i for s in live.values() for i in ids_on(s, "jobs", 6)}
     assert {s.id for s in sent} <= stored
     with pytest.raises(QueueUnavailable, match=re.escape(f"(broker '{victim}')")):
-        client.send("jobs", {"keyed": 1}, key=key)
+        client.send("jobs", {"keyed": 1}, key=key, timeout=0.5)  # waits for its broker
     if ns is not None:
         assert wait_for(lambda: health(client, victim).get("up") is False, timeout=10)
 

@@ -1,0 +1,296 @@
+"""The send protocol shared by `Client` and `AsyncClient`: a checked message, the script
+call that writes it, and the rules of one send's attempts (which queue, how long to wait).
+
+Both clients do only the I/O; every decision is made here, so that they cannot drift.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .errors import QueueUnavailable, RedisMQError, TopicFull
+from .keys import QueueKeys, job_index
+from .message import DEFAULT_MAX_BODY, encode_body, entry_fields, new_message_id, now_ms
+from .routing import DRAINING, Topic, queue_for_key
+from .validation import check_headers, check_key, delay_ms
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+# How long the record that makes a send's retries no-ops outlives the send's deadline.
+GUARD_SLACK = 5.0
+# Pauses between attempts: waiting for room, and waiting for a broker to come back.
+ROOM_PAUSE = (0.01, 0.2)
+OUTAGE_PAUSE = (0.05, 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Where a message went: its id, and the queue and stream entry that hold it."""
+
+    id: str
+    topic: str
+    queue: int
+    entry_id: str | None
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One checked and encoded message, not yet written to a queue."""
+
+    id: str
+    fields: dict[FieldT, EncodableT]
+    key: str | None = None
+    dedup_key: str | None = None
+    delay_ms: int = 0
+    # (group, task): a task's message is indexed by its id, for `client.job(id)`.
+    index_as: tuple[str, str] | None = None
+
+    @property
+    def route_key(self) -> str | None:
+        """What picks the queue: the key, else the dedup key (None: round-robin)."""
+        return self.key if self.key is not None else self.dedup_key
+
+    @property
+    def needs_script(self) -> bool:
+        """Whether the `send` script must store it (dedup or delay) instead of a plain XADD."""
+        return self.dedup_key is not None or self.delay_ms > 0
+
+
+def prepare_message(
+    body: Any,
+    *,
+    key: str | None = None,
+    delay: float | timedelta | None = None,
+    dedup_key: str | None = None,
+    headers: dict[str, str] | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    index_as: tuple[str, str] | None = None,
+) -> Outgoing:
+    """Check and encode one message; raises InvalidMessage before anything is sent."""
+    due = delay_ms(delay)
+    data, raw = encode_body(body, max_body)
+    check_headers(headers)
+    check_key("key", key)
+    check_key("dedup_key", dedup_key)
+    mid = new_message_id()
+    fields = entry_fields(mid, data, raw, key=key, headers=headers)
+    return Outgoing(mid, fields, key, dedup_key, due, index_as)
+
+
+def index_entry(namespace: str, topic: str, queue: int, msg: Outgoing) -> tuple[str, str] | None:
+    """The id index entry (key, value) a task's message is written with, else None."""
+    if msg.index_as is None:
+        return None
+    from .job import index_value
+
+    return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as)
+
+
+def prepare_batch(
+    bodies: Iterable[Any], headers: dict[str, str] | None, max_body: int = DEFAULT_MAX_BODY
+) -> list[Outgoing]:
+    """Check and encode many plain messages (no key, delay or dedup) sharing headers."""
+    check_headers(headers)
+    msgs = []
+    for body in bodies:
+        data, raw = encode_body(body, max_body)
+        mid = new_message_id()
+        msgs.append(Outgoing(mid, entry_fields(mid, data, raw, headers=headers)))
+    return msgs
+
+
+def choose_queue(topic: Topic, msg: Outgoing, usable: Callable[[str], bool] | None = None) -> int:
+    """The queue a message goes to: by its key (or dedup key), else the next round-robin
+    queue on a `usable` broker."""
+    route_key = msg.route_key
+    if route_key is not None:
+        return queue_for_key(route_key, topic.queues)
+    return topic.next_queue(usable)
+
+
+def send_script_call(
+    keys: QueueKeys,
+    msg: Outgoing,
+    dedup_window_ms: int,
+    bound: int = 0,
+    groups: Iterable[str] = (),
+    guard_ms: int = 0,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of the `send` script for one message: its dedup key (else, with
+    `guard_ms`, a record of its id that makes a retry of this send a no-op), its delay, and
+    the bound of the queue's backlog (which counts the `groups`)."""
+    if msg.dedup_key is not None:
+        record, window = keys.dedup(msg.dedup_key), dedup_window_ms
+    else:
+        record, window = keys.sent(msg.id), guard_ms
+    names = list(groups) if bound else []
+    script_keys = [keys.stream, keys.delayed, record, keys.counters]
+    for g in names:
+        script_keys += [keys.retry_stream(g), keys.retry(g)]
+    args: list[Any] = [msg.id, window]
+    args.append(now_ms() + msg.delay_ms if msg.delay_ms else 0)
+    args += [bound, len(names), *names]
+    for name, value in msg.fields.items():
+        args += [name, value]
+    return script_keys, args
+
+
+def script_sent(reply: list[Any], topic: str, queue: int) -> Sent | None:
+    """Where the `send` script put a message (the first id if it was a duplicate); None
+    when the queue was full."""
+    sent_id, outcome = reply
+    if outcome == -1:
+        return None
+    return Sent(sent_id.decode(), topic, queue, None)
+
+
+def full_message(topic: Topic) -> str:
+    return (
+        f"topic {topic.name!r} is full: its backlog reached its bound of {topic.max_backlog} "
+        f"unfinished messages"
+    )
+
+
+def queue_bound(topic: Topic) -> int:
+    """The most unfinished messages one queue of a bounded topic may hold (0: no bound)."""
+    return -(-topic.max_backlog // topic.queues) if topic.max_backlog else 0
+
+
+def batch_by_broker(topic: Topic, queues: list[int]) -> dict[str, list[int]]:
+    """The positions of a batch's messages grouped by the broker of their queue, in order."""
+    groups: dict[str, list[int]] = {}
+    for i, queue in enumerate(queues):
+        groups.setdefault(topic.placement[queue], []).append(i)
+    return groups
+
+
+def batch_sent(
+    topic: str, msgs: list[Outgoing], queues: list[int], entries: list[str | None]
+) -> list[Sent]:
+    """Where each message of a batch went, in the order they were given."""
+    return [Sent(m.id, topic, q, e) for m, q, e in zip(msgs, queues, entries, strict=True)]
+
+
+def check_keyed(topic: Topic, msg: Outgoing, state: str) -> None:
+    """Raise QueueUnavailable for a keyed message whose queue is on a draining broker (a
+    keyed message stays on its queue to keep its order; draining queues are read-only)."""
+    if msg.route_key is not None and state == DRAINING:
+        queue = choose_queue(topic, msg)
+        raise QueueUnavailable(
+            f"queue {queue} of {topic.name!r} is on broker {topic.placement[queue]!r}, which is "
+            f"draining (read-only); a keyed message stays on its queue to keep its order"
+        )
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a redis-py error means the server could not be reached (or is still loading
+    its data): worth trying again, unlike a refused password or a full memory."""
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError) and not isinstance(
+        exc, redis.AuthenticationError
+    )
+
+
+def keyed_unavailable(topic: Topic, queue: int, reason: str) -> QueueUnavailable:
+    """The error of a keyed message whose queue cannot take it now."""
+    return QueueUnavailable(
+        f"queue {queue} of {topic.name!r} (broker {topic.placement[queue]!r}) cannot take the "
+        f"message: {reason}; a keyed message stays on its queue to keep its order"
+    )
+
+
+class Attempts:
+    """The rules of one send's attempts: the queue each one goes to, and the pause before
+    the next.
+
+    A full queue (bounded topic): a keyless message tries the topic's other queues and
+    waits (or raises TopicFull) only when every queue it may use was full; a keyed one
+    waits for its own queue. `room` is how long it may wait for room (None: not at all).
+
+    A broker that cannot be reached: a keyless message moves at once to a queue on another
+    usable broker not yet tried; otherwise the send tries the same queue again, with
+    backoff, until `outage` seconds have passed (a keyed message always stays on its
+    queue). Every attempt carries a record of the message id (kept `guard_ms`), so that
+    a retry of an attempt that landed before its reply was lost stores nothing.
+    """
+
+    def __init__(
+        self,
+        topic: Topic,
+        msg: Outgoing,
+        usable: Callable[[str], bool],
+        *,
+        room: float | None,
+        outage: float,
+    ) -> None:
+        self.topic = topic
+        self.msg = msg
+        self.usable = usable
+        self.keyed = msg.route_key is not None
+        self.queue = choose_queue(topic, msg, usable)
+        start = time.monotonic()
+        self.room_until = None if room is None else start + room
+        self.outage_until = start + outage
+        self.guard_ms = int((outage + GUARD_SLACK) * 1000) if outage > 0 else 0
+        self.full: set[int] = set()
+        self.failed: set[str] = set()
+        self._pause = 0.0
+
+    @property
+    def broker(self) -> str:
+        """The broker of the queue the next attempt goes to."""
+        return self.topic.placement[self.queue]
+
+    def when_full(self) -> float:
+        """The queue was full: move to a queue with room (pause 0), or return the pause
+        before trying again; raises TopicFull when the send may wait no longer."""
+        self.full.add(self.queue)
+        if not self.keyed:
+            other = self._other_queue(lambda q: q not in self.full)
+            if other is not None:
+                self.queue = other
+                return 0.0
+        if self.room_until is None or time.monotonic() >= self.room_until:
+            raise TopicFull(full_message(self.topic))
+        self.full.clear()
+        return self._backoff(ROOM_PAUSE, self.room_until)
+
+    def when_unreachable(self, error: RedisMQError) -> float:
+        """The queue's broker could not be reached: the pause before the next attempt
+        (0: another broker at once); raises `error` (for a keyed message, QueueUnavailable)
+        once the send may wait no longer."""
+        self.failed.add(self.broker)
+        if not self.keyed:
+            other = self._other_queue(lambda q: self.topic.placement[q] not in self.failed)
+            if other is not None:
+                self.queue = other
+                return 0.0
+        if time.monotonic() >= self.outage_until:
+            if self.keyed:
+                raise keyed_unavailable(self.topic, self.queue, str(error)) from None
+            raise error
+        return self._backoff(OUTAGE_PAUSE, self.outage_until)
+
+    def _other_queue(self, allowed: Callable[[int], bool]) -> int | None:
+        """The next queue after the current one (round-robin order) that is `allowed` and
+        on a usable broker, or None."""
+        n = self.topic.queues
+        for step in range(1, n):
+            q = (self.queue + step) % n
+            if allowed(q) and self.usable(self.topic.placement[q]):
+                return q
+        return None
+
+    def _backoff(self, pauses: tuple[float, float], until: float) -> float:
+        first, most = pauses
+        self._pause = first if not self._pause else min(most, self._pause * 2)
+        return max(0.0, min(self._pause, until - time.monotonic()))
+
+
+__all__ = ["Attempts", "Outgoing", "Sent", "prepare_message", "prepare_batch"]

@@ -1,0 +1,91 @@
+"""The sync `Client` and the `AsyncClient` behind one blocking interface, so that one test
+case checks both producers' rules (parametrize a test over `PRODUCERS`)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from redismq import AsyncClient, Client
+from redismq.routing import queue_for_key
+
+PRODUCERS = ["sync", "async"]
+
+
+class Blocking:
+    """An AsyncClient driven from synchronous test code, on its own event loop (one thread)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.client, name)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *a, **kw: self.loop.run_until_complete(attr(*a, **kw))
+        return attr
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+
+def make_producer(kind: str, url: str, **options: Any) -> Any:
+    """A Client, or an AsyncClient behind `Blocking`, with the same options."""
+    return Client(url, **options) if kind == "sync" else Blocking(AsyncClient(url, **options))
+
+
+@pytest.fixture(params=PRODUCERS)
+def producer_kind(request: pytest.FixtureRequest) -> str:
+    """ "sync" or "async": a test using it runs once with each producer."""
+    return request.param
+
+
+@pytest.fixture
+def producers(producer_kind: str, url: str) -> Any:
+    """A factory of producers of one kind (sync or async), all closed after the test; by
+    default connected to the shared server (`url`)."""
+    made: list[Any] = []
+
+    def make(url: str = url, **options: Any) -> Any:
+        made.append(make_producer(producer_kind, url, **options))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+def key_for(queue: int, queues: int) -> str:
+    """A message key that maps to that queue."""
+    return next(k for k in map(str, range(100_000)) if queue_for_key(k, queues) == queue)
+
+
+def drop_first_reply(producer: Any, command: str = "evalsha") -> list[Any]:
+    """Make the producer's first `command` on its meta connection run on the server, then
+    fail as if the connection dropped before the reply came. Returns the replies the
+    server gave to the dropped calls."""
+    conn = producer.meta
+    real: Callable[..., Any] = getattr(conn, command)
+    dropped: list[Any] = []
+
+    def lost(reply: Any) -> Any:
+        if not dropped:
+            dropped.append(reply)
+            raise redis.ConnectionError("Connection closed by server.")
+        return reply
+
+    if inspect.iscoroutinefunction(real):
+
+        async def fake_async(*args: Any, **kwargs: Any) -> Any:
+            return lost(await real(*args, **kwargs))
+
+        setattr(conn, command, fake_async)
+    else:
+        setattr(conn, command, lambda *args, **kwargs: lost(real(*args, **kwargs)))
+    return dropped

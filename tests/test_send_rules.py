@@ -1,0 +1,234 @@
+"""The rules of a send, checked against the sync Client and the AsyncClient alike (each test
+runs once per producer): back-pressure per topic, and sends that ride out a short outage."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from redismq import BrokerUnavailable, Client, QueueUnavailable, TopicFull
+from redismq.keys import QueueKeys
+from redismq.server import LocalServer
+from tests.producers import drop_first_reply, key_for
+
+
+def lengths(client: Client, topic: str, queues: int) -> list[int]:
+    return [client.meta.xlen(QueueKeys("rmq", topic, q).stream) for q in range(queues)]
+
+
+def stored_ids(conn, topic: str, queues: int) -> list[str]:
+    """The message ids of every entry of a topic's streams."""
+    return [
+        f[b"id"].decode()
+        for q in range(queues)
+        for _, f in conn.xrange(QueueKeys("rmq", topic, q).stream)
+    ]
+
+
+# -- back-pressure per topic (issue 11 part 5) ---------------------------------------------
+
+
+def test_keyless_send_skips_a_full_queue_and_refuses_only_when_all_are_full(producers, client):
+    p = producers()
+    p.create_topic("bp", queues=4, max_backlog=8)  # room for 2 per queue
+    key = key_for(0, 4)
+    p.send("bp", "k0", key=key)
+    p.send("bp", "k1", key=key)  # queue 0 is full, the topic holds 2 of 8
+    for i in range(6):
+        p.send("bp", {"n": i})
+    assert lengths(client, "bp", 4) == [2, 2, 2, 2]
+    with pytest.raises(TopicFull, match="bound of 8"):
+        p.send("bp", "over")
+    with pytest.raises(TopicFull):
+        p.send("bp", "k2", key=key)
+    assert lengths(client, "bp", 4) == [2, 2, 2, 2]
+
+
+def test_keyed_send_waits_for_its_own_queue_not_another(producers, client):
+    p = producers()
+    p.create_topic("bp", queues=4, max_backlog=8)
+    key = key_for(1, 4)
+    p.send("bp", 1, key=key)
+    p.send("bp", 2, key=key)
+    started = time.monotonic()
+    with pytest.raises(TopicFull):
+        p.send("bp", 3, key=key, on_full="block", timeout=0.3)
+    assert time.monotonic() - started >= 0.3
+    assert lengths(client, "bp", 4) == [0, 2, 0, 0]
+
+
+def test_blocked_keyless_send_takes_the_first_queue_that_has_room(producers, client):
+    p = producers()
+    p.create_topic("bp", queues=4, max_backlog=8)
+    consumer = client.consumer("bp", "g", queues=[3])
+    for q in range(4):
+        for i in range(2):
+            p.send("bp", {"q": q, "i": i}, key=key_for(q, 4))
+
+    def free_one() -> None:
+        time.sleep(0.3)
+        consumer.ack_many(consumer.receive(count=1, block=1.0))
+
+    thread = threading.Thread(target=free_one)
+    thread.start()
+    try:
+        sent = p.send_message("bp", "waited", on_full="block", timeout=10)
+    finally:
+        thread.join()
+    assert sent.queue == 3
+    assert lengths(client, "bp", 4) == [2, 2, 2, 3]
+
+
+# -- a send rides out a short outage (issue 16 part 1) -------------------------------------
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])
+def test_a_retry_after_a_dropped_reply_does_not_send_twice(producers, client, keyed):
+    p = producers()
+    p.create_topic("once", queues=2)
+    dropped = drop_first_reply(p)
+    sent = p.send_message("once", {"n": 1}, key="k" if keyed else None)
+    assert dropped, "the first attempt ran on the server"
+    assert stored_ids(client.meta, "once", 2) == [sent.id]
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])
+def test_send_raises_as_before_once_its_timeout_passed(producers, keyed):
+    with LocalServer() as srv:
+        p = producers(srv.url, send_timeout=30)
+        p.create_topic("away", queues=2)
+        p.send("away", "warm")  # topic and routes cached, connection open
+        srv.kill()
+        started = time.monotonic()
+        error = QueueUnavailable if keyed else BrokerUnavailable
+        with pytest.raises(error, match="cannot reach Redis"):
+            p.send("away", "lost", key="k" if keyed else None, timeout=0.6)
+        assert time.monotonic() - started >= 0.6
+
+
+def test_sends_ride_out_a_server_restart(producers, producer_kind):
+    """Sends run while the server is killed and started again a second later: no send
+    raises, none is stored twice, none is lost."""
+    # appendfsync always: what the server acknowledged survives SIGKILL
+    with LocalServer(persistence=True, extra_args=["--appendfsync", "always"]) as srv:
+        p = producers(srv.url, send_timeout=15)
+        p.create_topic("signup", queues=4)
+        sent: list[str] = []
+        errors: list[BaseException] = []
+        started = threading.Event()
+
+        def produce(n: int, each: int) -> None:
+            for i in range(each):
+                try:
+                    key = f"user-{i % 7}" if i % 2 else None
+                    sent.append(p.send("signup", {"p": n, "i": i}, key=key))
+                except BaseException as exc:  # noqa: BLE001 - counted and reported
+                    errors.append(exc)
+                started.set()
+                time.sleep(0.003)
+
+        if producer_kind == "sync":
+            threads = [threading.Thread(target=produce, args=(n, 150)) for n in range(3)]
+            for t in threads:
+                t.start()
+        else:  # one event loop: the async producer is used from one thread
+            threads = [threading.Thread(target=produce, args=(0, 450))]
+            threads[0].start()
+        assert started.wait(10)
+        time.sleep(0.2)
+        srv.kill()
+        time.sleep(1.0)
+        srv.restart()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        stored = stored_ids(srv.client(), "signup", 4)
+        assert len(sent) == 450
+        assert sorted(stored) == sorted(set(stored)), "a message was stored twice"
+        assert set(stored) == set(sent)
+
+
+# -- several brokers: the async client keeps the sync client's rules (issue 15) ------------
+
+
+@pytest.fixture
+def brokers(client: Client):
+    """Three brokers b0, b1, b2 registered in the meta Redis of `client`."""
+    from sentinels import Servers
+
+    from redismq.brokers import add_broker
+
+    started = Servers()
+    found = {}
+    for i in range(3):
+        found[f"b{i}"] = started.start()
+        add_broker(client, f"b{i}", found[f"b{i}"].url)
+    yield found
+    started.stop_all()
+
+
+def test_new_queues_are_not_placed_on_a_draining_broker(producers, client, brokers):
+    from redismq.brokers import drain_broker
+
+    drain_broker(client, "b0")
+    placement = producers().create_topic("fresh", queues=6).placement
+    assert "b0" not in placement and set(placement) == {"b1", "b2"}
+
+
+def test_keyless_sends_skip_a_dead_broker_and_keyed_ones_wait_for_theirs(
+    producers, client, brokers
+):
+    topic = client.create_topic("jobs", queues=6)
+    victim = topic.placement[0]
+    p = producers(send_timeout=0.5)
+    p.send_many("jobs", [{"warm": i} for i in range(12)])  # every broker connected
+    brokers[victim].kill()
+    sent = [p.send_message("jobs", {"n": i}) for i in range(12)]
+    assert all(topic.placement[s.queue] != victim for s in sent)
+    live = [s for name, s in brokers.items() if name != victim]
+    stored = {i for s in live for i in stored_ids(s.client(), "jobs", 6)}
+    assert {s.id for s in sent} <= stored
+    with pytest.raises(QueueUnavailable, match=f"broker '{victim}'"):
+        p.send("jobs", {"keyed": 1}, key=key_for(0, 6))
+
+
+def test_a_removed_broker_in_cached_routes_sends_to_the_queues_new_home(producers, client, brokers):
+    """A keyed send whose cached route names a broker removed meanwhile is refused as
+    draining (QueueUnavailable) or lands on the queue's new home, and soon only lands."""
+    from redismq.brokers import drain_broker, remove_broker
+    from tests.test_brokers import wait_drained
+
+    topic = client.create_topic("mail", queues=6)
+    gone = topic.placement[0]
+    elsewhere = next(q for q, b in enumerate(topic.placement) if b != gone)
+    p = producers()
+    drain_broker(client, gone)
+    wait_drained(client, gone)
+    p.send("mail", "warm", key=key_for(elsewhere, 6))  # routes cached; `gone` never used
+    remove_broker(client, gone)
+    refused: list[QueueUnavailable] = []
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            sent = p.send_message("mail", "moved", key=key_for(0, 6))
+            break
+        except QueueUnavailable as exc:
+            refused.append(exc)
+            assert time.monotonic() < deadline, refused[-1]
+            time.sleep(0.1)
+    assert all("draining" in str(e) for e in refused)
+    home = Client(client.url).topic("mail", create=False).placement[0]
+    assert home != gone
+    assert sent.id in stored_ids(brokers[home].client(), "mail", 6)
+
+
+def test_a_topics_durability_is_the_default_of_its_sends(producers, client):
+    client.create_topic("safe", queues=1, durability="replicated")
+    p = producers(replica_timeout=0.2)
+    from redismq import NotReplicated
+
+    with pytest.raises(NotReplicated):  # no replica: the send waited for one
+        p.send("safe", {"n": 1})
+    p.send("safe", {"n": 2}, durability="master")
