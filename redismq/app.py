@@ -120,6 +120,7 @@ class Task:
         topic: str | None = None,
         time_limit: float | None = None,
         durability: str | None = None,
+        timeout: float | None = None,
     ) -> Job:
         """`send_with_options` for async code (no blocking I/O). The async client has no
         replicated sends yet: `durability="replicated"` is refused."""
@@ -137,6 +138,7 @@ class Task:
             dedup_key=dedup_key,
             headers=extra,
             index_as=(self.group, self.name),
+            timeout=timeout,
         )
         return self._job(sent)
 
@@ -153,6 +155,7 @@ class Task:
         topic: str | None = None,
         time_limit: float | None = None,
         durability: str | None = None,
+        timeout: float | None = None,
     ) -> Job:
         """Queue a run with options for this send only.
 
@@ -161,7 +164,9 @@ class Task:
         within the window is a no-op that returns the first job; `headers`; `topic`:
         another topic than the task's (some task or handler of the app must be on it, so
         that its workers run this one too); `time_limit`: seconds, instead of the task's;
-        `durability`: "master" or "replicated" (wait for a replica).
+        `durability`: "master" or "replicated" (wait for a replica); `timeout`: how long
+        the send waits for its broker (default: the client's `send_timeout`) and for room
+        in a full topic.
         """
         to, wait, extra = self._per_send(delay, eta, topic, time_limit, headers)
         sent = self.app.client.send_message(
@@ -173,6 +178,7 @@ class Task:
             headers=extra,
             durability=durability,
             index_as=(self.group, self.name),
+            timeout=timeout,
         )
         return self._job(sent)
 

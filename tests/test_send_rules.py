@@ -232,3 +232,20 @@ def test_a_topics_durability_is_the_default_of_its_sends(producers, client):
     with pytest.raises(NotReplicated):  # no replica: the send waited for one
         p.send("safe", {"n": 1})
     p.send("safe", {"n": 2}, durability="master")
+
+
+def test_a_tasks_send_takes_a_timeout_for_its_broker(client):
+    from redismq import App
+
+    with LocalServer() as srv:
+        app = App(Client(srv.url, send_timeout=30))
+
+        @app.task(topic="mail")
+        def welcome(user: int) -> None: ...
+
+        welcome.send(1)
+        srv.kill()
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            welcome.send_with_options(args=(2,), timeout=0.4)
+        assert 0.4 <= time.monotonic() - started < 20
