@@ -34,19 +34,21 @@ from rich.table import Table
 from rich.text import Text
 
 from redismq import Client, RedisMQError
-from redismq.brokers import list_brokers
-from redismq.cluster import is_cluster
-from redismq.consumer import group_lag
-from redismq.relay import outbox_status
-from redismq.routing import DEFAULT_BROKER
-from redismq.status import (
+from redismq.backlog import (
     GROUP_COMMANDS,
     QUEUE_COMMANDS,
-    cluster_status,
-    live_workers,
-    mark_unconsumed,
+    GroupCounts,
+    QueueCounts,
+    count_unknown_lag,
+    parse_queue,
     queue_commands,
+    topic_backlog,
 )
+from redismq.brokers import list_brokers
+from redismq.cluster import is_cluster
+from redismq.relay import outbox_status
+from redismq.routing import DEFAULT_BROKER
+from redismq.status import cluster_status, live_workers, mark_unconsumed
 from redismq.urls import connect, mask_url
 
 DEAD_LETTERS = 8  # latest dead letters shown
@@ -195,7 +197,10 @@ class Gatherer:
         for t, q in mine:
             gs = groups[t.name]
             n = QUEUE_COMMANDS + GROUP_COMMANDS * len(gs)
-            queues[(t.name, q)] = _queue_counts(replies[at : at + n], gs, now_ms)
+            counts = parse_queue(replies[at : at + n], gs)
+            with contextlib.suppress(redis.RedisError, OSError):  # rare: lag nil
+                count_unknown_lag(conn, client.router.queue_keys(t.name, q), counts)
+            queues[(t.name, q)] = _queue_row(counts, now_ms)
             at += n
             for g in gs:
                 entries = replies[at]
@@ -255,55 +260,28 @@ def gather(client: Client, previous: dict[str, Any] | None = None) -> dict[str, 
         g.close()
 
 
-def _ok(reply: Any) -> Any:
-    """A reply, or None for an error (a stream or group that does not exist yet)."""
-    return None if isinstance(reply, Exception) else reply
-
-
-def _entry_ms(entry_id: Any) -> int | None:
-    if not entry_id:
-        return None
-    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    head = text.partition("-")[0]
-    return int(head) if head.isdigit() else None
-
-
-def _queue_counts(replies: list[Any], groups: list[str], now_ms: int) -> dict[str, Any]:
-    """Counts of one queue and of each of its groups from the replies of `_queue_commands`."""
-    replies = [_ok(r) for r in replies]
-    stream, delayed, counters, infos = replies[:QUEUE_COMMANDS]
-    stream = stream or {}
-    counters = counters or {}
+def _queue_row(counts: QueueCounts, now_ms: int) -> dict[str, Any]:
+    """One queue's counts as the dashboard's plain data (ages in seconds)."""
     out: dict[str, Any] = {
-        "length": int(stream.get("length") or 0),
-        "added": int(stream.get("entries-added") or 0),
-        "delayed": delayed or 0,
-        "deduplicated": int(counters.get(b"deduplicated", 0)),
-        "dropped": int(counters.get(b"dropped", 0)),
+        "length": counts.length,
+        "added": counts.added,
+        "delayed": counts.delayed,
+        "deduplicated": counts.deduplicated,
+        "dropped": counts.dropped,
         "groups": {},
     }
-    infos = infos if isinstance(infos, list) else []
-    for i, g in enumerate(groups):
-        at = QUEUE_COMMANDS + GROUP_COMMANDS * i
-        main, retry, retry_len, retrying, dead, done, stats, consumers = replies[
-            at : at + GROUP_COMMANDS
-        ]
-        stats = stats or {}
-        main = main if isinstance(main, dict) else {}
-        retry = retry if isinstance(retry, dict) else {}
-        retry_pending = int(retry.get("pending") or 0)
-        oldest = [m for m in (_entry_ms(main.get("min")), _entry_ms(retry.get("min"))) if m]
+    for g, c in counts.groups.items():
         out["groups"][g] = {
-            "pending": int(main.get("pending") or 0) + retry_pending,
-            "lag": group_lag(infos, g) + max(0, (retry_len or 0) - retry_pending),
-            "oldest": max(0.0, (now_ms - min(oldest)) / 1000) if oldest else None,
-            "retrying": retrying or 0,
-            "retried": int(stats.get(b"retried", 0)),
-            "dead": dead or 0,
-            "done": done or 0,
-            "duplicates": int(stats.get(b"duplicates", 0)),
-            "finished": int(stats.get(b"done", 0)) + int(stats.get(b"dead", 0)),
-            "consumers": len(consumers) if isinstance(consumers, list) else 0,
+            "pending": c.pending,
+            "lag": c.lag,
+            "oldest": max(0.0, (now_ms - c.oldest_ms) / 1000) if c.oldest_ms else None,
+            "retrying": c.retrying,
+            "retried": c.retried,
+            "dead": c.dead,
+            "done": c.done,
+            "duplicates": c.duplicates,
+            "finished": c.finished,
+            "consumers": c.consumers,
         }
     return out
 
@@ -346,9 +324,11 @@ def _sum_topic(topic: Any, groups: list[str], queues: dict[tuple[str, int], dict
         acc.setdefault("finished", 0)
         acc.setdefault("consumers", 0)
         out["groups"].append(acc)
-    # as in redismq.status: what the slowest group has not finished, plus the delayed
-    unfinished = [g["pending"] + g["lag"] for g in out["groups"]]
-    out["backlog"] = (max(unfinished) if unfinished else out["length"]) + out["delayed"]
+    out["backlog"] = topic_backlog(
+        out["length"],
+        out["delayed"],
+        (GroupCounts(g["pending"], g["lag"], g["retrying"]) for g in out["groups"]),
+    )
     out["max_backlog"] = getattr(topic, "max_backlog", 0)
     return out
 

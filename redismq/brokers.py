@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .backlog import read_queue
 from .client import check_topic_name
 from .cluster import choose_shards, master_ranges
 from .errors import InvalidMessage, RedisMQError
@@ -275,26 +276,12 @@ def _move_queues(
 
 
 def unconsumed(client: Client, topic: str, queue: int) -> int:
-    """Messages of one queue some group has not finished: undelivered, pending, delayed,
-    retrying (entries of a queue no group reads count as unconsumed too)."""
+    """The backlog of one queue (redismq.backlog): what its slowest group has not finished,
+    delayed messages included (entries of a queue no group reads count too)."""
     t = client.router.topic(topic)
-    k = client.router.queue_keys(topic, queue)
     r = client.router.queue_broker(t, queue).redis
-    groups = client.router.groups(topic)
-    pipe = r.pipeline(transaction=False)
-    pipe.xlen(k.stream)
-    pipe.zcard(k.delayed)
-    pipe.xinfo_groups(k.stream)
-    for g in groups:
-        pipe.zcard(k.retry(g))
-        pipe.xlen(k.retry_stream(g))
-    replies = pipe.execute(raise_on_error=False)
-    length, delayed, infos = replies[0], replies[1], replies[2]
-    total = delayed + sum(r for r in replies[3:] if isinstance(r, int))
-    infos = infos if isinstance(infos, list) else []
-    if not infos:
-        return total + length
-    return total + sum(int(g["pending"]) + int(g.get("lag") or 0) for g in infos)
+    k = client.router.queue_keys(topic, queue)
+    return read_queue(r, k, client.router.groups(topic)).backlog
 
 
 def expand_topic(client: Client, name: str, queues: int) -> Topic:

@@ -15,6 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .backlog import (
+    GROUP_COMMANDS,
+    QUEUE_COMMANDS,
+    count_unknown_lag,
+    parse_queue,
+    queue_commands,
+)
 from .client import redis_errors
 from .errors import InvalidMessage, ResultNotStorable
 from .failures import format_traceback
@@ -654,34 +661,22 @@ class Consumer:
 
     # -- state -----------------------------------------------------------------------
     def backlog(self) -> int:
-        """Messages of this group not yet settled: undelivered, pending, delayed or retrying."""
+        """Messages of this group not yet finished on its queues: undelivered, pending,
+        retrying or delayed (the backlog as redismq.backlog defines it)."""
+        per_queue = GROUP_COMMANDS + QUEUE_COMMANDS
         total = 0
         with self.errors():
             for broker, queues in self._by_broker(self.queues.values()).items():
                 pipe = broker.redis.pipeline(transaction=False)
                 for q in queues:
-                    k = q.keys
-                    pipe.xpending(k.stream, self.group)
-                    pipe.xpending(k.retry_stream(self.group), self.group)
-                    pipe.zcard(k.delayed)
-                    pipe.zcard(k.retry(self.group))
-                    pipe.xinfo_groups(k.stream)
-                    pipe.xlen(k.retry_stream(self.group))
-                replies = pipe.execute()
-                for i in range(0, len(replies), 6):
-                    main, retry, delayed, retrying, groups, retry_len = replies[i : i + 6]
-                    total += main["pending"] + retry["pending"] + delayed + retrying
-                    total += group_lag(groups, self.group)
-                    total += max(0, retry_len - retry["pending"])
+                    queue_commands(pipe, q.keys, [self.group])
+                replies = pipe.execute(raise_on_error=False)
+                for n, q in enumerate(queues):
+                    at = n * per_queue
+                    counts = parse_queue(replies[at : at + per_queue], [self.group])
+                    count_unknown_lag(broker.redis, q.keys, counts)
+                    total += counts.group_backlog(self.group)
         return total
-
-
-def group_lag(groups: list[dict], group: str) -> int:
-    """Entries of a stream not yet delivered to the group (0 when the server cannot tell)."""
-    for g in groups:
-        if g["name"].decode() == group:
-            return int(g.get("lag") or 0)
-    return 0
 
 
 class Encoded(bytes):

@@ -33,14 +33,18 @@ NAMES = (
     "retire_consumer",
     "delete_group",
     "delete_topic",
+    "backlog",
 )
+# Scripts that use a shared helper besides _pack.lua (put in front of their text).
+HELPERS = {"send": ("_backlog",), "backlog": ("_backlog",)}
 
 
 @cache
 def source(name: str) -> str:
-    """The text of a script, with the shared packing helpers in front."""
+    """The text of a script, with the shared helpers it uses in front (_pack.lua always)."""
     folder = resources.files("redismq") / "scripts"
-    return (folder / "_pack.lua").read_text() + "\n" + (folder / f"{name}.lua").read_text()
+    parts = ["_pack", *HELPERS.get(name, ()), name]
+    return "\n".join((folder / f"{part}.lua").read_text() for part in parts)
 
 
 class Scripts:

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 from redis.exceptions import RedisClusterException
 
+from .backlog import GroupCounts, read_queue, topic_backlog
 from .cluster import master_of_tag, topology
-from .consumer import group_lag
-from .keys import QueueKeys
 from .relay import outbox_status
 from .urls import mask_url
 
@@ -73,79 +72,38 @@ def cluster_status(client: Client, name: str) -> list[dict[str, Any]]:
     return [{**m, "queues": held[m["node"]]} for m in masters]
 
 
-QUEUE_COMMANDS = 4
-GROUP_COMMANDS = 8
-
-
-def queue_commands(pipe: Any, k: QueueKeys, groups: list[str]) -> None:
-    """The read-only commands that count one queue (QUEUE_COMMANDS replies) and each of
-    its groups (GROUP_COMMANDS replies each), in this order."""
-    pipe.xinfo_stream(k.stream)
-    pipe.zcard(k.delayed)
-    pipe.hgetall(k.counters)
-    pipe.xinfo_groups(k.stream)
-    for g in groups:
-        pipe.xpending(k.stream, g)
-        pipe.xpending(k.retry_stream(g), g)
-        pipe.xlen(k.retry_stream(g))
-        pipe.zcard(k.retry(g))
-        pipe.xlen(k.dead(g))
-        pipe.zcard(k.done(g))
-        pipe.hgetall(k.stats(g))
-        pipe.xinfo_consumers(k.stream, g)
-
-
 def topic_status(client: Client, name: str) -> dict[str, Any]:
-    """Exact counts of one topic and each of its groups, summed over its queues."""
+    """Exact counts of one topic and each of its groups, summed over its queues (the
+    backlog as redismq.backlog defines it)."""
     topic = client.router.topic(name)
     groups = client.router.groups(name)
     length = delayed = dropped = 0
-    per_group = {g: dict.fromkeys(GROUP_FIELDS, 0) for g in groups}
+    per_group = {g: GroupCounts() for g in groups}
     unreachable: list[int] = []
     for q in range(topic.queues):
-        k = client.router.queue_keys(name, q)
         r = client.router.queue_broker(topic, q).redis
-        pipe = r.pipeline(transaction=False)
-        queue_commands(pipe, k, groups)
         try:
-            raw = pipe.execute(False)
+            counts = read_queue(r, client.router.queue_keys(name, q), groups)
         except redis.RedisError:  # its broker is down: the other queues are still shown
             unreachable.append(q)
             continue
-        # A stream or group that does not exist yet answers with an error: it counts as empty.
-        replies = [None if isinstance(r, Exception) else r for r in raw]
-        length += (replies[0] or {}).get("length", 0)
-        delayed += replies[1] or 0
-        dropped += int((replies[2] or {}).get(b"dropped", 0))
-        infos = replies[3] if isinstance(replies[3], list) else []
-        for i, g in enumerate(groups):
-            at = QUEUE_COMMANDS + GROUP_COMMANDS * i
-            main, retry, retry_len, retrying, dead, done, stats, consumers = replies[
-                at : at + GROUP_COMMANDS
-            ]
-            row = per_group[g]
-            retry_pending = retry["pending"] if isinstance(retry, dict) else 0
-            stats = stats or {}
-            row["pending"] += (main["pending"] if isinstance(main, dict) else 0) + retry_pending
-            row["lag"] += group_lag(infos, g) + max(0, (retry_len or 0) - retry_pending)
-            row["retrying"] += retrying or 0
-            row["dead"] += dead or 0
-            row["done"] += done or 0
-            row["duplicates"] += int(stats.get(b"duplicates", 0))
-            row["retried"] += int(stats.get(b"retried", 0))
-            if isinstance(consumers, list):
-                row["consumers"] = max(row["consumers"], len(consumers))
-    unfinished = [row["pending"] + row["lag"] for row in per_group.values()]
+        length += counts.length
+        delayed += counts.delayed
+        dropped += counts.dropped
+        for g, c in counts.groups.items():
+            per_group[g].add(c)
     return {
         "name": name,
         "queues": topic.queues,
         "length": length,
         "delayed": delayed,
         "dropped": dropped,
-        "backlog": (max(unfinished) if unfinished else length) + delayed,
+        "backlog": topic_backlog(length, delayed, per_group.values()),
         "max_backlog": topic.max_backlog,
         "unreachable_queues": unreachable,
-        "groups": [{"name": g, **per_group[g]} for g in groups],
+        "groups": [
+            {"name": g, **{f: getattr(c, f) for f in GROUP_FIELDS}} for g, c in per_group.items()
+        ],
     }
 
 

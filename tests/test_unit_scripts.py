@@ -7,7 +7,7 @@ from importlib import resources
 import fakeredis
 import pytest
 
-from redismq.scripts import NAMES, Scripts, source
+from redismq.scripts import HELPERS, NAMES, Scripts, source
 
 STREAM, DELAYED, DEDUP, COUNTERS = "s", "d", "dd", "c"
 SEND_KEYS = [STREAM, DELAYED, DEDUP, COUNTERS]
@@ -29,12 +29,12 @@ def fields_args(fields: list[tuple[bytes, bytes]]) -> list[bytes]:
 
 def test_every_script_is_its_file_after_the_shared_helpers() -> None:
     folder = resources.files("redismq") / "scripts"
-    helpers = (folder / "_pack.lua").read_text()
     for name in NAMES:
         own = (folder / f"{name}.lua").read_text()
         header = "".join(line for line in own.splitlines() if line.startswith("--"))
         assert "KEYS[1]" in header and "ARGV" in header, f"{name}.lua lists no KEYS/ARGV"
-        assert source(name) == helpers + "\n" + own, name
+        helpers = [(folder / f"{h}.lua").read_text() for h in ("_pack", *HELPERS.get(name, ()))]
+        assert source(name) == "\n".join([*helpers, own]), name
 
 
 def test_shared_helpers_pack_and_unpack_any_bytes(r: fakeredis.FakeRedis) -> None:
