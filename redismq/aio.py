@@ -451,14 +451,16 @@ class AsyncClient:
                 if not plan.failed:
                     log.warning("%s; trying again", error)
                 self.router.mark_down(plan.broker)
-                pause = plan.when_unreachable(cast(RedisMQError, error))
+                pause, full = plan.when_unreachable(cast(RedisMQError, error)), False
             else:
                 if sent is not None:
                     return sent
-                pause = plan.when_full()
+                pause, full = plan.when_full(), True
             if pause:
                 await asyncio.sleep(pause)
                 await self.router.refresh_states()
+                if full:  # groups known meanwhile decide the room (the meta is up)
+                    t = plan.renew(await self._fresh_topic(t))
 
     async def _send_topic(self, name: str, outage: float) -> Topic:
         """The topic a send goes to; while the meta Redis cannot be reached, the last copy
@@ -477,6 +479,13 @@ class AsyncClient:
                 log.warning("%s; trying again", exc)
                 await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(0.5, pause * 2)
+
+    async def _fresh_topic(self, t: Topic) -> Topic:
+        """The topic read again (at most once per second), or `t` if it cannot be read."""
+        try:
+            return await self.topic(t.name)
+        except RedisMQError:
+            return t
 
     def _room(self, on_full: str | None, timeout: float | None) -> float | None:
         """How long a send waits for room in a full topic (None: it raises at once)."""

@@ -321,13 +321,15 @@ class Client:
                 if not plan.failed:
                     log.warning("%s; trying again", error)
                 self.router.mark_down(plan.broker)
-                pause = plan.when_unreachable(cast(RedisMQError, error))
+                pause, full = plan.when_unreachable(cast(RedisMQError, error)), False
             else:
                 if sent is not None:
                     return sent
-                pause = plan.when_full()
+                pause, full = plan.when_full(), True
             if pause:
                 time.sleep(pause)
+                if full:  # groups known meanwhile decide the room (the meta is up)
+                    t = plan.renew(self._fresh_topic(t))
 
     def _sent_before_expand(self, t: Topic, queue: int, msg: Outgoing) -> Sent | None:
         """Where the first send of a dedup key went, if that was to another queue before the
@@ -359,6 +361,13 @@ class Client:
                 log.warning("%s; trying again", exc)
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(0.5, pause * 2)
+
+    def _fresh_topic(self, t: Topic) -> Topic:
+        """The topic read again (at most once per second), or `t` if it cannot be read."""
+        try:
+            return self.topic(t.name)
+        except RedisMQError:
+            return t
 
     def _room(self, on_full: str | None, timeout: float | None) -> float | None:
         """How long a send waits for room in a full topic (None: it raises at once)."""

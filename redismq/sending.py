@@ -242,6 +242,13 @@ class Attempts:
         self.failed: set[str] = set()
         self._pause = 0.0
 
+    def renew(self, topic: Topic) -> Topic:
+        """Go on with a newer record of the topic (its groups decide its queues' room)."""
+        if topic.queues != self.topic.queues or topic.placement != self.topic.placement:
+            self.queue = choose_queue(topic, self.msg, self.usable)
+        self.topic = topic
+        return topic
+
     @property
     def broker(self) -> str:
         """The broker of the queue the next attempt goes to."""
