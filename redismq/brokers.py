@@ -14,7 +14,7 @@ import redis
 
 from .backlog import read_queue
 from .client import check_topic_name
-from .cluster import choose_shards, master_ranges
+from .cluster import choose_shards, is_cluster, master_ranges
 from .errors import InvalidMessage, RedisMQError
 from .keys import QueueKeys
 from .routing import ACTIVE, DRAINING, REFRESH_INTERVAL, place, queue_name, rendezvous, route_fields
@@ -133,11 +133,17 @@ def warn_if_evicting(conn: redis.Redis, where: str) -> bool:
     """Log a warning when a broker may evict keys (it can silently drop queued work);
     True if it may. A user without CONFIG rights gets no warning."""
     try:
-        policy = conn.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")
+        if is_cluster(conn):  # every master must keep its queued work
+            replies = conn.config_get("maxmemory-policy", target_nodes=conn.get_primaries())  # type: ignore[attr-defined]
+            policies = {r.get("maxmemory-policy", "noeviction") for r in replies.values()}
+        else:
+            policies = {conn.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")}
     except redis.ResponseError:
         return False
-    if policy == "noeviction":
+    policies.discard("noeviction")
+    if not policies:
         return False
+    policy = ", ".join(sorted(policies))
     log.warning(
         "broker %s has maxmemory-policy %s: it may silently drop queued messages "
         "(set maxmemory-policy noeviction)",

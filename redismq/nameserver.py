@@ -15,10 +15,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from .brokers import BrokerInfo, list_brokers
+from .cluster import topology
 from .errors import RedisMQError
-from .urls import connect, mask_url
+from .urls import connect, is_cluster_url, mask_url
 
 if TYPE_CHECKING:
     from .client import Client
@@ -50,6 +52,24 @@ def check_server(conn: redis.Redis) -> dict[str, Any]:
         out["link"] = info.get("master_link_status")
         out["master"] = f"{info.get('master_host')}:{info.get('master_port')}"
     return out
+
+
+def check_cluster(conn: Any) -> dict[str, Any]:
+    """Health of a Redis Cluster broker: up when the cluster answers with its slot map;
+    `address` lists its masters now (a failover changes it), `masters` their slots and
+    replicas. The failover itself is the cluster's."""
+    try:
+        masters = topology(conn)
+    except (redis.RedisError, RedisClusterException) as exc:
+        return {"up": False, "checked": time.time(), "master": {"up": False, "error": str(exc)}}
+    return {
+        "up": bool(masters),
+        "checked": time.time(),
+        "master": {"up": True, "role": "cluster"},
+        "address": ",".join(m["node"] for m in masters),
+        "masters": masters,
+        "replicas": [],
+    }
 
 
 class NameServer:
@@ -125,7 +145,10 @@ class NameServer:
         return results
 
     def check_broker(self, broker: BrokerInfo) -> dict[str, Any]:
-        """Health of one broker: its master (followed through Sentinel) and replicas."""
+        """Health of one broker: its master (followed through Sentinel) and replicas; for a
+        Redis Cluster, its masters and their replicas as the cluster reports them."""
+        if is_cluster_url(broker.url):
+            return check_cluster(self._conn(broker.url))
         master = check_server(self._conn(broker.url))
         health: dict[str, Any] = {"up": master["up"], "checked": time.time(), "master": master}
         if master["up"]:

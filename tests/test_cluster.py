@@ -326,3 +326,23 @@ def test_status_and_dashboard_show_each_master_and_its_queues(cluster_url):
     assert all(m["node"] in text for m in masters), text
     assert "master, 2 queues" in text
     client.close()
+
+
+def test_broker_add_takes_a_cluster_url_and_the_nameserver_reports_its_masters(url, cluster_url):
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from redismq.brokers import list_brokers
+    from redismq.nameserver import NameServer
+
+    result = CliRunner().invoke(main, ["broker", "add", "c1", cluster_url, "--url", url])
+    assert result.exit_code == 0, result.output
+    client = Client(url)
+    NameServer(client).check_all()
+    [c1] = list_brokers(client)
+    assert c1.health["up"] is True and c1.health["master"]["role"] == "cluster"
+    assert len(c1.health["masters"]) == 3
+    assert all(len(m["replicas"]) == 1 for m in c1.health["masters"])
+    bad = CliRunner().invoke(main, ["broker", "add", "c2", "cluster://h1", "--url", url])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    client.close()
