@@ -54,7 +54,7 @@ def test_demo_signs_users_up_reports_and_stops_everything(processes):
     assert "30 users, 33 requests: 29 accounts created, 1 refused with 422" in output
     assert "28 received by the SMTP sink, 28 distinct: each user got exactly one" in output
     assert re.search(r"dead letters\s+1 ", output), output
-    assert "3 at send (dedup key = user id: 3/3 double submits" in output
+    assert "3/3 double submits found the account and wrote no second message" in output
     assert "group analytics recorded 29 sign-ups" in output
     assert re.search(r"\d+ tasks/s", output)
     for section in ("Brokers", "Topics", "Groups", "Workers", "Latest dead letters"):

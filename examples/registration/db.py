@@ -10,6 +10,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_PATH = "registration.db"
@@ -61,17 +62,26 @@ def connect(db_path: str | None = None) -> sqlite3.Connection:
     return conn
 
 
-def add_user(conn: sqlite3.Connection, email: str, name: str) -> tuple[dict[str, Any], bool]:
-    """Insert a user (committed before this returns); an e-mail address that is registered
-    already gives the existing user. Returns the user and whether it was created."""
+def add_user(
+    conn: sqlite3.Connection,
+    email: str,
+    name: str,
+    then: Callable[[sqlite3.Connection, dict[str, Any]], Any] | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Insert a user (committed before this returns), and do `then(conn, user)` in the same
+    transaction (the web app writes the welcome e-mail's outbox row there); an e-mail
+    address that is registered already gives the existing user. Returns the user and
+    whether it was created."""
     try:
         with conn:
             cur = conn.execute(
                 "INSERT INTO users (email, name, created_at) VALUES (?, ?, ?)",
                 (email, name, time.time()),
             )
-        user = get_user(conn, int(cur.lastrowid or 0))
-        assert user is not None
+            user = get_user(conn, int(cur.lastrowid or 0))
+            assert user is not None
+            if then is not None:
+                then(conn, user)
         return user, True
     except sqlite3.IntegrityError:
         row = conn.execute("SELECT * FROM users WHERE email = ?", (email,)).fetchone()
