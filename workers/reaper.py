@@ -114,13 +114,15 @@ class Reaper:
         the members counted for the fair share, so that live consumers take the queues at
         their next rebalance (and take over what is pending there first)."""
         t = self.client.topic(s.topic)
-        shares: dict[str, list[int]] = defaultdict(list)
-        for q, broker in enumerate(t.placement):
-            shares[broker].append(q)
+        # The queue sets a worker's consumers share (see Worker._queues_by_broker), and all.
+        shares: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+        for q, name in enumerate(t.placement):
+            shares[(name, t.shards.get(q))].append(q)
         meta = self.client.meta
         for queues in [*shares.values(), list(range(t.queues))]:
             key = self.client.router.keys.members(s.topic, s.group, ",".join(map(str, queues)))
-            dead = [n for n in meta.zrange(key, 0, -1) if text(n).startswith(prefix)]
+            members: list[bytes] = meta.zrange(key, 0, -1)  # type: ignore[assignment]
+            dead = [n for n in members if text(n).startswith(prefix)]
             if dead:
                 meta.zrem(key, *dead)
         for q in range(t.queues):
