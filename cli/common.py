@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from redismq import RedisMQError
+from redismq.urls import DEFAULT_URL
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -21,7 +22,7 @@ out = Console(highlight=False)
 url_option = click.option(
     "--url",
     envvar="REDISMQ_URL",
-    default="redis://127.0.0.1:6379/0",
+    default=DEFAULT_URL,
     show_default=True,
     help="URL of the meta Redis (env REDISMQ_URL).",
 )

@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -590,120 +589,6 @@ def nameserver(url: str, interval: float, log_level: str) -> None:
     ns.run()
 
 
-@main.group()
-def dlq() -> None:
-    """List, show, replay and purge dead letters.
-
-    Example: redismq dlq list emails --group mailer
-    """
-
-
-def dlq_selection(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The arguments of a dlq command that acts on a group's dead letters (all, or by id)."""
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(
-            [
-                click.argument("topic"),
-                click.option("--group", required=True),
-                click.option(
-                    "--id", "ids", multiple=True, help=f"{verb} only this message id (repeatable)."
-                ),
-                click.option("--yes", is_flag=True, help="Do not ask for confirmation."),
-                url_option,
-                friendly,
-            ]
-        ):
-            fn = option(fn)
-        return fn
-
-    return wrap
-
-
-@dlq.command("list")
-@click.argument("topic")
-@click.option("--group", required=True)
-@url_option
-@click.option("--count", type=click.IntRange(1), default=20, show_default=True)
-@friendly
-def dlq_list(topic: str, group: str, url: str, count: int) -> None:
-    """List a group's dead letters.
-
-    Example: redismq dlq list emails --group mailer
-    """
-    table = Table("id", "queue", "attempts", "reason", title=f"Dead letters of {topic}/{group}")
-    for d in Client(url).dead_letters(topic, group, count=count):
-        table.add_row(d.id, str(d.queue), str(d.attempts), d.reason)
-    out.print(table)
-
-
-@dlq.command("show")
-@click.argument("topic")
-@click.option("--group", required=True)
-@click.option("--id", "ids", multiple=True, required=True, help="Message id (repeatable).")
-@url_option
-@friendly
-def dlq_show(topic: str, group: str, ids: tuple[str, ...], url: str) -> None:
-    """Show dead letters in full: reason, attempts, when, body and every field.
-
-    Example: redismq dlq show emails --group mailer --id 01a2184e91cf93b4e1238c211c8c2567
-    """
-    found = [d for d in Client(url).dead_letters(topic, group, count=100_000) if d.id in ids]
-    if not found:
-        raise click.UsageError(f"no dead letter of {topic}/{group} has the id(s) given")
-    for d in found:
-        table = Table("field", "value", title=f"dead letter {d.id}", show_header=False)
-        table.add_row("queue", str(d.queue))
-        table.add_row("reason", Text(d.reason))
-        table.add_row("attempts", str(d.attempts))
-        table.add_row(
-            "failed at", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.failed_at / 1000))
-        )
-        table.add_row(
-            "body", Text(json.dumps(d.body) if not isinstance(d.body, bytes) else repr(d.body))
-        )
-        for name, value in d.fields.items():
-            if name not in (
-                "id",
-                "body",
-                "dead_reason",
-                "dead_attempts",
-                "dead_at",
-                "dead_traceback",
-            ):
-                table.add_row(name, Text(value))
-        out.print(table)
-        if d.traceback:
-            out.print(Text(d.traceback), soft_wrap=True)
-
-
-@dlq.command("purge")
-@dlq_selection("Purge")
-def dlq_purge(topic: str, group: str, ids: tuple[str, ...], yes: bool, url: str) -> None:
-    """Delete dead letters for good.
-
-    Example: redismq dlq purge emails --group mailer --yes
-    """
-    what = f"{len(ids)} dead letter(s)" if ids else "every dead letter"
-    if not yes:
-        click.confirm(f"Delete {what} of {topic}/{group}?", abort=True)
-    n = Client(url).purge_dead_letters(topic, group, ids=ids or None)
-    click.echo(f"purged {n}")
-
-
-@dlq.command("replay")
-@dlq_selection("Replay")
-def dlq_replay(topic: str, group: str, ids: tuple[str, ...], yes: bool, url: str) -> None:
-    """Give dead letters back to their group.
-
-    Example: redismq dlq replay emails --group mailer --yes
-    """
-    if not yes:
-        click.confirm(f"Replay dead letters of {topic}/{group}?", abort=True)
-    n = Client(url).replay_dead_letters(topic, group, ids=ids or None)
-    click.echo(f"replayed {n}")
-
-
 @main.command()
 @click.option(
     "--signups",
@@ -746,6 +631,10 @@ main.add_command(outbox)
 from cli.jobs import job  # noqa: E402  (cli.jobs does not import this module)
 
 main.add_command(job)
+
+from cli.dlq import dlq  # noqa: E402  (cli.dlq does not import this module)
+
+main.add_command(dlq)
 
 from cli.lifecycle import group, topic_delete  # noqa: E402  (does not import this module)
 

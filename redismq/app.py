@@ -330,14 +330,16 @@ class App:
         self.middleware.append(middleware)
 
     def connect(self, client: Client | str | None) -> None:
-        """Point the app at another client (or URL; None: $REDISMQ_URL on first use)."""
+        """Point the app at another client (or URL; None: $REDISMQ_URL, else the default URL,
+        on first use)."""
         self._client = client if isinstance(client, Client) else None
         self._url = client if isinstance(client, str) else None
         self.__dict__.pop("async_client", None)
 
     @property
     def client(self) -> Client:
-        """The app's client; made on first use (from $REDISMQ_URL when no URL was given)."""
+        """The app's client; made on first use (from $REDISMQ_URL, else redis://127.0.0.1:6379/0
+        as the CLI, when no URL was given)."""
         if self._client is None:
             self._client = Client(self._url)
         return self._client

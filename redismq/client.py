@@ -36,7 +36,7 @@ from .sending import (
     script_sent,
     send_script_call,
 )
-from .urls import check_url, connect, mask_url
+from .urls import DEFAULT_URL, check_url, connect, mask_url
 from .validation import (  # noqa: F401 - check_key, check_headers and delay_ms: public here too
     check_choice,
     check_headers,
@@ -80,8 +80,10 @@ class redis_errors:  # noqa: N801 - used like the context manager function it re
         if exc is None:
             return
         url = mask_url(self.url)
-        if isinstance(exc, redis.AuthenticationError):
-            raise BrokerUnavailable(f"authentication failed at {url}: {exc}") from None
+        if isinstance(exc, redis.AuthenticationError) or (
+            isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS"))
+        ):
+            raise BrokerUnavailable(auth_error(url, exc)) from None
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
         if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
@@ -103,16 +105,29 @@ def converted(url: str, exc: BaseException) -> BaseException:
         return out
 
 
+def auth_error(url: str, exc: BaseException) -> str:
+    """One line for a server that wants a password or refused the one given."""
+    text = str(exc)
+    if "HELLO must be called" in text or "NOAUTH" in text or "required" in text.lower():
+        hint = "(put it in the URL: redis://:PASSWORD@host)"
+        return f"{url}: the server requires a password {hint}"
+    if "invalid username-password" in text or "WRONGPASS" in text or "invalid password" in text:
+        return f"{url}: the server refused the password (or user name) of the URL"
+    return f"authentication failed at {url}: {text}"
+
+
 def client_settings(url: str | None, namespace: str | None) -> tuple[str, str]:
-    """The checked URL ($REDISMQ_URL if None) and namespace ($REDISMQ_NAMESPACE, else "rmq")."""
-    checked = check_url(url or os.environ.get("REDISMQ_URL", ""))
+    """The checked URL (if None: $REDISMQ_URL, else DEFAULT_URL, as the CLI) and namespace
+    ($REDISMQ_NAMESPACE, else "rmq")."""
+    checked = check_url(url or os.environ.get("REDISMQ_URL") or DEFAULT_URL)
     return checked, namespace or os.environ.get("REDISMQ_NAMESPACE") or DEFAULT_NAMESPACE
 
 
 class Client:
     """Connects to a redismq system through its meta Redis (a single broker is its own meta).
 
-    `url` defaults to $REDISMQ_URL and `namespace` (the prefix of every key) to
+    `url` defaults to $REDISMQ_URL, else redis://127.0.0.1:6379/0 (as the CLI), and
+    `namespace` (the prefix of every key) to
     $REDISMQ_NAMESPACE, else "rmq".
     """
 

@@ -26,6 +26,8 @@ from .errors import InvalidURL
 
 SCHEMES = ("redis", "rediss", "unix", "sentinel", "cluster", "clusters")
 CLUSTER_SCHEMES = ("cluster", "clusters")
+# What `Client()`, `App()` and every command use when no URL and no $REDISMQ_URL is given.
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SOCKET_TIMEOUT = 30.0
 
 

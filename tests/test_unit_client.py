@@ -88,7 +88,7 @@ def test_redis_errors_become_one_line() -> None:
     ):
         raise redis.ConnectionError("connection refused")
     assert "hunter2" not in str(info.value)
-    with pytest.raises(BrokerUnavailable, match="authentication failed"), redis_errors(url):
+    with pytest.raises(BrokerUnavailable, match="refused the password"), redis_errors(url):
         raise redis.AuthenticationError("WRONGPASS")
     with pytest.raises(BrokerUnavailable, match="permission denied"), redis_errors(url):
         raise redis.ResponseError("NOPERM no permissions")
