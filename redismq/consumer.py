@@ -367,18 +367,18 @@ class Consumer:
     def move_due(self, until_ms: int | None = None) -> None:
         """Move delayed messages and this group's retries that are due into view now.
 
-        `until_ms` (milliseconds since the epoch, default now) moves everything due by then:
-        a far-future value makes every waiting message due at once (tests use it to skip
-        backoffs and delays). `receive()` calls this by itself when something is due.
+        `until_ms` (milliseconds since the epoch on the server's clock, default now) moves
+        everything due by then: a far-future value makes every waiting message due at once
+        (tests use it to skip backoffs and delays). `receive()` calls this by itself when
+        something is due.
         """
         with self.errors():
             self._move_due(until_ms)
 
     def _move_due(self, until_ms: int | None = None) -> None:
         """Move due delayed messages and this group's due retries into their streams."""
-        now = now_ms()
-        due_by = now if until_ms is None else max(now, until_ms)
-        nearest = now + MOVE_TICK_MS
+        due_by = until_ms or 0  # the script moves what is due by then, or now (server time)
+        wait = MOVE_TICK_MS
         for broker, queues in self._by_broker(self.queues.values()).items():
             calls = []
             for q in queues:
@@ -391,10 +391,10 @@ class Consumer:
                         [due_by, MOVE_BATCH],
                     )
                 )
-            for due in broker.scripts.run(calls):
-                if due >= 0:
-                    nearest = min(nearest, due)
-        self._next_move = time.monotonic() + max(0, nearest - now_ms()) / 1000
+            for until_due in broker.scripts.run(calls):
+                if until_due >= 0:
+                    wait = min(wait, until_due)
+        self._next_move = time.monotonic() + wait / 1000
 
     # -- outcomes --------------------------------------------------------------------
     def ack(self, msg: Message, result: Any = NO_RESULT) -> None:
@@ -420,7 +420,6 @@ class Consumer:
         if not messages:
             return settled
         stored = results or [NO_RESULT] * len(messages)
-        now = now_ms()
         by_queue: dict[int, list[tuple[Message, Encoded]]] = defaultdict(list)
         unstorable: list[tuple[Message, ResultNotStorable]] = []
         for m, r in zip(messages, stored, strict=True):
@@ -434,7 +433,7 @@ class Consumer:
                 settled.lost.append(m)
         with self.errors():
             for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
-                calls = [("settle", *self._settle_call(q, by_queue[q.index], now)) for q in queues]
+                calls = [("settle", *self._settle_call(q, by_queue[q.index])) for q in queues]
                 settles = len(calls)
                 calls += self._finish_steps(queues, by_queue)
                 replies = broker.scripts.run(calls)[:settles]
@@ -463,12 +462,12 @@ class Consumer:
         return calls
 
     def _settle_call(
-        self, q: _Queue, items: list[tuple[Message, Encoded]], now: int
+        self, q: _Queue, items: list[tuple[Message, Encoded]]
     ) -> tuple[list[str], list[Any]]:
         k = q.keys
         keys = [k.stream, k.retry_stream(self.group), k.done(self.group), k.stats(self.group)]
         keys += [k.cancelled, k.waiting]
-        args: list[Any] = [self.group, self.name, now]
+        args: list[Any] = [self.group, self.name]
         args += [self.client.done_ttl_ms, self.client.result_ttl_ms]
         for m, encoded in items:
             if encoded and encoded != b"~":
@@ -499,11 +498,11 @@ class Consumer:
             return "dead" if self.dead_letter(msg, exc, track=track) else "lost"
         tb = "" if isinstance(exc, str) else format_traceback(exc)
         wait = backoff_delay(self.backoff if backoff is None else backoff, msg.attempt)
-        due = now_ms() + int((wait if delay is None else delay) * 1000)
+        wait_ms = int((wait if delay is None else delay) * 1000)  # from now, server time
         q = self.queues[msg.queue]
         k = q.keys
         src = k.retry_stream(self.group) if msg.from_retry else k.stream
-        args: list[Any] = [self.group, self.name, msg.entry_id, int(msg.from_retry), due]
+        args: list[Any] = [self.group, self.name, msg.entry_id, int(msg.from_retry), wait_ms]
         args += [int(track), self.client.result_ttl_ms, job_error(error, tb, msg.attempt + 1)]
         for name, value in msg.fields(attempt=msg.attempt + 1).items():
             args += [name, value]
@@ -514,7 +513,7 @@ class Consumer:
         if not scheduled:
             self.lease_lost([msg])
             return "lost"
-        self._next_move = min(self._next_move, time.monotonic() + (due - now_ms()) / 1000)
+        self._next_move = min(self._next_move, time.monotonic() + wait_ms / 1000)
         return "retry"
 
     def dead_letter(

@@ -16,7 +16,7 @@ import redis
 
 from .errors import QueueUnavailable, RedisMQError, TopicFull
 from .keys import QueueKeys, job_index
-from .message import DEFAULT_MAX_BODY, encode_body, entry_fields, new_message_id, now_ms
+from .message import DEFAULT_MAX_BODY, encode_body, entry_fields, new_message_id
 from .routing import DRAINING, Topic, queue_for_key
 from .validation import check_headers, check_key, delay_ms
 
@@ -135,7 +135,7 @@ def send_script_call(
     for g in names:
         script_keys += [keys.retry_stream(g), keys.retry(g)]
     args: list[Any] = [msg.id, window]
-    args.append(now_ms() + msg.delay_ms if msg.delay_ms else 0)
+    args.append(msg.delay_ms)  # due on the server's clock
     args += [bound, len(names), *names]
     for name, value in msg.fields.items():
         args += [name, value]

@@ -89,11 +89,12 @@ def test_send_other_dedup_key_is_sent(r: fakeredis.FakeRedis, scripts: Scripts) 
 
 
 def test_send_delayed_waits_in_the_zset(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    before = server_ms(r)
     reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 5000, 0, 0, b"id", b"m1", b"body", b"{}"])
     assert reply == [b"m1", 1]
     assert r.xlen(STREAM) == 0
     [(member, score)] = r.zrange(DELAYED, 0, -1, withscores=True)
-    assert score == 5000
+    assert before + 5000 <= score <= server_ms(r) + 5000  # due on the server's clock
     assert member == b"2:id2:m14:body2:{}"
 
 
@@ -106,29 +107,44 @@ def test_send_delayed_with_dedup(r: fakeredis.FakeRedis, scripts: Scripts) -> No
 # -- move_due --------------------------------------------------------------------------------
 
 
-def schedule(scripts: Scripts, mid: str, due: int, body: bytes = b"{}") -> None:
-    scripts.send(keys=SEND_KEYS, args=[mid, 0, due, 0, 0, b"id", mid.encode(), b"body", body])
+def schedule(scripts: Scripts, mid: str, delay: int, body: bytes = b"{}") -> None:
+    scripts.send(keys=SEND_KEYS, args=[mid, 0, delay, 0, 0, b"id", mid.encode(), b"body", body])
+
+
+def server_ms(r: fakeredis.FakeRedis) -> int:
+    seconds, micros = r.time()
+    return seconds * 1000 + micros // 1000
 
 
 def test_move_due_moves_only_due_entries(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    for mid, due in [("a", 1000), ("b", 2000), ("c", 3000), ("d", 4000)]:
-        schedule(scripts, mid, due)
-    nxt = scripts.move_due(keys=[DELAYED, STREAM], args=[2000, 500])
-    assert nxt == 3000
+    for mid, delay in [("a", 10_000), ("b", 20_000), ("c", 30_000), ("d", 40_000)]:
+        schedule(scripts, mid, delay)
+    wait = scripts.move_due(keys=[DELAYED, STREAM], args=[server_ms(r) + 25_000, 500])
+    assert 0 < wait <= 5_000  # until c is due (after the time asked for)
     assert [f[b"id"] for _, f in r.xrange(STREAM)] == [b"a", b"b"]
     assert r.zcard(DELAYED) == 2
 
 
 def test_move_due_none_due(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
     schedule(scripts, "a", 9000)
-    assert scripts.move_due(keys=[DELAYED, STREAM], args=[8999, 500]) == 9000
+    assert 8000 < scripts.move_due(keys=[DELAYED, STREAM], args=[0, 500]) <= 9000
     assert r.xlen(STREAM) == 0
+
+
+def test_move_due_goes_by_the_server_clock_not_the_callers(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    schedule(scripts, "a", 0)
+    schedule(scripts, "b", 60_000)
+    # A caller whose clock is behind still moves what is due by the server's clock.
+    scripts.move_due(keys=[DELAYED, STREAM], args=[server_ms(r) - 10**9, 500])
+    assert [f[b"id"] for _, f in r.xrange(STREAM)] == [b"a"]
 
 
 def test_move_due_empty_returns_minus_one(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
     assert scripts.move_due(keys=[DELAYED, STREAM], args=[10**13, 500]) == -1
-    schedule(scripts, "a", 1000)
-    assert scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500]) == -1
+    schedule(scripts, "a", 1)
+    assert scripts.move_due(keys=[DELAYED, STREAM], args=[10**13, 500]) == -1
     assert r.xlen(STREAM) == 1
     assert not r.exists(DELAYED)
 
@@ -137,16 +153,18 @@ def test_move_due_batch_limit(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
     for i in range(5):
         schedule(scripts, f"m{i}", 1000 + i)
     # Two moved; the next one is already due, which tells the caller to run again at once.
-    assert scripts.move_due(keys=[DELAYED, STREAM], args=[5000, 2]) == 1002
+    until = server_ms(r) + 5000
+    assert scripts.move_due(keys=[DELAYED, STREAM], args=[until, 2]) == 0
     assert r.xlen(STREAM) == 2
-    assert scripts.move_due(keys=[DELAYED, STREAM], args=[5000, 10]) == -1
+    assert scripts.move_due(keys=[DELAYED, STREAM], args=[until, 10]) == -1
     assert [f[b"id"] for _, f in r.xrange(STREAM)] == [f"m{i}".encode() for i in range(5)]
 
 
 def test_move_due_twice_moves_once(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    schedule(scripts, "a", 1000)
-    scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500])
-    scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500])
+    schedule(scripts, "a", 1)
+    until = server_ms(r) + 1000
+    scripts.move_due(keys=[DELAYED, STREAM], args=[until, 500])
+    scripts.move_due(keys=[DELAYED, STREAM], args=[until, 500])
     assert r.xlen(STREAM) == 1
 
 
@@ -166,8 +184,8 @@ def test_move_due_twice_moves_once(r: fakeredis.FakeRedis, scripts: Scripts) -> 
 )
 def test_packing_is_binary_safe(r: fakeredis.FakeRedis, scripts: Scripts, value: bytes) -> None:
     fields = [(b"id", b"m"), (b"body", value), (b"k:e:y", value), (b"created", b"17")]
-    scripts.send(keys=SEND_KEYS, args=["m", 0, 1000, 0, 0, *fields_args(fields)])
-    scripts.move_due(keys=[DELAYED, STREAM], args=[1000, 500])
+    scripts.send(keys=SEND_KEYS, args=["m", 0, 1, 0, 0, *fields_args(fields)])
+    scripts.move_due(keys=[DELAYED, STREAM], args=[10**13, 500])
     [(_, got)] = r.xrange(STREAM)
     assert got == dict(fields)
 
@@ -197,10 +215,10 @@ def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) 
     r.xreadgroup("g", "c1", {STREAM: ">"})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2", "job:m2"]
     outcome = '{"status":"done","result":{"ok":true}}'
-    args = ["g", "c1", 1000, 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, outcome]
+    args = ["g", "c1", 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, outcome]
     assert scripts.settle(keys=keys, args=args) == [2, 0, 0, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
-    assert r.zscore("done", "m1") == 1000
+    assert abs(r.zscore("done", "m1") - server_ms(r)) < 5_000  # the server's clock
     assert r.hgetall("stats") == {b"done": b"2"}
     assert r.lrange("outcome:m2", 0, -1) == [outcome.encode()]
     assert r.pttl("outcome:m2") > 0
@@ -219,7 +237,7 @@ def test_settle_counts_a_completed_message_delivered_again_as_duplicate(
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.zadd("done", {"m1": 900})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
-    args = ["g", "c1", 1000, 60_000, 0, "m1", e, 0, ""]
+    args = ["g", "c1", 60_000, 0, "m1", e, 0, ""]
     assert scripts.settle(keys=keys, args=args) == [0, 1, 0, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
 
@@ -233,7 +251,7 @@ def test_settle_leaves_an_entry_another_consumer_owns(
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.xclaim(STREAM, "g", "c2", 0, [e2])
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2", "job:m2"]
-    args = ["g", "c1", 1000, 60_000, 0, "m1", e1, 0, "", "m2", e2, 0, '{"status":"done"}']
+    args = ["g", "c1", 60_000, 0, "m1", e1, 0, "", "m2", e2, 0, '{"status":"done"}']
     assert scripts.settle(keys=keys, args=args) == [1, 0, 0, [2]]
     assert [p["consumer"] for p in r.xpending_range(STREAM, "g", "-", "+", 10)] == [b"c2"]
     assert r.zscore("done", "m2") is None
@@ -246,17 +264,17 @@ def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scrip
     r.xreadgroup("g", "c1", {"rs": ">"})
     assert scripts.settle(
         keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"],
-        args=["g", "c1", 1000, 60_000, 0, "m1", e, 1, ""],
+        args=["g", "c1", 60_000, 0, "m1", e, 1, ""],
     ) == [1, 0, 0, []]
     assert r.xlen("rs") == 0
     assert r.xpending("rs", "g")["pending"] == 0
 
 
 def test_settle_forgets_old_done_records(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    r.zadd("done", {"old": 100, "recent": 9_500})
+    now = server_ms(r)
+    r.zadd("done", {"old": now - 2_000, "recent": now - 500})
     scripts.settle(
-        keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"],
-        args=["g", "c1", 10_000, 1000, 0],
+        keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"], args=["g", "c1", 1000, 0]
     )
     assert r.zrange("done", 0, -1) == [b"recent"]
 
@@ -269,10 +287,10 @@ def test_settle_of_a_cancelled_job_records_done_without_a_result(
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.zadd("cancelled", {"m1": 2**50, "expired": 1})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
-    args = ["g", "c1", 1000, 60_000, 0, "m1", e, 0, "~"]
+    args = ["g", "c1", 60_000, 0, "m1", e, 0, "~"]
     assert scripts.settle(keys=keys, args=args) == [0, 0, 1, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
-    assert r.zscore("done", "m1") == 1000
+    assert r.zscore("done", "m1") is not None
     # The mark stays for the other groups until it expires; expired marks are pruned.
     assert r.zrange("cancelled", 0, -1) == [b"m1"]
     assert r.hgetall("stats") == {b"cancelled": b"1"}
@@ -284,7 +302,7 @@ def test_a_batch_with_a_script_the_server_lost_runs_each_call_once(
     r.xgroup_create("s", "g", id="0", mkstream=True)
     r.xadd("s", {"id": "m1"}, id="1-0")
     r.xreadgroup("g", "c1", {"s": ">"})
-    args = ["g", "c1", 1, 10**6, 10**6]
+    args = ["g", "c1", 10**6, 10**6]
     scripts.settle(keys=["s", "rs", "done", "stats", "x", "w"], args=args)
     # settle is loaded now, step is not: the batch fails for step only
     settle = ("settle", ["s", "rs", "done", "stats", "x", "w"], [*args, "m1", "1-0", 0, ""])

@@ -18,3 +18,10 @@ local function unpack_fields(s)
   end
   return out
 end
+
+-- The server's clock in ms: every due time and expiry is measured on it, never on a
+-- client's clock (clients' clocks differ).
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end

@@ -9,8 +9,7 @@ if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'done' or status == 'dead' or status == 'cancelled' then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = server_ms()
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'cancelled')

@@ -2,7 +2,7 @@
 -- definition: _backlog.lua, the same as redismq/backlog.py).
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] dedup key, KEYS[4] queue counters hash,
 -- KEYS[5..] per known group: its retry stream, its retry zset
--- ARGV[1] message id, ARGV[2] dedup window ms (0: no dedup), ARGV[3] due ms (0: now),
+-- ARGV[1] message id, ARGV[2] dedup window ms (0: no dedup), ARGV[3] delay ms (0: now; due on the server's clock),
 -- ARGV[4] most unfinished messages the queue may hold (0: no bound),
 -- ARGV[5] number of known groups G, ARGV[6..5+G] their names,
 -- ARGV[6+G..] the entry's field/value pairs
@@ -31,7 +31,7 @@ if ARGV[2] ~= '0' then
 end
 local first_field = 6 + ngroups
 if ARGV[3] ~= '0' then
-  redis.call('ZADD', KEYS[2], ARGV[3], pack(ARGV, first_field, #ARGV))
+  redis.call('ZADD', KEYS[2], server_ms() + tonumber(ARGV[3]), pack(ARGV, first_field, #ARGV))
 else
   redis.call('XADD', KEYS[1], '*', unpack(ARGV, first_field))
 end

@@ -6,22 +6,23 @@
 -- KEYS[5] the queue's cancel marks zset, KEYS[6] the queue's zset of awaited job ids,
 -- KEYS[7..] per task message (outcome neither '' nor '~'), in message order: its outcome
 --   list and its job hash (a job cancelled while it finished reads done, with its result)
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] now ms, ARGV[4] done ttl ms, ARGV[5] result ttl ms,
--- ARGV[6..] per message 4 values: message id, entry id, from retry stream (0/1),
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
+-- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
 --   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
 --   outcome is stored only if someone waits for it), else the JSON outcome to store
+-- Done records are scored by the server's clock (never a worker's: clocks differ).
 -- Returns {completed, duplicates, cancelled, {positions (1-based) of the entries not owned}}
-local group, consumer, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local done_ttl, result_ttl = ARGV[4], ARGV[5]
+local group, consumer, now = ARGV[1], ARGV[2], server_ms()
+local done_ttl, result_ttl = ARGV[3], ARGV[4]
 local completed, duplicates, cancelled, k = 0, 0, 0, 7
 local main, retried, silent, silent_keys, lost = {}, {}, {}, {}, {}
-for i = 6, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local mid, eid, src, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local stream = KEYS[1]
   if src == '1' then stream = KEYS[2] end
   local p = redis.call('XPENDING', stream, group, eid, eid, 1)
   if #p == 0 or p[1][2] ~= consumer then
-    lost[#lost + 1] = (i - 2) / 4
+    lost[#lost + 1] = (i - 1) / 4
   else
     if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
     local first = redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1
@@ -68,8 +69,7 @@ if completed > 0 then redis.call('HINCRBY', KEYS[4], 'done', completed) end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', duplicates) end
 if cancelled > 0 then
   redis.call('HINCRBY', KEYS[4], 'cancelled', cancelled)
-  local t = redis.call('TIME')
-  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(t[1]) * 1000)  -- expired marks
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)  -- expired cancel marks
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(done_ttl))
 return {completed, duplicates, cancelled, lost}

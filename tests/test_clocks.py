@@ -1,0 +1,70 @@
+"""Clocks on a real server: a worker or producer whose clock is off neither prunes done
+records still needed nor makes delayed messages and retries due early (or late); the
+scripts use the server's TIME."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from redismq.message import now_ms
+
+DAYS_10 = 10 * 86_400_000
+
+
+@pytest.fixture
+def topic(client) -> str:
+    client.create_topic("clock", queues=1)
+    return "clock"
+
+
+def done_key(client, group: str) -> str:
+    return client.router.queue_keys("clock", 0).done(group)
+
+
+def test_a_consumer_whose_clock_runs_ahead_prunes_no_done_record_still_needed(
+    client, topic, monkeypatch
+):
+    honest = client.consumer(topic, "g", name="honest")
+    ahead = client.consumer(topic, "g", name="ahead")
+    first = client.send(topic, 1)
+    assert honest.ack_many(honest.receive(count=10, block=1)) == 1
+    client.send(topic, 2)
+    monkeypatch.setattr("redismq.consumer.now_ms", lambda: now_ms() + DAYS_10)
+    assert ahead.ack_many(ahead.receive(count=10, block=1)) == 1
+    assert client.meta.zscore(done_key(client, "g"), first) is not None
+
+
+def test_a_consumer_whose_clock_runs_ahead_moves_no_delayed_message_early(
+    client, topic, monkeypatch
+):
+    consumer = client.consumer(topic, "g")
+    client.send(topic, "later", delay=60)
+    monkeypatch.setattr("redismq.consumer.now_ms", lambda: now_ms() + DAYS_10)
+    assert consumer.receive(count=10, block=0.3) == []
+
+
+def test_a_producer_whose_clock_runs_behind_delays_by_the_delay_asked(client, topic, monkeypatch):
+    consumer = client.consumer(topic, "g")
+    for module in ("redismq.client", "redismq.sending"):
+        monkeypatch.setattr(f"{module}.now_ms", lambda: now_ms() - DAYS_10, raising=False)
+    client.send(topic, "later", delay=60)
+    assert consumer.receive(count=10, block=0.3) == []
+
+
+def test_a_retry_scheduled_by_a_consumer_whose_clock_runs_ahead_comes_back_on_time(
+    client, topic, monkeypatch
+):
+    ahead = client.consumer(topic, "g", name="ahead")
+    honest = client.consumer(topic, "g", name="honest")
+    client.send(topic, 1)
+    [msg] = ahead.receive(count=10, block=1)
+    with monkeypatch.context() as m:
+        m.setattr("redismq.consumer.now_ms", lambda: now_ms() + DAYS_10)
+        assert ahead.retry(msg, "ValueError: again", delay=0.2) == "retry"
+    deadline = time.monotonic() + 5
+    got = []
+    while not got and time.monotonic() < deadline:
+        got = honest.receive(count=10, block=0.2)
+    assert [m.body for m in got] == [1]
