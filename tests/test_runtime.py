@@ -318,7 +318,7 @@ def test_sigterm_stays_graceful_whether_sent_to_the_supervisor_or_its_group(
 
 
 @pytest.mark.parametrize("how", ["supervisor", "group"])
-def test_a_second_sigterm_forces_the_exit(rt, url, db, processes, how):
+def test_a_second_sigterm_forces_the_exit(rt, client, url, db, processes, how):
     rt.slow.send(60.0, "long")
     worker = start_worker(processes, url, "--processes", "2", start_new_session=True)
     try:
@@ -328,6 +328,11 @@ def test_a_second_sigterm_forces_the_exit(rt, url, db, processes, how):
         signal_worker(worker, how)
         assert worker.wait(20) == 1
         assert rows(db, "slow-end") == []
+        # What the killed children ran is free for other workers at once, not after the
+        # visibility timeout.
+        other = client.consumer("rt", "workers", visibility_timeout=30)
+        assert [m.body["args"] for m in other.receive(count=10, block=None)] == [[60.0, "long"]]
+        other.close()
     finally:
         kill_group(worker.pid, signal.SIGKILL)
 

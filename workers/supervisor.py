@@ -30,6 +30,8 @@ RESTART_DELAY_MIN = 0.1
 RESTART_DELAY_MAX = 10.0
 # A child that ran this long before exiting is restarted quickly again (no backoff).
 STABLE_AFTER = 10.0
+# How long a stopping supervisor waits for the brokers to free what its children left.
+REAP_WAIT = 5.0
 
 
 @dataclass(slots=True)
@@ -283,4 +285,19 @@ class Supervisor:
             if child.exitcode is None:
                 child.kill()
                 child.join()
+        self._reap_all()
         return 1 if self.forced else 0
+
+    def _reap_all(self) -> None:
+        """Free what the children left (a forced exit, a grace period that ran out) for
+        other workers at once, waiting at most REAP_WAIT seconds for the brokers."""
+        threads = [
+            threading.Thread(target=self._reap, args=(c.pid,), name="reaper", daemon=True)
+            for c in self.children
+            if c is not None and c.pid is not None
+        ]
+        deadline = time.monotonic() + REAP_WAIT
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
