@@ -269,7 +269,10 @@ class BatchRunner:
             except StepLost as exc:
                 # another consumer took the message over: it is theirs to settle
                 self.running = None
-                log.warning("lease lost: %s", exc)
+                self.consumer.lease_lost([msg])
+                counts.lost += 1
+                took = time.perf_counter() - started
+                self._after(msg, name, "lost", took, describe(exc), exc=exc)
                 return "lost"
             except Exception as exc:
                 self.running = None
