@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .client import check_headers, check_key, check_topic_name
 from .errors import InvalidURL, RedisMQError
 from .message import DEFAULT_MAX_BODY, encode_body, new_message_id
+from .validation import check_headers, check_key, check_topic_name
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table

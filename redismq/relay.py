@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .client import Outgoing, choose_queue
 from .errors import BrokerUnavailable, QueueUnavailable, RedisMQError
+from .sending import Outgoing, choose_queue
 
 if TYPE_CHECKING:
     from .client import Client
@@ -43,6 +43,9 @@ CLEANUP_EVERY = 60.0
 KEEP_SENT = 3600.0
 # A pass ends after this many sends failed for want of a broker (the rest wait).
 MAX_FAILURES = 3
+# How long one send waits for its broker: the relay retries by itself, and meanwhile
+# reports its lag and sends other brokers' rows.
+SEND_TIMEOUT = 1.0
 # A report older than this is dropped (its outbox has had no relay for a day).
 REPORT_TTL = 86_400.0
 
@@ -151,6 +154,7 @@ class Relay:
                     key=row.key,
                     dedup_key=row.send_dedup_key,
                     headers=row.headers,
+                    timeout=SEND_TIMEOUT,
                 )
             except (BrokerUnavailable, QueueUnavailable) as exc:
                 self._failed(row, exc, result, waiting_keys)

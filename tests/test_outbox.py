@@ -21,7 +21,7 @@ from cli.main import main
 from redismq import App, Client, InvalidMessage
 from redismq.outbox import Outbox, OutboxError
 from redismq.relay import Relay
-from redismq.server import _free_port
+from redismq.server import LocalServer, _free_port
 from redismq.status import snapshot
 from tests.apps.outbox_app import app as worker_app
 
@@ -303,3 +303,30 @@ def test_a_worker_with_outbox_relays_it_and_its_lag_shows_in_status_and_metrics(
     assert worker.poll() is None
     ob.close()
     worker_app.connect(None)
+
+
+def test_rows_for_a_broker_that_is_away_wait_while_the_others_go(tmp_path):
+    from redismq.brokers import add_broker
+
+    with LocalServer() as meta, LocalServer() as up, LocalServer(persistence=True) as away:
+        client = Client(meta.url)
+        add_broker(client, "up", up.url)
+        add_broker(client, "away", away.url)
+        client.create_topic(TOPIC, queues=4)
+        assert set(client.topic(TOPIC).placement) == {"up", "away"}
+        ob = Outbox(client, f"sqlite:///{tmp_path}/app.db")
+        ob.create_table()
+        with ob.engine.begin() as conn:
+            for n in range(40):
+                ob.send_message(conn, TOPIC, {"n": n})
+        away.kill()
+
+        first = Relay(ob).relay_once()
+
+        assert 0 < first.sent < 40 and first.sent + first.held + first.failed == 40
+        assert ob.lag().waiting == 40 - first.sent
+        away.restart()
+        assert relay_all(ob) == 40 - first.sent
+        assert sorted(m["body"]["n"] for m in queued(client)) == list(range(40))
+        ob.close()
+        client.close()
