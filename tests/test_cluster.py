@@ -345,3 +345,53 @@ def test_broker_add_takes_a_cluster_url_and_the_nameserver_reports_its_masters(u
     bad = CliRunner().invoke(main, ["broker", "add", "c2", "cluster://h1", "--url", url])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
     client.close()
+
+
+def test_task_results_and_an_ordered_group_on_a_cluster(cluster_url):
+    from redismq import App
+    from workers.worker import Worker
+
+    app = App(Client(cluster_url))
+    seen: list[int] = []
+
+    @app.task(topic="calc")
+    def double(n: int) -> int:
+        return 2 * n
+
+    @app.task(topic="seq", ordered=True)
+    def record(n: int) -> None:
+        seen.append(n)
+
+    app.client.create_topic("calc", 6)
+    app.client.create_topic("seq", 3)
+    job = double.send(21)
+    for n in range(30):
+        record.send_with_options(args=(n,), key="one-customer")
+    counts = Worker(app, concurrency=2, burst=True).run()
+    assert counts.processed == 31
+    assert job.result(timeout=5) == 42
+    assert seen == list(range(30))
+    app.client.close()
+
+
+def test_a_cluster_as_the_meta_store_of_standalone_brokers(cluster_url):
+    from redismq.brokers import drain_broker, remove_broker
+    from redismq.server import LocalServer
+
+    with LocalServer() as s0, LocalServer() as s1:
+        client = Client(cluster_url)
+        add_broker(client, "b0", s0.url)
+        add_broker(client, "b1", s1.url)
+        t = client.create_topic("meta", 4)
+        assert set(t.placement) == {"b0", "b1"} and not t.shards
+        ids = set(client.send_many("meta", [{"n": i} for i in range(20)]))
+        consumer = client.consumer("meta", "g")
+        assert {m.id for m in drain(consumer, 20)} == ids
+        drain_broker(client, "b0")
+        remove_broker(client, "b0")
+        assert set(Client(cluster_url).topic("meta").placement) == {"b1"}
+        client.delete_group("meta", "g")
+        assert client.groups("meta") == []
+        client.delete_topic("meta", force=True)  # no group reads its entries any more
+        assert client.topics() == []
+        client.close()
