@@ -356,7 +356,7 @@ class Client:
                 broker = self.router.queue_broker(t, q)
                 first = broker.redis.get(self.router.queue_keys(t.name, q).dedup(msg.dedup_key))
                 if first is not None:
-                    return Sent(first.decode(), t.name, q, None)
+                    return Sent(cast(bytes, first).decode(), t.name, q, None)
         return None
 
     def _send_topic(self, name: str, outage: float) -> Topic:
