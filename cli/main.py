@@ -50,7 +50,8 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=8,
     show_default=True,
-    help="Jobs run at once per process (threads; async handlers each on their thread's loop).",
+    help="Fetch-and-run threads per subscription (topic/group) per broker in each process: "
+    "up to that many jobs at once per subscription and broker.",
 )
 @click.option(
     "--visibility-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True
