@@ -114,6 +114,8 @@ def register(form: SignUp, mode: str, db_path: str | None) -> tuple[dict[str, An
     """The sign-up itself: write the user and the welcome e-mail's message in one
     transaction (outbox), or write the user then queue (or send) the e-mail."""
     written: list[str] = []
+    if mode == "outbox":
+        outbox(db_path)  # its table, made before the transaction (SQLite has one writer)
     conn = db.connect(db_path)
     try:
         if mode == "outbox":
@@ -151,8 +153,6 @@ def create_app(mode: str | None = None, db_path: str | None = None) -> FastAPI:
     mode = mode or os.environ.get("EMAIL_MODE", "outbox")
     if mode not in MODES:
         raise ValueError(f"EMAIL_MODE must be one of {', '.join(MODES)}, not {mode!r}")
-    if mode == "outbox":
-        outbox(db_path)  # the table exists before the first sign-up
     web = FastAPI(title="redismq registration example")
 
     @web.get("/", response_class=HTMLResponse)
@@ -197,6 +197,7 @@ def create_app(mode: str | None = None, db_path: str | None = None) -> FastAPI:
             if user is None:
                 raise HTTPException(404, f"no user {user_id}")
             if mode == "outbox":
+                outbox(db_path)  # its table, made before the transaction
                 with conn:
                     return {"user_id": user_id, "outbox_id": write_welcome(conn, user, db_path)}
         finally:
