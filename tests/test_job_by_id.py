@@ -182,3 +182,25 @@ def test_job_on_another_broker_than_the_meta_is_found(client, app, url, two_brok
     web = Client(url)
     assert [web.job(j.id).result(timeout=5) for j in sent] == [0, 1, 2, 3]
     web.close()
+
+
+def test_async_job_progress_and_cancel_by_id(client, app, url):
+    runs = []
+
+    @app.task(topic="reports")
+    def build():
+        runs.append(1)
+
+    sent = build.send()
+    client.consumer("reports", "workers")  # the group exists, nothing received yet
+
+    async def cancel() -> tuple[object, bool, bool, str]:
+        async with AsyncClient(url) as aclient:
+            job = await aclient.job(sent.id)
+            progress = await job.progress()
+            first, again = await job.cancel(), await job.cancel()
+            return progress, first, again, await job.status()
+
+    assert asyncio.run(cancel()) == (None, True, False, "cancelled")
+    run_until_idle(app)
+    assert runs == []
