@@ -80,7 +80,7 @@ def index_value(topic: str, queue: int, group: str, task: str) -> str:
     return json.dumps({"topic": topic, "queue": queue, "group": group, "task": task})
 
 
-def parse_index(message_id: str, raw: bytes) -> dict[str, Any]:
+def parse_index(message_id: str, raw: bytes | str) -> dict[str, Any]:
     try:
         where = json.loads(raw)
         return {k: where[k] for k in ("topic", "queue", "group", "task")}
