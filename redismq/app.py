@@ -122,13 +122,7 @@ class Task:
         durability: str | None = None,
         timeout: float | None = None,
     ) -> Job:
-        """`send_with_options` for async code (no blocking I/O). The async client has no
-        replicated sends yet: `durability="replicated"` is refused."""
-        if durability not in (None, "master"):
-            raise InvalidMessage(
-                f"durability={durability!r} is not available from async code yet "
-                f"(use send_with_options, or durability='master')"
-            )
+        """`send_with_options` for async code (no blocking I/O)."""
         to, wait, extra = self._per_send(delay, eta, topic, time_limit, headers)
         sent = await self.app.async_client.send_message(
             to,
@@ -137,6 +131,7 @@ class Task:
             delay=wait,
             dedup_key=dedup_key,
             headers=extra,
+            durability=durability,
             index_as=(self.group, self.name),
             timeout=timeout,
         )

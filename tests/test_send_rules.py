@@ -249,3 +249,24 @@ def test_a_tasks_send_takes_a_timeout_for_its_broker(client):
         with pytest.raises(BrokerUnavailable):
             welcome.send_with_options(args=(2,), timeout=0.4)
         assert 0.4 <= time.monotonic() - started < 20
+
+
+def test_a_tasks_async_send_can_ask_for_a_replica(url):
+    import asyncio
+
+    from redismq import App, NotReplicated
+
+    app = App(Client(url, replica_timeout=0.2))
+
+    @app.task(topic="safe")
+    def store(n: int) -> None: ...
+
+    async def main() -> None:
+        try:
+            with pytest.raises(NotReplicated):  # no replica: the send waited for one
+                await store.send_with_options_async(args=(1,), durability="replicated")
+            await store.send_with_options_async(args=(2,))
+        finally:
+            await app.async_client.aclose()
+
+    asyncio.run(main())
