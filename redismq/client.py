@@ -19,12 +19,12 @@ from .errors import (
 )
 from .keys import DEFAULT_NAMESPACE
 from .message import DEFAULT_MAX_BODY, now_ms
+from .redis_errors import converted, redis_errors
 from .routing import REMOVED, Broker, Router, Topic, TopicSettings, earlier_queues
 from .sending import (
     Attempts,
     Outgoing,
     Sent,
-    batch_by_broker,
     batch_sent,
     check_keyed,
     choose_queue,
@@ -60,60 +60,6 @@ DEFAULT_QUEUES = 4
 DEFAULT_RETENTION = 10_000
 # How long a send keeps trying to reach its broker before it raises (Client(send_timeout=)).
 DEFAULT_SEND_TIMEOUT = 10.0
-
-
-class redis_errors:  # noqa: N801 - used like the context manager function it replaced
-    """Context in which redis-py's connection and permission errors become one-line
-    RedisMQErrors (a class, not @contextmanager: it is entered on every send)."""
-
-    __slots__ = ("url",)
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        if exc is None:
-            return
-        url = mask_url(self.url)
-        if isinstance(exc, redis.AuthenticationError) or (
-            isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS"))
-        ):
-            raise BrokerUnavailable(auth_error(url, exc)) from None
-        if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-            raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
-        if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
-            isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM")
-        ):
-            raise BrokerUnavailable(f"the broker at {url} is out of memory: {exc}") from None
-        if isinstance(exc, redis.exceptions.NoPermissionError) or (
-            isinstance(exc, redis.ResponseError) and str(exc).startswith("NOPERM")
-        ):
-            raise BrokerUnavailable(f"permission denied at {url}: {exc}") from None
-
-
-def converted(url: str, exc: BaseException) -> BaseException:
-    """The RedisMQError a redis-py error becomes (the error itself if it becomes none)."""
-    try:
-        with redis_errors(url):
-            raise exc
-    except BaseException as out:  # noqa: BLE001 - returned, not swallowed
-        return out
-
-
-def auth_error(url: str, exc: BaseException) -> str:
-    """One line for a server that wants a password or refused the one given."""
-    text = str(exc)
-    if "HELLO must be called" in text or "NOAUTH" in text or "required" in text.lower():
-        hint = "(put it in the URL: redis://:PASSWORD@host)"
-        return f"{url}: the server requires a password {hint}"
-    if "invalid username-password" in text or "WRONGPASS" in text or "invalid password" in text:
-        return f"{url}: the server refused the password (or user name) of the URL"
-    return f"authentication failed at {url}: {text}"
 
 
 def client_settings(url: str | None, namespace: str | None) -> tuple[str, str]:
@@ -405,7 +351,7 @@ class Client:
         if msg.needs_script or bound > 0 or guard_ms:
             keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups, guard_ms)
             if replicated and broker.cluster:  # WAIT on the slot's master, same connection
-                reply, acked = self._send_and_wait(broker, keys, args)
+                reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
             else:
                 reply = self._send_script(broker, keys, args, index)
                 acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
@@ -464,22 +410,6 @@ class Client:
 
         return find_job(self, message_id)
 
-    def _send_and_wait(self, broker: Broker, keys: list[str], args: list[Any]) -> tuple[Any, int]:
-        """The `send` script and a WAIT in one pipeline on the master of the queue's slot (a
-        Redis Cluster's WAIT elsewhere would count another master's replicas)."""
-        sha = broker.scripts.send.sha
-
-        def fill(pipe: Any) -> None:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-            pipe.wait(1, self.replica_timeout_ms)
-
-        try:
-            reply, acked = broker.on_node(keys[0], fill)
-        except redis.exceptions.NoScriptError:
-            broker.redis.script_load(broker.scripts.send.script)
-            reply, acked = broker.on_node(keys[0], fill)
-        return reply, acked
-
     def send_many(
         self,
         topic: str,
@@ -516,7 +446,7 @@ class Client:
         queues = [t.next_queue(self.router.usable) for _ in msgs]
         entries: list[str | None] = [None] * len(msgs)
         with self.errors():
-            for broker, indexes in self._batch_by_broker(t, queues).items():
+            for broker, indexes in self.router.brokers_of_batch(t, queues).items():
                 streams = [self.router.queue_keys(topic, queues[i]).stream for i in indexes]
 
                 def fill(pipe: Any, streams: list[str] = streams, indexes: list[int] = indexes):
@@ -531,18 +461,6 @@ class Client:
                 for i, entry in zip(indexes, replies, strict=True):
                     entries[i] = entry.decode()
         return batch_sent(topic, msgs, queues, entries)
-
-    def _batch_by_broker(self, t: Topic, queues: list[int]) -> dict[Broker, list[int]]:
-        """The positions of a batch's messages grouped by the broker of their queue (on a
-        Redis Cluster: by the queue's hash tag, one slot), in order."""
-        groups: dict[Broker, list[int]] = {}
-        for name, indexes in batch_by_broker(t, queues).items():
-            if not self.router.broker(name).cluster:
-                groups[self.router.broker(name)] = indexes
-                continue
-            for i in indexes:
-                groups.setdefault(self.router.queue_broker(t, queues[i]), []).append(i)
-        return groups
 
     def trim(self, topic: str) -> tuple[int, int]:
         """Trim every queue of a topic by its retention; returns (trimmed, dropped).

@@ -21,14 +21,20 @@ import redis
 
 from . import cluster
 from .errors import BrokerUnavailable, TopicExists, TopicNotFound
+from .health import (  # noqa: F401 - the states and intervals are public here too
+    ACTIVE,
+    DEFAULT_BROKER,
+    DOWN,
+    DOWN_FOR,
+    DRAINING,
+    REFRESH_INTERVAL,
+    REMOVED,
+    BrokerHealth,
+    broker_states,
+)
 from .keys import MetaKeys, QueueKeys
 from .scripts import Scripts
 from .urls import connect
-
-DEFAULT_BROKER = "default"
-# How long a client avoids a broker after a failed send, for messages that may go elsewhere.
-DOWN_FOR = 2.0
-REFRESH_INTERVAL = 1.0
 
 
 def queue_for_key(key: str, queues: int) -> int:
@@ -77,6 +83,14 @@ def earlier_queues(topic: Topic, route_key: str, queue: int, window_ms: int, now
     return out
 
 
+def batch_by_broker(topic: Topic, queues: list[int]) -> dict[str, list[int]]:
+    """The positions of a batch's messages grouped by the broker of their queue, in order."""
+    groups: dict[str, list[int]] = {}
+    for i, queue in enumerate(queues):
+        groups.setdefault(topic.placement[queue], []).append(i)
+    return groups
+
+
 def queue_name(topic: str, queue: int) -> str:
     """The name of one queue of a topic in the route table: ``<topic>#<q>``."""
     return f"{topic}#{queue}"
@@ -106,69 +120,6 @@ def broker_url(name: str, raw: bytes | None) -> str | None:
     if raw is None and name != DEFAULT_BROKER:
         raise BrokerUnavailable(f"broker {name!r} is no longer registered")
     return json.loads(raw)["url"] if raw else None
-
-
-ACTIVE, DRAINING, DOWN, REMOVED = "active", "draining", "down", "removed"
-
-
-class BrokerHealth:
-    """What a client knows of its brokers, and the routing rules that follow from it,
-    shared by the sync and async routers (which only read the records).
-
-    - placeable: new queues go to active brokers (not draining, not down), else anywhere;
-    - usable: a send goes to an active broker this client has not found down within the
-      last DOWN_FOR seconds;
-    - removed: a broker no longer registered (other than the meta Redis itself).
-    """
-
-    def __init__(self) -> None:
-        self._states: dict[str, str] = {}
-        self._read_at = float("-inf")
-        self._down: dict[str, float] = {}
-
-    def due(self) -> bool:
-        """Whether the states are older than REFRESH_INTERVAL and should be read again."""
-        return time.monotonic() - self._read_at > REFRESH_INTERVAL
-
-    def update(self, records: dict[bytes, bytes], health: dict[bytes, bytes]) -> dict[str, str]:
-        """Take the registry and health records just read; returns the states."""
-        self._states = broker_states(records, health)
-        self._read_at = time.monotonic()
-        return self._states
-
-    def unreadable(self) -> None:
-        """The records could not be read: keep the last states until the next interval."""
-        self._read_at = time.monotonic()
-
-    def state(self, name: str) -> str:
-        """active, draining, down, or removed (no longer registered), as last read."""
-        # The meta Redis itself ("default") holds the queues of single-broker topics.
-        return self._states.get(name, ACTIVE if name == DEFAULT_BROKER else REMOVED)
-
-    def usable(self, name: str) -> bool:
-        """Whether a send may go to this broker now (writable, not known to be down)."""
-        if self._down.get(name, 0.0) > time.monotonic():
-            return False
-        return self.state(name) == ACTIVE
-
-    def placeable(self, names: list[str]) -> list[str]:
-        """The brokers among `names` new queues may go to (all of them if none is active)."""
-        return [n for n in names if self._states.get(n, ACTIVE) == ACTIVE] or names
-
-    def mark_down(self, name: str) -> None:
-        """Avoid a broker for DOWN_FOR seconds after a send failed to reach it."""
-        self._down[name] = time.monotonic() + DOWN_FOR
-
-
-def broker_states(records: dict[bytes, bytes], health: dict[bytes, bytes]) -> dict[str, str]:
-    """Broker name -> active, draining or down, from registry records and health records."""
-    states = {}
-    for raw_name, raw in records.items():
-        name = raw_name.decode()
-        state = json.loads(raw).get("state", ACTIVE)
-        checked = json.loads(health[raw_name]) if raw_name in health else {}
-        states[name] = DOWN if checked.get("up") is False else state
-    return states
 
 
 def topic_record(name: str, raw: bytes | None) -> dict[str, Any]:
@@ -273,6 +224,22 @@ class Broker:
         pipe = self.redis.pipeline(transaction=False)
         fill(pipe)
         return pipe.execute()
+
+    def send_and_wait(self, keys: list[str], args: list[Any], timeout_ms: int) -> tuple[Any, int]:
+        """The `send` script and a WAIT in one pipeline on the master of the queue's slot (a
+        Redis Cluster's WAIT elsewhere would count another master's replicas)."""
+        sha = self.scripts.send.sha
+
+        def fill(pipe: Any) -> None:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+            pipe.wait(1, timeout_ms)
+
+        try:
+            reply, acked = self.on_node(keys[0], fill)
+        except redis.exceptions.NoScriptError:
+            self.redis.script_load(self.scripts.send.script)
+            reply, acked = self.on_node(keys[0], fill)
+        return reply, acked
 
 
 @dataclass(slots=True)
@@ -544,6 +511,18 @@ class Router:
                 view = Broker(broker.name, broker.url, broker.redis, broker.scripts, shard)
                 self._views[(broker.name, shard)] = view
             return view
+
+    def brokers_of_batch(self, t: Topic, queues: list[int]) -> dict[Broker, list[int]]:
+        """The positions of a batch's messages grouped by the broker of their queue (on a
+        Redis Cluster: by the queue's hash tag, one slot), in order."""
+        groups: dict[Broker, list[int]] = {}
+        for name, indexes in batch_by_broker(t, queues).items():
+            if not self.broker(name).cluster:
+                groups[self.broker(name)] = indexes
+                continue
+            for i in indexes:
+                groups.setdefault(self.queue_broker(t, queues[i]), []).append(i)
+        return groups
 
     # -- groups ----------------------------------------------------------------------
     def add_group(self, topic: str, group: str) -> None:

@@ -17,7 +17,7 @@ import redis
 from .errors import QueueUnavailable, RedisMQError, TopicFull
 from .keys import QueueKeys, job_index
 from .message import DEFAULT_MAX_BODY, encode_body, entry_fields, new_message_id
-from .routing import DRAINING, Topic, queue_for_key
+from .routing import DRAINING, Topic, batch_by_broker, queue_for_key  # noqa: F401 - batch_by_broker: shared
 from .validation import check_headers, check_key, delay_ms
 
 if TYPE_CHECKING:
@@ -161,14 +161,6 @@ def full_message(topic: Topic) -> str:
 def queue_bound(topic: Topic) -> int:
     """The most unfinished messages one queue of a bounded topic may hold (0: no bound)."""
     return -(-topic.max_backlog // topic.queues) if topic.max_backlog else 0
-
-
-def batch_by_broker(topic: Topic, queues: list[int]) -> dict[str, list[int]]:
-    """The positions of a batch's messages grouped by the broker of their queue, in order."""
-    groups: dict[str, list[int]] = {}
-    for i, queue in enumerate(queues):
-        groups.setdefault(topic.placement[queue], []).append(i)
-    return groups
 
 
 def batch_sent(
