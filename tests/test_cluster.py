@@ -213,9 +213,7 @@ class Producer(threading.Thread):
 
     def __init__(self, url: str, total: int) -> None:
         super().__init__(daemon=True)
-        # send_timeout=0: this producer's own loop retries (with the same dedup key), so
-        # that the failover is felt as failed sends
-        self.client = Client(url, durability="replicated", replica_timeout=1.0, send_timeout=0)
+        self.client = Client(url, durability="replicated", replica_timeout=1.0)
         self.total = total
         self.acked: list[str] = []
         self.failures = 0
