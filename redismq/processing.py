@@ -212,6 +212,8 @@ class BatchRunner:
                 self._flush(counts)
                 self.consumer.release(rest)
                 counts.released += len(rest)
+                if self.subscription.handler is None:  # handed back: queued again
+                    mark_running(self.consumer, (), rest)
                 break
             outcome = self.run_one(msg, counts)
             while outcome == "hold" and not self._hold(msg, stop):

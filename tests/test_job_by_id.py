@@ -204,3 +204,18 @@ def test_async_job_progress_and_cancel_by_id(client, app, url):
     assert asyncio.run(cancel()) == (None, True, False, "cancelled")
     run_until_idle(app)
     assert runs == []
+
+
+def test_a_job_handed_back_unstarted_reads_queued_again(client, app):
+    @app.task(topic="reports")
+    def build(n):
+        return n
+
+    client.create_topic("reports", queues=1)
+    jobs = [build.send(i) for i in range(3)]
+    consumer = client.consumer("reports", "workers")
+    batch = consumer.receive(count=3, block=1)
+    runner = BatchRunner(consumer, app.subscriptions[("reports", "workers")])
+    ran = []
+    runner.run(batch, stop=lambda: bool(ran) or bool(ran.append(1)))  # stops after the first
+    assert [j.status() for j in jobs] == ["done", "queued", "queued"]
