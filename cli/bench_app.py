@@ -54,3 +54,26 @@ def rq_noop() -> None:
 def rq_record_start(sent_at: float) -> None:
     """The RQ twin of `record_start`."""
     _record(sent_at)
+
+
+SLOW_TOPIC = "bench-slow"
+# The Redis list where the slow tasks push [position, started_at, ended_at].
+SLOW_LIST = "bench:slow"
+
+
+@app.task(topic=SLOW_TOPIC, name="bench.slow")
+def slow(position: int, seconds: float) -> None:
+    """Sleeps `seconds` (a job waiting on I/O); records when it ran."""
+    started = time.time()
+    time.sleep(seconds)
+    _conn().rpush(SLOW_LIST, json.dumps([position, started, time.time()]))
+
+
+@app.task(topic=SLOW_TOPIC, name="bench.slow_async")
+async def slow_async(position: int, seconds: float) -> None:
+    """Awaits `seconds` (an async job waiting on I/O); records when it ran."""
+    import asyncio
+
+    started = time.time()
+    await asyncio.sleep(seconds)
+    _conn().rpush(SLOW_LIST, json.dumps([position, started, time.time()]))

@@ -46,6 +46,37 @@ MULTI_BROKER_BLOCK_MS = 100
 LOST_MEMORY = 10_000
 
 
+class Turns:
+    """Whose turn it is among a set of streams; shared by every consumer of this process
+    that reads the same streams for the same group, so that together they take the
+    topic's queues in turns."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def order(self, streams: list[str]) -> list[str]:
+        """The streams, starting with the one whose turn it is."""
+        with self._lock:
+            start = self._next % len(streams)
+        return streams[start:] + streams[:start]
+
+    def served(self, position: int) -> None:
+        """The stream at `position` gave entries: the next turn is the one after it."""
+        with self._lock:
+            self._next = position + 1
+
+
+_turns: dict[tuple[str, tuple[str, ...]], Turns] = {}
+_turns_lock = threading.Lock()
+
+
+def turns_for(group: str, streams: list[str]) -> Turns:
+    """The turns of one group over one set of streams in this process."""
+    with _turns_lock:
+        return _turns.setdefault((group, tuple(streams)), Turns())
+
+
 def consumer_name() -> str:
     """A consumer name unique on this host: `host:pid:n`."""
     return f"{socket.gethostname()}:{os.getpid()}:{next(_consumer_numbers)}"
@@ -134,11 +165,13 @@ class Consumer:
         for q in self.queues.values():
             self._by_stream[q.keys.stream.encode()] = (q, False)
             self._by_stream[q.keys.retry_stream(group).encode()] = (q, True)
+        # Per broker, the main streams then the retry streams: the order of their turns.
         self._streams = {
-            broker: {s: ">" for q in queues for s in (q.keys.stream, q.keys.retry_stream(group))}
+            broker: [q.keys.stream for q in queues] + [q.keys.retry_stream(group) for q in queues]
             for broker, queues in self._by_broker(self.queues.values()).items()
         }
-        self._active_streams = 1
+        # Fetched by a blocking read beyond what was asked: handed out by the next receive.
+        self._extra: list[Message] = []
         self._rotation = itertools.cycle(list(self._streams))
         self._next_move = 0.0
         self._next_claim = 0.0
@@ -176,8 +209,11 @@ class Consumer:
         """Leave the group: remove this consumer from every stream where it holds nothing.
 
         (A consumer that still holds messages stays, so that they can be taken over.)
+        Messages fetched and not yet handed out are handed back first.
         """
         with self.errors():
+            kept, self._extra = self._extra, []
+            self.release(kept)
             for broker, streams in self._streams.items():
                 for stream in streams:
                     mine = broker.redis.xpending_range(
@@ -195,24 +231,27 @@ class Consumer:
 
     # -- receiving -------------------------------------------------------------------
     def receive(self, count: int = 100, block: float | None = 1.0) -> list[Message]:
-        """Up to about `count` messages, waiting up to `block` seconds for the first one.
+        """Up to `count` messages (never more), waiting up to `block` seconds for the first.
 
-        Moves due delayed messages and retries into view, takes over messages whose lease
-        expired, dead-letters entries that cannot be decoded, and acknowledges (without
-        returning) messages this group has already completed.
+        Serves the topic's queues in turns; moves due delayed messages and retries into
+        view, takes over messages whose lease expired, dead-letters entries that cannot be
+        decoded, and acknowledges (without returning) messages this group already completed.
         """
         with self.errors():
             now = time.monotonic()
             if now >= self._next_move:
                 self._move_due()
-            messages: list[Message] = []
-            if now >= self._next_claim:
+            messages, self._extra = self._extra[:count], self._extra[count:]
+            if now >= self._next_claim and len(messages) < count:
                 self._next_claim = now + self._claim_every
-                messages = self._claim(count)
+                messages += self._claim(count - len(messages))
             if not messages:
-                wait = self._block_ms(block)
-                messages = self._read(count, wait)
+                messages = self._read(count, self._block_ms(block))
             return self._drop_done(messages)
+
+    def kept(self) -> list[Message]:
+        """Messages fetched and kept for the next receive (their leases must stay fresh)."""
+        return list(self._extra)
 
     def _block_ms(self, block: float | None) -> int | None:
         if not block:
@@ -222,68 +261,100 @@ class Consumer:
         return max(1, int(wait * 1000))
 
     def _read(self, count: int, block_ms: int | None) -> list[Message]:
-        """Read up to `count` new messages over all streams.
-
-        XREADGROUP's COUNT is per stream: it is set from how many streams had messages
-        last time, and what comes beyond `count` is handed back at once.
-        """
-        per_stream = max(1, -(-count // self._active_streams))
+        """Read up to `count` new messages, taking the streams in turns; block for the
+        first one only when every stream is empty."""
         replies: list[Any] = []
-        if len(self._streams) == 1:
-            [(broker, streams)] = self._streams.items()
-            replies += self._xread(broker, streams, per_stream, block_ms)
-        else:
-            # One consumer over several brokers: look at each, then block on one at a time.
-            # (The worker avoids this: it runs one consumer per broker.)
-            for broker, streams in self._streams.items():
-                replies += self._xread(broker, streams, per_stream, None)
-            if not replies and block_ms:
-                broker = next(self._rotation)
-                wait = min(block_ms, MULTI_BROKER_BLOCK_MS)
-                replies += self._xread(broker, self._streams[broker], per_stream, wait)
-        self._active_streams = max(1, len(replies))
+        for broker, streams in self._streams.items():
+            replies += self._read_now(broker, streams, count - sum(len(e) for _, e in replies))
+        if not replies and block_ms:
+            broker = next(self._rotation)
+            if len(self._streams) > 1:  # one consumer over several brokers: a short wait each
+                block_ms = min(block_ms, MULTI_BROKER_BLOCK_MS)
+            streams = dict.fromkeys(self._streams[broker], ">")
+            reply = broker.redis.xreadgroup(self.group, self.name, streams, count=1, block=block_ms)
+            replies = reply or []
         messages = self._decode(replies)
-        if len(messages) > count:
-            self._excess(messages[count:])
-            del messages[count:]
-        return messages
+        # A blocking read can wake with one entry from each of several streams: what
+        # comes beyond `count` is kept for the next receive (it is this consumer's).
+        self._extra += messages[count:]
+        return messages[:count]
 
-    def _excess(self, messages: list[Message]) -> None:
-        """What a read brought beyond the count asked for: handed back at once."""
-        self.release(messages)
+    def _read_now(self, broker: Broker, streams: list[str], count: int) -> list[Any]:
+        """Up to `count` entries without waiting, starting at the stream whose turn it is.
 
-    def _xread(self, broker: Broker, streams: dict, count: int, block_ms: int | None) -> list:
-        reply = broker.redis.xreadgroup(self.group, self.name, streams, count=count, block=block_ms)
-        return reply or []
+        XREADGROUP's COUNT is per stream, so each stream is asked for its share of what is
+        left and no more: with fewer left than streams, one entry each from the next ones.
+        """
+        streams = list(streams)
+        turns = turns_for(self.group, streams)
+        candidates = turns.order(streams)
+        replies: list[Any] = []
+        last = None
+        while count > 0 and candidates:
+            n = len(candidates)
+            if count >= n:
+                asked = [(s, count // n + (i < count % n)) for i, s in enumerate(candidates)]
+            else:
+                asked = [(s, 1) for s in candidates[:count]]
+            pipe = broker.redis.pipeline(transaction=False)
+            for stream, c in asked:
+                pipe.xreadgroup(self.group, self.name, {stream: ">"}, count=c)
+            more = []
+            for (stream, c), reply in zip(asked, pipe.execute(), strict=True):
+                entries = reply[0][1] if reply else []
+                if entries:
+                    replies.append((stream.encode(), entries))
+                    count -= len(entries)
+                    last = stream
+                if len(entries) == c:
+                    more.append(stream)
+            candidates = candidates[len(asked) :] + more
+        if last is not None:
+            turns.served(streams.index(last))
+        return replies
 
     def _claim(self, count: int) -> list[Message]:
         """Take over up to `count` entries whose lease expired (their consumer died or
-        stalled), stream by stream."""
+        stalled), wherever they are in the pending lists."""
         idle_ms = int(self.visibility_timeout * 1000)
         messages: list[Message] = []
-        for q in self.queues.values():
-            for stream in (q.keys.stream, q.keys.retry_stream(self.group)):
+        for broker, streams in self._streams.items():
+            pipe = broker.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xpending_range(stream, self.group, "-", "+", count, idle=idle_ms)
+            expired = [
+                (stream, [(p["message_id"], p["times_delivered"]) for p in reply])
+                for stream, reply in zip(streams, pipe.execute(), strict=True)
+                if reply
+            ]
+            for stream, found in expired:
                 left = count - len(messages)
                 if left <= 0:
                     return messages
-                reply = q.broker.redis.xautoclaim(
-                    stream, self.group, self.name, idle_ms, "0-0", count=left
-                )
-                entries = [(eid, f) for eid, f in reply[1] if eid is not None]
+                ids = [i for i, _ in found[:left]]
+                claimed = broker.redis.xclaim(stream, self.group, self.name, idle_ms, ids)
+                entries = [(eid, f) for eid, f in claimed if eid is not None]
                 if entries:
                     log.info("took over %d expired message(s) on %s", len(entries), stream)
-                    messages += self._count_crashes(q.broker, stream.encode(), entries)
+                    delivered = {i: n + 1 for i, n in found}
+                    messages += self._count_crashes(broker, stream.encode(), entries, delivered)
         return messages
 
-    def _count_crashes(self, broker: Broker, stream: bytes, entries: list) -> list[Message]:
+    def _count_crashes(
+        self, broker: Broker, stream: bytes, entries: list, delivered: dict | None = None
+    ) -> list[Message]:
         """Count each earlier delivery that ended without an outcome as a failed attempt,
-        and dead-letter messages that took down their worker more than max_retries times."""
-        delivered = {
-            p["message_id"]: p["times_delivered"]
-            for p in broker.redis.xpending_range(
-                stream, self.group, entries[0][0], entries[-1][0], len(entries), self.name
-            )
-        }
+        and dead-letter messages that took down their worker more than max_retries times.
+
+        `delivered` maps entry ids to their delivery counts, this one included (read from
+        the pending list when not given)."""
+        if delivered is None:
+            delivered = {
+                p["message_id"]: p["times_delivered"]
+                for p in broker.redis.xpending_range(
+                    stream, self.group, entries[0][0], entries[-1][0], len(entries), self.name
+                )
+            }
         alive = []
         for msg in self._decode([[stream, entries]]):
             msg.attempt += max(0, delivered.get(msg.entry_id.encode(), 1) - 1)
@@ -376,22 +447,32 @@ class Consumer:
             self._move_due(until_ms)
 
     def _move_due(self, until_ms: int | None = None) -> None:
-        """Move due delayed messages and this group's due retries into their streams."""
+        """Move due delayed messages and this group's due retries into their streams.
+
+        The earliest entry of each waiting set is read first (with the server's time); the
+        moving script runs only where something is due (most of the time nothing is)."""
         due_by = until_ms or 0  # the script moves what is due by then, or now (server time)
         wait = MOVE_TICK_MS
         for broker, queues in self._by_broker(self.queues.values()).items():
+            keys = [q.keys for q in queues]
+            pairs = [(k.delayed, k.stream) for k in keys]
+            pairs += [(k.retry(self.group), k.retry_stream(self.group)) for k in keys]
+            pipe = broker.redis.pipeline(transaction=False)
+            pipe.time()
+            for zset, _ in pairs:
+                pipe.zrange(zset, 0, 0, withscores=True)
+            (seconds, micros), *firsts = pipe.execute()
+            now = seconds * 1000 + micros // 1000
             calls = []
-            for q in queues:
-                k = q.keys
-                calls.append(("move_due", [k.delayed, k.stream], [due_by, MOVE_BATCH]))
-                calls.append(
-                    (
-                        "move_due",
-                        [k.retry(self.group), k.retry_stream(self.group)],
-                        [due_by, MOVE_BATCH],
-                    )
-                )
-            for until_due in broker.scripts.run(calls):
+            for (zset, stream), first in zip(pairs, firsts, strict=True):
+                if not first:
+                    continue
+                score = int(first[0][1])
+                if score <= max(now, due_by):
+                    calls.append(("move_due", [zset, stream], [due_by, MOVE_BATCH]))
+                else:
+                    wait = min(wait, score - now)
+            for until_due in broker.scripts.run(calls) if calls else ():
                 if until_due >= 0:
                     wait = min(wait, until_due)
         self._next_move = time.monotonic() + wait / 1000

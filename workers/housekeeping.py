@@ -79,11 +79,11 @@ class LeaseKeeper(Component):
 
     def tick(self) -> None:
         for loop in self.loops:
-            held = loop.runner.held()
+            held = loop.held()
             if not held:
                 continue
             lost = loop.consumer.renew(held)
-            still = {m.entry_id for m in loop.runner.held()}
+            still = {m.entry_id for m in loop.held()}
             loop.consumer.lease_lost([m for m in lost if m.entry_id in still])
 
 

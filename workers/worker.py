@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from redismq import App, BrokerUnavailable, Consumer, Subscription
+from redismq import App, BrokerUnavailable, Consumer, Message, Subscription
 from redismq.brokers import warn_if_evicting
 from redismq.middleware import middleware_hooks
 from redismq.processing import BatchRunner, Counts, Hooks
@@ -63,6 +63,10 @@ class Loop:
         # Set when routes changed and this loop's queues are no longer one broker's set.
         self.retired = False
         self.thread: threading.Thread | None = None
+
+    def held(self) -> list[Message]:
+        """Messages this loop holds: its running batch and what its consumer kept."""
+        return [*self.runner.held(), *self.consumer.kept()]
 
     def step(self, block: float, stopping: threading.Event) -> None:
         """Receive one batch and run it."""
@@ -189,7 +193,7 @@ class Worker:
 
     def in_flight(self) -> list[str]:
         """Ids of the messages this process holds now."""
-        return [m.id for loop in self.loops for m in loop.runner.held()]
+        return [m.id for loop in self.loops for m in loop.held()]
 
     def run(self) -> Counts:
         """Run until stop() (or, in burst mode, until nothing is left); returns the counts.

@@ -1,0 +1,130 @@
+"""Slow-job scenarios of `redismq bench`: jobs that wait (sleep) instead of computing.
+
+Each scenario sends N tasks one by one to a topic of 4 queues, then a worker drains them
+with `--burst`. Figures:
+
+- utilization: ideal time (N × job time / (processes × concurrency)) over the measured
+  time from the first start to the last end, as recorded by the tasks themselves;
+- Redis writes per task: XADD + XACK + EVALSHA + ZADD calls (INFO commandstats, those run
+  inside scripts included) while the worker drains (after the sends), over N;
+- re-appended: XADD calls while the worker drains (messages handed back and written again);
+- worst displacement: how many places after its send position a task started, at most.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redismq import Client
+from redismq.server import LocalServer
+
+from .bench import (
+    NAMESPACE,
+    QUEUES,
+    BenchError,
+    ServerStats,
+    _check_exit,
+    _timeout,
+    wait_measured,
+    worker_process,
+)
+
+WRITES = ("xadd", "xack", "evalsha", "zadd")
+
+
+@dataclass(frozen=True, slots=True)
+class SlowScenario:
+    """N tasks of `seconds` each, drained by `processes` × `concurrency`."""
+
+    name: str
+    jobs: int
+    seconds: float
+    concurrency: int
+    processes: int = 1
+    use_async: bool = False
+
+    @property
+    def ideal(self) -> float:
+        return self.jobs * self.seconds / (self.processes * self.concurrency)
+
+
+SCENARIOS = (
+    SlowScenario("slow_sync_200x50ms_c8", 200, 0.05, 8),
+    SlowScenario("slow_async_1000x600ms_c200", 1000, 0.6, 200, use_async=True),
+)
+QUICK_SCENARIOS = (
+    SlowScenario("slow_sync_40x50ms_c4", 40, 0.05, 4),
+    SlowScenario("slow_async_100x200ms_c50", 100, 0.2, 50, use_async=True),
+)
+
+
+def run_slow(sc: SlowScenario) -> dict[str, Any]:
+    """Run one scenario on a fresh local server; returns its figures."""
+    from .bench_app import SLOW_LIST, SLOW_TOPIC, slow, slow_async
+
+    with LocalServer() as srv:
+        client = Client(srv.url, namespace=NAMESPACE)
+        try:
+            client.create_topic(SLOW_TOPIC, queues=QUEUES)
+            task = slow_async if sc.use_async else slow
+            task.app.connect(client)
+            for i in range(sc.jobs):
+                task.send(i, sc.seconds)
+            before = ServerStats.take(client.meta)
+            args = ["-m", "cli.main", "worker", "cli.bench_app:app", "--url", srv.url]
+            args += ["--topic", SLOW_TOPIC, "--processes", str(sc.processes)]
+            args += ["--concurrency", str(sc.concurrency), "--burst", "--log-level", "WARNING"]
+            started = time.monotonic()
+            with worker_process(args, srv.url) as proc:
+                fin = wait_measured(proc, started, _timeout(sc.jobs, sc.seconds))
+            _check_exit(f"the worker ({sc.name})", fin)
+            calls, _ = ServerStats.take(client.meta).since(before)
+            records = [json.loads(r) for r in client.meta.lrange(SLOW_LIST, 0, -1)]
+        finally:
+            client.close()
+    return slow_figures(sc, calls, records, fin.wall)
+
+
+def slow_figures(
+    sc: SlowScenario, calls: dict[str, int], records: list[list[float]], wall: float
+) -> dict[str, Any]:
+    """The figures of one slow scenario from its command counts and the tasks' records."""
+    if len(records) != sc.jobs:
+        raise BenchError(f"{sc.name}: {len(records)} of {sc.jobs} tasks ran")
+    first = min(r[1] for r in records)
+    last = max(r[2] for r in records)
+    by_start = sorted(records, key=lambda r: r[1])
+    displacement = max(rank - int(r[0]) for rank, r in enumerate(by_start))
+    writes = sum(calls.get(c, 0) for c in WRITES)
+    return {
+        "jobs": sc.jobs,
+        "job_s": sc.seconds,
+        "processes": sc.processes,
+        "concurrency": sc.concurrency,
+        "ideal_s": round(sc.ideal, 3),
+        "drain_s": round(last - first, 3),
+        "worker_wall_s": round(wall, 3),
+        "utilization": round(sc.ideal / max(last - first, 1e-9), 3),
+        "writes_per_task": round(writes / sc.jobs, 2),
+        "reappended": calls.get("xadd", 0),
+        "worst_displacement": displacement,
+        "calls_per_task": {
+            c: round(n / sc.jobs, 2) for c, n in sorted(calls.items(), key=lambda kv: -kv[1])
+        },
+    }
+
+
+def bench_slow(quick: bool) -> dict[str, dict[str, Any]]:
+    """Every slow scenario, by name."""
+    return {sc.name: run_slow(sc) for sc in (QUICK_SCENARIOS if quick else SCENARIOS)}
+
+
+if __name__ == "__main__":
+    import sys
+
+    jobs, seconds, conc, procs = (float(a) for a in sys.argv[1:5])
+    sc = SlowScenario("adhoc", int(jobs), seconds, int(conc), int(procs), "async" in sys.argv)
+    print(json.dumps(run_slow(sc), indent=1))
