@@ -470,15 +470,22 @@ class Client:
         has a hard cap (then what it dropped is counted in status).
         """
         t = self.topic(topic, create=False)
+        limit = min(t.retention, t.hard_cap) if t.hard_cap > 0 else t.retention
         trimmed = dropped = 0
         with self.errors():
-            for q in range(t.queues):
-                k = self.router.queue_keys(topic, q)
-                broker = self.router.queue_broker(t, q)
-                a, b = broker.scripts.trim(
-                    keys=[k.stream, k.counters], args=[t.retention, t.hard_cap, *t.groups]
-                )
-                trimmed, dropped = trimmed + a, dropped + b
+            for broker, queues in batch_by_broker(t, list(range(t.queues))).items():
+                keys = [self.router.queue_keys(topic, q) for q in queues]
+                pipe = self.router.broker(broker).redis.pipeline(transaction=False)
+                for k in keys:
+                    pipe.xlen(k.stream)
+                # Only a stream longer than its retention can have anything to trim.
+                calls = [
+                    ("trim", [k.stream, k.counters], [t.retention, t.hard_cap, *t.groups])
+                    for k, length in zip(keys, pipe.execute(), strict=True)
+                    if length > limit
+                ]
+                for a, b in self.router.broker(broker).scripts.run(calls) if calls else ():
+                    trimmed, dropped = trimmed + a, dropped + b
         return trimmed, dropped
 
     # -- consuming -------------------------------------------------------------------
