@@ -1,0 +1,72 @@
+"""Fetch only what can start (rule 11): a read never returns more than asked, a topic's
+queues are served in turns, nothing is handed back in steady state, and an expired lease
+is found wherever it is in the pending list."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.bench_slow import SlowScenario, run_slow
+from redismq import Client
+
+TOPIC = "turns"
+
+
+def _fill(client: Client, per_queue: int) -> None:
+    client.create_topic(TOPIC, queues=4)
+    for i in range(per_queue * 4):  # keyless sends take the queues round robin
+        client.send_message(TOPIC, str(i).encode())
+
+
+def test_a_read_of_one_over_many_streams_returns_one(client: Client) -> None:
+    _fill(client, 3)
+    consumer = client.consumer(TOPIC, "g")
+    assert len(consumer.receive(count=1, block=None)) == 1
+    assert len(consumer.receive(count=3, block=None)) == 3
+    assert consumer.kept() == []
+    pending = sum(
+        client.meta.xpending(k.stream, "g")["pending"]
+        for k in (client.router.queue_keys(TOPIC, q) for q in range(4))
+    )
+    assert pending == 4  # exactly what was handed out: nothing more fetched
+
+
+def test_queues_are_served_in_turns(client: Client) -> None:
+    _fill(client, 3)
+    a = client.consumer(TOPIC, "g")
+    b = client.consumer(TOPIC, "g")  # same process, same group: the turns are shared
+    queues = [c.receive(count=1, block=None)[0].queue for c in (a, b, a, b, a, b, a, b)]
+    assert sorted(queues[:4]) == [0, 1, 2, 3]
+    assert sorted(queues[4:]) == [0, 1, 2, 3]
+
+
+def test_an_expired_lease_behind_live_ones_is_taken_over(client: Client) -> None:
+    client.create_topic(TOPIC, queues=1)
+    for i in range(31):
+        client.send_message(TOPIC, str(i).encode())
+    live = client.consumer(TOPIC, "g", visibility_timeout=30)
+    held = live.receive(count=31, block=None)
+    assert len(held) == 31
+    # The newest entry's consumer died a minute ago; the 30 before it are held and live.
+    stream = client.router.queue_keys(TOPIC, 0).stream
+    last = held[-1].entry_id
+    client.meta.xclaim(stream, "g", "dead-consumer", 0, [last], idle=60_000)
+    taker = client.consumer(TOPIC, "g", visibility_timeout=30)
+    got = taker.receive(count=1, block=None)
+    assert [m.entry_id for m in got] == [last]
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "processes"), [(4, 1), (1, 1), (4, 2)], ids=["c4", "c1", "2-processes"]
+)
+def test_slow_jobs_are_not_handed_back_and_start_in_send_order(
+    concurrency: int, processes: int
+) -> None:
+    jobs = 80 if concurrency > 1 else 20
+    sc = SlowScenario("test", jobs, 0.03, concurrency, processes)
+    figures = run_slow(sc)
+    assert figures["reappended"] <= jobs * 0.05, figures
+    # Each worker process also writes its heartbeat record a few times (start, beats,
+    # stop): a handful per process, not per task.
+    assert figures["writes_per_task"] <= 3.0 + 8 * processes / jobs, figures
+    assert figures["worst_displacement"] <= jobs // 4, figures
