@@ -1051,16 +1051,22 @@ def bench(jobs: int | None, quick: bool, as_json: bool) -> None:
 
     Example: redismq bench --quick
     """
+    from .bench_slow import bench_slow, print_slow
+
     err = Console(stderr=True, highlight=False)
     try:
         rep = run_bench(jobs, quick, progress=err)
+        err.print("[slow jobs] sleeping tasks sent one by one, drained with --burst …")
+        rep["slow"] = bench_slow(quick)
     except (RedisMQError, BenchError, redis.RedisError) as exc:
         err.print(Text.assemble(("error:", "red"), " ", str(exc)), soft_wrap=True)
         sys.exit(1)
     if as_json:
         click.echo(json.dumps(rep, indent=2, ensure_ascii=False))
     else:
-        print_report(rep, Console(highlight=False, width=None if sys.stdout.isatty() else 150))
+        console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+        print_report(rep, console)
+        print_slow(rep["slow"], console)
 
 
 # --- RQ's worker, as a subprocess ---------------------------------------------------

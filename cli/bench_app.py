@@ -27,7 +27,7 @@ _redis: redis.Redis | None = None
 def _conn() -> redis.Redis:
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(os.environ["REDISMQ_URL"])
+        _redis = redis.Redis.from_url(os.environ["REDISMQ_URL"], max_connections=10_000)
     return _redis
 
 

@@ -18,6 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from redismq import Client
 from redismq.server import LocalServer
 
@@ -120,6 +123,26 @@ def slow_figures(
 def bench_slow(quick: bool) -> dict[str, dict[str, Any]]:
     """Every slow scenario, by name."""
     return {sc.name: run_slow(sc) for sc in (QUICK_SCENARIOS if quick else SCENARIOS)}
+
+
+def print_slow(figures: dict[str, dict[str, Any]], console: Console) -> None:
+    """The slow-job scenarios as a table."""
+    table = Table(title="Slow jobs (sleeping tasks; targets: utilization ≥ 95%, ≤ 3 writes)")
+    for column in ("scenario", "ideal s", "drain s", "utilization", "writes/task"):
+        table.add_column(column, justify="left" if column == "scenario" else "right")
+    table.add_column("re-appended", justify="right")
+    table.add_column("worst displacement", justify="right")
+    for name, f in figures.items():
+        table.add_row(
+            name,
+            f"{f['ideal_s']:.2f}",
+            f"{f['drain_s']:.2f}",
+            f"{f['utilization']:.1%}",
+            f"{f['writes_per_task']:.2f}",
+            str(f["reappended"]),
+            str(f["worst_displacement"]),
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":

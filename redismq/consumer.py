@@ -247,7 +247,11 @@ class Consumer:
                 messages += self._claim(count - len(messages))
             if not messages:
                 messages = self._read(count, self._block_ms(block))
-            return self._drop_done(messages)
+            try:
+                return self._drop_done(messages)
+            except BaseException:
+                self._extra[:0] = messages  # delivered to this consumer: not to be lost
+                raise
 
     def kept(self) -> list[Message]:
         """Messages fetched and kept for the next receive (their leases must stay fresh)."""

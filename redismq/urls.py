@@ -29,6 +29,7 @@ CLUSTER_SCHEMES = ("cluster", "clusters")
 # What `Client()`, `App()` and every command use when no URL and no $REDISMQ_URL is given.
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SOCKET_TIMEOUT = 30.0
+MAX_CONNECTIONS = 10_000
 
 
 def mask_url(url: str) -> str:
@@ -149,6 +150,8 @@ def connection_options(
         "retry": retry_class(ExponentialBackoff(cap=1.0, base=0.05), 3),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
         "health_check_interval": 30,
+        # redis-py's default of 100 is less than a worker's threads can use at once.
+        "max_connections": MAX_CONNECTIONS,
     }
 
 
