@@ -5,19 +5,24 @@ with `--burst`. Figures:
 
 - utilization: ideal time (N × job time / (processes × concurrency)) over the measured
   time from the first start to the last end, as recorded by the tasks themselves;
-- Redis writes per task: XADD + XACK + EVALSHA + ZADD calls (INFO commandstats, those run
-  inside scripts included) while the worker drains (after the sends), over N;
+- Redis writes per task: write commands the worker sends while it drains (seen by
+  MONITOR; a script call counts once, as one atomic write, and the commands it runs are
+  not counted again; the tasks' own records are not counted), over N;
 - re-appended: XADD calls while the worker drains (messages handed back and written again);
 - worst displacement: how many places after its send position a task started, at most.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from rich.console import Console
 from rich.table import Table
 
@@ -35,7 +40,47 @@ from .bench import (
     worker_process,
 )
 
-WRITES = ("xadd", "xack", "evalsha", "zadd")
+# The write commands a worker may send per task. Left out: XREADGROUP (it writes only the
+# delivery), XGROUP (joining and leaving the group, once per consumer, not per task) and
+# RPUSH (the bench's tasks record themselves with it).
+WRITES = frozenset(
+    {
+        *("xadd", "xack", "xclaim", "xautoclaim", "xdel", "evalsha", "eval", "publish"),
+        *("zadd", "zrem", "zremrangebyscore", "hset", "hdel", "hincrby", "sadd", "srem"),
+        *("set", "del", "pexpire", "expire", "incr", "incrby"),
+    }
+)
+
+
+class WriteCounter:
+    """Counts the write commands clients send (MONITOR), script internals excluded."""
+
+    def __init__(self, url: str) -> None:
+        self.count = 0
+        self.by_command: collections.Counter[str] = collections.Counter()
+        self._redis = redis.Redis.from_url(url)
+        self._monitor = self._redis.monitor().__enter__()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError, ValueError):
+            for cmd in self._monitor.listen():
+                if cmd.get("client_type") == "lua":
+                    continue
+                name = cmd["command"].split(" ", 1)[0].lower()
+                if name in WRITES:
+                    self.count += 1
+                    self.by_command[name] += 1
+
+    def stop(self) -> int:
+        """Stop counting; the count so far."""
+        time.sleep(0.2)  # let MONITOR's stream catch up with the last commands
+        count = self.count
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._monitor.connection.disconnect()
+        self._redis.close()
+        return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,22 +122,24 @@ def run_slow(sc: SlowScenario) -> dict[str, Any]:
             for i in range(sc.jobs):
                 task.send(i, sc.seconds)
             before = ServerStats.take(client.meta)
+            writes = WriteCounter(srv.url)
             args = ["-m", "cli.main", "worker", "cli.bench_app:app", "--url", srv.url]
             args += ["--topic", SLOW_TOPIC, "--processes", str(sc.processes)]
             args += ["--concurrency", str(sc.concurrency), "--burst", "--log-level", "WARNING"]
             started = time.monotonic()
             with worker_process(args, srv.url) as proc:
                 fin = wait_measured(proc, started, _timeout(sc.jobs, sc.seconds))
+            writes_sent = writes.stop()
             _check_exit(f"the worker ({sc.name})", fin)
             calls, _ = ServerStats.take(client.meta).since(before)
             records = [json.loads(r) for r in client.meta.lrange(SLOW_LIST, 0, -1)]
         finally:
             client.close()
-    return slow_figures(sc, calls, records, fin.wall)
+    return slow_figures(sc, calls, records, fin.wall, writes_sent)
 
 
 def slow_figures(
-    sc: SlowScenario, calls: dict[str, int], records: list[list[float]], wall: float
+    sc: SlowScenario, calls: dict[str, int], records: list[list[float]], wall: float, writes: int
 ) -> dict[str, Any]:
     """The figures of one slow scenario from its command counts and the tasks' records."""
     if len(records) != sc.jobs:
@@ -101,7 +148,6 @@ def slow_figures(
     last = max(r[2] for r in records)
     by_start = sorted(records, key=lambda r: r[1])
     displacement = max(rank - int(r[0]) for rank, r in enumerate(by_start))
-    writes = sum(calls.get(c, 0) for c in WRITES)
     return {
         "jobs": sc.jobs,
         "job_s": sc.seconds,

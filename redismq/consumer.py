@@ -558,6 +558,7 @@ class Consumer:
             if encoded and encoded != b"~":
                 keys += [k.outcome(m.id), k.job(m.id)]
             args += [m.id, m.entry_id, 1 if m.from_retry else 0, encoded]
+        keys.append(k.running(self.group))
         return keys, args
 
     def retry(

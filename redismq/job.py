@@ -115,12 +115,17 @@ def parse_running(score: float | None) -> tuple[int | None, int | None]:
     return n // 1000, n % 1000
 
 
+# How often this process sweeps stale marks out of a running zset.
+SWEEP_EVERY_MS = 60_000
+_sweeps: dict[str, int] = {}
+
+
 def mark_running(
     consumer: Consumer, messages: Sequence[Message], previous: Sequence[Message] = ()
 ) -> None:
-    """Record that a worker runs these task messages now (and no longer the `previous`
-    batch, settled by now): one command or two per queue, one round trip per broker.
-    Failing to record is logged only."""
+    """Record that a worker runs these task messages now, and no longer the `previous`
+    ones (retried, dead-lettered or handed back; settling takes a job off by itself): one
+    round trip per broker. Failing to record is logged only."""
     now, horizon = now_ms(), consumer.client.result_ttl_ms
     by_queue: dict[int, tuple[list[Message], list[Message]]] = defaultdict(lambda: ([], []))
     for m in messages:
@@ -134,11 +139,14 @@ def mark_running(
                 for q in queues:
                     key = q.keys.running(consumer.group)
                     new, old = by_queue[q.index]
-                    if old:
-                        pipe.zrem(key, *{m.id for m in old} - {m.id for m in new})
+                    gone = {m.id for m in old} - {m.id for m in new}
+                    if gone:
+                        pipe.zrem(key, *gone)
                     if new:
                         pipe.zadd(key, {m.id: running_score(now, m.attempt + 1) for m in new})
+                    if new and _sweeps.get(key, 0) < now - SWEEP_EVERY_MS:
                         # Marks a dead worker left behind go after the result TTL.
+                        _sweeps[key] = now
                         pipe.zremrangebyscore(key, "-inf", (now - horizon) * 1000)
                 pipe.execute()
     except (RedisMQError, redis.RedisError) as exc:

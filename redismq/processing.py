@@ -190,7 +190,6 @@ class BatchRunner:
         self._results: list[Any] = []
         self._batch: Sequence[Message] = ()
         self._pos = 0
-        self._marked: Sequence[Message] = ()  # the last batch recorded as running
 
     def run(self, messages: Sequence[Message], stop: Callable[[], bool] = lambda: False) -> Counts:
         """Run each message; when `stop()` turns true, hand the unstarted ones back."""
@@ -198,8 +197,8 @@ class BatchRunner:
         last_flush = time.monotonic()
         self._batch = messages
         if self.subscription.handler is None:  # tasks: their jobs read "running" now
-            mark_running(self.consumer, messages, self._marked)
-            self._marked = messages
+            # (settling, retrying and handing back take a job off the running set)
+            mark_running(self.consumer, messages)
         for i, msg in enumerate(messages):
             self._pos = i
             if self.abandoned:
@@ -210,7 +209,7 @@ class BatchRunner:
             if stop():
                 rest = messages[i:]
                 self._flush(counts)
-                self.consumer.release(rest)
+                self._hand_back(rest)
                 counts.released += len(rest)
                 if self.subscription.handler is None:  # handed back: queued again
                     mark_running(self.consumer, (), rest)
@@ -220,7 +219,7 @@ class BatchRunner:
                 outcome = self.run_one(msg, counts)
             if outcome == "hold":  # stopped while holding: leave it and the rest pending
                 self._flush(counts)
-                self.consumer.release(messages[i:])
+                self._hand_back(messages[i:])
                 break
             self._pos = i + 1  # this one is finished: it is held only until it is settled
             if time.monotonic() - last_flush > FLUSH_EVERY:
@@ -401,10 +400,16 @@ class BatchRunner:
             task = self.subscription.tasks.get(running.task or "")
             exc = TimeLimitExceeded(f"job exceeded its time limit of {running.time_limit}s")
             self.fail(running.message, exc, task, counts, took)
-        self.consumer.release(rest)
+        self._hand_back(rest)
         counts.released += len(rest)
         self._batch = ()
         return running
+
+    def _hand_back(self, messages: Sequence[Message]) -> None:
+        """Release unstarted messages; their jobs no longer read running."""
+        self.consumer.release(messages)
+        if self.subscription.handler is None and messages:
+            mark_running(self.consumer, (), messages)
 
     def held(self) -> list[Message]:
         """Messages of the running batch not yet settled (their leases must stay fresh)."""

@@ -6,6 +6,7 @@
 -- KEYS[5] the queue's cancel marks zset, KEYS[6] the queue's zset of awaited job ids,
 -- KEYS[7..] per task message (outcome neither '' nor '~'), in message order: its outcome
 --   list and its job hash (a job cancelled while it finished reads done, with its result)
+-- KEYS[#KEYS] (last) the group's running zset: settled jobs no longer read running
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
 -- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
 --   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
@@ -15,7 +16,7 @@
 local group, consumer, now = ARGV[1], ARGV[2], server_ms()
 local done_ttl, result_ttl = ARGV[3], ARGV[4]
 local completed, duplicates, cancelled, k = 0, 0, 0, 7
-local main, retried, silent, silent_keys, lost = {}, {}, {}, {}, {}
+local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 for i = 5, #ARGV, 4 do
   local mid, eid, src, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local stream = KEYS[1]
@@ -25,6 +26,7 @@ for i = 5, #ARGV, 4 do
     lost[#lost + 1] = (i - 1) / 4
   else
     if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
+    settled[#settled + 1] = mid
     local first = redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1
     if outcome == '~' then
       if first then cancelled = cancelled + 1 end
@@ -60,6 +62,7 @@ if #silent > 0 then
     end
   end
 end
+if #settled > 0 then redis.call('ZREM', KEYS[#KEYS], unpack(settled)) end
 if #main > 0 then redis.call('XACK', KEYS[1], group, unpack(main)) end
 if #retried > 0 then
   redis.call('XACK', KEYS[2], group, unpack(retried))
