@@ -20,7 +20,15 @@ from .errors import (
 from .keys import DEFAULT_NAMESPACE
 from .message import DEFAULT_MAX_BODY, now_ms
 from .redis_errors import converted, redis_errors
-from .routing import REMOVED, Broker, Router, Topic, TopicSettings, earlier_queues
+from .routing import (
+    REMOVED,
+    Broker,
+    Router,
+    Topic,
+    TopicSettings,
+    batch_by_broker,
+    earlier_queues,
+)
 from .sending import (
     Attempts,
     Outgoing,
