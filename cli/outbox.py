@@ -61,6 +61,13 @@ def outbox() -> None:
 @table_option
 @click.option("--batch", type=click.IntRange(1, 10_000), default=100, show_default=True)
 @click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Sends in flight at once (the rows of one key go one after the other).",
+)
+@click.option(
     "--interval",
     type=click.FloatRange(min=0.01),
     default=0.1,
@@ -89,6 +96,7 @@ def relay(
     url: str,
     table: str,
     batch: int,
+    concurrency: int,
     interval: float,
     keep_sent: float,
     metrics_port: int | None,
@@ -117,6 +125,7 @@ def relay(
     runner = Relay(
         ob,
         batch=batch,
+        concurrency=concurrency,
         interval=interval,
         keep_sent=keep_sent,
         on_lag=gauges.set if gauges else None,
@@ -129,6 +138,7 @@ def relay(
         runner.run(stop)
     finally:
         runner.maintain(force=True)
+        runner.close()
         ob.close()
         if server is not None:
             server.close()

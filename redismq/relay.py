@@ -21,7 +21,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -46,6 +48,8 @@ MAX_FAILURES = 3
 # How long one send waits for its broker: the relay retries by itself, and meanwhile
 # reports its lag and sends other brokers' rows.
 SEND_TIMEOUT = 1.0
+# Sends in flight at once (rows of one key go one after the other).
+CONCURRENCY = 8
 # A report older than this is dropped (its outbox has had no relay for a day).
 REPORT_TTL = 86_400.0
 
@@ -65,6 +69,22 @@ class Pass:
         return self.rows > 0 and self.sent == 0 and self.failed > 0
 
 
+@dataclass(slots=True)
+class _Batch:
+    """One pass's sends, shared by the threads that make them."""
+
+    result: Pass
+    sent: list[tuple[int, str]] = field(default_factory=list)
+    away: set[str] = field(default_factory=set)  # brokers that failed in this pass
+    failures: int = 0  # sends that failed for want of a broker
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def stopped(self) -> bool:
+        """Enough sends failed for want of a broker: likely every broker is away."""
+        return self.failures >= MAX_FAILURES
+
+
 class Relay:
     """Sends an outbox's rows to their queues; `run()` until stopped, or `relay_once()`.
 
@@ -79,10 +99,12 @@ class Relay:
         interval: float = INTERVAL,
         keep_sent: float = KEEP_SENT,
         report_every: float = REPORT_EVERY,
+        concurrency: int = CONCURRENCY,
         on_lag: Callable[[Lag], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.batch = batch
+        self.concurrency = concurrency
         self.interval = interval
         self.keep_sent = keep_sent
         self.report_every = report_every
@@ -128,74 +150,89 @@ class Relay:
     def _send(
         self, rows: Sequence[OutboxRow], earlier: dict[str, int]
     ) -> tuple[Pass, list[tuple[int, str]]]:
-        """Send rows in order; returns what happened and the (row id, message id) sent."""
-        result = Pass(rows=len(rows))
-        sent: list[tuple[int, str]] = []
-        waiting_keys: set[str] = set()  # keys with an older row not sent in this pass
-        away: set[str] = set()  # brokers that failed in this pass
-        broker_failures = 0
-        for i, row in enumerate(rows):
-            if row.key is not None and (
-                row.key in waiting_keys or earlier.get(row.key, row.id) < row.id
-            ):
-                waiting_keys.add(row.key)
-                result.held += 1
+        """Send rows: the rows of one key in order, one after the other; rows of different
+        keys (and keyless ones) up to `concurrency` at once. Returns what happened and
+        the (row id, message id) sent."""
+        batch = _Batch(Pass(rows=len(rows)))
+        lanes: dict[str, list[OutboxRow]] = {}
+        for row in rows:
+            if row.key is not None and earlier.get(row.key, row.id) < row.id:
+                batch.result.held += 1  # an older row of its key waits outside this pass
                 continue
-            broker = None
-            try:
-                broker = self._broker_of(row)
-                if broker in away:
-                    result.held += 1
-                    self._left(row, waiting_keys)
-                    continue
-                message = self.client.send_message(
-                    row.topic,
-                    row.message_body(),
-                    key=row.key,
-                    dedup_key=row.send_dedup_key,
-                    headers=row.headers,
-                    timeout=SEND_TIMEOUT,
-                )
-            except (BrokerUnavailable, QueueUnavailable) as exc:
-                self._failed(row, exc, result, waiting_keys)
-                if broker is not None:
-                    away.add(broker)
-                broker_failures += 1
-                if broker_failures >= MAX_FAILURES:  # likely every broker: stop here
-                    result.held += len(rows) - i - 1
-                    break
-            except RedisMQError as exc:  # this row cannot go now (say, its topic is full)
-                self._failed(row, exc, result, waiting_keys)
-                if row.id not in self._logged:
-                    self._logged.add(row.id)
-                    log.warning("outbox row %d (topic %s) not sent: %s", row.id, row.topic, exc)
-            except (redis.RedisError, OSError) as exc:
-                self._failed(row, exc, result, waiting_keys)
-                broker_failures += 1
-                if broker_failures >= MAX_FAILURES:
-                    result.held += len(rows) - i - 1
-                    break
+            lanes.setdefault(row.key if row.key is not None else f"\0{row.uid}", []).append(row)
+        if self.concurrency > 1 and len(lanes) > 1:
+            list(self._pool.map(lambda lane: self._send_lane(lane, batch), lanes.values()))
+        else:
+            for lane in lanes.values():
+                self._send_lane(lane, batch)
+        return batch.result, sorted(batch.sent)
+
+    @cached_property
+    def _pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.concurrency, thread_name_prefix="outbox-send")
+
+    def _send_lane(self, lane: list[OutboxRow], batch: _Batch) -> None:
+        """Send one key's rows in order; the rest wait after the first that cannot go."""
+        for i, row in enumerate(lane):
+            if batch.stopped:
+                left = len(lane) - i
+            elif not self._send_row(row, batch):
+                left = len(lane) - i - 1
             else:
-                sent.append((row.id, message.id))
-                result.sent += 1
-        return result, sent
+                continue
+            with batch.lock:
+                batch.result.held += left
+            return
+
+    def _send_row(self, row: OutboxRow, batch: _Batch) -> bool:
+        """Send one row; False when it could not go (its broker away, an error)."""
+        broker = None
+        try:
+            broker = self._broker_of(row)
+            if broker in batch.away:
+                with batch.lock:
+                    batch.result.held += 1
+                return False
+            message = self.client.send_message(
+                row.topic,
+                row.message_body(),
+                key=row.key,
+                dedup_key=row.send_dedup_key,
+                headers=row.headers,
+                timeout=SEND_TIMEOUT,
+            )
+        except (BrokerUnavailable, QueueUnavailable, redis.RedisError, OSError) as exc:
+            with batch.lock:  # for want of a broker: after MAX_FAILURES, the pass ends
+                batch.result.failed += 1
+                batch.failures += 1
+                if broker is not None:
+                    batch.away.add(broker)
+            self._troubled(str(exc))
+            return False
+        except RedisMQError as exc:  # this row cannot go now (say, its topic is full)
+            with batch.lock:
+                batch.result.failed += 1
+            self._troubled(str(exc))
+            if row.id not in self._logged:
+                self._logged.add(row.id)
+                log.warning("outbox row %d (topic %s) not sent: %s", row.id, row.topic, exc)
+            return False
+        with batch.lock:
+            batch.sent.append((row.id, message.id))
+            batch.result.sent += 1
+        return True
+
+    def close(self) -> None:
+        """Stop the threads that send at once."""
+        if "_pool" in self.__dict__:
+            self._pool.shutdown(wait=True)
+            del self.__dict__["_pool"]
 
     def _broker_of(self, row: OutboxRow) -> str:
         """The broker of the queue the row goes to (chosen as Client.send chooses it)."""
         topic = self.client.topic(row.topic)
         queue = choose_queue(topic, Outgoing(row.uid, {}, row.key, row.send_dedup_key))
         return topic.placement[queue]
-
-    def _left(self, row: OutboxRow, waiting_keys: set[str]) -> None:
-        if row.key is not None:
-            waiting_keys.add(row.key)
-
-    def _failed(
-        self, row: OutboxRow, exc: BaseException, result: Pass, waiting_keys: set[str]
-    ) -> None:
-        result.failed += 1
-        self._left(row, waiting_keys)
-        self._troubled(str(exc))
 
     # -- running ----------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

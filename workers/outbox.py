@@ -79,4 +79,5 @@ class OutboxRelay(Component):
         if self._thread is not None:
             self._thread.join(10)
         self.relay.maintain(force=True)
+        self.relay.close()
         self.outbox.close()
