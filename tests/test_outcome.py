@@ -203,3 +203,46 @@ def wait_for_member(client, job) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_a_message_back_after_its_done_window_does_not_complete_twice(url):
+    """A run stalls past its lease with the message fetched; another consumer takes it over
+    and completes it; the first run comes back after the done record was pruned: its
+    outcome is not recorded again (only the owner settles), so the group completed it once."""
+    from redismq import App, Client
+
+    client = Client(url, done_ttl=1)
+    app = App(client)
+    runs: list[str] = []
+
+    @app.task(topic="mail", max_retries=0)
+    def welcome() -> None:
+        runs.append("run")
+
+    client.create_topic("mail", queues=1)
+    welcome.send()
+    sub = app.subscriptions[("mail", "workers")]
+    stalled = client.consumer("mail", "workers", visibility_timeout=0.5, name="stalled")
+    other = client.consumer("mail", "workers", visibility_timeout=0.5, name="other")
+    fetched = stalled.receive(count=1, block=0.5)
+    time.sleep(0.7)  # past the lease
+    taken = other.receive(count=1, block=0.5)
+    assert [m.id for m in taken] == [m.id for m in fetched]
+    assert BatchRunner(other, sub).run(taken).processed == 1
+    time.sleep(1.5)  # past the done window
+    welcome.send()  # a later settle prunes the done record of the first message
+    run_until_idle(client, app, "mail")
+    assert (
+        client.router.queue_broker(client.topic("mail"), 0).redis.zcard(
+            QueueKeys(client.namespace, "mail", 0).done("workers")
+        )
+        == 1
+    )  # the first message's done record is gone
+
+    counts = BatchRunner(stalled, sub).run(fetched)  # the stalled run comes back
+    assert counts.processed == 0 and counts.lost == 1
+    stats = client.router.queue_broker(client.topic("mail"), 0).redis.hgetall(
+        QueueKeys(client.namespace, "mail", 0).stats("workers")
+    )
+    assert int(stats[b"done"]) == 2  # one completion each, not three
+    client.close()
