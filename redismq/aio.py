@@ -443,7 +443,7 @@ class AsyncClient:
             try:
                 broker = await self.router.queue_broker(t, plan.queue)
                 url = broker.url or self.url
-                sent = await self._write(broker, t, plan.queue, msg, replicated, plan.guard_ms)
+                sent = await self._write(broker, t, plan.queue, msg, replicated, plan)
             except redis.RedisError as exc:
                 if not is_outage(exc):
                     raise converted(url, exc) from None
@@ -504,15 +504,28 @@ class AsyncClient:
         queue: int,
         msg: Outgoing,
         replicated: bool,
-        guard_ms: int,
+        plan: Attempts,
     ) -> Sent | None:
         """One attempt to write a message (None: the bounded queue is full), then wait for a
         replica if asked; a task's message is indexed by its id. Raises redis-py's errors."""
         qk = self.router.queue_keys(t.name, queue)
         bound = queue_bound(t)
         index = index_entry(self.namespace, t.name, queue, msg)
-        if msg.needs_script or bound > 0 or guard_ms:
-            keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups, guard_ms)
+        cluster = isinstance(broker.redis, AsyncRedisCluster)
+        if plan.guard_ms and not (msg.needs_script or bound or plan.retrying or cluster):
+            # the entry and the record of its id at once, without a script (the common case)
+            async with broker.redis.pipeline(transaction=True) as pipe:
+                pipe.set(qk.sent(msg.id), msg.id, px=plan.guard_ms)
+                pipe.xadd(qk.stream, msg.fields)
+                if index:
+                    pipe.set(*index, px=self.result_ttl_ms)
+                entry = (await pipe.execute())[1]
+            sent = Sent(msg.id, t.name, queue, entry.decode())
+            index = None
+        elif msg.needs_script or bound > 0 or plan.guard_ms:
+            keys, args = send_script_call(
+                qk, msg, self.dedup_window_ms, bound, t.groups, plan.guard_ms
+            )
             sent = script_sent(await broker.scripts.send(keys=keys, args=args), t.name, queue)
             if sent is None:
                 return None

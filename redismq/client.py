@@ -282,7 +282,7 @@ class Client:
             try:
                 broker = self.router.queue_broker(t, plan.queue)
                 url = broker.url or self.url
-                sent = self._write(broker, t, plan.queue, msg, replicated, plan.guard_ms)
+                sent = self._write(broker, t, plan.queue, msg, replicated, plan)
             except redis.RedisError as exc:
                 if not is_outage(exc):
                     raise converted(url, exc) from None
@@ -349,14 +349,25 @@ class Client:
         )
 
     def _write(
-        self, broker: Broker, t: Topic, queue: int, msg: Outgoing, replicated: bool, guard_ms: int
+        self, broker: Broker, t: Topic, queue: int, msg: Outgoing, replicated: bool, plan: Attempts
     ) -> Sent | None:
         """One attempt to write a message (None: the bounded queue is full), then wait for a
         replica if asked; a task's message is indexed by its id. Raises redis-py's errors."""
         qk = self.router.queue_keys(t.name, queue)
         bound = queue_bound(t)
         index = index_entry(self.namespace, t.name, queue, msg)
-        if msg.needs_script or bound > 0 or guard_ms:
+        guard_ms = plan.guard_ms
+        if guard_ms and not (msg.needs_script or bound or plan.retrying or broker.cluster):
+            # the entry and the record of its id at once, without a script (the common case)
+            pipe = broker.redis.pipeline(transaction=True)
+            pipe.set(qk.sent(msg.id), msg.id, px=guard_ms)
+            pipe.xadd(qk.stream, msg.fields)
+            if index:
+                pipe.set(*index, px=self.result_ttl_ms)
+            entry = pipe.execute()[1]
+            sent = Sent(msg.id, t.name, queue, entry.decode())
+            acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
+        elif msg.needs_script or bound > 0 or guard_ms:
             keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups, guard_ms)
             if replicated and broker.cluster:  # WAIT on the slot's master, same connection
                 reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)

@@ -208,8 +208,10 @@ class Attempts:
     A broker that cannot be reached: a keyless message moves at once to a queue on another
     usable broker not yet tried; otherwise the send tries the same queue again, with
     backoff, until `outage` seconds have passed (a keyed message always stays on its
-    queue). Every attempt carries a record of the message id (kept `guard_ms`), so that
-    a retry of an attempt that landed before its reply was lost stores nothing.
+    queue). Every attempt stores a record of the message id with the entry (kept
+    `guard_ms`; atomically, with MULTI or in the script), and a retry looks for it first
+    (the `send` script), so that a retry of an attempt that landed before its reply was
+    lost stores nothing.
     """
 
     def __init__(
@@ -240,6 +242,12 @@ class Attempts:
             self.queue = choose_queue(topic, self.msg, self.usable)
         self.topic = topic
         return topic
+
+    @property
+    def retrying(self) -> bool:
+        """Whether an earlier attempt failed to reach its broker (and may have landed): this
+        one must look for the record of the message id before it writes."""
+        return bool(self.failed)
 
     @property
     def broker(self) -> str:

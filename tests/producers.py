@@ -66,12 +66,11 @@ def key_for(queue: int, queues: int) -> str:
     return next(k for k in map(str, range(100_000)) if queue_for_key(k, queues) == queue)
 
 
-def drop_first_reply(producer: Any, command: str = "evalsha") -> list[Any]:
-    """Make the producer's first `command` on its meta connection run on the server, then
-    fail as if the connection dropped before the reply came. Returns the replies the
-    server gave to the dropped calls."""
+def drop_first_reply(producer: Any) -> list[Any]:
+    """Make the producer's first write on its meta connection (a script call or a MULTI
+    pipeline) run on the server, then fail as if the connection dropped before the reply
+    came. Returns the replies the server gave to the dropped calls."""
     conn = producer.meta
-    real: Callable[..., Any] = getattr(conn, command)
     dropped: list[Any] = []
 
     def lost(reply: Any) -> Any:
@@ -80,12 +79,32 @@ def drop_first_reply(producer: Any, command: str = "evalsha") -> list[Any]:
             raise redis.ConnectionError("Connection closed by server.")
         return reply
 
-    if inspect.iscoroutinefunction(real):
+    real_evalsha: Callable[..., Any] = conn.evalsha
+    real_pipeline: Callable[..., Any] = conn.pipeline
+    if inspect.iscoroutinefunction(real_evalsha):
 
-        async def fake_async(*args: Any, **kwargs: Any) -> Any:
-            return lost(await real(*args, **kwargs))
+        async def evalsha_async(*args: Any, **kwargs: Any) -> Any:
+            return lost(await real_evalsha(*args, **kwargs))
 
-        setattr(conn, command, fake_async)
+        def pipeline_async(*args: Any, **kwargs: Any) -> Any:
+            pipe = real_pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            async def execute_then_drop(*a: Any, **kw: Any) -> Any:
+                return lost(await execute(*a, **kw))
+
+            pipe.execute = execute_then_drop
+            return pipe
+
+        conn.evalsha, conn.pipeline = evalsha_async, pipeline_async
     else:
-        setattr(conn, command, lambda *args, **kwargs: lost(real(*args, **kwargs)))
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = real_pipeline(*args, **kwargs)
+            execute = pipe.execute
+            pipe.execute = lambda *a, **kw: lost(execute(*a, **kw))
+            return pipe
+
+        conn.evalsha = lambda *args, **kwargs: lost(real_evalsha(*args, **kwargs))
+        conn.pipeline = pipeline
     return dropped

@@ -84,10 +84,12 @@ def test_blocked_keyless_send_takes_the_first_queue_that_has_room(producers, cli
 # -- a send rides out a short outage (issue 16 part 1) -------------------------------------
 
 
-@pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])
-def test_a_retry_after_a_dropped_reply_does_not_send_twice(producers, client, keyed):
+@pytest.mark.parametrize(
+    ("keyed", "bound"), [(False, 0), (True, 0), (False, 100)], ids=["keyless", "keyed", "bounded"]
+)
+def test_a_retry_after_a_dropped_reply_does_not_send_twice(producers, client, keyed, bound):
     p = producers()
-    p.create_topic("once", queues=2)
+    p.create_topic("once", queues=2, max_backlog=bound)  # bounded: the script writes
     dropped = drop_first_reply(p)
     sent = p.send_message("once", {"n": 1}, key="k" if keyed else None)
     assert dropped, "the first attempt ran on the server"
