@@ -265,7 +265,7 @@ class Subscription:
         body = msg.body
         if not isinstance(body, dict) or not isinstance(body.get("task"), str):
             raise InvalidMessage(f"message {msg.id}: a task body must be an object with 'task'")
-        task = self.tasks.get(body["task"]) or self._sent_here(body["task"])
+        task = self.find_task(body["task"])
         if task is None:
             raise UnknownTask(
                 f"message {msg.id} names the unknown task {body['task']!r} "
@@ -278,12 +278,17 @@ class Subscription:
             return task.fn, *decode_arguments(args, kwargs), task
         return task.fn, tuple(args), kwargs, task
 
-    def _sent_here(self, name: Any) -> Task | None:
-        """A task of the app on another topic, sent to this one (`send_with_options(topic=)`)."""
-        if self.app_tasks is None or not isinstance(name, str):
+    def find_task(self, name: Any) -> Task | None:
+        """The task of that name run here: one of this topic's, or a task of the app on
+        another topic sent to this one (`send_with_options(topic=)`); None if unknown."""
+        if not isinstance(name, str):
             return None
-        task = self.app_tasks.get(name)
-        return task if task is not None and task.group == self.group else None
+        task = self.tasks.get(name)
+        if task is None and self.app_tasks is not None:
+            task = self.app_tasks.get(name)
+            if task is not None and task.group != self.group:
+                return None
+        return task
 
     def options_for(self, task: Task | None) -> Options:
         return task.options if task is not None else self.options

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .app import Subscription, Task
@@ -132,6 +134,12 @@ class Running:
     time_limit: float | None
     loop: asyncio.AbstractEventLoop | None = None
     aio_task: asyncio.Task | None = None
+    thread: int = field(default_factory=threading.get_ident)
+
+    def stack(self) -> str:
+        """Where the running handler's thread is now (for a job stuck past its limit)."""
+        frame = sys._current_frames().get(self.thread)
+        return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
 
 class OutcomeLog(Hooks):
@@ -397,8 +405,11 @@ class BatchRunner:
         if cancelled:
             self._cancelled(running.message, running.task, counts, took)
         else:
-            task = self.subscription.tasks.get(running.task or "")
+            task = self.subscription.find_task(running.task)
             exc = TimeLimitExceeded(f"job exceeded its time limit of {running.time_limit}s")
+            stack = running.stack()
+            if stack:  # its traceback: where the job was when its time was up
+                exc.add_note(f"The job's thread was here:\n{stack.rstrip()}")
             self.fail(running.message, exc, task, counts, took)
         self._hand_back(rest)
         counts.released += len(rest)

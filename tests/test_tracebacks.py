@@ -137,3 +137,18 @@ def test_worker_log_line_of_retry_and_dead_has_the_traceback(client, url, proces
             rest = output[line:]
             assert "Traceback (most recent call last)" in rest.split("outcome=")[1]
             assert "in parse_order" in rest.split("outcome=")[1]
+
+
+def test_a_sync_job_past_its_time_limit_shows_where_it_was_stuck(client, url, processes):
+    client.create_topic("stuck", queues=1)
+    mid = client.send("stuck", {"task": "stuck.wait", "args": [60], "kwargs": {}})
+    processes.start(
+        "worker", "tests.apps.firsthour_app:app", "--url", url, "--processes", "1",
+        "--topic", "stuck", "--grace", "1", "--log-level", "ERROR",
+    )  # fmt: skip
+    from conftest import wait_for
+
+    assert wait_for(lambda: client.dead_letters("stuck", "workers"), timeout=60)
+    [dead] = client.dead_letters("stuck", "workers")
+    assert dead.id == mid and "TimeLimitExceeded" in dead.reason
+    assert "in stuck_here" in dead.traceback and "time.sleep(seconds)" in dead.traceback

@@ -41,3 +41,14 @@ app = App(middleware=[Recorder()] if os.environ.get(ENV_DB) else [])
 @app.task(topic="orders", name="orders.import", max_retries=1, backoff=0.01)
 def import_order(text: str) -> int:
     return parse_order(text)
+
+
+def stuck_here(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)  # the frame a time limit's traceback must show
+
+
+@app.task(topic="stuck", name="stuck.wait", max_retries=0, time_limit=0.5)
+def wait(seconds: float) -> None:
+    stuck_here(seconds)
