@@ -312,3 +312,50 @@ def test_a_run_that_lost_its_message_stops_at_its_next_step_and_settles_nothing(
     [row] = topic_status(client, "once")["groups"]
     assert (row["done"], row["retried"], row["dead"], row["pending"]) == (1, 0, 0, 0)
     assert runs == ["a", "b"]
+
+
+def test_a_worker_renews_the_claim_of_a_step_longer_than_the_visibility_timeout(
+    client, url, tmp_path, processes
+):
+    db = tmp_path / "effects.db"
+    sideeffects.connect(db).close()
+    from tests.apps import steps_app
+
+    client.create_topic("slow-steps", queues=1)
+    steps_app.app.connect(client)
+    try:
+        job = steps_app.slow.send(4.0)
+    finally:
+        steps_app.app.connect(None)
+    worker = processes.start(
+        "worker",
+        "tests.apps.steps_app:app",
+        "--url",
+        url,
+        "--processes",
+        "1",
+        "--topic",
+        "slow-steps",
+        "--visibility-timeout",
+        "1",
+        "--log-level",
+        "ERROR",
+        env={sideeffects.ENV_DB: str(db)},
+    )
+    r = client.router.queue_broker(client.topic("slow-steps"), 0).redis
+    key = client.router.queue_keys("slow-steps", 0).steps("workers", job.id)
+    assert wait_for(lambda: r.hget(key, "slow"), timeout=30)
+    first = int(r.hget(key, "slow").split(b"|")[0])
+    time.sleep(2.0)  # twice the claim's own lifetime
+    claim = r.hget(key, "slow")
+    server_ms = int(r.time()[0] * 1000 + r.time()[1] // 1000)
+    assert (
+        claim != b"done"
+        and first < int(claim.split(b"|")[0])
+        and int(claim.split(b"|")[0]) > server_ms
+    )
+    assert wait_for(lambda: job.status() == "done", timeout=30)
+    assert r.hget(key, "slow") == b"done"
+    assert sideeffects.runs(db, "slow") == Counter({"0": 1})
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

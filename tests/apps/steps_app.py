@@ -20,3 +20,14 @@ def effect(n: int) -> None:
             sideeffects.record("effect", n)
     if job.attempt == 0:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(topic="slow-steps", name="steps.slow", max_retries=0)
+def slow(seconds: float) -> None:
+    """Holds its step's claim for `seconds` (longer than the visibility timeout)."""
+    import time
+
+    with current_job().once("slow") as step:
+        if step.needed:
+            time.sleep(seconds)
+            sideeffects.record("slow", 0)
