@@ -10,15 +10,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
-from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
+from .aio_routing import AsyncBroker, AsyncRouter
 from .client import (
     DEFAULT_QUEUES,
     DEFAULT_RETENTION,
@@ -29,27 +28,14 @@ from .client import (
     converted,
     redis_errors,
 )
-from .cluster import choose_shards, master_ranges
 from .errors import BrokerUnavailable, NotReplicated, RedisMQError, TopicNotFound
-from .keys import MetaKeys, QueueKeys
-from .message import DEFAULT_MAX_BODY
+from .message import DEFAULT_MAX_BODY, now_ms
 from .routing import (
     REMOVED,
-    BrokerHealth,
-    RouteCache,
     Topic,
     TopicSettings,
-    broker_list,
-    broker_url,
-    check_created,
-    create_topic_call,
-    parse_topic,
-    place,
-    route_fields,
-    sorted_names,
-    topic_record,
+    earlier_queues,
 )
-from .scripts import Scripts
 from .sending import (
     Attempts,
     Outgoing,
@@ -74,170 +60,6 @@ if TYPE_CHECKING:
     from .job import AsyncJob
 
 log = logging.getLogger("redismq.aio")
-
-
-@dataclass(slots=True, eq=False)
-class AsyncBroker:
-    """One broker for the async client: name, URL (None: the meta Redis), connection, and
-    the scripts registered on it."""
-
-    name: str
-    url: str | None
-    redis: AsyncRedis
-    scripts: Scripts
-
-
-class AsyncRouter:
-    """Reads topics, routes and brokers from the meta Redis with async calls, and caches them.
-
-    The rules (which brokers are usable and placeable, a removed broker) are the sync
-    `Router`'s, from `BrokerHealth`; cached topics are dropped when the route version
-    changes, re-read at most once per second.
-    """
-
-    def __init__(self, meta: AsyncRedis, namespace: str) -> None:
-        self.meta = meta
-        self.keys = MetaKeys(namespace, tagged=isinstance(meta, AsyncRedisCluster))
-        self.namespace = namespace
-        self._cache = RouteCache()
-        self._brokers: dict[str, AsyncBroker] = {}
-        self._shards: dict[str, dict[int, str]] = {}
-        self.meta_scripts = Scripts(meta)
-        self.health = BrokerHealth()
-
-    # -- brokers ---------------------------------------------------------------------
-    async def broker(self, name: str) -> AsyncBroker:
-        """The connected broker of that name; BrokerUnavailable if it is no longer registered."""
-        found = self._brokers.get(name)
-        if found is not None:
-            return found
-        try:
-            url = broker_url(name, await self.meta.hget(self.keys.brokers, name))
-        except BrokerUnavailable:
-            self.invalidate()  # a cached route names a broker removed meanwhile
-            raise
-        found = self._brokers.get(name)  # another task may have added it meanwhile
-        if found is not None:
-            return found
-        if url is None:
-            broker = AsyncBroker(name, None, self.meta, self.meta_scripts)
-        else:
-            conn = connect_async(url)
-            broker = AsyncBroker(name, url, conn, Scripts(conn))
-        self._brokers[name] = broker
-        return broker
-
-    async def broker_names(self) -> list[str]:
-        """Registered brokers; a system with none registered has the meta Redis itself."""
-        return broker_list(await self.meta.hkeys(self.keys.brokers))
-
-    async def states(self) -> dict[str, str]:
-        """Broker name -> active, draining or down (from the registry and the NameServer)."""
-        async with self.meta.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.brokers)
-            pipe.hgetall(self.keys.broker_health)
-            pipe.get(self.keys.routes_version)
-            records, health, version = await pipe.execute()
-        self._cache.seen(version)
-        return self.health.update(records, health)
-
-    async def refresh_states(self) -> None:
-        """Read the states again if they are old; keep the last ones if the meta Redis
-        cannot be reached."""
-        if self.health.due():
-            try:
-                await self.states()
-            except (redis.ConnectionError, redis.TimeoutError):
-                self.health.unreadable()
-
-    async def placeable(self) -> list[str]:
-        """Brokers new queues may go to: active (not draining) and not known to be down."""
-        await self.states()
-        return self.health.placeable(await self.broker_names())
-
-    def usable(self, name: str) -> bool:
-        """Whether a send may go to this broker (as of the last `refresh_states`)."""
-        return self.health.usable(name)
-
-    def state(self, name: str) -> str:
-        """active, draining, down or removed (as of the last `refresh_states`)."""
-        return self.health.state(name)
-
-    def mark_down(self, name: str) -> None:
-        """Avoid a broker for a moment after a failed send."""
-        self.health.mark_down(name)
-        self.invalidate()
-
-    async def aclose(self) -> None:
-        """Close the connections to brokers other than the meta Redis."""
-        brokers, self._brokers = list(self._brokers.values()), {}
-        for broker in brokers:
-            if broker.redis is not self.meta:
-                await broker.redis.aclose()
-
-    # -- topics ----------------------------------------------------------------------
-    def known(self, name: str) -> Topic | None:
-        """The last copy read of a topic, however old (None: never read)."""
-        return self._cache.get(name)
-
-    async def topic(self, name: str) -> Topic:
-        """The topic's record; raises TopicNotFound."""
-        await self._maybe_refresh()
-        found = self._cache.get(name)
-        return found if found is not None else await self._load_topic(name)
-
-    async def _load_topic(self, name: str) -> Topic:
-        async with self.meta.pipeline(transaction=False) as pipe:
-            pipe.get(self.keys.routes_version)  # first: see Router._load_topic
-            pipe.hget(self.keys.topics, name)
-            pipe.smembers(self.keys.groups(name))
-            version, raw, groups = await pipe.execute()
-        record = topic_record(name, raw)
-        fields = route_fields(name, record["queues"])
-        placed = await self.meta.hmget(self.keys.routes, fields) if fields else []
-        topic = parse_topic(name, record, placed, groups)
-        self._shards[name] = topic.shards  # a queue's tag never changes: kept past the cache
-        self._cache.put(topic, version)
-        return topic
-
-    async def create_topic(self, name: str, queues: int, settings: TopicSettings) -> Topic:
-        """Create a topic and place its queues; idempotent for the same shape."""
-        brokers = await self.placeable()
-        placement = place(brokers, route_fields(name, queues))
-        shards: dict[int, str] = {}
-        for b in sorted(set(placement)):
-            conn = (await self.broker(b)).redis
-            if isinstance(conn, AsyncRedisCluster):
-                ranges = master_ranges(await conn.cluster_slots())
-                new = [q for q, p in enumerate(placement) if p == b]
-                shards.update(choose_shards(ranges, name, new, {}))
-        keys, args = create_topic_call(self.keys, name, queues, settings, brokers, lambda _: shards)
-        stored = await self.meta_scripts.create_topic(keys=keys, args=args)
-        check_created(name, stored, queues)
-        self._cache.drop(name)
-        return await self.topic(name)
-
-    async def topic_names(self) -> list[str]:
-        """The names of every topic, sorted."""
-        return sorted_names(await self.meta.hkeys(self.keys.topics))
-
-    def queue_keys(self, topic: str, queue: int) -> QueueKeys:
-        """Key names of one queue of a topic (of a topic read just before: on a Redis
-        Cluster broker its keys carry the queue's stored hash tag)."""
-        return QueueKeys(self.namespace, topic, queue, self._shards.get(topic, {}).get(queue))
-
-    async def queue_broker(self, topic: Topic, queue: int) -> AsyncBroker:
-        """The broker that holds one queue of a topic."""
-        return await self.broker(topic.placement[queue])
-
-    # -- cache -----------------------------------------------------------------------
-    def invalidate(self) -> None:
-        """Forget cached topics (after a broker error or a route change)."""
-        self._cache.clear()
-
-    async def _maybe_refresh(self) -> None:
-        if self._cache.check_due():
-            self._cache.seen(await self.meta.get(self.keys.routes_version))
 
 
 class AsyncClient:
@@ -437,6 +259,10 @@ class AsyncClient:
                 t = await self._send_topic(t.name, outage)
                 state = self.router.state(t.placement[choose_queue(t, msg)])
             check_keyed(t, msg, state)
+        if msg.dedup_key is not None and t.earlier:  # as in Client.send_message
+            first = await self._sent_before_expand(t, choose_queue(t, msg), msg)
+            if first is not None:
+                return first
         plan = Attempts(t, msg, self.router.usable, room=room, outage=outage)
         while True:
             url = self.url
@@ -461,6 +287,19 @@ class AsyncClient:
                 await self.router.refresh_states()
                 if full:  # groups known meanwhile decide the room (the meta is up)
                     t = plan.renew(await self._fresh_topic(t))
+
+    async def _sent_before_expand(self, t: Topic, queue: int, msg: Outgoing) -> Sent | None:
+        """Where the first send of a dedup key went, if that was to another queue before the
+        topic was expanded (None: not found there)."""
+        assert msg.route_key is not None and msg.dedup_key is not None
+        with self.errors():
+            for q in earlier_queues(t, msg.route_key, queue, self.dedup_window_ms, now_ms()):
+                broker = await self.router.queue_broker(t, q)
+                key = self.router.queue_keys(t.name, q).dedup(msg.dedup_key)
+                first = await broker.redis.get(key)
+                if first is not None:
+                    return Sent(first.decode(), t.name, q, None)
+        return None
 
     async def _send_topic(self, name: str, outage: float) -> Topic:
         """The topic a send goes to; while the meta Redis cannot be reached, the last copy

@@ -272,3 +272,15 @@ def test_a_tasks_async_send_can_ask_for_a_replica(url):
             await app.async_client.aclose()
 
     asyncio.run(main())
+
+
+def test_a_resend_after_an_expand_finds_the_first_message(producers, client):
+    from redismq.brokers import expand_topic
+
+    p = producers()
+    p.create_topic("signup", queues=2)
+    keys = [f"user-{i}" for i in range(20)]
+    first = {k: p.send("signup", {"k": k}, dedup_key=k) for k in keys}
+    expand_topic(client, "signup", 7)
+    fresh = producers()  # reads the expanded topic
+    assert {k: fresh.send("signup", {"k": k}, dedup_key=k) for k in keys} == first
