@@ -17,12 +17,46 @@ local group, consumer, now = ARGV[1], ARGV[2], server_ms()
 local done_ttl, result_ttl = ARGV[3], ARGV[4]
 local completed, duplicates, cancelled, k = 0, 0, 0, 7
 local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
+
+local function id_less(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+
+-- The entries among `ids` of `stream` that the consumer holds, as a set: one XPENDING over
+-- the consumer's entries between the lowest and the highest id (paged), not one per entry.
+local function held(stream, ids)
+  local set = {}
+  if #ids == 0 then return set end
+  local lo, hi = ids[1], ids[1]
+  for _, id in ipairs(ids) do
+    if id_less(id, lo) then lo = id end
+    if id_less(hi, id) then hi = id end
+  end
+  local page = #ids + 64
+  while true do
+    local got = redis.call('XPENDING', stream, group, lo, hi, page, consumer)
+    for _, p in ipairs(got) do set[p[1]] = true end
+    if #got < page then return set end
+    lo = '(' .. got[#got][1]
+  end
+end
+
+local ids = {{}, {}}
+for i = 5, #ARGV, 4 do
+  local from = ids[1]
+  if ARGV[i + 2] == '1' then from = ids[2] end
+  from[#from + 1] = ARGV[i + 1]
+end
+local mine = {held(KEYS[1], ids[1]), held(KEYS[2], ids[2])}
+
 for i = 5, #ARGV, 4 do
   local mid, eid, src, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local stream = KEYS[1]
-  if src == '1' then stream = KEYS[2] end
-  local p = redis.call('XPENDING', stream, group, eid, eid, 1)
-  if #p == 0 or p[1][2] ~= consumer then
+  local owned = mine[1][eid]
+  if src == '1' then owned = mine[2][eid] end
+  if not owned then
     lost[#lost + 1] = (i - 1) / 4
   else
     if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
