@@ -309,3 +309,18 @@ def test_a_batch_with_a_script_the_server_lost_runs_each_call_once(
     replies = scripts.run([settle, ("step", ["h"], ["finish", 1000])])
     assert replies == [[1, 0, 0, []], 1]
     assert r.hgetall("stats") == {b"done": b"1"}  # settled once, not once more as a duplicate
+
+
+def test_settle_finds_its_entries_among_many_it_holds(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    ids = [r.xadd(STREAM, {"id": f"m{i}"}).decode() for i in range(150)]
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "c1", {STREAM: ">"})
+    r.xclaim(STREAM, "g", "c2", 0, [ids[75]])
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "running"]
+    args = ["g", "c1", 60_000, 0]
+    for i in (0, 75, 149):  # the first and last of 149 held entries (pages of 67), and c2's
+        args += [f"m{i}", ids[i], 0, ""]
+    assert scripts.settle(keys=keys, args=args) == [2, 0, 0, [2]]
+    assert r.xpending(STREAM, "g")["pending"] == 148
