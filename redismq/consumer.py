@@ -608,7 +608,9 @@ class Consumer:
         """Move a message to the group's dead-letter stream with the reason (and, for an
         exception, its traceback).
 
-        Returns False (and changes nothing) if this consumer no longer owns the message.
+        Returns False (and changes nothing) if this consumer no longer owns the message. A
+        message the group completed already (through another entry of it) is acknowledged
+        as a duplicate instead: it never ends both done and dead.
         """
         text = storable_text(reason) if isinstance(reason, str) else describe(reason)
         tb = "" if isinstance(reason, str) else format_traceback(reason)
@@ -624,6 +626,7 @@ class Consumer:
                 msg.attempt,
                 msg.id if track else None,
                 tb,
+                msg.id,
             )
         if not done:
             self.lease_lost([msg])
@@ -639,14 +642,17 @@ class Consumer:
         attempt: int,
         track: str | None,
         traceback: str = "",
+        message_id: str = "",
     ) -> bool:
-        """Dead-letter one entry this consumer owns; False if it does not own it."""
+        """Dead-letter one entry this consumer owns (or acknowledge it, if the group completed
+        its message already); False if it does not own it."""
         k = q.keys
         src = k.retry_stream(self.group) if from_retry else k.stream
         job_id = track or "-"
         args: list[Any] = [self.group, self.name, entry_id, int(from_retry)]
         args += [int(track is not None)]
         args += [self.client.result_ttl_ms, job_error(reason, traceback, attempt + 1)]
+        args.append(message_id)
         for name, value in fields.items():
             args += [name, value]
         args += ["dead_reason", reason, "dead_at", now_ms(), "dead_attempts", attempt + 1]
@@ -660,9 +666,12 @@ class Consumer:
                 k.stats(self.group),
                 k.job(job_id),
                 k.outcome(job_id),
+                k.done(self.group),
             ],
             args=args,
         )
+        if reply == 2:
+            log.info("%s was completed already: acknowledged, not dead-lettered", message_id)
         return bool(reply)
 
     def release(self, messages: Iterable[Message]) -> None:

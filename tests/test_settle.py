@@ -159,3 +159,20 @@ def test_ack_many_with_a_result_that_cannot_be_stored_retries_that_one(client, a
     assert bad.status() == "retrying"
     assert "cannot be stored" in bad.info()["error"]
     assert client.meta.zcard(bad.keys.retry(work.group)) == 1
+
+
+def test_a_message_already_done_is_not_dead_lettered_too(client):
+    client.create_topic("twice", queues=1)
+    a = client.consumer("twice", "g", name="a")
+    b = client.consumer("twice", "g", name="b")
+    client.send("twice", 1)
+    [first] = a.receive(count=10, block=1)
+    # The same message comes back as a second entry (as after a lost XACK on failover).
+    stream = client.router.queue_keys("twice", 0).stream
+    client.meta.xadd(stream, client.meta.xrange(stream)[0][1])
+    [second] = b.receive(count=10, block=1)
+    assert second.id == first.id
+    assert a.ack_many([first]) == 1
+    assert b.dead_letter(second, "ValueError: too late") is True  # settled, as a duplicate
+    assert client.dead_letters("twice", "g") == []
+    assert client.meta.xpending(stream, "g")["pending"] == 0
