@@ -9,6 +9,11 @@ import time
 import pytest
 
 from redismq.consumer import CANCELLED
+from tests import test_runtime
+
+# The worker tests' fixtures: their runtime app bound to this test's client, its runs file.
+rt = test_runtime.rt
+db = test_runtime.db
 
 
 def test_ack_many_mixing_cancelled_and_results_writes_each_result_to_its_own_job(client, app):
@@ -176,3 +181,33 @@ def test_a_message_already_done_is_not_dead_lettered_too(client):
     assert b.dead_letter(second, "ValueError: too late") is True  # settled, as a duplicate
     assert client.dead_letters("twice", "g") == []
     assert client.meta.xpending(stream, "g")["pending"] == 0
+
+
+def test_a_paused_worker_whose_job_was_taken_over_lets_go(client, url, processes, rt, db):
+    import os
+    import signal
+
+    from redismq.status import topic_status
+    from tests.conftest import wait_for
+    from tests.test_runtime import rows, start_worker
+
+    job = rt.slow_retried.send(4.0, "x")
+    args = ("--processes", "1", "--visibility-timeout", "2", "--log-level", "INFO")
+    first = start_worker(processes, url, *args, start_new_session=True)
+    assert wait_for(lambda: len(rows(db, "slow-start")) == 1, timeout=30)
+    os.killpg(first.pid, signal.SIGSTOP)  # a GC pause, a VM steal: past its lease
+    try:
+        second = start_worker(processes, url, *args, start_new_session=True)
+        assert wait_for(lambda: len(rows(db, "slow-start")) == 2, timeout=30)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    assert job.result(timeout=30) == "x"
+    assert wait_for(lambda: len(rows(db, "slow-end")) == 2, timeout=30)  # both runs ended
+    time.sleep(1.0)  # the first worker settles (or not) what it ran
+    for w in (first, second):
+        os.killpg(w.pid, signal.SIGTERM)
+        assert w.wait(30) == 0
+    log = first.stdout.read()
+    assert log.count("lease lost") == 1, log
+    row = next(g for g in topic_status(client, "rt")["groups"] if g["name"] == job.group)
+    assert (row["done"], row["duplicates"], row["dead"], row["pending"]) == (1, 0, 0, 0)
