@@ -372,11 +372,12 @@ class Client:
             if replicated and broker.cluster:  # WAIT on the slot's master, same connection
                 reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
             else:
-                reply = self._send_script(broker, keys, args, index)
+                reply = broker.send_script(keys, args, index, self.result_ttl_ms)
                 acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
-            sent = script_sent(reply, t.name, queue)
-            if sent is None:
+            stored = script_sent(reply, t.name, queue)
+            if stored is None:
                 return None
+            sent = stored
             if index and broker.cluster and sent.id == msg.id:  # not pipelined there
                 broker.redis.set(*index, px=self.result_ttl_ms)
         elif replicated:
@@ -402,24 +403,6 @@ class Client:
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
-
-    def _send_script(
-        self, broker: Broker, keys: list[str], args: list[Any], index: tuple[str, str] | None
-    ) -> Any:
-        """The `send` script's reply; with a task's id index, both in one round trip (on a
-        standalone broker; the index is written even if the send stored nothing: harmless,
-        it names a message that is not there and expires)."""
-        if index is None or broker.cluster:
-            return broker.scripts.send(keys=keys, args=args)
-        pipe = broker.redis.pipeline(transaction=False)
-        pipe.evalsha(broker.scripts.send.sha, len(keys), *keys, *args)
-        pipe.set(*index, px=self.result_ttl_ms)
-        reply = pipe.execute(raise_on_error=False)[0]
-        if isinstance(reply, redis.exceptions.NoScriptError):  # a restarted server
-            return broker.scripts.send(keys=keys, args=args)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     # -- jobs ------------------------------------------------------------------------
     def job(self, message_id: str) -> Job:
