@@ -141,6 +141,24 @@ class LocalCluster:
                 raise ServerError(f"the local cluster did not become ok within {timeout:g}s")
             time.sleep(0.1)
 
+    def move_slot(self, slot: int, to: LocalServer) -> None:
+        """Move one slot, with its keys, to another master (as `redis-cli --cluster
+        reshard` does: IMPORTING/MIGRATING, MIGRATE the keys, SETSLOT NODE everywhere)."""
+        src = self.master_of_slot(slot)
+        if src is to:
+            return
+        with _conn(src) as s, _conn(to) as d:
+            src_id = _text(s.execute_command("CLUSTER", "MYID"))
+            dst_id = _text(d.execute_command("CLUSTER", "MYID"))
+            d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                s.execute_command("MIGRATE", to.host, to.port, "", 0, 5000, "KEYS", *keys)
+            for node in self.current_masters():
+                with _conn(node) as r:
+                    r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        self.wait_ok()
+
     # -- internals ----------------------------------------------------------------------
 
     def _ok(self, replicas_wanted: int) -> bool:

@@ -270,6 +270,8 @@ def test_a_killed_master_loses_no_acknowledged_task(tmp_path, processes):
         producer = Producer(c.url, 3000)
         producer.start()
         try:
+            # kill in the steady state: the worker runs, the producer is well under way
+            assert wait_for(lambda: sideeffects.count(db, TASK) >= 200, timeout=120)
             assert wait_for(lambda: len(producer.acked) >= 1000, timeout=120)
             victim.kill()
             killed_at = len(producer.acked)
@@ -395,3 +397,39 @@ def test_a_cluster_as_the_meta_store_of_standalone_brokers(cluster_url):
         client.delete_topic("meta", force=True)  # no group reads its entries any more
         assert client.topics() == []
         client.close()
+
+
+def test_a_worker_follows_a_slot_moved_to_another_master_without_a_restart(
+    local_cluster, cluster_url
+):
+    from redismq import App
+    from workers.worker import Worker
+
+    c = local_cluster
+    app = App(Client(cluster_url))
+    seen: list[int] = []
+
+    @app.task(topic="moving")
+    def record(n: int) -> None:
+        seen.append(n)
+
+    t = app.client.create_topic("moving", 3)
+    worker = Worker(app, concurrency=1, block=0.2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        for n in range(50):
+            record.send(n)
+        assert wait_for(lambda: len(seen) == 50, timeout=20)
+        slot = slot_of(t.shards[0])
+        before = c.master_of_slot(slot)
+        c.move_slot(slot, next(m for m in c.current_masters() if m is not before))
+        assert c.master_of_slot(slot) is not before
+        for n in range(50, 100):
+            record.send(n)
+        assert wait_for(lambda: len(seen) >= 100, timeout=30), len(seen)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert sorted(seen) == list(range(100))
+    app.client.close()
