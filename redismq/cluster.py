@@ -123,6 +123,30 @@ def refresh(conn: RedisCluster) -> None:
         conn.nodes_manager.initialize()
 
 
+class NodePipeline:
+    """A plain pipeline on the master that serves one slot (so it may hold keyless commands
+    like TIME beside that slot's keys); when the node fails or redirects, the cluster's
+    topology is re-read before the error is raised, so the next call goes where the slot
+    is now."""
+
+    def __init__(self, conn: RedisCluster, key: str) -> None:
+        self._conn = conn
+        self._pipe = node_client(conn, key).pipeline(transaction=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        try:
+            replies = self._pipe.execute(raise_on_error=raise_on_error)
+        except (redis.ConnectionError, redis.TimeoutError, *NOT_RUN):
+            refresh(self._conn)
+            raise
+        if any(isinstance(r, NOT_RUN) for r in replies):
+            refresh(self._conn)
+        return replies
+
+
 def on_node(conn: RedisCluster, key: str, fill: Callable[[Any], None]) -> list[Any]:
     """Run a pipeline built by `fill` on the master that serves `key` (all its commands
     must touch that key's slot, or none), so that a WAIT at its end waits for the writes

@@ -461,7 +461,7 @@ class Consumer:
             keys = [q.keys for q in queues]
             pairs = [(k.delayed, k.stream) for k in keys]
             pairs += [(k.retry(self.group), k.retry_stream(self.group)) for k in keys]
-            pipe = broker.redis.pipeline(transaction=False)
+            pipe = broker.pipeline()  # on a cluster: the master of these queues' slot
             pipe.time()
             for zset, _ in pairs:
                 pipe.zrange(zset, 0, 0, withscores=True)

@@ -216,6 +216,14 @@ class Broker:
         """Whether this broker is a Redis Cluster."""
         return cluster.is_cluster(self.redis)
 
+    def pipeline(self) -> Any:
+        """A non-transactional pipeline for this broker's keys. On a Redis Cluster Broker of
+        one hash tag, a pipeline on the master of that slot, so that keyless commands (TIME,
+        INFO) may go with the keys; else the client's own pipeline."""
+        if self.shard is not None and self.cluster:
+            return cluster.NodePipeline(self.redis, f"{{{self.shard}}}")  # type: ignore[arg-type]
+        return self.redis.pipeline(transaction=False)
+
     def on_node(self, key: str, fill: Callable[[Any], None]) -> list[Any]:
         """Run a pipeline built by `fill` (commands on `key`'s slot) on one connection to
         the master that holds `key`, so that a WAIT at its end covers the writes before it."""
