@@ -77,6 +77,11 @@ def turns_for(group: str, streams: list[str]) -> Turns:
         return _turns.setdefault((group, tuple(streams)), Turns())
 
 
+def renew_interval(visibility_timeout: float) -> float:
+    """How often a worker renews the leases it holds."""
+    return max(0.05, min(5.0, visibility_timeout / 3))
+
+
 def consumer_name() -> str:
     """A consumer name unique on this host: `host:pid:n`."""
     return f"{socket.gethostname()}:{os.getpid()}:{next(_consumer_numbers)}"
@@ -112,6 +117,20 @@ class Settled:
     duplicates: int = 0
     cancelled: int = 0
     lost: list[Message] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Renewal:
+    """One renew script call (the leases a consumer holds on one stream) and its messages."""
+
+    broker: Broker
+    call: tuple[str, list[str], list[Any]]
+    messages: list[Message]
+
+    def lost(self, reply: list[bytes]) -> list[Message]:
+        """The messages the script reported as no longer held."""
+        gone = {i.decode() for i in reply}
+        return [m for m in self.messages if m.entry_id in gone]
 
 
 @dataclass(slots=True)
@@ -176,6 +195,9 @@ class Consumer:
         self._next_move = 0.0
         self._next_claim = 0.0
         self._claim_every = max(0.05, min(visibility_timeout / 4, 5.0))
+        # Expired entries seen by the last look, with when they were first seen expired.
+        self._suspects: dict[tuple[str, bytes, int], float] = {}
+        self._confirm_after = renew_interval(visibility_timeout) + 0.5
         self._lost: dict[tuple[int, bool, str], None] = {}
         self._lost_lock = threading.Lock()
         urls = {q.broker.url for q in self.queues.values()}
@@ -319,30 +341,43 @@ class Consumer:
 
     def _claim(self, count: int) -> list[Message]:
         """Take over up to `count` entries whose lease expired (their consumer died or
-        stalled), wherever they are in the pending lists."""
+        stalled), wherever they are in the pending lists.
+
+        An entry is taken only once it has been seen expired for longer than a renewal
+        interval: after a broker stalls (hung, paused), every lease on it looks expired
+        until their live holders renew them. An entry idle for ten leases (a dead
+        process's, marked so by its supervisor) is taken at once."""
         idle_ms = int(self.visibility_timeout * 1000)
+        now = time.monotonic()
+        seen, self._suspects = self._suspects, {}
         messages: list[Message] = []
         for broker, streams in self._streams.items():
             pipe = broker.redis.pipeline(transaction=False)
             for stream in streams:
                 pipe.xpending_range(stream, self.group, "-", "+", count, idle=idle_ms)
-            expired = [
-                (stream, [(p["message_id"], p["times_delivered"]) for p in reply])
-                for stream, reply in zip(streams, pipe.execute(), strict=True)
-                if reply
-            ]
-            for stream, found in expired:
+            for stream, reply in zip(streams, pipe.execute(), strict=True):
+                ids, delivered = [], {}
+                for p in reply:
+                    key = (stream, p["message_id"], p["times_delivered"])
+                    first = self._suspects[key] = seen.get(key, now)
+                    dead = p["time_since_delivered"] >= 10 * idle_ms
+                    if dead or now - first >= self._confirm_after:
+                        ids.append(p["message_id"])
+                        delivered[p["message_id"]] = p["times_delivered"] + 1
                 left = count - len(messages)
-                if left <= 0:
-                    return messages
-                ids = [i for i, _ in found[:left]]
-                claimed = broker.redis.xclaim(stream, self.group, self.name, idle_ms, ids)
-                entries = [(eid, f) for eid, f in claimed if eid is not None]
-                if entries:
-                    log.info("took over %d expired message(s) on %s", len(entries), stream)
-                    delivered = {i: n + 1 for i, n in found}
-                    messages += self._count_crashes(broker, stream.encode(), entries, delivered)
+                if ids and left > 0:
+                    messages += self._take(broker, stream, ids[:left], delivered)
         return messages
+
+    def _take(self, broker: Broker, stream: str, ids: list, delivered: dict) -> list[Message]:
+        """Claim expired entries (only those still expired) and count their crashes."""
+        idle_ms = int(self.visibility_timeout * 1000)
+        claimed = broker.redis.xclaim(stream, self.group, self.name, idle_ms, ids)
+        entries = [(eid, f) for eid, f in claimed if eid is not None]
+        if not entries:
+            return []
+        log.info("took over %d expired message(s) on %s", len(entries), stream)
+        return self._count_crashes(broker, stream.encode(), entries, delivered)
 
     def _count_crashes(
         self, broker: Broker, stream: bytes, entries: list, delivered: dict | None = None
@@ -722,23 +757,33 @@ class Consumer:
 
     def renew(self, messages: Iterable[Message]) -> list[Message]:
         """Reset the lease of messages this consumer holds, and the effect-once step claims
-        their runs hold; returns the messages it no longer holds."""
+        their runs hold; returns the messages it no longer holds. One round trip per
+        broker."""
+        by_broker: dict[Broker, list[Renewal]] = defaultdict(list)
+        for renewal in self.renewals(messages):
+            by_broker[renewal.broker].append(renewal)
+        lost: list[Message] = []
+        with self.errors():
+            for broker, renewals in by_broker.items():
+                replies = broker.scripts.run([r.call for r in renewals])
+                lost += [m for r, ids in zip(renewals, replies, strict=True) for m in r.lost(ids)]
+        return lost
+
+    def renewals(self, messages: Iterable[Message]) -> list[Renewal]:
+        """The renew script calls for messages this consumer holds, one per stream."""
         by_stream: dict[tuple[int, bool], list[Message]] = defaultdict(list)
         for m in messages:
             by_stream[(m.queue, m.from_retry)].append(m)
-        lost: list[Message] = []
-        with self.errors():
-            for (index, from_retry), msgs in by_stream.items():
-                q = self.queues[index]
-                stream = q.keys.retry_stream(self.group) if from_retry else q.keys.stream
-                keys = [stream] + [q.keys.steps(self.group, m.id) for m in msgs if m.stepped]
-                args: list[Any] = [self.group, self.name, int(self.visibility_timeout * 1000)]
-                for m in msgs:
-                    args += [m.entry_id, int(m.stepped)]
-                ids = q.broker.scripts.renew(keys=keys, args=args)
-                gone = {i.decode() for i in ids}
-                lost += [m for m in msgs if m.entry_id in gone]
-        return lost
+        out = []
+        for (index, from_retry), msgs in by_stream.items():
+            q = self.queues[index]
+            stream = q.keys.retry_stream(self.group) if from_retry else q.keys.stream
+            keys = [stream] + [q.keys.steps(self.group, m.id) for m in msgs if m.stepped]
+            args: list[Any] = [self.group, self.name, int(self.visibility_timeout * 1000)]
+            for m in msgs:
+                args += [m.entry_id, int(m.stepped)]
+            out.append(Renewal(q.broker, ("renew", keys, args), msgs))
+        return out
 
     def set_progress(self, msg: Message, fraction: float, text: str = "") -> None:
         """Store a running job's progress in its job record."""

@@ -51,7 +51,8 @@ def test_an_expired_lease_behind_live_ones_is_taken_over(client: Client) -> None
     stream = client.router.queue_keys(TOPIC, 0).stream
     last = held[-1].entry_id
     client.meta.xclaim(stream, "g", "dead-consumer", 0, [last], idle=60_000)
-    taker = client.consumer(TOPIC, "g", visibility_timeout=30)
+    # (idle for over ten leases: a dead process's, taken at once, no second look needed)
+    taker = client.consumer(TOPIC, "g", visibility_timeout=5)
     got = taker.receive(count=1, block=None)
     assert [m.entry_id for m in got] == [last]
 
@@ -70,3 +71,19 @@ def test_slow_jobs_are_not_handed_back_and_start_in_send_order(
     # stop): a handful per process, not per task.
     assert figures["writes_per_task"] <= 3.0 + 8 * processes / jobs, figures
     assert figures["worst_displacement"] <= jobs // 4, figures
+
+
+def test_an_expired_lease_is_taken_over_only_after_a_second_look(client: Client) -> None:
+    """After a broker stalls every lease on it looks expired until its live holders renew
+    it: a lease is taken only once seen expired for longer than a renewal interval."""
+    import time
+
+    client.create_topic(TOPIC, queues=1)
+    client.send_message(TOPIC, b"x")
+    holder = client.consumer(TOPIC, "g", visibility_timeout=1)
+    [held] = holder.receive(count=1, block=None)
+    time.sleep(1.2)  # expired: its holder did not renew it
+    taker = client.consumer(TOPIC, "g", visibility_timeout=1)
+    assert taker.receive(count=1, block=None) == []  # first seen expired: not yet
+    time.sleep(1.0)  # past a renewal interval (1/3 s) and the margin
+    assert [m.entry_id for m in taker.receive(count=1, block=None)] == [held.entry_id]

@@ -258,7 +258,9 @@ def test_a_paused_run_is_fenced_off_by_the_run_that_took_its_message_over(client
     client.create_topic("once", queues=1)
     client.send("once", {"n": 1})
     a = client.consumer("once", "g", visibility_timeout=1.0)
-    b = client.consumer("once", "g", visibility_timeout=1.0)
+    # B takes expired leases (0.3 s) after a second look (0.6 s later), while A's step claim,
+    # made late in A's lease, still holds.
+    b = client.consumer("once", "g", visibility_timeout=0.3)
     [msg_a] = a.receive(count=1, block=0.5)
     time.sleep(0.5)
     step_a = JobContext(msg_a, None, a).once("charge").__enter__()  # claimed 0.5 s late
@@ -290,7 +292,7 @@ def test_a_run_that_lost_its_message_stops_at_its_next_step_and_settles_nothing(
     @app.task(topic="once", max_retries=3)
     def charge() -> None:
         runs.append(current_job().consumer.name)
-        time.sleep(1.5)  # stalls past its lease; another consumer takes the message over
+        time.sleep(2.5)  # stalls past its lease; another consumer takes the message over
         with current_job().once("charge") as step:
             assert step.needed
 

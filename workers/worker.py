@@ -16,21 +16,16 @@ from redismq import App, BrokerUnavailable, Consumer, Message, Subscription
 from redismq.brokers import warn_if_evicting
 from redismq.middleware import middleware_hooks
 from redismq.processing import BatchRunner, Counts, Hooks
+from redismq.routing import Broker
 
 from .heartbeat import Heartbeat
-from .housekeeping import (
-    Canceller,
-    Component,
-    Housekeeper,
-    LeaseBalancer,
-    LeaseKeeper,
-    RouteWatcher,
-    Trimmer,
-    Watchdog,
-    safely,
-)
+from .housekeeping import Component, Housekeeper, PerBroker, safely
 from .janitor import Janitor
+from .leases import LeaseBalancer, LeaseKeeper
+from .limits import Canceller, Watchdog
+from .routes import RouteWatcher
 from .scheduler import Scheduler
+from .trimmer import Trimmer
 
 log = logging.getLogger("redismq.worker")
 RECONNECT_MAX = 5.0
@@ -63,6 +58,11 @@ class Loop:
         # Set when routes changed and this loop's queues are no longer one broker's set.
         self.retired = False
         self.thread: threading.Thread | None = None
+
+    @property
+    def broker(self) -> Broker:
+        """The broker of this loop's queues (one per loop)."""
+        return next(iter(self.consumer.queues.values())).broker
 
     def held(self) -> list[Message]:
         """Messages this loop holds: its running batch and what its consumer kept."""
@@ -149,11 +149,12 @@ class Worker:
         periodics = [p for p in app.periodics if (p.task.topic, p.task.group) in keys(subs)]
         self.housekeeper = Housekeeper(
             [
-                LeaseKeeper(self.loops, visibility_timeout),
-                LeaseBalancer(self.loops, visibility_timeout),
+                # Per broker: a broker that hangs delays only its own leases and limits.
+                PerBroker(self.loops, lambda loops: LeaseKeeper(loops, visibility_timeout)),
+                PerBroker(self.loops, lambda loops: LeaseBalancer(loops, visibility_timeout)),
+                PerBroker(self.loops, lambda loops: Watchdog(loops, self._replace)),
+                PerBroker(self.loops, lambda loops: Canceller(loops, self._replace)),
                 RouteWatcher(self),
-                Watchdog(self.loops, self._replace),
-                Canceller(self.loops, self._replace),
                 Trimmer(self.client, {s.topic for s in subs}),
                 Janitor(self.client, subs),
                 heartbeat,

@@ -1,0 +1,87 @@
+"""A broker's trouble stays with that broker (rule 12): while one broker hangs (SIGSTOP: a
+stuck VM, a long fork, a full disk), the leases of the other broker's running jobs stay
+fresh, its queues keep being served, and nothing runs twice, even when another worker joins."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from redismq import Client
+from redismq.brokers import add_broker
+from redismq.routing import queue_for_key
+from tests.apps import runtime_app
+from tests.conftest import wait_for
+from tests.sentinels import Servers
+
+VISIBILITY = "2"  # seconds: the long jobs below outlive many leases
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    started = Servers()
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch) -> str:
+    path = str(tmp_path / "runs.db")
+    monkeypatch.setenv("REDISMQ_TEST_DB", path)
+    runtime_app.record("init", "")
+    return path
+
+
+def starts(db: str, kind: str) -> Counter[str]:
+    with sqlite3.connect(db) as conn:
+        return Counter(v for (v,) in conn.execute("SELECT value FROM runs WHERE kind = ?", (kind,)))
+
+
+def key_on(client: Client, broker: str) -> str:
+    """A message key whose queue lives on `broker`."""
+    placement = client.topic("rt").placement
+    return next(
+        k for k in (f"k{i}" for i in range(1000)) if placement[queue_for_key(k, 4)] == broker
+    )
+
+
+def test_a_hung_broker_stalls_only_its_own_queues(client, url, db, servers, processes):
+    healthy, hung = servers.start(), servers.start()
+    add_broker(client, "healthy", healthy.url)
+    add_broker(client, "hung", hung.url)
+    client.create_topic("rt", queues=4)
+    assert sorted(client.topic("rt").placement) == ["healthy", "healthy", "hung", "hung"]
+    runtime_app.app.connect(client)
+    try:
+        for i in range(8):  # keyless: two per queue, four on each broker
+            runtime_app.slow.send(9.0, f"long-{i}")
+        args = ["worker", "tests.apps.runtime_app:app", "--url", url, "--log-level", "WARNING"]
+        args += ["--concurrency", "4", "--visibility-timeout", VISIBILITY]
+        processes.start(*args)
+        assert wait_for(lambda: len(starts(db, "slow-start")) == 8, timeout=30)
+        processes.start(*args)  # a second worker, idle, ready to take over expired leases
+        time.sleep(2)
+        os.kill(hung.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            key = key_on(client, "healthy")
+            fresh = [runtime_app.sync_job.send_with_options((i,), key=key) for i in range(3)]
+            # The healthy broker's queue is served, and nothing of it runs twice, while the
+            # leases (2 s) of its long jobs come due again and again.
+            assert [j.result(timeout=30) for j in fresh] == [0, 2, 4]
+            time.sleep(max(0.0, 6 - (time.monotonic() - stopped)))
+            assert max(starts(db, "slow-start").values()) == 1
+        finally:
+            os.kill(hung.pid, signal.SIGCONT)
+        assert wait_for(lambda: len(starts(db, "slow-end")) == 8, timeout=60)
+        runs = starts(db, "slow-start")
+        assert sorted(runs) == [f"long-{i}" for i in range(8)]
+        assert set(runs.values()) == {1}, runs  # not one long job ran twice
+    finally:
+        runtime_app.app.connect(None)

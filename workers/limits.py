@@ -1,0 +1,74 @@
+"""Stopping running jobs: those over their time limit and those cancelled."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from redismq.processing import Counts
+
+from .housekeeping import Component
+
+if TYPE_CHECKING:
+    from .worker import Loop
+
+log = logging.getLogger("redismq.worker")
+
+
+class Watchdog(Component):
+    """Stops jobs that overrun their time limit.
+
+    A sync handler cannot be interrupted safely, so its message is failed with
+    TimeLimitExceeded, the rest of its batch handed back, and the process asked to be
+    replaced (`on_stuck`).
+    """
+
+    interval = 0.1
+
+    def __init__(self, loops: Sequence[Loop], on_stuck: Callable[[], None]) -> None:
+        self.loops = loops
+        self.on_stuck = on_stuck
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for loop in self.loops:
+            r = loop.runner.running
+            if r is None or r.time_limit is None or now - r.started <= r.time_limit + 0.05:
+                continue
+            counts = Counts()
+            if loop.runner.abandon(counts) is not None:
+                loop.counts.add(counts)
+                log.error(
+                    "job %s (%s) exceeded its time limit of %ss: replacing this process",
+                    r.message.id,
+                    r.task,
+                    r.time_limit,
+                )
+                self.on_stuck()
+
+
+class Canceller(Component):
+    """Stops running jobs that were cancelled: an async one is cancelled on its loop, a
+    sync one is abandoned and the process asked to be replaced (`on_stuck`)."""
+
+    interval = 0.5
+
+    def __init__(self, loops: Sequence[Loop], on_stuck: Callable[[], None]) -> None:
+        self.loops = loops
+        self.on_stuck = on_stuck
+
+    def tick(self) -> None:
+        for loop in self.loops:
+            r = loop.runner.running
+            if r is None or not loop.consumer.cancelled([r.message]):
+                continue
+            counts = Counts()
+            stopped = loop.runner.cancel_running(counts)
+            loop.counts.add(counts)
+            if stopped is not None and stopped.aio_task is None:
+                log.warning(
+                    "job %s was cancelled while running: replacing this process", r.message.id
+                )
+                self.on_stuck()
