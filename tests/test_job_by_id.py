@@ -144,8 +144,17 @@ def test_job_show_prints_status_attempts_timings_error_and_traceback(client, app
     result = CliRunner().invoke(main, ["job", "show", sent.id, "--url", url])
     assert result.exit_code == 0, result.output
     out = result.output
-    for expected in ("dead", "attempts", "2", "25%", "loading", "sent", "started",
-                     "ValueError: broken report", "in build"):
+    for expected in (
+        "dead",
+        "attempts",
+        "2",
+        "25%",
+        "loading",
+        "sent",
+        "started",
+        "ValueError: broken report",
+        "in build",
+    ):
         assert expected in out, (expected, out)
     as_json = CliRunner().invoke(main, ["job", "show", sent.id, "--json", "--url", url])
     record = json.loads(as_json.output)
