@@ -36,7 +36,9 @@ class redis_errors:  # noqa: N801 - used like the context manager function it re
         if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
             raise BrokerUnavailable(f"cannot reach Redis at {url}: {exc}") from None
         if isinstance(exc, redis.exceptions.OutOfMemoryError) or (
-            isinstance(exc, redis.ResponseError) and str(exc).startswith("OOM")
+            isinstance(exc, redis.ResponseError)
+            # (a MULTI refused as a whole says why after this prefix)
+            and str(exc).removeprefix("Transaction discarded because of: ").startswith("OOM")
         ):
             raise BrokerUnavailable(f"the broker at {url} is out of memory: {exc}") from None
         if isinstance(exc, redis.exceptions.NoPermissionError) or (
