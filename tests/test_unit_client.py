@@ -285,9 +285,9 @@ def test_delayed_message_waits(fclient: Client) -> None:
     mid = fclient.send("later", "x", delay=timedelta(seconds=60))
     now_id = fclient.send("later", "y")
     assert [m.id for m in receive(con)] == [now_id]
-    future = now_ms() + 61_000
-    with mock.patch("redismq.consumer.now_ms", return_value=future):
-        got = receive(con)
+    assert receive(con) == []  # not due yet (by the server's clock)
+    con.move_due(until_ms=now_ms() + 61_000)  # what is due by then is moved now
+    got = receive(con)
     assert [m.id for m in got] == [mid]
     assert got[0].body == "x"
 
@@ -406,6 +406,8 @@ def test_expired_lease_is_claimed_and_renew_reports_loss(fclient: Client) -> Non
     [held] = receive(slow)
     assert slow.renew([held]) == []
     time.sleep(0.05)
+    assert receive(fast) == []  # seen expired once: taken at a second look
+    time.sleep(0.6)  # past a renewal interval and the margin
     [taken] = receive(fast)
     assert (taken.id, taken.entry_id) == (mid, held.entry_id)
     assert slow.renew([held]) == [held]
