@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from .app import Subscription, Task
 from .consumer import CANCELLED, NO_RESULT, Consumer, describe, encode_outcome
@@ -142,8 +142,22 @@ class Running:
         return "".join(traceback.format_stack(frame)) if frame is not None else ""
 
 
+class LineWriter(Protocol):
+    """Takes a log line without a `logging` record (see `OutcomeLog.writer`)."""
+
+    def line(self, logger: str, level: str, message: str, fields: dict[str, Any]) -> None:
+        """Write (soon) the line a record with this message and `extra` fields would give."""
+
+
 class OutcomeLog(Hooks):
-    """One line per outcome: done at INFO, failures at WARNING, with structured fields."""
+    """One line per outcome: done at INFO, failures at WARNING, with structured fields.
+
+    Done lines go to `writer` when a worker process set one up (workers.logs: the same line
+    without a `logging` record each, written in batches); failures are records, with their
+    traceback.
+    """
+
+    writer: ClassVar[LineWriter | None] = None
 
     def after_process(
         self,
@@ -159,14 +173,23 @@ class OutcomeLog(Hooks):
         level = logging.INFO if outcome == "done" else logging.WARNING
         if not log.isEnabledFor(level):
             return
+        name, attempt, took = (
+            task or f"{msg.topic}/{msg.group}",
+            msg.attempt + 1,
+            round(duration, 6),
+        )
         fields = {
             "id": msg.id,
-            "task": task or f"{msg.topic}/{msg.group}",
-            "attempt": msg.attempt + 1,
-            "duration": round(duration, 6),
+            "task": name,
+            "attempt": attempt,
+            "duration": took,
             "outcome": outcome,
         }
-        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        text = f"id={msg.id} task={name} attempt={attempt} duration={took} outcome={outcome}"
+        writer = OutcomeLog.writer
+        if writer is not None and outcome == "done":
+            writer.line(log.name, "INFO", text, fields)
+            return
         # A failure's traceback follows the line (text) or is its "exception" field (JSON).
         log.log(
             level, "%s%s", text, f" error={error!r}" if error else "", extra=fields, exc_info=exc

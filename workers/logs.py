@@ -1,10 +1,39 @@
-"""Logging set-up of worker processes: text or one JSON object per line."""
+"""Logging set-up of worker processes: text or one JSON object per line.
+
+The one line per finished job (`redismq.processing.OutcomeLog`) is the bulk of a busy
+worker's output: it skips `logging`'s per-record work (a record, a lock, a write and a
+flush each) and is written in batches by `WorkerHandler`, in the same format as a record.
+"""
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import math
+import os
+import threading
 import time
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import Any
+
+from redismq.processing import OutcomeLog
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
+# Batched lines are written at least this often (seconds), before any record the handler
+# emits, when it is flushed (at exit, on stop) and once this many are waiting.
+FLUSH_EVERY = 0.1
+MAX_PENDING = 1000
+_MILLIS = [f"{n:03d}" for n in range(1000)]
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,15 +55,121 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+def _json_value(value: Any) -> str:
+    """`value` as `json.dumps(value, default=str)` writes it."""
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    return json.dumps(value, default=str)
+
+
+class WorkerHandler(logging.StreamHandler):
+    """A stream handler (stderr) that also takes lines without a record (`line`), written
+    together in order with the records: before each record it emits, every `FLUSH_EVERY`
+    seconds, and on `flush` (at exit and when the worker stops)."""
+
+    def __init__(self, fmt: str = "text") -> None:
+        super().__init__()
+        self.json = fmt == "json"
+        self.setFormatter(JsonFormatter() if self.json else logging.Formatter(TEXT_FORMAT))
+        self._pending: collections.deque[str] = collections.deque()
+        self._second = -1
+        self._stamp = ""
+        self._flusher: threading.Thread | None = None
+        self._done = threading.Event()
+
+    # -- lines without a record ----------------------------------------------------------
+    def line(self, logger: str, level: str, message: str, fields: dict[str, Any]) -> None:
+        """Queue the line a record of `logger` at `level` with this message and these
+        `extra` fields would give (no exception, no other handler or filter)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, self._stamp_of(second)
+        millis = _MILLIS[int((now - second) * 1000)]
+        if self.json:
+            text = (
+                f'{{"time": "{self._stamp}.{millis}Z", "level": "{level}", '
+                f'"logger": {encode_basestring_ascii(logger)}, '
+                f'"message": {encode_basestring_ascii(message)}'
+            )
+            for key, value in fields.items():
+                text += f", {encode_basestring_ascii(key)}: {_json_value(value)}"
+            text += "}\n"
+        else:
+            text = f"{self._stamp},{millis} {level} {_pid} {logger}: {message}\n"
+        self._pending.append(text)
+        if len(self._pending) >= MAX_PENDING:
+            self.flush()
+        elif self._flusher is None:
+            self._start_flusher()
+
+    def _stamp_of(self, second: int) -> str:
+        if self.json:
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return time.strftime(logging.Formatter.default_time_format, time.localtime(second))
+
+    def _start_flusher(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._flusher is not None:
+                return
+            self._flusher = threading.Thread(
+                target=self._flush_often, name="log-lines", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_often(self) -> None:
+        while not self._done.wait(FLUSH_EVERY):
+            if self._pending:
+                self.flush()
+
+    def _write_pending(self) -> None:
+        """Write the queued lines (the caller holds the handler's lock)."""
+        if not self._pending:
+            return
+        pending, lines = self._pending, []
+        for _ in range(len(pending)):
+            try:
+                lines.append(pending.popleft())
+            except IndexError:  # taken by a signal handler's record on this thread
+                break
+        if not lines:
+            return
+        try:
+            self.stream.write("".join(lines))
+        except Exception:  # as a record's write failure: reported, never raised
+            self.handleError(logging.makeLogRecord({"msg": lines[0].rstrip("\n")}))
+
+    # -- the StreamHandler's part ---------------------------------------------------------
+    def emit(self, record: logging.LogRecord) -> None:
+        self._write_pending()  # the lines queued before this record come first
+        super().emit(record)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+            super().flush()
+
+    def close(self) -> None:
+        self._done.set()
+        self.flush()
+        super().close()
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    """Configure the root logger of this process."""
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
-        )
+    """Configure the root logger of this process; done lines go through a `WorkerHandler`."""
+    handler = WorkerHandler(fmt)
     root = logging.getLogger()
+    for old in root.handlers:
+        if isinstance(old, WorkerHandler):
+            old.close()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    OutcomeLog.writer = handler
+
+
+def flush_logs() -> None:
+    """Write every line still queued (before the process exits)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()

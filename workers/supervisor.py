@@ -18,7 +18,7 @@ from redismq import RedisMQError
 from redismq.process import die_with_parent
 
 from .loader import load_app
-from .logs import setup_logging
+from .logs import flush_logs, setup_logging
 from .reaper import Reaper
 from .worker import STOP_SIGNAL
 
@@ -111,6 +111,7 @@ def run_worker(options: WorkerOptions, serve_metrics: bool = True) -> int:
     finally:
         if server is not None:
             server.close()
+        flush_logs()  # the done lines still queued
     log.info(
         "worker %s stopped: %d processed, %d failed", worker.id, counts.processed, counts.failed
     )

@@ -1,0 +1,108 @@
+"""Issue 13, item 1: the worker's one line per outcome, written without a `logging` record
+(workers.logs.WorkerHandler): the same text and JSON as a record, every done job's line in
+the output even when the worker is stopped by SIGTERM, failures with their traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import signal
+
+import pytest
+
+from tests.conftest import wait_for
+from workers.logs import WorkerHandler
+
+FIELDS = {"id": "0190f3c2a1b2", "task": "naps.nap", "attempt": 2, "duration": 1.2e-05}
+TEXT = "id=0190f3c2a1b2 task=naps.nap attempt=2 duration=1.2e-05 outcome=done"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_line_without_a_record_reads_as_the_record_would(monkeypatch, fmt):
+    now = 1_790_000_000.25
+    monkeypatch.setattr("workers.logs.time.time", lambda: now)
+    handler = WorkerHandler(fmt)
+    handler.setStream(io.StringIO())
+    fields = {**FIELDS, "outcome": "done"}
+    record = logging.makeLogRecord(
+        {"name": "redismq.processing", "levelno": logging.INFO, "levelname": "INFO"}
+    )
+    record.msg, record.args, record.created, record.msecs = "%s%s", (TEXT, ""), now, 250.0
+    record.__dict__.update(fields)
+    handler.line("redismq.processing", "INFO", TEXT, fields)
+    handler.flush()
+    assert handler.stream.getvalue() == handler.format(record) + "\n"
+    handler.close()
+
+
+def test_lines_and_records_keep_their_order(monkeypatch):
+    handler = WorkerHandler("text")
+    handler.setStream(io.StringIO())
+    handler.line("redismq.processing", "INFO", "first", {})
+    handler.handle(logging.makeLogRecord({"msg": "second", "levelname": "WARNING"}))
+    handler.line("redismq.processing", "INFO", "third", {})
+    handler.close()  # flushes
+    lines = handler.stream.getvalue().splitlines()
+    assert [line.rsplit(" ", 1)[-1] for line in lines] == ["first", "second", "third"]
+
+
+def _done_lines(output: str, fmt: str) -> list[dict]:
+    if fmt == "json":
+        records = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
+        return [r for r in records if r.get("outcome") == "done"]
+    found = re.findall(
+        r"^\S+ \S+ INFO \d+ redismq.processing: id=(\S+) task=(\S+) attempt=(\d+) "
+        r"duration=(\S+) outcome=done$",
+        output,
+        re.M,
+    )
+    return [
+        {"id": i, "task": t, "attempt": int(a), "duration": float(d), "outcome": "done"}
+        for i, t, a, d in found
+    ]
+
+
+def _done_ids(client, topic: str) -> set[str]:
+    keys = client.router.queue_keys(topic, 0)
+    return {m.decode() for m in client.meta.zrange(keys.done("workers"), 0, -1)}
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_worker_writes_one_line_per_outcome_with_its_fields(client, url, processes, fmt):
+    client.create_topic("naps", queues=1)
+    ids = client.send_many("naps", [{"task": "naps.nap", "args": [0], "kwargs": {}}] * 30)
+    failed = client.send("naps", {"task": "naps.fail", "args": [], "kwargs": {}})
+    proc = processes.start(
+        "worker", "tests.apps.loglines_app:app", "--url", url, "--burst", "--log-format", fmt
+    )
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    done = _done_lines(output, fmt)
+    assert sorted(r["id"] for r in done) == sorted(ids)  # one line each
+    for r in done:
+        assert r["task"] == "naps.nap" and r["attempt"] == 1 and r["duration"] >= 0
+    if fmt == "json":
+        [dead] = [json.loads(x) for x in output.splitlines() if f'"id": "{failed}"' in x]
+        assert dead["outcome"] == "dead" and dead["level"] == "WARNING"
+        assert "KeyError: 'no such record'" in dead["exception"]
+    else:
+        after = output[output.index(f"id={failed} task=naps.fail") :]
+        assert "outcome=dead error=" in after.splitlines()[0]
+        assert "Traceback (most recent call last)" in after and "in fail" in after
+
+
+def test_after_sigterm_every_finished_jobs_line_is_in_the_output(client, url, processes):
+    client.create_topic("naps", queues=1)
+    client.send_many("naps", [{"task": "naps.nap", "args": [0.01], "kwargs": {}}] * 2000)
+    proc = processes.start("worker", "tests.apps.loglines_app:app", "--url", url)
+    assert wait_for(lambda: len(_done_ids(client, "naps")) >= 100, timeout=60)
+    os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output[-2000:]
+    finished = _done_ids(client, "naps")
+    logged = {r["id"] for r in _done_lines(output, "text")}
+    assert len(finished) < 2000  # stopped midway: lines were still being written
+    assert finished <= logged, f"{len(finished - logged)} finished jobs have no line"
