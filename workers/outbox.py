@@ -46,8 +46,8 @@ class LagGauges:
 
 
 class OutboxRelay(Component):
-    """Relays an outbox on its own thread; `tick()` starts it (again, should it have died)
-    and `stop()` ends it."""
+    """Relays an outbox on a thread of its own; `tick()` starts it (again, should it have
+    died) and `stop()` ends it."""
 
     interval = 1.0
 
@@ -56,28 +56,26 @@ class OutboxRelay(Component):
         gauges = LagGauges(self.outbox.name) if metrics else None
         self.relay = Relay(self.outbox, on_lag=gauges.set if gauges else None)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        if self._thread is not None:
-            log.error("the outbox relay thread died: starting it again")
-        self._thread = threading.Thread(target=self._run, name="outbox-relay", daemon=True)
-        self._thread.start()
+        self._relay_thread: threading.Thread | None = None
 
     def tick(self) -> None:
-        if not self._stop.is_set():
-            self.start()
+        if self._stop.is_set():
+            return
+        if self._relay_thread is not None and self._relay_thread.is_alive():
+            return
+        if self._relay_thread is not None:
+            log.error("the outbox relay thread died: starting it again")
+        self._relay_thread = threading.Thread(target=self._relay, name="outbox-relay", daemon=True)
+        self._relay_thread.start()
 
-    def _run(self) -> None:
+    def _relay(self) -> None:
         log.info("relaying outbox %s", self.outbox.name)
         self.relay.run(self._stop)
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        if self._relay_thread is not None:
+            self._relay_thread.join(10)
         self.relay.maintain(force=True)
         self.relay.close()
         self.outbox.close()
