@@ -42,12 +42,14 @@ from typing import Any
 
 import click
 import redis
+from redis.typing import EncodableT, FieldT
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from redismq import App, Client, RedisMQError, Task
 from redismq.keys import QueueKeys
+from redismq.message import stream_entries
 from redismq.process import die_with_parent
 from redismq.server import LocalServer
 
@@ -72,7 +74,7 @@ SAMPLE_EVERY = 0.02
 RAW_STREAM_ONE = "raw:one"
 RAW_STREAM = "raw:stream"
 # The fields of a raw entry: the shape (and size) of a redismq entry of a no-op task.
-RAW_FIELDS = {
+RAW_FIELDS: dict[FieldT, EncodableT] = {
     b"id": "0190f3c2a1b2c3d4e5f60718293a4b5c",
     b"body": b'{"task":"bench.noop","args":[],"kwargs":{}}',
     b"created": 1_700_000_000_000,
@@ -611,7 +613,8 @@ def wait_measured(proc: subprocess.Popen[bytes], started: float, timeout: float)
             break
         if time.monotonic() > deadline:
             raise BenchError(
-                f"{' '.join(proc.args[1:4])} did not finish within {timeout:.0f}s; last lines:\n"  # type: ignore[index]
+                f"{' '.join(map(str, proc.args[1:4]))} did not finish within {timeout:.0f}s; "  # type: ignore[index]
+                f"last lines:\n"
                 f"{_log_tail(proc)}"
             )
         time.sleep(SAMPLE_EVERY)
@@ -708,7 +711,7 @@ def bench_raw(res: Results, n: int) -> None:
             if not reply:
                 break
             ids = []
-            for entry_id, fields in reply[0][1]:
+            for entry_id, fields in stream_entries(reply[0][1]):  # type: ignore[index]
                 _noop(**json.loads(fields[b"body"])["kwargs"])
                 ids.append(entry_id)
             pipe = r.pipeline(transaction=False)

@@ -31,18 +31,17 @@ def dlq_selection(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     """The arguments of a dlq command that acts on a group's dead letters (all, or by id)."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for option in reversed(
-            [
-                click.argument("topic"),
-                click.option("--group", required=True),
-                click.option(
-                    "--id", "ids", multiple=True, help=f"{verb} only this message id (repeatable)."
-                ),
-                click.option("--yes", is_flag=True, help="Do not ask for confirmation."),
-                url_option,
-                friendly,
-            ]
-        ):
+        options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+            click.argument("topic"),
+            click.option("--group", required=True),
+            click.option(
+                "--id", "ids", multiple=True, help=f"{verb} only this message id (repeatable)."
+            ),
+            click.option("--yes", is_flag=True, help="Do not ask for confirmation."),
+            url_option,
+            friendly,
+        ]
+        for option in reversed(options):
             fn = option(fn)
         return fn
 

@@ -216,7 +216,7 @@ def send(
             f"topic {topic!r} does not exist: pass --create to create it "
             f"(or: redismq topic create {topic})"
         ) from None
-    if path is None:
+    if body is not None:  # else a --file (exactly one of the two was given)
         mid = client.send(topic, parse_body(body), key=key, delay=delay, dedup_key=dedup_key)
         click.echo(mid)
         return
@@ -311,6 +311,8 @@ def topic_describe(name: str, url: str, as_json: bool) -> None:
     )
     for q in info["queues"]:
         state = q["state"] if q["state"] == "active" else f"[red]{q['state']}[/red]"
+        length: str | Text
+        backlog: str | Text
         if "error" in q:
             length = backlog = Text("unreachable", style="red")
         else:

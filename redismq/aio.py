@@ -35,6 +35,7 @@ from .routing import (
     Topic,
     TopicSettings,
     earlier_queues,
+    text,
 )
 from .sending import (
     Attempts,
@@ -298,7 +299,7 @@ class AsyncClient:
                 key = self.router.queue_keys(t.name, q).dedup(msg.dedup_key)
                 first = await broker.redis.get(key)
                 if first is not None:
-                    return Sent(first.decode(), t.name, q, None)
+                    return Sent(text(first), t.name, q, None)
         return None
 
     async def _send_topic(self, name: str, outage: float) -> Topic:
@@ -351,6 +352,7 @@ class AsyncClient:
         bound = queue_bound(t)
         index = index_entry(self.namespace, t.name, queue, msg)
         cluster = isinstance(broker.redis, AsyncRedisCluster)
+        sent: Sent | None
         if plan.guard_ms and not (msg.needs_script or bound or plan.retrying or cluster):
             # the entry and the record of its id at once, without a script (the common case)
             async with broker.redis.pipeline(transaction=True) as pipe:
@@ -359,7 +361,7 @@ class AsyncClient:
                 if index:
                     pipe.set(*index, px=self.result_ttl_ms)
                 entry = (await pipe.execute())[1]
-            sent = Sent(msg.id, t.name, queue, entry.decode())
+            sent = Sent(msg.id, t.name, queue, text(entry))
             index = None
         elif msg.needs_script or bound > 0 or plan.guard_ms:
             keys, args = send_script_call(
@@ -370,7 +372,7 @@ class AsyncClient:
                 return None
         else:
             entry = await broker.redis.xadd(qk.stream, msg.fields)
-            sent = Sent(msg.id, t.name, queue, entry.decode())
+            sent = Sent(msg.id, t.name, queue, text(entry))
         if index and sent.id == msg.id:  # a task's: findable by its id (client.job)
             await broker.redis.set(*index, px=self.result_ttl_ms)
         if replicated and await broker.redis.wait(1, self.replica_timeout_ms) < 1:

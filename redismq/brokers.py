@@ -17,7 +17,16 @@ from .client import check_topic_name
 from .cluster import choose_shards, is_cluster, master_ranges
 from .errors import InvalidMessage, RedisMQError
 from .keys import QueueKeys
-from .routing import ACTIVE, DRAINING, REFRESH_INTERVAL, place, queue_name, rendezvous, route_fields
+from .routing import (
+    ACTIVE,
+    DRAINING,
+    REFRESH_INTERVAL,
+    place,
+    queue_name,
+    rendezvous,
+    route_fields,
+    topic_record,
+)
 from .urls import check_url, connect, mask_url
 
 if TYPE_CHECKING:
@@ -134,10 +143,14 @@ def warn_if_evicting(conn: redis.Redis, where: str) -> bool:
     True if it may. A user without CONFIG rights gets no warning."""
     try:
         if is_cluster(conn):  # every master must keep its queued work
-            replies = conn.config_get("maxmemory-policy", target_nodes=conn.get_primaries())  # type: ignore[attr-defined]
+            # RedisCluster answers per node; redis-py types a single node's answer
+            replies: dict[Any, dict[str, str]] = conn.config_get(  # type: ignore[assignment]
+                "maxmemory-policy",
+                target_nodes=conn.get_primaries(),  # type: ignore[attr-defined]
+            )
             policies = {r.get("maxmemory-policy", "noeviction") for r in replies.values()}
         else:
-            policies = {conn.config_get("maxmemory-policy").get("maxmemory-policy", "noeviction")}
+            policies = {conn.config_get("maxmemory-policy").get("maxmemory-policy") or "noeviction"}
     except redis.ResponseError:
         return False
     policies.discard("noeviction")
@@ -217,8 +230,8 @@ def remove_broker(client: Client, name: str) -> None:
         pipe = client.meta.pipeline(transaction=True)
         for (t, q), target in held.items():
             pipe.hset(keys.routes, queue_name(t, q), target)
-        for t, topic_record in records.items():
-            pipe.hset(keys.topics, t, json.dumps(topic_record))
+        for t, record in records.items():
+            pipe.hset(keys.topics, t, json.dumps(record))
         pipe.incr(keys.routes_version)
         pipe.execute()
         _set(client, "del", name)
@@ -260,7 +273,7 @@ def _move_queues(
         held[(t, q)] = rendezvous(others, queue_name(t, q))
     for t in sorted({t for t, _ in held}):
         topic = router.topic(t)
-        record = json.loads(client.meta.hget(router.keys.topics, t))
+        record = topic_record(t, client.meta.hget(router.keys.topics, t))
         shards = dict(topic.shards)
         for (tt, q), target in held.items():
             if tt != t:
@@ -300,7 +313,7 @@ def expand_topic(client: Client, name: str, queues: int) -> Topic:
         if queues <= t.queues:
             raise BrokerError(f"topic {name!r} has {t.queues} queues; expand takes a larger number")
         keys = client.router.keys
-        record = json.loads(client.meta.hget(keys.topics, name))
+        record = topic_record(name, client.meta.hget(keys.topics, name))
         record["queues"] = queues
         # dedup records stay on the queues they were written to: a resend within the window
         # looks there too (client.earlier_queues)

@@ -215,7 +215,9 @@ def run_scripts(
 def topology(conn: RedisCluster) -> list[dict[str, Any]]:
     """The cluster's masters now: address, slot ranges and replicas (address, link up)."""
     masters: dict[str, dict[str, Any]] = {}
-    for (start, end), nodes in sorted(conn.cluster_slots().items()):
+    # redis-py types CLUSTER SLOTS as a list; RedisCluster parses it into a dict of ranges
+    slots = conn.cluster_slots()
+    for (start, end), nodes in sorted(slots.items()):  # type: ignore[attr-defined]
         name = f"{_text(nodes['primary'][0])}:{nodes['primary'][1]}"
         entry = masters.setdefault(name, {"node": name, "slots": [], "replicas": []})
         entry["slots"].append([int(start), int(end)])

@@ -11,9 +11,9 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .backlog import (
     GROUP_COMMANDS,
@@ -185,7 +185,7 @@ class Consumer:
             self._by_stream[q.keys.stream.encode()] = (q, False)
             self._by_stream[q.keys.retry_stream(group).encode()] = (q, True)
         # Per broker, the main streams then the retry streams: the order of their turns.
-        self._streams = {
+        self._streams: Mapping[Broker, Collection[str]] = {
             broker: [q.keys.stream for q in queues] + [q.keys.retry_stream(group) for q in queues]
             for broker, queues in self._by_broker(self.queues.values()).items()
         }
@@ -296,22 +296,22 @@ class Consumer:
             broker = next(self._rotation)
             if len(self._streams) > 1:  # one consumer over several brokers: a short wait each
                 block_ms = min(block_ms, MULTI_BROKER_BLOCK_MS)
-            streams = dict.fromkeys(self._streams[broker], ">")
-            reply = broker.redis.xreadgroup(self.group, self.name, streams, count=1, block=block_ms)
-            replies = reply or []
+            read: dict[Any, Any] = dict.fromkeys(self._streams[broker], ">")
+            reply = broker.redis.xreadgroup(self.group, self.name, read, count=1, block=block_ms)
+            replies = cast(list[Any], reply) or []  # RESP2: [[stream, entries], ...]
         messages = self._decode(replies)
         # A blocking read can wake with one entry from each of several streams: what
         # comes beyond `count` is kept for the next receive (it is this consumer's).
         self._extra += messages[count:]
         return messages[:count]
 
-    def _read_now(self, broker: Broker, streams: list[str], count: int) -> list[Any]:
+    def _read_now(self, broker: Broker, wanted: Collection[str], count: int) -> list[Any]:
         """Up to `count` entries without waiting, starting at the stream whose turn it is.
 
         XREADGROUP's COUNT is per stream, so each stream is asked for its share of what is
         left and no more: with fewer left than streams, one entry each from the next ones.
         """
-        streams = list(streams)
+        streams = list(wanted)
         turns = turns_for(self.group, streams)
         candidates = turns.order(streams)
         replies: list[Any] = []
@@ -373,7 +373,7 @@ class Consumer:
         """Claim expired entries (only those still expired) and count their crashes."""
         idle_ms = int(self.visibility_timeout * 1000)
         claimed = broker.redis.xclaim(stream, self.group, self.name, idle_ms, ids)
-        entries = [(eid, f) for eid, f in claimed if eid is not None]
+        entries = [(eid, f) for eid, f in cast(list[Any], claimed) if eid is not None]
         if not entries:
             return []
         log.info("took over %d expired message(s) on %s", len(entries), stream)
@@ -547,9 +547,9 @@ class Consumer:
                 by_queue[m.queue].append((m, r if isinstance(r, Encoded) else encode_outcome(r)))
             except ResultNotStorable as exc:
                 unstorable.append((m, exc))
-        for m, exc in unstorable:  # fails alone: the others settle
-            log.warning("job %s failed: %s", m.id, exc)
-            if self.retry(m, exc, track=True) == "lost":
+        for m, error in unstorable:  # fails alone: the others settle
+            log.warning("job %s failed: %s", m.id, error)
+            if self.retry(m, error, track=True) == "lost":
                 settled.lost.append(m)
         with self.errors():
             for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():

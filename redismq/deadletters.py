@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .keys import QueueKeys
+from .message import StreamEntry, stream_entries
 from .routing import Broker, Topic
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def read_dead_letters(client: Client, topic: Topic, group: str, count: int) -> l
     for q in range(topic.queues):
         keys = client.router.queue_keys(topic.name, q)
         broker = client.router.queue_broker(topic, q)
-        for entry_id, f in broker.redis.xrange(keys.dead(group), count=count):
+        for entry_id, f in stream_entries(broker.redis.xrange(keys.dead(group), count=count)):
             out.append(
                 DeadLetter(
                     id=_text(f.get(b"id")) or _text(f.get(b"dead_entry")),
@@ -94,10 +95,10 @@ def purge(client: Client, topic: Topic, group: str, ids: Iterable[str] | None) -
     for q in range(topic.queues):
         keys = client.router.queue_keys(topic.name, q)
         r = client.router.queue_broker(topic, q).redis
-        last = r.xrevrange(keys.dead(group), count=1)
+        last = stream_entries(r.xrevrange(keys.dead(group), count=1))
         start = "-"
         while last:
-            rows = r.xrange(keys.dead(group), start, last[0][0], count=PURGE_PAGE)
+            rows = stream_entries(r.xrange(keys.dead(group), start, last[0][0], count=PURGE_PAGE))
             if not rows:
                 break
             start = "(" + rows[-1][0].decode()
@@ -131,14 +132,14 @@ def _each_queue(
         broker = client.router.queue_broker(topic, q)
         entries: list[str] = []
         if wanted is not None:
-            entries = _matching(broker.redis.xrange(keys.dead(group)), wanted)
+            entries = _matching(stream_entries(broker.redis.xrange(keys.dead(group))), wanted)
             if not entries:
                 continue
         total += call(keys, broker, entries)
     return total
 
 
-def _matching(rows: list, wanted: set[str]) -> list[str]:
+def _matching(rows: list[StreamEntry], wanted: set[str]) -> list[str]:
     """Entry ids of dead letters whose message id (or entry id) is wanted."""
     return [
         entry_id.decode()

@@ -111,9 +111,9 @@ def delete_topic(client: Client, topic: str, *, force: bool = False) -> int:
         client.router.invalidate()
         deleted = 0
         for k, broker in queues:
-            node: Any = (
-                cluster.node_client(broker.redis, k.stream) if broker.cluster else broker.redis
-            )  # type: ignore[arg-type]
+            node: Any = broker.redis
+            if broker.cluster:  # a Broker's client is typed as redis.Redis, a cluster's too
+                node = cluster.node_client(node, k.stream)
             batch = []
             for raw in node.scan_iter(match=glob_escape(k.tag) + ":*", count=SCAN_COUNT):
                 batch.append(raw)

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import InvalidMessage
 
@@ -26,6 +26,15 @@ F_ATTEMPT = b"attempt"
 F_KEY = b"key"
 F_HEADERS = b"headers"
 ENC_RAW = b"raw"
+
+# A stream entry as XRANGE/XREADGROUP return it on our connections (decode_responses off).
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: Any) -> list[StreamEntry]:
+    """An XRANGE/XREVRANGE reply, typed as our connections return it (redis-py's types
+    allow str and None for every part, as for a decoding or XAUTOCLAIM reply)."""
+    return cast(list[StreamEntry], reply)
 
 
 def new_message_id() -> str:

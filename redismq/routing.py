@@ -101,17 +101,22 @@ def route_fields(topic: str, queues: int) -> list[str]:
     return [queue_name(topic, q) for q in range(queues)]
 
 
-def sorted_names(raw_names: Iterable[bytes]) -> list[str]:
+def text(value: bytes | str) -> str:
+    """A name or value read from Redis as text (redis-py types replies as bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def sorted_names(raw_names: Iterable[bytes | str]) -> list[str]:
     """Names read from Redis (hash fields, set members), decoded and sorted."""
-    return sorted(n.decode() for n in raw_names)
+    return sorted(text(n) for n in raw_names)
 
 
-def broker_list(raw_names: Iterable[bytes]) -> list[str]:
+def broker_list(raw_names: Iterable[bytes | str]) -> list[str]:
     """Registered broker names, sorted; a system with none registered has the meta Redis."""
     return sorted_names(raw_names) or [DEFAULT_BROKER]
 
 
-def broker_url(name: str, raw: bytes | None) -> str | None:
+def broker_url(name: str, raw: bytes | str | None) -> str | None:
     """A broker's URL from its registry record (None: the meta Redis itself).
 
     Raises BrokerUnavailable for an unregistered broker other than the default one (a
@@ -122,7 +127,7 @@ def broker_url(name: str, raw: bytes | None) -> str | None:
     return json.loads(raw)["url"] if raw else None
 
 
-def topic_record(name: str, raw: bytes | None) -> dict[str, Any]:
+def topic_record(name: str, raw: bytes | str | None) -> dict[str, Any]:
     """A topic's stored record; raises TopicNotFound when there is none."""
     if raw is None:
         raise TopicNotFound(name)
@@ -130,7 +135,10 @@ def topic_record(name: str, raw: bytes | None) -> dict[str, Any]:
 
 
 def parse_topic(
-    name: str, record: dict[str, Any], placed: list[bytes | None], groups: Iterable[bytes] = ()
+    name: str,
+    record: dict[str, Any],
+    placed: list[bytes | str | None],
+    groups: Iterable[bytes | str] = (),
 ) -> Topic:
     """A Topic from its stored record, the route-table entries of its queues and the
     groups known to consume it."""
@@ -144,7 +152,7 @@ def parse_topic(
         max_backlog=record.get("max_backlog", 0),
         durability=record.get("durability"),
         groups=tuple(sorted_names(groups)),
-        placement=[(p or DEFAULT_BROKER.encode()).decode() for p in placed],
+        placement=[text(p) if p else DEFAULT_BROKER for p in placed],
     )
 
 
@@ -297,7 +305,7 @@ class Topic:
         return next(self._rr) % self.queues
 
 
-def _version_number(version: bytes | None) -> int:
+def _version_number(version: bytes | str | None) -> int:
     return int(version or 0)
 
 
@@ -310,14 +318,14 @@ class RouteCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._topics: dict[str, Topic] = {}
-        self._version: bytes | None = None
+        self._version: bytes | str | None = None
         self._checked = 0.0
 
     def get(self, name: str) -> Topic | None:
         """The cached topic, or None (a plain dict read: atomic, no lock needed)."""
         return self._topics.get(name)
 
-    def put(self, topic: Topic, version: bytes | None) -> None:
+    def put(self, topic: Topic, version: bytes | str | None) -> None:
         """Remember a topic read at this route version. Every cached topic was read at the
         same version: a newer one forgets the others, and a topic read at another version
         than the newest seen is not kept (it may predate a change)."""
@@ -351,7 +359,7 @@ class RouteCache:
         self._checked = now
         return True
 
-    def seen(self, version: bytes | None) -> None:
+    def seen(self, version: bytes | str | None) -> None:
         """The route version just read: forget every topic if it changed."""
         with self._lock:
             if version != self._version:

@@ -27,6 +27,7 @@ class Schedule:
             if not croniter.is_valid(cron):
                 raise InvalidMessage(f"not a valid cron expression: {cron!r}")
             return cls(cron=cron)
+        assert every is not None  # exactly one of the two was given
         seconds = every.total_seconds() if isinstance(every, timedelta) else float(every)
         if not seconds > 0:
             raise InvalidMessage(f"every= must be a positive interval, not {every!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -81,7 +81,7 @@ class Scripts:
         return replies
 
     def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = cast(redis.Redis, self.client).pipeline(transaction=False)  # run() is sync only
         for name, keys, args in calls:
             pipe.evalsha(getattr(self, name).sha, len(keys), *keys, *args)
         return pipe.execute(raise_on_error=False)

@@ -23,6 +23,7 @@ from .reaper import Reaper
 from .worker import STOP_SIGNAL
 
 if TYPE_CHECKING:
+    from .housekeeping import Component
     from .metrics import MultiProcessExporter
 
 log = logging.getLogger("redismq.supervisor")
@@ -63,7 +64,9 @@ def run_worker(options: WorkerOptions, serve_metrics: bool = True) -> int:
     setup_logging(options.log_level, options.log_format)
     app = load_app(options.app)
     app.client.ping()
-    hooks, components, server = [], [], None
+    hooks: list[Any] = []
+    components: list[Component] = []
+    server = None
     if options.metrics_port is not None:
         from .metrics import LagCollector, Metrics, MetricsServer
 

@@ -3,6 +3,7 @@ components (lease keeper, time-limit watchdog, trimmer, heartbeat, scheduler).""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -214,7 +215,7 @@ class Worker:
             for loop in self.loops:
                 safely(loop.consumer.close)
             for hook in self.hooks:
-                safely(lambda h=hook: h.on_worker_stop(self))
+                safely(functools.partial(hook.on_worker_stop, self))
         return self.counts
 
     def _start(self, loop: Loop) -> None:
