@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from redismq.processing import OutcomeLog
