@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 from .aio import AsyncClient
 from .arguments import decode_arguments, encode_arguments, may_be_tagged
@@ -16,10 +16,8 @@ from .client import Client, Sent
 from .errors import InvalidMessage, RedisMQError, Retry, UnknownTask
 from .job import Job
 from .message import Message, now_ms
+from .middleware import Middleware
 from .schedule import Schedule
-
-if TYPE_CHECKING:
-    from .middleware import Middleware
 
 # The header that carries a per-send time limit (seconds) to the worker.
 TIME_LIMIT_HEADER = "redismq-time-limit"
@@ -321,8 +319,6 @@ class App:
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Run this middleware's hooks in every worker process (after those added before)."""
-        from .middleware import Middleware
-
         if not isinstance(middleware, Middleware):
             raise RedisMQError(
                 f"middleware must be an instance of redismq.Middleware, not {middleware!r}"

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .backlog import read_queue
-from .client import check_topic_name
 from .cluster import choose_shards, is_cluster, master_ranges
 from .errors import InvalidMessage, RedisMQError
 from .keys import QueueKeys
@@ -28,6 +27,7 @@ from .routing import (
     topic_record,
 )
 from .urls import check_url, connect, mask_url
+from .validation import check_topic_name
 
 if TYPE_CHECKING:
     from .client import Client

@@ -22,11 +22,12 @@ from .backlog import (
     parse_queue,
     queue_commands,
 )
-from .client import redis_errors
 from .errors import InvalidMessage, ResultNotStorable
 from .failures import format_traceback
 from .message import Message, decode_entry, now_ms
+from .redis_errors import redis_errors
 from .routing import Broker, Topic
+from .validation import check_topic_name
 
 if TYPE_CHECKING:
     from .client import Client
@@ -162,8 +163,6 @@ class Consumer:
         name: str | None = None,
         queues: Iterable[int] | None = None,
     ) -> None:
-        from .client import check_topic_name
-
         check_topic_name(group)
         if visibility_timeout <= 0:
             raise InvalidMessage("visibility_timeout must be positive")

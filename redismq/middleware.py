@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .context import JobContext, current_job_or_none
+from .hooks import Hooks
 from .message import Message
-from .processing import Hooks
 
 log = logging.getLogger("redismq.middleware")
 

@@ -35,10 +35,11 @@ from .app import App
 from .client import Client
 from .consumer import Consumer
 from .errors import RedisMQError
+from .hooks import Hooks
 from .message import Message
 from .middleware import middleware_hooks
 from .ordered import OrderedConsumer
-from .processing import BatchRunner, Counts, Hooks
+from .processing import BatchRunner, Counts
 from .server import LocalServer
 from .urls import check_url, connect
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redismq import Client, Message, RedisMQError
-from redismq.processing import Hooks
+from redismq.hooks import Hooks
 from redismq.status import topic_status
 
 from .housekeeping import Component

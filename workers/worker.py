@@ -15,8 +15,9 @@ from typing import Any
 
 from redismq import App, BrokerUnavailable, Consumer, Message, Subscription
 from redismq.brokers import warn_if_evicting
+from redismq.hooks import Hooks
 from redismq.middleware import middleware_hooks
-from redismq.processing import BatchRunner, Counts, Hooks
+from redismq.processing import BatchRunner, Counts
 from redismq.routing import Broker
 
 from .heartbeat import Heartbeat
