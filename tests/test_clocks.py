@@ -19,6 +19,12 @@ def topic(client) -> str:
     return "clock"
 
 
+def skew(monkeypatch, ms: int) -> None:
+    """This process's clock, as every redismq module reads it, off by `ms`."""
+    for module in ("consumer", "outcomes", "client", "sending"):
+        monkeypatch.setattr(f"redismq.{module}.now_ms", lambda: now_ms() + ms, raising=False)
+
+
 def done_key(client, group: str) -> str:
     return client.router.queue_keys("clock", 0).done(group)
 
@@ -31,7 +37,7 @@ def test_a_consumer_whose_clock_runs_ahead_prunes_no_done_record_still_needed(
     first = client.send(topic, 1)
     assert honest.ack_many(honest.receive(count=10, block=1)) == 1
     client.send(topic, 2)
-    monkeypatch.setattr("redismq.consumer.now_ms", lambda: now_ms() + DAYS_10)
+    skew(monkeypatch, DAYS_10)
     assert ahead.ack_many(ahead.receive(count=10, block=1)) == 1
     assert client.meta.zscore(done_key(client, "g"), first) is not None
 
@@ -41,14 +47,13 @@ def test_a_consumer_whose_clock_runs_ahead_moves_no_delayed_message_early(
 ):
     consumer = client.consumer(topic, "g")
     client.send(topic, "later", delay=60)
-    monkeypatch.setattr("redismq.consumer.now_ms", lambda: now_ms() + DAYS_10)
+    skew(monkeypatch, DAYS_10)
     assert consumer.receive(count=10, block=0.3) == []
 
 
 def test_a_producer_whose_clock_runs_behind_delays_by_the_delay_asked(client, topic, monkeypatch):
     consumer = client.consumer(topic, "g")
-    for module in ("redismq.client", "redismq.sending"):
-        monkeypatch.setattr(f"{module}.now_ms", lambda: now_ms() - DAYS_10, raising=False)
+    skew(monkeypatch, -DAYS_10)
     client.send(topic, "later", delay=60)
     assert consumer.receive(count=10, block=0.3) == []
 
@@ -61,7 +66,7 @@ def test_a_retry_scheduled_by_a_consumer_whose_clock_runs_ahead_comes_back_on_ti
     client.send(topic, 1)
     [msg] = ahead.receive(count=10, block=1)
     with monkeypatch.context() as m:
-        m.setattr("redismq.consumer.now_ms", lambda: now_ms() + DAYS_10)
+        skew(m, DAYS_10)
         assert ahead.retry(msg, "ValueError: again", delay=0.2) == "retry"
     deadline = time.monotonic() + 5
     got = []

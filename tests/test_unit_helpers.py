@@ -23,15 +23,15 @@ def test_backoff_bounds(attempt: int, nominal: float) -> None:
 
 
 def test_backoff_uses_the_jitter_range() -> None:
-    with mock.patch("redismq.consumer.random.uniform", return_value=0.5) as uniform:
+    with mock.patch("redismq.outcomes.random.uniform", return_value=0.5) as uniform:
         assert backoff_delay(1.0, 3) == 4.0
     uniform.assert_called_once_with(0.5, 1.0)
-    with mock.patch("redismq.consumer.random.uniform", return_value=1.0):
+    with mock.patch("redismq.outcomes.random.uniform", return_value=1.0):
         assert backoff_delay(1.0, 3) == 8.0
 
 
 def test_backoff_grows_exponentially() -> None:
-    with mock.patch("redismq.consumer.random.uniform", return_value=1.0):
+    with mock.patch("redismq.outcomes.random.uniform", return_value=1.0):
         delays = [backoff_delay(0.5, a) for a in range(8)]
     assert delays == [0.5 * 2**a for a in range(8)]
     for a, b in zip(delays, delays[1:], strict=False):
