@@ -393,13 +393,11 @@ class AsyncJob:
 
     async def cancel(self) -> bool:
         """Stop the job (see `Job.cancel`)."""
-        from .scripts import source
-
         keys, args = cancel_args(self.client, self.keys, self.id, self.group)
         with self.client.errors():
-            r = await self._redis()
-            script = r.register_script(source("cancel"))
-            return bool(await script(keys=keys, args=args))
+            topic = await self.client.topic(self.topic, create=False)
+            broker = await self.client.router.queue_broker(topic, self.queue)
+            return bool(await broker.scripts.cancel(keys=keys, args=args))
 
     async def result(self, timeout: float | None = None) -> Any:
         """Wait up to `timeout` seconds (None: forever) for the result, without blocking

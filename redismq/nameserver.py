@@ -27,13 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("redismq.nameserver")
 CHECK_TIMEOUT = 1.0
-# Extend (ARGV[2] > 0) or give up (ARGV[2] = 0) the lease only while we still hold it:
-# a GET then PEXPIRE/DEL could act on the lease another NameServer took meanwhile.
-RENEW_LEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return redis.call('DEL', KEYS[1])
-"""
 _numbers = itertools.count(1)
 
 
@@ -82,7 +75,6 @@ class NameServer:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{next(_numbers)}"
         self.lease_ms = int(max(3.0, interval * 3) * 1000)
         self.acting = False
-        self._renew = client.meta.register_script(RENEW_LEASE)
         self._conns: dict[str, redis.Redis] = {}
         self._last: dict[str, tuple] = {}
         self._stop = threading.Event()
@@ -106,23 +98,25 @@ class NameServer:
 
     def acquire(self) -> bool:
         """Take or keep the lease; True while this NameServer is the acting one."""
-        key = self.client.router.keys.nameserver_lease
-        meta = self.client.meta
-        if meta.set(key, self.id, nx=True, px=self.lease_ms):
+        held = self._lease("take", self.lease_ms)
+        if held and not self.acting:
             log.info("nameserver %s is now acting", self.id)
-            return True
-        if self._renew(keys=[key], args=[self.id, self.lease_ms]):
-            return True
-        if self.acting:
+        if not held and self.acting:
             log.warning("nameserver %s lost its lease; standing by", self.id)
-        return False
+        return held
 
     def release(self) -> None:
         """Give up the lease (if still ours), so that a standby takes over at once."""
-        key = self.client.router.keys.nameserver_lease
         with contextlib.suppress(redis.RedisError):
-            self._renew(keys=[key], args=[self.id, 0])
+            self._lease("give", 0)
         self.acting = False
+
+    def _lease(self, action: str, ttl_ms: int) -> bool:
+        """Take, renew or give back the lease only while no other NameServer holds it
+        (lease.lua: a GET then SET/DEL could act on a lease another one took meanwhile)."""
+        key = self.client.router.keys.nameserver_lease
+        scripts = self.client.router.meta_scripts
+        return bool(scripts.lease(keys=[key], args=[action, self.id, ttl_ms]))
 
     def check_all(self) -> dict[str, dict[str, Any]]:
         """Check every broker once, store the results, bump routes on a change."""

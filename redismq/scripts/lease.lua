@@ -1,6 +1,6 @@
--- Queue leases of an ordered group: take, renew or give back the lease of one queue.
+-- A lease (a queue of an ordered group; the acting NameServer): take, renew or give it back.
 -- KEYS[1] lease key
--- ARGV[1] 'take' | 'renew' | 'give', ARGV[2] owner (consumer name), ARGV[3] ttl ms
+-- ARGV[1] 'take' | 'renew' | 'give', ARGV[2] owner (consumer or NameServer id), ARGV[3] ttl ms
 -- Returns 1 if the caller holds (take, renew) or gave back (give) the lease, else 0.
 local holder = redis.call('GET', KEYS[1])
 if ARGV[1] == 'take' then
