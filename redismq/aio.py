@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from .aio_routing import AsyncBroker, AsyncRouter
@@ -69,6 +70,7 @@ class AsyncClient:
     Takes the sending options of `Client` and follows its rules (`redismq.sending`) in
     `send`, `send_message`, `send_many` and `create_topic`, with the same errors. Use it
     inside one event loop and `await client.aclose()` (or `async with`) when done.
+    `connection` is the asyncio meta Redis client to use instead of opening one to `url`.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class AsyncClient:
         full_timeout: float = 30.0,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         result_ttl: float = 86_400.0,
+        connection: AsyncRedis | None = None,
     ) -> None:
         self.url, self.namespace = client_settings(url, namespace)
         self.result_ttl_ms = int(result_ttl * 1000)
@@ -98,14 +101,15 @@ class AsyncClient:
         self.on_full = check_choice("on_full", on_full, ON_FULL)
         self.full_timeout = check_seconds("full_timeout", full_timeout)
         self.send_timeout = check_seconds("send_timeout", send_timeout)
-        self.meta = connect_async(self.url)
+        self.meta = connection if connection is not None else connect_async(self.url)
         self.router = AsyncRouter(self.meta, self.namespace)
 
     @classmethod
-    def like(cls, client: Client) -> AsyncClient:
+    def like(cls, client: Client, connection: AsyncRedis | None = None) -> AsyncClient:
         """An async client with the URL, namespace and sending options of a sync client."""
         return cls(
             client.url,
+            connection=connection,
             namespace=client.namespace,
             auto_create_topics=client.auto_create_topics,
             default_queues=client.default_queues,

@@ -82,7 +82,9 @@ class Client:
 
     `url` defaults to $REDISMQ_URL, else redis://127.0.0.1:6379/0 (as the CLI), and
     `namespace` (the prefix of every key) to
-    $REDISMQ_NAMESPACE, else "rmq".
+    $REDISMQ_NAMESPACE, else "rmq". `connection` is the meta Redis client to use instead of
+    opening one to `url` (a test hands in its own, e.g. fakeredis); `url` still names it in
+    errors. Brokers registered with their own URL are connected to as always.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Client:
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         result_ttl: float = 86_400.0,
         done_ttl: float = 86_400.0,
+        connection: redis.Redis | None = None,
     ) -> None:
         self.url, self.namespace = client_settings(url, namespace)
         self.auto_create_topics = auto_create_topics
@@ -114,7 +117,7 @@ class Client:
         self.replica_timeout_ms = int(replica_timeout * 1000)
         self.result_ttl_ms = int(result_ttl * 1000)
         self.done_ttl_ms = int(done_ttl * 1000)
-        self.meta = connect(self.url)
+        self.meta = connection if connection is not None else connect(self.url)
         self.router = Router(self.meta, self.namespace)
         self._announced: set[str] = set()  # topics this client created by sending to them
 

@@ -29,7 +29,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
-from unittest import mock
 
 from .app import App
 from .client import Client
@@ -270,8 +269,7 @@ def eager_client(**options: Any) -> Client:
     fakeredis = _fakeredis()
     server = fakeredis.FakeServer()
     conn = fakeredis.FakeRedis(server=server)
-    with mock.patch("redismq.client.connect", return_value=conn):
-        client = Client(EAGER_URL, **options)
+    client = Client(EAGER_URL, connection=conn, **options)
     _eager_servers[client] = server
     return client
 
@@ -282,8 +280,7 @@ def _eager_async_client(client: Client, server: Any) -> AsyncClient:
 
     fakeredis = _fakeredis()
     conn = fakeredis.FakeAsyncRedis(server=server)
-    with mock.patch("redismq.aio.connect_async", return_value=conn):
-        return AsyncClient.like(client)
+    return AsyncClient.like(client, connection=conn)
 
 
 @contextmanager

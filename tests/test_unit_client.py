@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -11,7 +12,7 @@ import fakeredis
 import pytest
 import redis
 
-from redismq import Client, InvalidMessage, InvalidURL, TopicExists, TopicNotFound
+from redismq import AsyncClient, Client, InvalidMessage, InvalidURL, TopicExists, TopicNotFound
 from redismq.client import redis_errors
 from redismq.errors import BrokerUnavailable
 from redismq.keys import QueueKeys
@@ -30,9 +31,7 @@ def fake(fake_server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
 
 @pytest.fixture
 def fclient(fake: fakeredis.FakeRedis) -> Iterator[Client]:
-    with mock.patch("redismq.client.connect", return_value=fake):
-        c = Client("redis://:pw@fake:1/0")
-    yield c
+    yield Client("redis://:pw@fake:1/0", connection=fake)
 
 
 def keys(topic: str, q: int = 0) -> QueueKeys:
@@ -64,6 +63,24 @@ def test_url_from_environment(fake: fakeredis.FakeRedis, monkeypatch) -> None:
         c = Client()
     connect.assert_called_once_with("redis://envhost:1/0")
     assert c.namespace == "other"
+
+
+def test_a_client_uses_the_connection_handed_in(fake: fakeredis.FakeRedis) -> None:
+    client = Client("redis://nowhere.invalid:1/0", connection=fake)
+    mid = client.send("handed", {"n": 1})
+    assert client.meta is fake
+    assert fake.xrange(keys("handed").stream)[0][1][b"id"] == mid.encode()
+
+
+def test_an_async_client_uses_the_connection_handed_in(fake_server) -> None:
+    async def send() -> str:
+        conn = fakeredis.FakeAsyncRedis(server=fake_server)
+        async with AsyncClient("redis://nowhere.invalid:1/0", connection=conn) as client:
+            return await client.send("handed", {"n": 1})
+
+    mid = asyncio.run(send())
+    stored = fakeredis.FakeRedis(server=fake_server).xrange(keys("handed").stream)
+    assert stored[0][1][b"id"] == mid.encode()
 
 
 def test_repr_masks_password(fclient: Client) -> None:
@@ -168,8 +185,7 @@ def test_send_rejects_bad_input_before_sending(fclient: Client, fake: fakeredis.
 
 
 def test_send_over_max_body(fake: fakeredis.FakeRedis) -> None:
-    with mock.patch("redismq.client.connect", return_value=fake):
-        c = Client("redis://fake:1/0", max_body=10)
+    c = Client("redis://fake:1/0", max_body=10, connection=fake)
     with pytest.raises(InvalidMessage, match="over the limit of 10 bytes"):
         c.send("t", "x" * 20)
 
