@@ -202,6 +202,9 @@ class BatchRunner:
             if self.abandoned:
                 return counts
             if self.consumer.is_lost(msg):  # taken over by another consumer: not ours to run
+                # Let go of it: hands it back if it is ours after all; an ordered consumer
+                # stops counting it as fetched (its queue can change hands).
+                self.consumer.release([msg])
                 counts.lost += 1
                 continue
             if stop():
