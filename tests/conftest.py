@@ -1,4 +1,5 @@
-"""Fixtures: one real local server per test session, flushed before every test."""
+"""Fixtures: one real local server per test session, flushed before every test (the
+plugin's), processes started and stopped, waiting for a condition."""
 
 from __future__ import annotations
 
@@ -21,31 +22,27 @@ from tests.producers import producer_kind, producers  # noqa: F401 - fixtures: s
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The project's tests use the fixtures the pytest plugin (redismq.testing) gives users, by
+# their short names: one real local server per session (or --redismq-url's), emptied
+# before every test.
 @pytest.fixture(scope="session")
-def server() -> Iterator[LocalServer]:
-    with LocalServer() as srv:
-        yield srv
+def server(redismq_server: LocalServer) -> LocalServer:
+    return redismq_server
 
 
 @pytest.fixture
-def url(server: LocalServer) -> str:
-    r = server.client()
-    r.flushall()
-    r.script_flush()
-    r.close()
-    return server.url
+def url(redismq_url: str) -> str:
+    return redismq_url
 
 
 @pytest.fixture
-def client(url: str) -> Iterator[Client]:
-    c = Client(url)
-    yield c
-    c.close()
+def client(redismq_client: Client) -> Client:
+    return redismq_client
 
 
 @pytest.fixture
-def app(client: Client) -> App:
-    return App(client)
+def app(redismq_app: App) -> App:
+    return redismq_app
 
 
 def skip_unless_ci(reason: str) -> NoReturn:

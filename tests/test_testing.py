@@ -197,14 +197,12 @@ def test_bind_gives_the_app_its_client_back(redismq_client: Client) -> None:
     assert mine.client is redismq_client
 
 
-def test_the_projects_own_fixtures_still_work(
-    url: str, client: Client, redismq_url: str, redismq_client: Client
+def test_the_projects_tests_run_on_the_plugins_fixtures(
+    server, redismq_server, client, redismq_client, app, redismq_app
 ) -> None:
-    assert url != redismq_url  # two servers: the project's and the plugin's
-    client.send("mine", 1)
-    redismq_client.send("theirs", 2)
-    assert client.topics() == ["mine"]
-    assert redismq_client.topics() == ["theirs"]
+    assert server is redismq_server
+    assert client is redismq_client
+    assert app is redismq_app
 
 
 # -- eager mode -------------------------------------------------------------------------
