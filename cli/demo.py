@@ -34,7 +34,8 @@ from redismq.process import die_with_parent
 from redismq.server import LocalServer
 from redismq.urls import mask_url
 
-from .dashboard import Gatherer, render
+from .dashboard_data import Gatherer
+from .dashboard_view import render
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "registration"

@@ -139,7 +139,8 @@ def status(url: str, as_json: bool) -> None:
 
 def print_status(client: Client) -> None:
     """The dashboard's tables, printed once."""
-    from cli.dashboard import gather, render
+    from cli.dashboard_data import gather
+    from cli.dashboard_view import render
 
     client.ping()
     out.print(render(gather(client), width=out.width))

@@ -198,11 +198,11 @@ def status(db_url: str, table: str, as_json: bool) -> None:
 
 def outboxes_table(data: dict[str, Any], wide: bool) -> Table:
     """The dashboard's table of outboxes: rows waiting, the oldest's age, the last report."""
-    from cli.dashboard import _table, age, cell, count
+    from cli.dashboard_view import age, cell, count, new_table
 
     cols = ["outbox", ">waiting", ">oldest", ">reported", "error"]
     width = 48 if wide else 28
-    table = _table("Outboxes", *cols, wide=wide, limits={"outbox": width})
+    table = new_table("Outboxes", *cols, wide=wide, limits={"outbox": width})
     for o in data.get("outboxes", []):
         stale = o["reported_ago"] > 30
         name = o["name"]  # its end (database and table) says most: cut at the start

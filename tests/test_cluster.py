@@ -304,7 +304,8 @@ def test_a_killed_master_loses_no_acknowledged_task(tmp_path, processes):
 def test_status_and_dashboard_show_each_master_and_its_queues(cluster_url):
     from rich.console import Console
 
-    from cli.dashboard import gather, render
+    from cli.dashboard_data import gather
+    from cli.dashboard_view import render
     from redismq.status import snapshot
 
     client = Client(cluster_url)

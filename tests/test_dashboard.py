@@ -22,7 +22,8 @@ from click.testing import CliRunner
 from conftest import ROOT
 from rich.console import Console
 
-from cli.dashboard import gather, render, sparkline
+from cli.dashboard_data import gather
+from cli.dashboard_view import render, sparkline
 from cli.main import main
 from redismq import Client
 from redismq.brokers import add_broker
