@@ -29,16 +29,15 @@ from rich.table import Table
 from redismq import Client
 from redismq.server import LocalServer
 
-from .bench import (
-    NAMESPACE,
-    QUEUES,
+from .bench_measure import (
     BenchError,
     ServerStats,
-    _check_exit,
-    _timeout,
+    check_exit,
     wait_measured,
+    wait_timeout,
     worker_process,
 )
+from .bench_report import NAMESPACE, QUEUES
 
 # The write commands a worker may send per task. Left out: XREADGROUP (it writes only the
 # delivery), XGROUP (joining and leaving the group, once per consumer, not per task) and
@@ -128,9 +127,9 @@ def run_slow(sc: SlowScenario) -> dict[str, Any]:
             args += ["--concurrency", str(sc.concurrency), "--burst", "--log-level", "WARNING"]
             started = time.monotonic()
             with worker_process(args, srv.url) as proc:
-                fin = wait_measured(proc, started, _timeout(sc.jobs, sc.seconds))
+                fin = wait_measured(proc, started, wait_timeout(sc.jobs, sc.seconds))
             writes_sent = writes.stop()
-            _check_exit(f"the worker ({sc.name})", fin)
+            check_exit(f"the worker ({sc.name})", fin)
             calls, _ = ServerStats.take(client.meta).since(before)
             records = [json.loads(r) for r in client.meta.lrange(SLOW_LIST, 0, -1)]
         finally:

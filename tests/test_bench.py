@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from cli.bench import Target, percentile, print_report
+from cli.bench_report import Target, print_report
+from cli.bench_scenarios import percentile
 from cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,242 @@
+"""The bench's scenarios for raw redis-py (the ceiling) and redismq: sending, draining
+with worker processes, and idle-queue latency."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+from collections.abc import Callable
+
+import redis
+from redis.typing import EncodableT, FieldT
+
+from redismq import App, Client, Task
+from redismq.keys import QueueKeys
+from redismq.message import stream_entries
+from redismq.server import LocalServer
+
+from .bench_measure import (
+    BenchError,
+    ServerStats,
+    Window,
+    check_exit,
+    log_tail,
+    per_task,
+    rate_of,
+    run_record,
+    server_name,
+    steady,
+    wait_measured,
+    wait_timeout,
+    worker_process,
+)
+from .bench_report import LATENCY_GAP, NAMESPACE, QUEUES, Results
+
+GROUP = "workers"
+BATCH = 100
+RAW_STREAM_ONE = "raw:one"
+RAW_STREAM = "raw:stream"
+# The fields of a raw entry: the shape (and size) of a redismq entry of a no-op task.
+RAW_FIELDS: dict[FieldT, EncodableT] = {
+    b"id": "0190f3c2a1b2c3d4e5f60718293a4b5c",
+    b"body": b'{"task":"bench.noop","args":[],"kwargs":{}}',
+    b"created": 1_700_000_000_000,
+}
+
+
+# --- scenarios ----------------------------------------------------------------------
+
+
+def bench_raw(res: Results, n: int) -> None:
+    """XADD one by one, XADD pipelined, and a bare consumer loop, with redis-py alone."""
+    with LocalServer() as srv:
+        res.server = server_name(srv)
+        r = redis.Redis.from_url(srv.url)
+        r.ping()
+        started = time.perf_counter()
+        for _ in range(n):
+            r.xadd(RAW_STREAM_ONE, RAW_FIELDS)
+        res.put("raw_xadd_rate", rate_of(n, time.perf_counter() - started))
+
+        before = ServerStats.take(r)
+        started = time.perf_counter()
+        for offset in range(0, n, BATCH):
+            pipe = r.pipeline(transaction=False)
+            for _ in range(min(BATCH, n - offset)):
+                pipe.xadd(RAW_STREAM, RAW_FIELDS)
+            pipe.execute()
+        res.put("raw_xadd_pipelined_rate", rate_of(n, time.perf_counter() - started))
+
+        r.xgroup_create(RAW_STREAM, "g", id="0")
+        started, cpu = time.perf_counter(), time.process_time()
+        got = 0
+        while got < n:
+            reply = r.xreadgroup("g", "c", {RAW_STREAM: ">"}, count=BATCH)
+            if not reply:
+                break
+            ids = []
+            for entry_id, fields in stream_entries(reply[0][1]):  # type: ignore[index]
+                _noop(**json.loads(fields[b"body"])["kwargs"])
+                ids.append(entry_id)
+            pipe = r.pipeline(transaction=False)
+            pipe.xack(RAW_STREAM, "g", *ids)
+            pipe.execute()
+            got += len(ids)
+        took, cpu = time.perf_counter() - started, time.process_time() - cpu
+        calls, server_cpu = ServerStats.take(r).since(before)
+        pending = r.xpending(RAW_STREAM, "g")["pending"]
+        r.close()
+    res.put("raw_consume_rate", rate_of(got, took), n, got - pending)
+    res.put("raw_consume_cpu_us", cpu / max(got, 1) * 1e6)
+    res.put("raw_commands_per_msg", sum(calls.values()) / n)
+    res.put("raw_server_us_per_msg", server_cpu / n * 1e6)
+    res.commands["raw"] = per_task(calls, n)
+
+
+def _noop() -> None:
+    return None
+
+
+def bind(task: Task, client: Client) -> Task:
+    """The same task (name, topic, group) on an app that sends through `client`."""
+    return App(client).task(task.fn, name=task.name, topic=task.topic, group=task.group)
+
+
+def _client(url: str, topic: str) -> Client:
+    client = Client(url, namespace=NAMESPACE)
+    client.create_topic(topic, QUEUES)
+    return client
+
+
+def bench_send(res: Results, n: int) -> None:
+    """redismq `Task.send`, one round trip per message."""
+    from cli.bench_app import TOPIC, noop
+
+    with LocalServer() as srv:
+        client = _client(srv.url, TOPIC)
+        task = bind(noop, client)
+        task.send()  # connect and load the topic before timing
+        started = time.perf_counter()
+        for _ in range(n):
+            task.send()
+        res.put("send_rate", rate_of(n, time.perf_counter() - started))
+        client.close()
+
+
+def done_window(client: Client, topic: str, queues: int) -> Window:
+    """The completions recorded in the group's done sets of every queue (scores in ms)."""
+    r = client.meta
+    keys = [QueueKeys(NAMESPACE, topic, q).done(GROUP) for q in range(queues)]
+    pipe = r.pipeline(transaction=False)
+    for k in keys:
+        pipe.zcard(k)
+        pipe.zrange(k, 0, 0, withscores=True)
+        pipe.zrange(k, -1, -1, withscores=True)
+    replies = pipe.execute()
+    completed = sum(replies[0::3])
+    firsts = [s for reply in replies[1::3] for _, s in reply]
+    lasts = [s for reply in replies[2::3] for _, s in reply]
+    if not firsts:
+        return Window(0.0, 0.0, 0, 0)
+    first, last = min(firsts), max(lasts)
+    at_first = sum(r.zcount(k, first, first) for k in keys)
+    return Window(first / 1000, last / 1000, completed, at_first)
+
+
+def bench_drain(res: Results, n: int, processes: int) -> None:
+    """send_many N no-op tasks, then a worker (1 or 2 processes, --burst) drains them."""
+    from cli.bench_app import TOPIC, noop
+
+    with LocalServer() as srv:
+        client = _client(srv.url, TOPIC)
+        task = bind(noop, client)
+        body = task.body()
+        before = ServerStats.take(client.meta)
+        started = time.perf_counter()
+        for offset in range(0, n, BATCH):
+            client.send_many(TOPIC, [body] * min(BATCH, n - offset))
+        send_many = rate_of(n, time.perf_counter() - started)
+        args = ["-m", "cli.main", "worker", "cli.bench_app:app", "--url", srv.url]
+        args += ["--topic", TOPIC, "--processes", str(processes), "--burst"]
+        args += ["--log-level", "WARNING"]
+        started = time.monotonic()
+        with worker_process(args, srv.url) as proc:
+            fin = wait_measured(proc, started, wait_timeout(n, 0.01))
+        check_exit(f"the worker (--processes {processes})", fin)
+        calls, server_cpu = ServerStats.take(client.meta).since(before)
+        window = done_window(client, TOPIC, QUEUES)
+        client.close()
+    rate, cpu_us, steady_cpu = steady(window, fin)
+    res.runs[f"redismq_worker_{processes}"] = run_record(fin, window, n, steady_cpu)
+    res.put(f"worker{processes}_rate", rate, n, window.completed)
+    res.put(f"worker{processes}_cpu_us", cpu_us, n, window.completed)
+    if processes == 1:
+        res.put("send_many_rate", send_many)
+        res.put("commands_per_task", sum(calls.values()) / max(window.completed, 1))
+        res.put("server_us_per_task", server_cpu / max(window.completed, 1) * 1e6)
+        res.commands["redismq"] = per_task(calls, max(window.completed, 1))
+    if not steady_cpu:
+        res.notes.append(
+            f"worker{processes}_cpu_us counts the whole process (start-up included): "
+            "no steady-state CPU samples (is psutil installed?)"
+        )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def probe_latency(
+    r: redis.Redis,
+    send: Callable[[float], object],
+    sends: int,
+    proc: subprocess.Popen[bytes],
+    gap: float = LATENCY_GAP,
+) -> list[float]:
+    """Warm up, then `sends` probes `gap` seconds apart; the send → start delays in ms."""
+    from cli.bench_app import LATENCY_LIST
+
+    def wait_for(count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while r.llen(LATENCY_LIST) < count:
+            if proc.poll() is not None:
+                raise BenchError(f"the latency worker exited early:\n{log_tail(proc)}")
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"only {r.llen(LATENCY_LIST)} of {count} latency probes started "
+                    f"within {timeout:.0f}s:\n{log_tail(proc)}"
+                )
+            time.sleep(0.01)
+
+    send(time.time())  # the worker is ready once this one has run
+    wait_for(1, 60.0)
+    r.delete(LATENCY_LIST)
+    started = time.perf_counter()
+    for i in range(sends):
+        send(time.time())
+        pause = started + (i + 1) * gap - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+    wait_for(sends, 30.0)
+    return [(start - sent) * 1000 for sent, start in map(json.loads, r.lrange(LATENCY_LIST, 0, -1))]
+
+
+def bench_latency(res: Results, sends: int) -> None:
+    """A running redismq worker on an idle queue: when do probes start after their send?"""
+    from cli.bench_app import LATENCY_TOPIC, record_start
+
+    with LocalServer() as srv:
+        client = _client(srv.url, LATENCY_TOPIC)
+        task = bind(record_start, client)
+        args = ["-m", "cli.main", "worker", "cli.bench_app:app", "--url", srv.url]
+        args += ["--topic", LATENCY_TOPIC, "--processes", "1", "--log-level", "WARNING"]
+        with worker_process(args, srv.url) as proc:
+            delays = probe_latency(client.meta, task.send, sends, proc)
+        client.close()
+    res.put("latency_p50_ms", percentile(delays, 50), sends, len(delays))
+    res.put("latency_p99_ms", percentile(delays, 99), sends, len(delays))
