@@ -5,45 +5,19 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from redismq import Client, RedisMQError
+from cli.common import err, friendly, url_option
+from redismq import Client
 
-err = Console(stderr=True, highlight=False)
-
-url_option = click.option(
-    "--url",
-    envvar="REDISMQ_URL",
-    default="redis://127.0.0.1:6379/0",
-    show_default=True,
-    help="URL of the meta Redis (env REDISMQ_URL).",
-)
 table_option = click.option(
     "--table", default="redismq_outbox", show_default=True, help="The outbox table's name."
 )
-
-
-def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A RedisMQError is one red line and exit status 1 (as in cli.main)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except RedisMQError as exc:
-            err.print(Text.assemble(("error:", "red"), " ", str(exc)), soft_wrap=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 @click.group()

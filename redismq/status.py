@@ -10,8 +10,11 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from .backlog import GroupCounts, read_queue, topic_backlog
+from .brokers import unconsumed
 from .cluster import master_of_tag, topology
+from .errors import RedisMQError
 from .relay import outbox_status
+from .routing import ACTIVE
 from .urls import mask_url
 
 if TYPE_CHECKING:
@@ -134,3 +137,40 @@ def mark_unconsumed(topics: list[dict[str, Any]], workers: list[dict[str, Any]])
         t["no_group"] = not t["groups"]
         for g in t["groups"]:
             g["live"] = (t["name"], g["name"]) in live
+
+
+def master_of(broker: Any, shard: str) -> str | None:
+    """The master of a Redis Cluster broker that serves a queue's hash tag now."""
+    return master_of_tag(topology(broker.redis), shard)
+
+
+def describe_topic(client: Client, name: str) -> dict[str, Any]:
+    """A topic's queues with their broker, broker state, length and backlog.
+
+    A broker that does not answer costs one error, not one per queue: its queues are
+    reported as unreachable.
+    """
+    router = client.router
+    with client.errors():
+        t = client.topic(name, create=False)
+        states = router.states()
+        version = int(router.meta.get(router.keys.routes_version) or 0)
+    failed: dict[str, str] = {}
+    queues = []
+    for q, broker in enumerate(t.placement):
+        row: dict[str, Any] = {"queue": q, "broker": broker, "state": states.get(broker, ACTIVE)}
+        if broker not in failed:
+            try:
+                with client.errors():
+                    found = router.queue_broker(t, q)
+                    if found.shard is not None:  # a Redis Cluster: the master of its slot
+                        row.update(shard=found.shard, master=master_of(found, found.shard))
+                    r = found.redis
+                    row["length"] = r.xlen(router.queue_keys(name, q).stream)
+                    row["backlog"] = unconsumed(client, name, q)
+            except (redis.RedisError, RedisMQError) as exc:
+                failed[broker] = str(exc)
+        if broker in failed:
+            row.update(length=None, backlog=None, error=failed[broker])
+        queues.append(row)
+    return {"name": t.name, "route_version": version, "queues": queues}
