@@ -354,7 +354,23 @@ def render(
 
 
 def outboxes(data: dict[str, Any], wide: bool) -> list[RenderableType]:
-    """The outboxes' table (cli.outbox), when a relay reports one."""
-    from cli.outbox import outboxes_table
-
+    """The outboxes' table, when a relay reports one."""
     return [Text(""), outboxes_table(data, wide)] if data.get("outboxes") else []
+
+
+def outboxes_table(data: dict[str, Any], wide: bool) -> Table:
+    """The dashboard's table of outboxes: rows waiting, the oldest's age, the last report."""
+    cols = ["outbox", ">waiting", ">oldest", ">reported", "error"]
+    width = 48 if wide else 28
+    table = new_table("Outboxes", *cols, wide=wide, limits={"outbox": width})
+    for o in data.get("outboxes", []):
+        stale = o["reported_ago"] > 30
+        name = o["name"]  # its end (database and table) says most: cut at the start
+        table.add_row(
+            cell(name if len(name) <= width else f"…{name[1 - width :]}"),
+            count(o["waiting"]),
+            cell(age(o["oldest_age"]), style="red" if o["oldest_age"] > 60 else ""),
+            cell(f"{age(o['reported_ago'])} ago", style="red" if stale else ""),
+            cell(o.get("error") or "", style="red"),
+        )
+    return table

@@ -1,15 +1,13 @@
-"""`redismq outbox ...`: run a relay, create the outbox table or show its SQL, and the
-outbox part of `status` and the dashboard."""
+"""`redismq outbox ...`: run a relay, create the outbox table or show its SQL, and show
+the outboxes' state (the dashboard draws its table: cli.dashboard_view.outboxes_table)."""
 
 from __future__ import annotations
 
 import json
 import signal
 import threading
-from typing import Any
 
 import click
-from rich.table import Table
 from rich.text import Text
 
 from cli.common import err, friendly, url_option
@@ -168,23 +166,3 @@ def status(db_url: str, table: str, as_json: bool) -> None:
         click.echo(json.dumps(record))
     else:
         click.echo(f"{ob.name}: {lag.waiting} waiting, oldest {lag.oldest_age():.1f} s")
-
-
-def outboxes_table(data: dict[str, Any], wide: bool) -> Table:
-    """The dashboard's table of outboxes: rows waiting, the oldest's age, the last report."""
-    from cli.dashboard_view import age, cell, count, new_table
-
-    cols = ["outbox", ">waiting", ">oldest", ">reported", "error"]
-    width = 48 if wide else 28
-    table = new_table("Outboxes", *cols, wide=wide, limits={"outbox": width})
-    for o in data.get("outboxes", []):
-        stale = o["reported_ago"] > 30
-        name = o["name"]  # its end (database and table) says most: cut at the start
-        table.add_row(
-            cell(name if len(name) <= width else f"…{name[1 - width :]}"),
-            count(o["waiting"]),
-            cell(age(o["oldest_age"]), style="red" if o["oldest_age"] > 60 else ""),
-            cell(f"{age(o['reported_ago'])} ago", style="red" if stale else ""),
-            cell(o.get("error") or "", style="red"),
-        )
-    return table
