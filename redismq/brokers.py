@@ -24,6 +24,7 @@ from .routing import (
     queue_name,
     rendezvous,
     route_fields,
+    routes_changed,
     topic_record,
 )
 from .urls import check_url, connect, mask_url
@@ -101,7 +102,7 @@ def _set(client: Client, mode: str, name: str, record: dict[str, Any] | None = N
     value = json.dumps(record) if record is not None else ""
     changed = client.router.meta_scripts.registry_set(
         keys=[keys.brokers, keys.routes_version],
-        args=[keys.routes_channel, mode, name, value],
+        args=[mode, name, value],
     )
     client.router.invalidate()
     return int(changed)
@@ -232,7 +233,7 @@ def remove_broker(client: Client, name: str) -> None:
             pipe.hset(keys.routes, queue_name(t, q), target)
         for t, record in records.items():
             pipe.hset(keys.topics, t, json.dumps(record))
-        pipe.incr(keys.routes_version)
+        routes_changed(pipe, keys)
         pipe.execute()
         _set(client, "del", name)
         # a broker added again later under this name must not inherit this one's health
@@ -330,7 +331,7 @@ def expand_topic(client: Client, name: str, queues: int) -> Topic:
             record["shards"] = {**record.get("shards", {}), **added}
         changed = client.router.meta_scripts.expand_topic(
             keys=[keys.topics, keys.routes, keys.routes_version],
-            args=[keys.routes_channel, name, t.queues, json.dumps(record), *placement],
+            args=[name, t.queues, json.dumps(record), *placement],
         )
         if not changed:
             raise BrokerError(f"topic {name!r} changed meanwhile; try again")

@@ -156,10 +156,6 @@ class MetaKeys:
     def routes_version(self) -> str:
         return f"{self.prefix}:routes:version"
 
-    @property
-    def routes_channel(self) -> str:
-        return f"{self.prefix}:routes:changed"
-
     def groups(self, topic: str) -> str:
         """Set of the groups known to consume a topic."""
         return f"{self.prefix}:groups:{topic}"

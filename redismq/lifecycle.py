@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from . import cluster
 from .errors import RedisMQError
 from .relocate import glob_escape
+from .routing import routes_changed
 from .status import live_workers, mark_unconsumed, topic_status
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def delete_group(client: Client, topic: str, group: str, *, force: bool = False)
         keys = client.router.keys
         pipe = client.meta.pipeline(transaction=True)
         pipe.srem(keys.groups(topic), group)
-        pipe.incr(keys.routes_version)  # producers re-read the topic's groups (bounds)
+        routes_changed(pipe, keys)  # producers re-read the topic's groups (bounds)
         pipe.execute()
         client.router.invalidate()
     log.info("deleted group %r of topic %r", group, topic)
@@ -106,7 +107,7 @@ def delete_topic(client: Client, topic: str, *, force: bool = False) -> int:
         keys = client.router.keys
         client.router.meta_scripts.delete_topic(
             keys=[keys.topics, keys.routes, keys.routes_version, keys.groups(topic)],
-            args=[keys.routes_channel, topic, t.queues],
+            args=[topic, t.queues],
         )
         client.router.invalidate()
         deleted = 0

@@ -20,6 +20,7 @@ from redis.exceptions import RedisClusterException
 from .brokers import BrokerInfo, list_brokers
 from .cluster import topology
 from .errors import RedisMQError
+from .routing import routes_changed
 from .urls import connect, is_cluster_url, mask_url
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class NameServer:
         keys = self.client.router.keys
         results = {b.name: self.check_broker(b) for b in list_brokers(self.client)}
         changed = False
-        pipe = self.client.meta.pipeline(transaction=False)
+        pipe = self.client.meta.pipeline(transaction=True)
         for name, health in results.items():
             pipe.hset(keys.broker_health, name, json.dumps(health))
             summary = (health["up"], health.get("address"))
@@ -132,10 +133,8 @@ class NameServer:
                 changed = True
             self._last[name] = summary
         if changed:
-            pipe.incr(keys.routes_version)
+            routes_changed(pipe, keys)
         pipe.execute()
-        if changed:
-            self.client.meta.publish(keys.routes_channel, "health")
         return results
 
     def check_broker(self, broker: BrokerInfo) -> dict[str, Any]:

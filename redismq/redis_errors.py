@@ -42,7 +42,9 @@ class redis_errors:  # noqa: N801 - used like the context manager function it re
         ):
             raise BrokerUnavailable(f"the broker at {url} is out of memory: {exc}") from None
         if isinstance(exc, redis.exceptions.NoPermissionError) or (
-            isinstance(exc, redis.ResponseError) and str(exc).startswith("NOPERM")
+            isinstance(exc, redis.ResponseError)
+            # a script's command refused by the ACL says so without the NOPERM prefix
+            and (str(exc).startswith("NOPERM") or "user executing the script can't" in str(exc))
         ):
             raise BrokerUnavailable(f"permission denied at {url}: {exc}") from None
 

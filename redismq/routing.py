@@ -96,6 +96,14 @@ def queue_name(topic: str, queue: int) -> str:
     return f"{topic}#{queue}"
 
 
+def routes_changed(pipe: Any, keys: MetaKeys) -> None:
+    """Bump the route version in the MULTI of a meta change (topics, routes, brokers, groups,
+    broker health): each client drops what it cached when it next reads the version. The
+    meta change scripts (create_topic, expand_topic, delete_topic, registry_set, add_group)
+    do the same INCR; nothing is published (docs/decisions.md)."""
+    pipe.incr(keys.routes_version)
+
+
 def route_fields(topic: str, queues: int) -> list[str]:
     """The route-table fields of every queue of a topic, in queue order."""
     return [queue_name(topic, q) for q in range(queues)]
@@ -190,7 +198,7 @@ def create_topic_call(
     )
     return (
         [keys.topics, keys.routes, keys.routes_version],
-        [keys.routes_channel, name, record, *placement],
+        [name, record, *placement],
     )
 
 
@@ -562,8 +570,8 @@ class Router:
     def add_group(self, topic: str, group: str) -> None:
         """Remember that a group consumes a topic (for status, trimming and bounds); a new
         group bumps the route version so that producers learn of it."""
-        if self.meta.sadd(self.keys.groups(topic), group):
-            self.meta.incr(self.keys.routes_version)
+        keys = [self.keys.groups(topic), self.keys.routes_version]
+        if self.meta_scripts.add_group(keys=keys, args=[group]):
             self._cache.drop(topic)
 
     def groups(self, topic: str) -> list[str]:

@@ -14,6 +14,7 @@ from . import cluster
 
 NAMES = (
     "create_topic",
+    "add_group",
     "cancel",
     "registry_set",
     "expand_topic",

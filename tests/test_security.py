@@ -20,16 +20,16 @@ from tests.conftest import ROOT, skip_unless_ci
 # delays and bounds), WAIT for replicas. Commands run inside scripts are checked too.
 PRODUCER_ACL = (
     "on >producer-secret ~rmq:* resetchannels "
-    "+ping +get +hget +hmget +hgetall +hkeys +smembers +xadd +wait "
+    "+ping +get +hget +hmget +hgetall +hkeys +smembers +xadd +wait +multi +exec +time "
     "+evalsha +eval +script|load +script|exists "
     "+set +zadd +hincrby +xinfo|groups +xlen +zcard"
 )
 # What a worker needs on top: consume, settle, renew, trim, heartbeat (no admin commands,
 # no FLUSHALL, no CONFIG, no KEYS).
 WORKER_ACL = (
-    "on >worker-secret ~rmq:* &rmq:* "
+    "on >worker-secret ~rmq:* resetchannels "
     "+@read +@write +@stream +@scripting +@sortedset +@hash +@set +@list +@keyspace "
-    "+publish +ping +wait +info -@dangerous -flushall -flushdb -keys -config -debug"
+    "+multi +exec +time +ping +wait +info -@dangerous -flushall -flushdb -keys -config -debug"
 )
 
 

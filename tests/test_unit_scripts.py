@@ -195,11 +195,11 @@ def test_packing_is_binary_safe(r: fakeredis.FakeRedis, scripts: Scripts, value:
 
 def test_create_topic_is_idempotent(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
     keys = ["topics", "routes", "version"]
-    first = scripts.create_topic(keys=keys, args=["chan", "t", '{"queues":2}', "b1", "b2"])
+    first = scripts.create_topic(keys=keys, args=["t", '{"queues":2}', "b1", "b2"])
     assert first == b'{"queues":2}'
     assert r.hgetall("routes") == {b"t#0": b"b1", b"t#1": b"b2"}
     assert r.get("version") == b"1"
-    again = scripts.create_topic(keys=keys, args=["chan", "t", '{"queues":5}', "x", "y"])
+    again = scripts.create_topic(keys=keys, args=["t", '{"queues":5}', "x", "y"])
     assert again == b'{"queues":2}'
     assert r.hgetall("routes") == {b"t#0": b"b1", b"t#1": b"b2"}
     assert r.get("version") == b"1"
