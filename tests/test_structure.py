@@ -34,3 +34,30 @@ def test_lua_is_found_outside_the_scripts_folder(tmp_path: Path) -> None:
 
 def test_every_lua_script_is_in_redismq_scripts() -> None:
     assert lua_outside_scripts(ROOT) == []
+
+
+DOCS = ["README.md", "docs/architecture.md", "docs/decisions.md", "docs/security.md"]
+FILE = re.compile(r"`([\w./-]+\.(?:py|lua|md))`|\b([A-Z][A-Z_]*\.md)\b")
+KEY = re.compile(r"`(?:rmq:)?([a-z_]+):<id>`")
+
+
+def test_the_docs_name_only_files_that_exist() -> None:
+    missing = []
+    for doc in DOCS:
+        for quoted, bare in FILE.findall((ROOT / doc).read_text()):
+            name = quoted or bare
+            candidates = [ROOT / name, ROOT / "redismq" / name, ROOT / "redismq/scripts" / name]
+            if not any(c.exists() for c in candidates):
+                missing.append(f"{doc}: {name}")
+    assert missing == []
+
+
+def test_the_docs_name_keys_as_keys_py_builds_them() -> None:
+    keys = (ROOT / "redismq" / "keys.py").read_text()
+    unknown = [
+        f"{doc}: {name}:<id>"
+        for doc in DOCS
+        for name in KEY.findall((ROOT / doc).read_text())
+        if f":{name}:{{" not in keys
+    ]
+    assert unknown == []
