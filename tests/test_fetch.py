@@ -64,7 +64,7 @@ def test_slow_jobs_are_not_handed_back_and_start_in_send_order(
     concurrency: int, processes: int
 ) -> None:
     jobs = 80 if concurrency > 1 else 20
-    sc = SlowScenario("test", jobs, 0.03, concurrency, processes)
+    sc = SlowScenario("test", jobs, 0.1, concurrency, processes)
     figures = run_slow(sc)
     assert figures["reappended"] <= jobs * 0.05, figures
     # Each worker process also writes its heartbeat record a few times (start, beats,
