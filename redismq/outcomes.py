@@ -10,9 +10,9 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ResultNotStorable
 from .failures import format_traceback
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .routing import Broker
 
 log = logging.getLogger("redismq.consumer")
+
+T = TypeVar("T")
+K = TypeVar("K")
 
 NO_RESULT = object()
 CANCELLED = object()
@@ -64,6 +67,14 @@ class Settled:
     lost: list[Message] = field(default_factory=list)
 
 
+def grouped(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
+    """The items in lists by their key, in their order."""
+    groups: dict[K, list[T]] = defaultdict(list)
+    for item in items:
+        groups[key(item)].append(item)
+    return groups
+
+
 class Outcomes:
     """The outcome side of a Consumer: it provides the queues, group, name, client, retry
     options and `errors()`; this keeps what it learned about lost leases."""
@@ -85,10 +96,7 @@ class Outcomes:
 
     @staticmethod
     def _by_broker(queues: Iterable[_Queue]) -> dict[Broker, list[_Queue]]:
-        grouped: dict[Broker, list[_Queue]] = defaultdict(list)
-        for q in queues:
-            grouped[q.broker].append(q)
-        return grouped
+        return grouped(queues, lambda q: q.broker)
 
     # -- outcomes --------------------------------------------------------------------
     def ack(self, msg: Message, result: Any = NO_RESULT) -> None:

@@ -1,0 +1,335 @@
+"""The receiving side of a consumer: take the topic's streams in turns, read never more
+than asked, take over expired leases at a second look, decode entries, skip messages
+already done or cancelled, and move due delayed messages and retries into view."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from .errors import InvalidMessage
+from .message import Message, decode_entry
+from .outcomes import CANCELLED, NO_RESULT, Outcomes, grouped
+from .routing import Broker, Topic
+
+if TYPE_CHECKING:
+    from .consumer import _Queue
+
+log = logging.getLogger("redismq.consumer")
+
+MOVE_BATCH = 500
+# How often due delayed messages and retries are looked for when none is known to be due
+# sooner; bounds how late a message sent with a delay by another process becomes visible.
+MOVE_TICK_MS = 250
+MULTI_BROKER_BLOCK_MS = 100
+
+
+class Turns:
+    """Whose turn it is among a set of streams; shared by every consumer of this process
+    that reads the same streams for the same group, so that together they take the
+    topic's queues in turns."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def order(self, streams: list[str]) -> list[str]:
+        """The streams, starting with the one whose turn it is."""
+        with self._lock:
+            start = self._next % len(streams)
+        return streams[start:] + streams[:start]
+
+    def served(self, position: int) -> None:
+        """The stream at `position` gave entries: the next turn is the one after it."""
+        with self._lock:
+            self._next = position + 1
+
+
+_turns: dict[tuple[str, tuple[str, ...]], Turns] = {}
+_turns_lock = threading.Lock()
+
+
+def turns_for(group: str, streams: list[str]) -> Turns:
+    """The turns of one group over one set of streams in this process."""
+    with _turns_lock:
+        return _turns.setdefault((group, tuple(streams)), Turns())
+
+
+class Fetching(Outcomes):
+    """How a Consumer receives messages (it sets up the streams read here); what needs no
+    run (done, cancelled, undecodable) is settled here at once."""
+
+    topic: Topic
+    visibility_timeout: float
+    _by_stream: dict[bytes, tuple[_Queue, bool]]
+    _streams: Mapping[Broker, Collection[str]]  # per broker, in the order of their turns
+    _extra: list[Message]
+    _rotation: Iterator[Broker]
+    _next_claim: float
+    _claim_every: float
+    _suspects: dict[tuple[str, bytes, int], float]
+    _confirm_after: float
+
+    def receive(self, count: int = 100, block: float | None = 1.0) -> list[Message]:
+        """Up to `count` messages (never more), waiting up to `block` seconds for the first.
+
+        Serves the topic's queues in turns; moves due delayed messages and retries into
+        view, takes over messages whose lease expired, dead-letters entries that cannot be
+        decoded, and acknowledges (without returning) messages this group already completed.
+        """
+        with self.errors():
+            now = time.monotonic()
+            if now >= self._next_move:
+                self._move_due()
+            messages, self._extra = self._extra[:count], self._extra[count:]
+            if now >= self._next_claim and len(messages) < count:
+                self._next_claim = now + self._claim_every
+                messages += self._claim(count - len(messages))
+            if not messages:
+                messages = self._read(count, self._block_ms(block))
+            try:
+                return self._drop_done(messages)
+            except BaseException:
+                self._extra[:0] = messages  # delivered to this consumer: not to be lost
+                raise
+
+    def kept(self) -> list[Message]:
+        """Messages fetched and kept for the next receive (their leases must stay fresh)."""
+        return list(self._extra)
+
+    def _block_ms(self, block: float | None) -> int | None:
+        if not block:
+            return None
+        wait = min(block, max(0.0, self._next_move - time.monotonic()))
+        wait = min(wait, self._claim_every)
+        return max(1, int(wait * 1000))
+
+    def _read(self, count: int, block_ms: int | None) -> list[Message]:
+        """Read up to `count` new messages, taking the streams in turns; block for the
+        first one only when every stream is empty."""
+        replies: list[Any] = []
+        for broker, streams in self._streams.items():
+            replies += self._read_now(broker, streams, count - sum(len(e) for _, e in replies))
+        if not replies and block_ms:
+            broker = next(self._rotation)
+            if len(self._streams) > 1:  # one consumer over several brokers: a short wait each
+                block_ms = min(block_ms, MULTI_BROKER_BLOCK_MS)
+            read: dict[Any, Any] = dict.fromkeys(self._streams[broker], ">")
+            reply = broker.redis.xreadgroup(self.group, self.name, read, count=1, block=block_ms)
+            replies = cast(list[Any], reply) or []  # RESP2: [[stream, entries], ...]
+        messages = self._decode(replies)
+        # A blocking read can wake with one entry from each of several streams: what
+        # comes beyond `count` is kept for the next receive (it is this consumer's).
+        self._extra += messages[count:]
+        return messages[:count]
+
+    def _read_now(self, broker: Broker, wanted: Collection[str], count: int) -> list[Any]:
+        """Up to `count` entries without waiting, starting at the stream whose turn it is.
+
+        XREADGROUP's COUNT is per stream, so each stream is asked for its share of what is
+        left and no more: with fewer left than streams, one entry each from the next ones.
+        """
+        streams = list(wanted)
+        turns = turns_for(self.group, streams)
+        candidates = turns.order(streams)
+        replies: list[Any] = []
+        last = None
+        while count > 0 and candidates:
+            n = len(candidates)
+            if count >= n:
+                asked = [(s, count // n + (i < count % n)) for i, s in enumerate(candidates)]
+            else:
+                asked = [(s, 1) for s in candidates[:count]]
+            pipe = broker.redis.pipeline(transaction=False)
+            for stream, c in asked:
+                pipe.xreadgroup(self.group, self.name, {stream: ">"}, count=c)
+            more = []
+            for (stream, c), reply in zip(asked, pipe.execute(), strict=True):
+                entries = reply[0][1] if reply else []
+                if entries:
+                    replies.append((stream.encode(), entries))
+                    count -= len(entries)
+                    last = stream
+                if len(entries) == c:
+                    more.append(stream)
+            candidates = candidates[len(asked) :] + more
+        if last is not None:
+            turns.served(streams.index(last))
+        return replies
+
+    def _claim(self, count: int) -> list[Message]:
+        """Take over up to `count` entries whose lease expired (their consumer died or
+        stalled), wherever they are in the pending lists.
+
+        An entry is taken only once it has been seen expired for longer than a renewal
+        interval: after a broker stalls (hung, paused), every lease on it looks expired
+        until their live holders renew them. An entry idle for ten leases (a dead
+        process's, marked so by its supervisor) is taken at once."""
+        idle_ms = int(self.visibility_timeout * 1000)
+        now = time.monotonic()
+        seen, self._suspects = self._suspects, {}
+        messages: list[Message] = []
+        for broker, streams in self._streams.items():
+            pipe = broker.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xpending_range(stream, self.group, "-", "+", count, idle=idle_ms)
+            for stream, reply in zip(streams, pipe.execute(), strict=True):
+                ids, delivered = [], {}
+                for p in reply:
+                    key = (stream, p["message_id"], p["times_delivered"])
+                    first = self._suspects[key] = seen.get(key, now)
+                    dead = p["time_since_delivered"] >= 10 * idle_ms
+                    if dead or now - first >= self._confirm_after:
+                        ids.append(p["message_id"])
+                        delivered[p["message_id"]] = p["times_delivered"] + 1
+                left = count - len(messages)
+                if ids and left > 0:
+                    messages += self._take(broker, stream, ids[:left], delivered)
+        return messages
+
+    def _take(self, broker: Broker, stream: str, ids: list, delivered: dict) -> list[Message]:
+        """Claim expired entries (only those still expired) and count their crashes."""
+        idle_ms = int(self.visibility_timeout * 1000)
+        claimed = broker.redis.xclaim(stream, self.group, self.name, idle_ms, ids)
+        entries = [(eid, f) for eid, f in cast(list[Any], claimed) if eid is not None]
+        if not entries:
+            return []
+        log.info("took over %d expired message(s) on %s", len(entries), stream)
+        return self._count_crashes(broker, stream.encode(), entries, delivered)
+
+    def _count_crashes(
+        self, broker: Broker, stream: bytes, entries: list, delivered: dict | None = None
+    ) -> list[Message]:
+        """Count each earlier delivery that ended without an outcome as a failed attempt,
+        and dead-letter messages that took down their worker more than max_retries times.
+
+        `delivered` maps entry ids to their delivery counts, this one included (read from
+        the pending list when not given)."""
+        if delivered is None:
+            delivered = {
+                p["message_id"]: p["times_delivered"]
+                for p in broker.redis.xpending_range(
+                    stream, self.group, entries[0][0], entries[-1][0], len(entries), self.name
+                )
+            }
+        alive = []
+        for msg in self._decode([[stream, entries]]):
+            msg.attempt += max(0, delivered.get(msg.entry_id.encode(), 1) - 1)
+            if msg.attempt > self.max_retries:
+                reason = f"delivered {msg.attempt} times without an outcome (its worker died)"
+                log.warning("dead-lettered %s: %s", msg.id, reason)
+                self.dead_letter(msg, reason, track=True)
+            else:
+                alive.append(msg)
+        return alive
+
+    def _decode(self, reply: Sequence[Any]) -> list[Message]:
+        messages, bad = [], []
+        for stream, entries in reply:
+            q, from_retry = self._by_stream[stream]
+            for entry_id, fields in entries:
+                try:
+                    msg = decode_entry(self.topic.name, q.index, entry_id, fields)
+                except InvalidMessage as exc:
+                    bad.append((q, from_retry, entry_id, fields or {}, str(exc)))
+                    continue
+                msg.group = self.group
+                msg.from_retry = from_retry
+                messages.append(msg)
+        for q, from_retry, entry_id, fields, reason in bad:
+            log.warning("dead-lettered an undecodable entry of %s: %s", self.topic.name, reason)
+            self._dead(q, from_retry, entry_id.decode(), fields, reason, attempt=0, track=None)
+        return messages
+
+    def _drop_done(self, messages: list[Message]) -> list[Message]:
+        """Acknowledge, without returning them, messages the group already completed and
+        messages whose job was cancelled. (Every received message passes here: one this
+        consumer had lost and now received again is its own again.)"""
+        if not messages:
+            return messages
+        if self._lost:
+            self._owned_again(messages)
+        by_queue = self._by_queue(messages)
+        done: set[str] = set()
+        cancelled: set[str] = set()
+        for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
+            pipe = broker.redis.pipeline(transaction=False)
+            for q in queues:
+                ids = [m.id for m in by_queue[q.index]]
+                pipe.zmscore(q.keys.done(self.group), ids)
+                pipe.zmscore(q.keys.cancelled, ids)
+            replies = pipe.execute()
+            for n, q in enumerate(queues):
+                scores, flags = replies[2 * n], replies[2 * n + 1]
+                for m, score, flag in zip(by_queue[q.index], scores, flags, strict=True):
+                    if score is not None:
+                        done.add(m.entry_id)
+                    elif flag is not None:
+                        cancelled.add(m.entry_id)
+        if not done and not cancelled:
+            return messages
+        skipped = [m for m in messages if m.entry_id in done or m.entry_id in cancelled]
+        log.info("settled %d done or cancelled message(s) without running", len(skipped))
+        self.ack_many(
+            skipped, [CANCELLED if m.entry_id in cancelled else NO_RESULT for m in skipped]
+        )
+        return [m for m in messages if m.entry_id not in done and m.entry_id not in cancelled]
+
+    def cancelled(self, messages: Sequence[Message]) -> list[Message]:
+        """Those of the messages whose job has been cancelled."""
+        out: list[Message] = []
+        with self.errors():
+            for m in messages:
+                q = self.queues[m.queue]
+                if q.broker.redis.zscore(q.keys.cancelled, m.id) is not None:
+                    out.append(m)
+        return out
+
+    @staticmethod
+    def _by_queue(messages: Iterable[Message]) -> dict[int, list[Message]]:
+        return grouped(messages, lambda m: m.queue)
+
+    def move_due(self, until_ms: int | None = None) -> None:
+        """Move delayed messages and this group's retries that are due into view now.
+
+        `until_ms` (milliseconds since the epoch on the server's clock, default now) moves
+        everything due by then: a far-future value makes every waiting message due at once
+        (tests use it to skip backoffs and delays). `receive()` calls this by itself when
+        something is due.
+        """
+        with self.errors():
+            self._move_due(until_ms)
+
+    def _move_due(self, until_ms: int | None = None) -> None:
+        """Move due delayed messages and this group's due retries into their streams.
+
+        The earliest entry of each waiting set is read first (with the server's time); the
+        moving script runs only where something is due (most of the time nothing is)."""
+        due_by = until_ms or 0  # the script moves what is due by then, or now (server time)
+        wait = MOVE_TICK_MS
+        for broker, queues in self._by_broker(self.queues.values()).items():
+            keys = [q.keys for q in queues]
+            pairs = [(k.delayed, k.stream) for k in keys]
+            pairs += [(k.retry(self.group), k.retry_stream(self.group)) for k in keys]
+            pipe = broker.pipeline()  # on a cluster: the master of these queues' slot
+            pipe.time()
+            for zset, _ in pairs:
+                pipe.zrange(zset, 0, 0, withscores=True)
+            (seconds, micros), *firsts = pipe.execute()
+            now = seconds * 1000 + micros // 1000
+            calls = []
+            for (zset, stream), first in zip(pairs, firsts, strict=True):
+                if not first:
+                    continue
+                score = int(first[0][1])
+                if score <= max(now, due_by):
+                    calls.append(("move_due", [zset, stream], [due_by, MOVE_BATCH]))
+                else:
+                    wait = min(wait, score - now)
+            for until_due in broker.scripts.run(calls) if calls else ():
+                if until_due >= 0:
+                    wait = min(wait, until_due)
+        self._next_move = time.monotonic() + wait / 1000
