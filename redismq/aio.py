@@ -357,6 +357,8 @@ class AsyncClient:
         index = index_entry(self.namespace, t.name, queue, msg)
         cluster = isinstance(broker.redis, AsyncRedisCluster)
         sent: Sent | None
+        if replicated:
+            return await self._write_replicated(broker, t, queue, msg, plan, index, cluster)
         if plan.guard_ms and not (msg.needs_script or bound or plan.retrying or cluster):
             # the entry and the record of its id at once, without a script (the common case)
             async with broker.redis.pipeline(transaction=True) as pipe:
@@ -379,7 +381,47 @@ class AsyncClient:
             sent = Sent(msg.id, t.name, queue, text(entry))
         if index and sent.id == msg.id:  # a task's: findable by its id (client.job)
             await broker.redis.set(*index, px=self.result_ttl_ms)
-        if replicated and await broker.redis.wait(1, self.replica_timeout_ms) < 1:
+        return sent
+
+    async def _write_replicated(
+        self,
+        broker: AsyncBroker,
+        t: Topic,
+        queue: int,
+        msg: Outgoing,
+        plan: Attempts,
+        index: Any,
+        cluster: bool,
+    ) -> Sent | None:
+        """The send script and a WAIT on one connection (WAIT counts the replicas that have
+        the writes of its own connection: on another one it would confirm nothing)."""
+        if cluster:
+            raise RedisMQError(
+                f"AsyncClient cannot yet make replicated sends to the Redis Cluster broker "
+                f"{broker.name!r} (its WAIT would not reach the queue's master): send them "
+                "with Client, or without durability='replicated'"
+            )
+        qk = self.router.queue_keys(t.name, queue)
+        keys, args = send_script_call(
+            qk, msg, self.dedup_window_ms, queue_bound(t), t.groups, plan.guard_ms
+        )
+        for attempt in range(2):
+            async with broker.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(broker.scripts.send.sha, len(keys), *keys, *args)
+                pipe.wait(1, self.replica_timeout_ms)
+                try:
+                    reply, acked = await pipe.execute()
+                    break
+                except redis.exceptions.NoScriptError:
+                    if attempt:
+                        raise
+                    await broker.redis.script_load(broker.scripts.send.script)
+        sent = script_sent(reply, t.name, queue)
+        if sent is None:
+            return None
+        if index and sent.id == msg.id:
+            await broker.redis.set(*index, px=self.result_ttl_ms)
+        if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
 

@@ -553,3 +553,23 @@ def test_a_consumer_error_names_the_broker_that_failed(servers):
     with pytest.raises(BrokerUnavailable) as err:
         consumer.receive(count=1, block=0.1)
     assert f":{b1.port}/" in str(err.value) and f":{meta.port}/" not in str(err.value)
+
+
+def test_async_replicated_send_waits_on_the_connection_that_wrote(client, servers):
+    """WAIT counts the replicas that have its own connection's writes: the async client's
+    send and WAIT share one connection, so a confirmed send is on the replica."""
+    import asyncio
+
+    from redismq import AsyncClient
+
+    master = servers.start()
+    replica = servers.start(replica_of=master)
+    add_broker(client, "r", master.url, [replica.url])
+    client.create_topic("safe", queues=2)
+
+    async def send() -> list[str]:
+        async with AsyncClient(client.url) as ac:
+            return [(await ac.send("safe", {"n": i}, durability="replicated")) for i in range(5)]
+
+    sent = asyncio.run(send())
+    assert set(sent) <= set(ids_on(replica, "safe", 2))
