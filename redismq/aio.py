@@ -390,7 +390,7 @@ class AsyncClient:
         queue: int,
         msg: Outgoing,
         plan: Attempts,
-        index: Any,
+        index: tuple[str, str] | None,
         cluster: bool,
     ) -> Sent | None:
         """The send script and a WAIT on one connection (WAIT counts the replicas that have
