@@ -27,7 +27,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
 	$(PY) tools/import_cycles.py
 
 format: $(STAMP)

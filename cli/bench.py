@@ -18,7 +18,7 @@ How the figures are made:
 - Redis CPU per completed task: used_cpu_user + used_cpu_sys of the server over the same
   span (command execution and network I/O).
 
-Run `python -m cli.bench_rq rq-worker URL simple|fork [--burst]` to start the RQ worker the
+Run `python -m redismq.cli.bench_rq rq-worker URL simple|fork [--burst]` to start the RQ worker the
 bench uses.
 """
 

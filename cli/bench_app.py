@@ -1,6 +1,6 @@
 """The tasks `redismq bench` runs: no-ops, and a probe that records when it started.
 
-The redismq worker loads ``cli.bench_app:app`` (with no URL: the CLI sets $REDISMQ_URL);
+The redismq worker loads ``redismq.cli.bench_app:app`` (with no URL: the CLI sets $REDISMQ_URL);
 RQ imports ``rq_noop`` and ``rq_record_start`` by their dotted paths.
 """
 

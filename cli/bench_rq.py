@@ -1,5 +1,5 @@
 """The bench's RQ scenarios, and the RQ worker they start:
-`python -m cli.bench_rq rq-worker URL simple|fork [--burst]`."""
+`python -m redismq.cli.bench_rq rq-worker URL simple|fork [--burst]`."""
 
 from __future__ import annotations
 
@@ -66,13 +66,13 @@ def rq_window(r: redis.Redis, job_ids: list[str]) -> Window:
 
 
 def rq_worker_args(url: str, kind: str, burst: bool) -> list[str]:
-    return ["-m", "cli.bench_rq", "rq-worker", url, kind, *(["--burst"] if burst else [])]
+    return ["-m", "redismq.cli.bench_rq", "rq-worker", url, kind, *(["--burst"] if burst else [])]
 
 
 def bench_rq_drain(res: Results, n: int, kind: str) -> None:
     """RQ: enqueue one by one, then its SimpleWorker or forking Worker drains (burst)."""
     rq = _rq()
-    from cli.bench_app import rq_noop
+    from redismq.cli.bench_app import rq_noop
 
     with LocalServer() as srv:
         r = redis.Redis.from_url(srv.url)
@@ -103,7 +103,7 @@ def bench_rq_drain(res: Results, n: int, kind: str) -> None:
 def bench_rq_latency(res: Results, sends: int) -> None:
     """A running RQ SimpleWorker on an idle queue: when do probes start after enqueue?"""
     rq = _rq()
-    from cli.bench_app import rq_record_start
+    from redismq.cli.bench_app import rq_record_start
 
     with LocalServer() as srv:
         r = redis.Redis.from_url(srv.url)
@@ -121,9 +121,12 @@ def bench_rq_latency(res: Results, sends: int) -> None:
 
 
 def rq_worker_main(argv: list[str]) -> int:
-    """`python -m cli.bench_rq rq-worker URL simple|fork [--burst]`: run an RQ worker."""
+    """`python -m redismq.cli.bench_rq rq-worker URL simple|fork [--burst]`: run an RQ worker."""
     if len(argv) < 3 or argv[0] != "rq-worker" or argv[2] not in ("simple", "fork"):
-        print("usage: python -m cli.bench_rq rq-worker URL simple|fork [--burst]", file=sys.stderr)
+        print(
+            "usage: python -m redismq.cli.bench_rq rq-worker URL simple|fork [--burst]",
+            file=sys.stderr,
+        )
         return 2
     rq = _rq()
     url, kind, burst = argv[1], argv[2], "--burst" in argv[3:]

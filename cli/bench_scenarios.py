@@ -112,7 +112,7 @@ def _client(url: str, topic: str) -> Client:
 
 def bench_send(res: Results, n: int) -> None:
     """redismq `Task.send`, one round trip per message."""
-    from cli.bench_app import TOPIC, noop
+    from redismq.cli.bench_app import TOPIC, noop
 
     with LocalServer() as srv:
         client = _client(srv.url, TOPIC)
@@ -147,7 +147,7 @@ def done_window(client: Client, topic: str, queues: int) -> Window:
 
 def bench_drain(res: Results, n: int, processes: int) -> None:
     """send_many N no-op tasks, then a worker (1 or 2 processes, --burst) drains them."""
-    from cli.bench_app import TOPIC, noop
+    from redismq.cli.bench_app import TOPIC, noop
 
     with LocalServer() as srv:
         client = _client(srv.url, TOPIC)
@@ -158,7 +158,7 @@ def bench_drain(res: Results, n: int, processes: int) -> None:
         for offset in range(0, n, BATCH):
             client.send_many(TOPIC, [body] * min(BATCH, n - offset))
         send_many = rate_of(n, time.perf_counter() - started)
-        args = ["-m", "cli.main", "worker", "cli.bench_app:app", "--url", srv.url]
+        args = ["-m", "redismq.cli.main", "worker", "redismq.cli.bench_app:app", "--url", srv.url]
         args += ["--topic", TOPIC, "--processes", str(processes), "--burst"]
         args += ["--log-level", "WARNING"]
         started = time.monotonic()
@@ -199,7 +199,7 @@ def probe_latency(
     gap: float = LATENCY_GAP,
 ) -> list[float]:
     """Warm up, then `sends` probes `gap` seconds apart; the send → start delays in ms."""
-    from cli.bench_app import LATENCY_LIST
+    from redismq.cli.bench_app import LATENCY_LIST
 
     def wait_for(count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -228,12 +228,12 @@ def probe_latency(
 
 def bench_latency(res: Results, sends: int) -> None:
     """A running redismq worker on an idle queue: when do probes start after their send?"""
-    from cli.bench_app import LATENCY_TOPIC, record_start
+    from redismq.cli.bench_app import LATENCY_TOPIC, record_start
 
     with LocalServer() as srv:
         client = _client(srv.url, LATENCY_TOPIC)
         task = bind(record_start, client)
-        args = ["-m", "cli.main", "worker", "cli.bench_app:app", "--url", srv.url]
+        args = ["-m", "redismq.cli.main", "worker", "redismq.cli.bench_app:app", "--url", srv.url]
         args += ["--topic", LATENCY_TOPIC, "--processes", "1", "--log-level", "WARNING"]
         with worker_process(args, srv.url) as proc:
             delays = probe_latency(client.meta, task.send, sends, proc)

@@ -122,7 +122,14 @@ def run_slow(sc: SlowScenario) -> dict[str, Any]:
                 task.send(i, sc.seconds)
             before = ServerStats.take(client.meta)
             writes = WriteCounter(srv.url)
-            args = ["-m", "cli.main", "worker", "cli.bench_app:app", "--url", srv.url]
+            args = [
+                "-m",
+                "redismq.cli.main",
+                "worker",
+                "redismq.cli.bench_app:app",
+                "--url",
+                srv.url,
+            ]
             args += ["--topic", SLOW_TOPIC, "--processes", str(sc.processes)]
             args += ["--concurrency", str(sc.concurrency), "--burst", "--log-level", "WARNING"]
             started = time.monotonic()

@@ -22,9 +22,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from cli.dashboard_data import Gatherer
-from cli.dashboard_view import render
 from redismq import Client
+from redismq.cli.dashboard_data import Gatherer
+from redismq.cli.dashboard_view import render
 
 MAX_WORKERS = 12  # worker rows shown live (the rest are counted)
 

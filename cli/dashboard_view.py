@@ -13,7 +13,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from cli.dashboard_data import rates, size
+from redismq.cli.dashboard_data import rates, size
 
 SPARK = "▁▂▃▄▅▆▇█"
 WIDE = 120  # from this width, tables get their extra columns

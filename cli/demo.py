@@ -207,7 +207,7 @@ def spawn(stack: ExitStack, args: list[str], env: dict[str, str], log: Any) -> s
     closes; killed by the kernel if this process dies first)."""
     parent = os.getpid()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args],
+        [sys.executable, "-m", "redismq.cli.main", *args],
         cwd=ROOT,
         env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
         stdin=subprocess.DEVNULL,

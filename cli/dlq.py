@@ -10,8 +10,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import friendly, iso, out, url_option, when
 from redismq import Client, DeadLetter
+from redismq.cli.common import friendly, iso, out, url_option, when
 
 # Fields of a dead letter shown on lines of their own (or not at all) by `dlq show`.
 SHOWN = ("id", "body", "dead_reason", "dead_attempts", "dead_at", "dead_traceback")

@@ -9,8 +9,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import friendly, iso, out, url_option, when
 from redismq import Client
+from redismq.cli.common import friendly, iso, out, url_option, when
 
 
 @click.group()

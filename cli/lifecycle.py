@@ -8,8 +8,8 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import friendly, out, url_option
 from redismq import Client
+from redismq.cli.common import friendly, out, url_option
 
 
 @click.group()

@@ -12,15 +12,15 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 
-from cli.bench import bench
-from cli.brokers import broker
-from cli.common import err, friendly, out, url_option
-from cli.dlq import dlq
-from cli.jobs import job
-from cli.lifecycle import group
-from cli.outbox import outbox
-from cli.topics import topic
 from redismq import Client, TopicNotFound
+from redismq.cli.bench import bench
+from redismq.cli.brokers import broker
+from redismq.cli.common import err, friendly, out, url_option
+from redismq.cli.dlq import dlq
+from redismq.cli.jobs import job
+from redismq.cli.lifecycle import group
+from redismq.cli.outbox import outbox
+from redismq.cli.topics import topic
 from redismq.urls import mask_url
 
 
@@ -96,8 +96,8 @@ def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
 
     Example: redismq worker myproject.tasks:app --url redis://127.0.0.1:6379/0 --processes 2
     """
-    from workers.loader import AppNotFound, load_app
-    from workers.supervisor import Supervisor, WorkerOptions, run_in_process
+    from redismq.workers.loader import AppNotFound, load_app
+    from redismq.workers.supervisor import Supervisor, WorkerOptions, run_in_process
 
     os.environ["REDISMQ_URL"] = url
     opts = WorkerOptions(app=app_spec, **options)
@@ -117,7 +117,7 @@ def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
         Outbox(app, opts.outbox)  # a bad URL is one line now, not in every process
     if processes == 1:
         sys.exit(run_in_process(opts))
-    from workers.logs import setup_logging
+    from redismq.workers.logs import setup_logging
 
     setup_logging(opts.log_level, opts.log_format)
     sys.exit(Supervisor(opts, processes).run())
@@ -143,8 +143,8 @@ def status(url: str, as_json: bool) -> None:
 
 def print_status(client: Client) -> None:
     """The dashboard's tables, printed once."""
-    from cli.dashboard_data import gather
-    from cli.dashboard_view import render
+    from redismq.cli.dashboard_data import gather
+    from redismq.cli.dashboard_view import render
 
     client.ping()
     out.print(render(gather(client), width=out.width))
@@ -167,7 +167,7 @@ def dashboard(url: str, interval: float) -> None:
 
     Example: redismq dashboard --url redis://127.0.0.1:6379/0 --interval 2
     """
-    from cli.dashboard import run_dashboard
+    from redismq.cli.dashboard import run_dashboard
 
     client = Client(url)
     client.ping()
@@ -276,7 +276,7 @@ def nameserver(url: str, interval: float, log_level: str) -> None:
     Example: redismq nameserver --url redis://10.0.0.4:6379/0 --interval 1
     """
     from redismq.nameserver import NameServer
-    from workers.logs import setup_logging
+    from redismq.workers.logs import setup_logging
 
     setup_logging(log_level, "text")
     client = Client(url)
@@ -322,7 +322,7 @@ def demo(signups: int, rate: float, no_dashboard: bool) -> None:
 
     Example: redismq demo --signups 200
     """
-    from cli.demo import run_demo
+    from redismq.cli.demo import run_demo
 
     run_demo(signups, rate=rate, dashboard=not no_dashboard)
 

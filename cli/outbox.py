@@ -10,8 +10,8 @@ import threading
 import click
 from rich.text import Text
 
-from cli.common import err, friendly, url_option
 from redismq import Client
+from redismq.cli.common import err, friendly, url_option
 
 table_option = click.option(
     "--table", default="redismq_outbox", show_default=True, help="The outbox table's name."
@@ -81,8 +81,8 @@ def relay(
     """
     from redismq.outbox import Outbox
     from redismq.relay import Relay
-    from workers.logs import setup_logging
-    from workers.outbox import LagGauges
+    from redismq.workers.logs import setup_logging
+    from redismq.workers.outbox import LagGauges
 
     setup_logging(log_level, "text")
     client = Client(url)
@@ -90,7 +90,7 @@ def relay(
     server = None
     gauges = None
     if metrics_port is not None:
-        from workers.metrics import MetricsServer
+        from redismq.workers.metrics import MetricsServer
 
         gauges = LagGauges(ob.name)
         server = MetricsServer("127.0.0.1", metrics_port)

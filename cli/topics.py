@@ -9,9 +9,9 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from cli.common import friendly, out, url_option
-from cli.lifecycle import topic_delete
 from redismq import Client
+from redismq.cli.common import friendly, out, url_option
+from redismq.cli.lifecycle import topic_delete
 from redismq.status import describe_topic
 
 

@@ -71,7 +71,7 @@ class Processes:
 
     def start(self, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args],
+            [sys.executable, "-m", "redismq.cli.main", *args],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             stdout=subprocess.PIPE,

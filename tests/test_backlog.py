@@ -157,7 +157,7 @@ def test_the_lua_backlog_equals_the_python_one(client, build, backlog, per_group
     ("build", "backlog", "per_group"), STATES, ids=[s[0].__name__ for s in STATES]
 )
 def test_every_reader_shows_the_same_backlog(client, build, backlog, per_group):
-    from cli.dashboard_data import gather
+    from redismq.cli.dashboard_data import gather
 
     make(client, build)
     fresh = Client(client.url)  # no cached routes

@@ -16,9 +16,9 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from cli.bench_report import Target, print_report
-from cli.bench_scenarios import percentile
-from cli.main import main
+from redismq.cli.bench_report import Target, print_report
+from redismq.cli.bench_scenarios import percentile
+from redismq.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def quick() -> dict[str, Any]:
     """One `redismq bench --quick --json` run, as a real command."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDISMQ_URL", "REDISMQ_NAMESPACE")}
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.main", "bench", "--quick", "--json"],
+        [sys.executable, "-m", "redismq.cli.main", "bench", "--quick", "--json"],
         cwd=ROOT,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,

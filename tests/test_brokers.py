@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from conftest import wait_for
 from sentinels import Servers
 
-from cli.main import main
 from redismq import Client
 from redismq.brokers import (
     DRAIN_SETTLE,
@@ -27,6 +26,7 @@ from redismq.brokers import (
     remove_broker,
     unconsumed,
 )
+from redismq.cli.main import main
 from redismq.errors import NotReplicated, QueueUnavailable
 from redismq.keys import QueueKeys
 from redismq.nameserver import NameServer

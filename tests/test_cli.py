@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import wait_for
 
-from cli.main import main
 from redismq import Client
+from redismq.cli.main import main
 from redismq.server import LocalServer
 
 BROKER_FIELDS = {"name", "url", "up", "role"}
@@ -237,7 +237,7 @@ def test_status_shows_a_down_broker_instead_of_failing(tmp_path):
         client.send_many("spread", list(range(8)))
         b2.kill()
         out = subprocess.run(
-            [sys.executable, "-m", "cli.main", "status", "--json", "--url", meta.url],
+            [sys.executable, "-m", "redismq.cli.main", "status", "--json", "--url", meta.url],
             capture_output=True,
             text=True,
             timeout=120,

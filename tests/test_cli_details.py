@@ -11,9 +11,9 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from cli.common import url_option
-from cli.main import main
 from redismq import App, BrokerUnavailable, Client
+from redismq.cli.common import url_option
+from redismq.cli.main import main
 from redismq.server import LocalServer
 from redismq.urls import DEFAULT_URL
 

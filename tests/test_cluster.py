@@ -141,7 +141,7 @@ def queue_of(key: str, queues: int) -> int:
 def test_cli_topic_describe_names_each_queues_master(cluster_url):
     from click.testing import CliRunner
 
-    from cli.main import main
+    from redismq.cli.main import main
 
     Client(cluster_url).create_topic("shown", 6)
     result = CliRunner().invoke(main, ["topic", "describe", "shown", "--url", cluster_url])
@@ -152,7 +152,7 @@ def test_cli_topic_describe_names_each_queues_master(cluster_url):
 
 def test_worker_threads_read_one_slot_each(cluster_url):
     from redismq import App
-    from workers.worker import Worker
+    from redismq.workers.worker import Worker
 
     app = App(Client(cluster_url))
 
@@ -304,8 +304,8 @@ def test_a_killed_master_loses_no_acknowledged_task(tmp_path, processes):
 def test_status_and_dashboard_show_each_master_and_its_queues(cluster_url):
     from rich.console import Console
 
-    from cli.dashboard_data import gather
-    from cli.dashboard_view import render
+    from redismq.cli.dashboard_data import gather
+    from redismq.cli.dashboard_view import render
     from redismq.status import snapshot
 
     client = Client(cluster_url)
@@ -333,8 +333,8 @@ def test_status_and_dashboard_show_each_master_and_its_queues(cluster_url):
 def test_broker_add_takes_a_cluster_url_and_the_nameserver_reports_its_masters(url, cluster_url):
     from click.testing import CliRunner
 
-    from cli.main import main
     from redismq.brokers import list_brokers
+    from redismq.cli.main import main
     from redismq.nameserver import NameServer
 
     result = CliRunner().invoke(main, ["broker", "add", "c1", cluster_url, "--url", url])
@@ -352,7 +352,7 @@ def test_broker_add_takes_a_cluster_url_and_the_nameserver_reports_its_masters(u
 
 def test_task_results_and_an_ordered_group_on_a_cluster(cluster_url):
     from redismq import App
-    from workers.worker import Worker
+    from redismq.workers.worker import Worker
 
     app = App(Client(cluster_url))
     seen: list[int] = []
@@ -404,7 +404,7 @@ def test_a_worker_follows_a_slot_moved_to_another_master_without_a_restart(
     local_cluster, cluster_url
 ):
     from redismq import App
-    from workers.worker import Worker
+    from redismq.workers.worker import Worker
 
     c = local_cluster
     app = App(Client(cluster_url))

@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from conftest import ROOT
 from rich.console import Console
 
-from cli.dashboard_data import gather
-from cli.dashboard_view import render, sparkline
-from cli.main import main
 from redismq import Client
 from redismq.brokers import add_broker
+from redismq.cli.dashboard_data import gather
+from redismq.cli.dashboard_view import render, sparkline
+from redismq.cli.main import main
 from redismq.server import LocalServer
 from redismq.status import snapshot
 
@@ -277,7 +277,7 @@ def run_in_terminal(args: list[str], columns: int = 100, lines: int = 40):
     env.pop("COLUMNS", None)
     env.pop("LINES", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", *args],
+        [sys.executable, "-m", "redismq.cli.main", *args],
         cwd=ROOT,
         env=env,
         stdin=slave,

@@ -16,7 +16,7 @@ import click
 import pytest
 from conftest import ROOT
 
-from cli.main import main
+from redismq.cli.main import main
 from redismq.urls import check_url
 
 
@@ -155,7 +155,7 @@ def check_redismq(argv: list[str]) -> None:
         assert command is not None, argv
     ctx = command.make_context(name, args)
     if command.name == "worker":
-        from workers.loader import load_app
+        from redismq.workers.loader import load_app
 
         load_app(ctx.params["app_spec"])
 

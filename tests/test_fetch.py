@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from cli.bench_slow import SlowScenario, run_slow
 from redismq import Client
+from redismq.cli.bench_slow import SlowScenario, run_slow
 
 TOPIC = "turns"
 

@@ -47,3 +47,14 @@ def test_imports_for_type_checking_make_no_cycle(tmp_path: Path) -> None:
 
 def test_the_project_has_no_import_cycle() -> None:
     assert problems(ROOT, ["redismq", "workers", "cli"]) == []
+
+
+def test_the_library_importing_the_runtime_or_the_command_fails(tmp_path: Path) -> None:
+    _package(tmp_path, "redismq", {"a": "def f():\n    from redismq.workers.w import x\n"})
+    _package(tmp_path, "workers", {"w": "from redismq.cli.c import y\nx = 1\n"})
+    _package(tmp_path, "cli", {"c": "from redismq.workers import w\ny = 2\n"})
+    assert problems(tmp_path, ["redismq", "workers", "cli"]) == [
+        "redismq.a imports redismq.workers.w: redismq may not import redismq.workers",
+        "redismq.workers.w imports redismq.cli.c: redismq.workers may not import redismq.cli",
+        "runtime import cycle: redismq.cli.c <-> redismq.workers.w",
+    ]

@@ -17,10 +17,10 @@ import pytest
 from redismq.errors import JobTimeout
 from redismq.job import Job
 from redismq.status import live_workers
+from redismq.workers.janitor import Janitor
 from tests.apps import runtime_app
 from tests.conftest import ROOT, wait_for
 from tests.test_runtime import kill_group, rows, start_worker
-from workers.janitor import Janitor
 
 
 @pytest.fixture

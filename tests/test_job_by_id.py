@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 from sentinels import Servers
 
-from cli.main import main
 from redismq import AsyncClient, Client, JobFailed, JobNotFound, current_job
 from redismq.brokers import add_broker
+from redismq.cli.main import main
 from redismq.processing import BatchRunner
 from redismq.testing import run_until_idle
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
 from redismq import Client
+from redismq.cli.main import main
 from redismq.lifecycle import InUse
 
 

@@ -13,8 +13,8 @@ import signal
 
 import pytest
 
+from redismq.workers.logs import WorkerHandler
 from tests.conftest import wait_for
-from workers.logs import WorkerHandler
 
 FIELDS = {"id": "0190f3c2a1b2", "task": "naps.nap", "attempt": 2, "duration": 1.2e-05}
 TEXT = "id=0190f3c2a1b2 task=naps.nap attempt=2 duration=1.2e-05 outcome=done"
@@ -23,7 +23,7 @@ TEXT = "id=0190f3c2a1b2 task=naps.nap attempt=2 duration=1.2e-05 outcome=done"
 @pytest.mark.parametrize("fmt", ["text", "json"])
 def test_a_line_without_a_record_reads_as_the_record_would(monkeypatch, fmt):
     now = 1_790_000_000.25
-    monkeypatch.setattr("workers.logs.time.time", lambda: now)
+    monkeypatch.setattr("redismq.workers.logs.time.time", lambda: now)
     handler = WorkerHandler(fmt)
     handler.setStream(io.StringIO())
     fields = {**FIELDS, "outcome": "done"}

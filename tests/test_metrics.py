@@ -16,9 +16,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from redismq import JobFailed, Message
+from redismq.workers.metrics import LagCollector, Metrics
 from tests.apps import metrics_app
 from tests.conftest import wait_for
-from workers.metrics import LagCollector, Metrics
 
 LABELS = {"task": "ok", "topic": "metrics", "group": "workers"}
 BOOM = {**LABELS, "task": "boom"}

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from conftest import wait_for
 from sqlalchemy.orm import Session
 
-from cli.main import main
 from redismq import App, Client, InvalidMessage
+from redismq.cli.main import main
 from redismq.outbox import Outbox, OutboxError
 from redismq.relay import Relay
 from redismq.server import LocalServer, _free_port

@@ -193,7 +193,7 @@ def test_rediss_with_a_wrong_ca_fails_with_one_clear_line(tls_server, certs):
     with pytest.raises(BrokerUnavailable, match="cannot reach Redis"):
         Client(url).ping()
     out = subprocess.run(
-        [sys.executable, "-m", "cli.main", "status", "--url", url],
+        [sys.executable, "-m", "redismq.cli.main", "status", "--url", url],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
 from redismq import JobFailed
+from redismq.cli.main import main
 from redismq.failures import TRACEBACK_LIMIT
 from redismq.testing import run_until_idle
 

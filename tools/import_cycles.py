@@ -1,12 +1,15 @@
-"""Fail on an import cycle: `python tools/import_cycles.py [PACKAGE ...]` (`make lint`).
+"""Fail on an import cycle or an import against the layers: `python tools/import_cycles.py
+[FOLDER ...]` (`make lint`).
 
+The folders cli/ and workers/ are installed as redismq.cli and redismq.workers (setuptools'
+package-dir): the layers are redismq.cli -> redismq.workers -> the rest of redismq, which
+imports neither (`redismq/__main__.py`, the command's entry point, excepted).
 The import graph of redismq, workers and cli is read from the source with `ast`: an edge
 for each `import`/`from ... import` of one of their modules. Imports at module level (run
 when the module is first imported; `if TYPE_CHECKING:` blocks left out) make the runtime
 graph, which must have no cycle at all. An import inside a function runs later and cannot
 break an import, but a cycle through one still ties modules that need each other: that
 fails too.
-(Which package may import which is import-linter's layers contract in pyproject.toml.)
 """
 
 from __future__ import annotations
@@ -17,17 +20,48 @@ from collections.abc import Iterator
 from pathlib import Path
 
 Graph = dict[str, set[str]]
+# Where each folder is installed (pyproject.toml's package-dir); others by their own name.
+INSTALLED_AS = {"cli": "redismq.cli", "workers": "redismq.workers"}
+# Which installed package may not import which.
+FORBIDDEN = (
+    ("redismq", "redismq.workers"),
+    ("redismq", "redismq.cli"),
+    ("redismq.workers", "redismq.cli"),
+)
+ENTRY_POINTS = {"redismq.__main__"}
 
 
 def module_names(root: Path, package: str) -> dict[str, Path]:
-    """Every module of `package` (under `root`) by dotted name; a package by its own name."""
+    """Every module of the folder `package` (under `root`) by its installed dotted name; a
+    package by its own name."""
     names = {}
+    prefix = INSTALLED_AS.get(package, package).split(".")
     for path in sorted((root / package).rglob("*.py")):
-        parts = list(path.relative_to(root).with_suffix("").parts)
+        parts = list(path.relative_to(root / package).with_suffix("").parts)
         if parts[-1] == "__init__":
             parts.pop()
-        names[".".join(parts)] = path
+        names[".".join(prefix + parts)] = path
     return names
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _layer(module: str) -> str:
+    """The installed package a module belongs to, for the layers."""
+    return next((p for p in ("redismq.cli", "redismq.workers") if _within(module, p)), "redismq")
+
+
+def layer_problems(whole: Graph) -> list[str]:
+    """One line per import against the layers."""
+    return [
+        f"{here} imports {target}: {_layer(here)} may not import {_layer(target)}"
+        for here in sorted(whole)
+        if here not in ENTRY_POINTS
+        for target in sorted(whole[here])
+        if (_layer(here), _layer(target)) in FORBIDDEN
+    ]
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -144,9 +178,10 @@ def cycles(graph: Graph) -> list[list[str]]:
 
 
 def problems(root: Path, packages: list[str]) -> list[str]:
-    """One line per import cycle."""
+    """One line per import cycle, and per import against the layers."""
     runtime, whole = import_graphs(root, packages)
-    found = [f"runtime import cycle: {' <-> '.join(c)}" for c in cycles(runtime)]
+    found = layer_problems(whole)
+    found += [f"runtime import cycle: {' <-> '.join(c)}" for c in cycles(runtime)]
     found += [
         f"import cycle through a deferred import: {' <-> '.join(c)}"
         for c in cycles(whole)

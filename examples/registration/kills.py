@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_worker(processes: int, visibility_timeout: float) -> subprocess.Popen:
-    args = [sys.executable, "-m", "cli.main", "worker", "examples.registration.tasks:app"]
+    args = [sys.executable, "-m", "redismq.cli.main", "worker", "examples.registration.tasks:app"]
     args += ["--processes", str(processes), "--visibility-timeout", str(visibility_timeout)]
     args += ["--log-level", "ERROR"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -119,7 +119,7 @@ def main() -> None:
 
         app.client.create_topic(TOPIC)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker", "examples.registration.tasks:app"]
+            [sys.executable, "-m", "redismq.cli.main", "worker", "examples.registration.tasks:app"]
             + ["--processes", "1", "--concurrency", "16", "--log-level", "ERROR"]
             + ["--outbox", f"sqlite:///{shared}"],
             cwd=ROOT,

@@ -309,13 +309,13 @@ class Cluster:
         return {**os.environ, "PYTHONPATH": path, soak_app.ENV_DB: str(self.db)}
 
     def start_nameserver(self) -> None:
-        args = [sys.executable, "-m", "cli.main", "nameserver", "--url", self.meta_url]
+        args = [sys.executable, "-m", "redismq.cli.main", "nameserver", "--url", self.meta_url]
         args += ["--interval", "0.5", "--log-level", "WARNING"]
         self.nameserver = self._popen(args, "nameserver.log", self._env())
 
     def start_worker(self) -> subprocess.Popen:
         c = self.config
-        args = [sys.executable, "-m", "cli.main", "worker", APP, "--url", self.meta_url]
+        args = [sys.executable, "-m", "redismq.cli.main", "worker", APP, "--url", self.meta_url]
         args += ["--processes", str(c.processes), "--concurrency", str(c.concurrency)]
         args += ["--visibility-timeout", str(c.visibility_timeout), "--grace", str(c.grace)]
         args += ["--log-level", "WARNING"]
