@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	@# (a venv made before the distribution was renamed holds the old one: it goes first)
+	-$(PY) -m pip uninstall -q -y redismq 2>/dev/null
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
