@@ -135,6 +135,8 @@ class Consumer(Fetching):
         self._suspects: dict[tuple[str, bytes, int], float] = {}
         self._confirm_after = renew_interval(visibility_timeout) + 0.5
         self._init_outcomes()
+        # Whether receive records the jobs it returns as running (task subscriptions).
+        self.marks_running = False
         urls = {q.broker.url for q in self.queues.values()}
         self._errors_url = (urls.pop() if len(urls) == 1 else None) or client.url
         with self.errors():

@@ -11,7 +11,8 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import InvalidMessage
-from .message import Message, decode_entry
+from .job import running_commands
+from .message import Message, decode_entry, now_ms
 from .outcomes import CANCELLED, NO_RESULT, Outcomes, grouped
 from .routing import Broker, Topic
 
@@ -72,6 +73,7 @@ class Fetching(Outcomes):
     _claim_every: float
     _suspects: dict[tuple[str, bytes, int], float]
     _confirm_after: float
+    marks_running: bool
 
     def receive(self, count: int = 100, block: float | None = 1.0) -> list[Message]:
         """Up to `count` messages (never more), waiting up to `block` seconds for the first.
@@ -246,8 +248,12 @@ class Fetching(Outcomes):
 
     def _drop_done(self, messages: list[Message]) -> list[Message]:
         """Acknowledge, without returning them, messages the group already completed and
-        messages whose job was cancelled. (Every received message passes here: one this
-        consumer had lost and now received again is its own again.)"""
+        messages whose job was cancelled; with `marks_running`, record the others' jobs as
+        running in the same round trip. (Every received message passes here: one this
+        consumer had lost and now received again is its own again.)
+
+        First deliveries are checked too: a job cancelled while queued keeps its entry, and
+        a message sent again under the id of one completed before is a new entry of it."""
         if not messages:
             return messages
         if self._lost:
@@ -255,13 +261,24 @@ class Fetching(Outcomes):
         by_queue = self._by_queue(messages)
         done: set[str] = set()
         cancelled: set[str] = set()
+        now = now_ms()
         for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
             pipe = broker.redis.pipeline(transaction=False)
             for q in queues:
                 ids = [m.id for m in by_queue[q.index]]
                 pipe.zmscore(q.keys.done(self.group), ids)
                 pipe.zmscore(q.keys.cancelled, ids)
-            replies = pipe.execute()
+            if self.marks_running:  # (those found done or cancelled lose it as they settle)
+                for q in queues:
+                    key, horizon = q.keys.running(self.group), self.client.result_ttl_ms
+                    running_commands(pipe, key, by_queue[q.index], (), now, horizon)
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies[2 * len(queues) :]:
+                if isinstance(reply, Exception):
+                    log.warning("could not record which jobs run: %s", reply)
+            for reply in replies[: 2 * len(queues)]:
+                if isinstance(reply, Exception):
+                    raise reply
             for n, q in enumerate(queues):
                 scores, flags = replies[2 * n], replies[2 * n + 1]
                 for m, score, flag in zip(by_queue[q.index], scores, flags, strict=True):

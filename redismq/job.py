@@ -137,20 +137,32 @@ def mark_running(
             for broker, queues in consumer._by_broker(consumer.queues[i] for i in by_queue).items():
                 pipe = broker.redis.pipeline(transaction=False)
                 for q in queues:
-                    key = q.keys.running(consumer.group)
                     new, old = by_queue[q.index]
-                    gone = {m.id for m in old} - {m.id for m in new}
-                    if gone:
-                        pipe.zrem(key, *gone)
-                    if new:
-                        pipe.zadd(key, {m.id: running_score(now, m.attempt + 1) for m in new})
-                    if new and _sweeps.get(key, 0) < now - SWEEP_EVERY_MS:
-                        # Marks a dead worker left behind go after the result TTL.
-                        _sweeps[key] = now
-                        pipe.zremrangebyscore(key, "-inf", (now - horizon) * 1000)
+                    running_commands(pipe, q.keys.running(consumer.group), new, old, now, horizon)
                 pipe.execute()
     except (RedisMQError, redis.RedisError) as exc:
         log.warning("could not record which jobs run: %s", exc)
+
+
+def running_commands(
+    pipe: Any,
+    key: str,
+    new: Sequence[Message],
+    old: Sequence[Message] = (),
+    now: int = 0,
+    horizon: int = 0,
+) -> None:
+    """Add to a pipeline what records that the `new` jobs of one running zset (`key`) run
+    since `now` (ms) and the `old` ones no longer; now and then, what sweeps out marks
+    older than `horizon` ms (those a dead worker left behind)."""
+    gone = {m.id for m in old} - {m.id for m in new}
+    if gone:
+        pipe.zrem(key, *gone)
+    if new:
+        pipe.zadd(key, {m.id: running_score(now, m.attempt + 1) for m in new})
+    if new and _sweeps.get(key, 0) < now - SWEEP_EVERY_MS:
+        _sweeps[key] = now
+        pipe.zremrangebyscore(key, "-inf", (now - horizon) * 1000)
 
 
 # -- the sync handle ---------------------------------------------------------------------

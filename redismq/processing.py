@@ -189,12 +189,21 @@ class BatchRunner:
         self._batch: Sequence[Message] = ()
         self._pos = 0
 
-    def run(self, messages: Sequence[Message], stop: Callable[[], bool] = lambda: False) -> Counts:
-        """Run each message; when `stop()` turns true, hand the unstarted ones back."""
+    def run(
+        self,
+        messages: Sequence[Message],
+        stop: Callable[[], bool] = lambda: False,
+        *,
+        marked: bool = False,
+    ) -> Counts:
+        """Run each message; when `stop()` turns true, hand the unstarted ones back.
+
+        `marked`: the jobs read running already (the consumer marked them as it received
+        them: `Consumer.marks_running`)."""
         counts = Counts()
         last_flush = time.monotonic()
         self._batch = messages
-        if self.subscription.handler is None:  # tasks: their jobs read "running" now
+        if self.subscription.handler is None and not marked:  # tasks: they read running now
             # (settling, retrying and handing back take a job off the running set)
             mark_running(self.consumer, messages)
         for i, msg in enumerate(messages):

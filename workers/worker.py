@@ -52,6 +52,9 @@ class Loop:
         self, consumer: Consumer, subscription: Subscription, max_count: int, hooks: Sequence[Hooks]
     ) -> None:
         self.consumer = consumer
+        # A task's job reads running from its receive on (one round trip with the check
+        # for done and cancelled messages).
+        consumer.marks_running = subscription.handler is None
         self.runner = BatchRunner(consumer, subscription, hooks)
         self.max_count = max_count
         self.count = 1
@@ -77,7 +80,8 @@ class Loop:
         if not batch:
             return
         started = time.perf_counter()
-        self.counts.add(self.runner.run(batch, stop=stopping.is_set))
+        marked = self.consumer.marks_running
+        self.counts.add(self.runner.run(batch, stop=stopping.is_set, marked=marked))
         per_message = (time.perf_counter() - started) / len(batch)
         fits = int(BATCH_SECONDS / per_message) if per_message > 0 else self.max_count
         self.count = max(1, min(self.max_count, fits, self.count * 2))

@@ -1,0 +1,58 @@
+"""Issue 13, item 2: a task consumer records its jobs as running in the round trip of its
+check for done and cancelled messages (no round trip of its own before a batch runs); a
+first delivery is still checked (a job cancelled while queued keeps its entry). Real server."""
+
+from __future__ import annotations
+
+from redismq.processing import BatchRunner
+
+
+def test_received_jobs_read_running_before_their_batch_runs(client, app):
+    @app.task(topic="marks")
+    def work(n):
+        return n
+
+    jobs = [work.send(i) for i in range(3)]
+    consumer = client.consumer("marks", "workers", create=True)
+    consumer.marks_running = True
+    batch = consumer.receive(count=10, block=1)
+    assert sorted(m.id for m in batch) == sorted(j.id for j in jobs)
+    keys = [q.keys.running("workers") for q in consumer.queues.values()]
+    running = [m for k in keys for m in client.meta.zrange(k, 0, -1)]
+    assert sorted(m.decode() for m in running) == sorted(j.id for j in jobs)
+    counts = BatchRunner(consumer, app.subscriptions[("marks", "workers")]).run(batch, marked=True)
+    assert counts.processed == 3
+    assert [j.status() for j in jobs] == ["done"] * 3
+
+
+def test_a_job_cancelled_while_queued_is_settled_at_its_first_delivery_not_run(client, app):
+    ran = []
+
+    @app.task(topic="marks")
+    def work(n):
+        ran.append(n)
+
+    cancelled, kept = work.send(1), work.send(2)
+    assert cancelled.cancel()
+    consumer = client.consumer("marks", "workers", create=True)
+    consumer.marks_running = True
+    batch = consumer.receive(count=10, block=1)
+    assert [m.id for m in batch] == [kept.id]
+    BatchRunner(consumer, app.subscriptions[("marks", "workers")]).run(batch, marked=True)
+    assert ran == [2]
+    assert cancelled.status() == "cancelled" and kept.status() == "done"
+    assert not any(client.meta.zcard(q.keys.running("workers")) for q in consumer.queues.values())
+
+
+def test_without_marks_a_consumer_records_nothing_at_receive(client, app):
+    @app.task(topic="marks")
+    def work(n):
+        return n
+
+    job = work.send(1)
+    consumer = client.consumer("marks", "workers", create=True)
+    [msg] = consumer.receive(count=10, block=1)
+    key = consumer.queues[msg.queue].keys.running("workers")
+    assert client.meta.zcard(key) == 0
+    BatchRunner(consumer, app.subscriptions[("marks", "workers")]).run([msg])
+    assert job.status() == "done"
