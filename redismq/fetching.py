@@ -259,8 +259,9 @@ class Fetching(Outcomes):
         if self._lost:
             self._owned_again(messages)
         by_queue = self._by_queue(messages)
-        done: set[str] = set()
-        cancelled: set[str] = set()
+        # An entry id is unique only in its stream: two queues can hold one id each.
+        done: set[tuple[int, bool, str]] = set()
+        cancelled: set[tuple[int, bool, str]] = set()
         now = now_ms()
         for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
             pipe = broker.redis.pipeline(transaction=False)
@@ -283,17 +284,21 @@ class Fetching(Outcomes):
                 scores, flags = replies[2 * n], replies[2 * n + 1]
                 for m, score, flag in zip(by_queue[q.index], scores, flags, strict=True):
                     if score is not None:
-                        done.add(m.entry_id)
+                        done.add((m.queue, m.from_retry, m.entry_id))
                     elif flag is not None:
-                        cancelled.add(m.entry_id)
+                        cancelled.add((m.queue, m.from_retry, m.entry_id))
         if not done and not cancelled:
             return messages
-        skipped = [m for m in messages if m.entry_id in done or m.entry_id in cancelled]
+        skipped = [m for m in messages if (m.queue, m.from_retry, m.entry_id) in done | cancelled]
         log.info("settled %d done or cancelled message(s) without running", len(skipped))
         self.ack_many(
-            skipped, [CANCELLED if m.entry_id in cancelled else NO_RESULT for m in skipped]
+            skipped,
+            [
+                CANCELLED if (m.queue, m.from_retry, m.entry_id) in cancelled else NO_RESULT
+                for m in skipped
+            ],
         )
-        return [m for m in messages if m.entry_id not in done and m.entry_id not in cancelled]
+        return [m for m in messages if (m.queue, m.from_retry, m.entry_id) not in done | cancelled]
 
     def cancelled(self, messages: Sequence[Message]) -> list[Message]:
         """Those of the messages whose job has been cancelled."""

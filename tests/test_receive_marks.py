@@ -32,7 +32,15 @@ def test_a_job_cancelled_while_queued_is_settled_at_its_first_delivery_not_run(c
     def work(n):
         ran.append(n)
 
+    client.create_topic("marks", queues=2)
     cancelled, kept = work.send(1), work.send(2)
+    assert {cancelled.queue, kept.queue} == {0, 1}
+    # Entry ids are unique per stream only: give both entries the same one.
+    for job in (cancelled, kept):
+        stream = client.router.queue_keys("marks", job.queue).stream
+        [(entry_id, fields)] = client.meta.xrange(stream)
+        client.meta.delete(stream)
+        client.meta.xadd(stream, fields, id="1-1")
     assert cancelled.cancel()
     consumer = client.consumer("marks", "workers", create=True)
     consumer.marks_running = True
