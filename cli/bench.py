@@ -38,6 +38,7 @@ from rich.text import Text
 from redismq import RedisMQError
 
 from .bench_measure import BenchError
+from .bench_peers import best_peer, peer_steps
 from .bench_report import CONCURRENCY, QUEUES, Results, print_report, report, top_commands
 from .bench_rq import bench_rq_drain, bench_rq_latency
 from .bench_scenarios import bench_drain, bench_latency, bench_raw, bench_send
@@ -63,10 +64,12 @@ def run_bench(
         ("redismq: Task.send one by one", lambda: bench_send(res, n)),
         ("redismq: send_many, 1 worker process", lambda: bench_drain(res, n, 1)),
         ("redismq: send_many, --processes 2", lambda: bench_drain(res, n, 2)),
+        ("redismq: 1 worker process, default flags", lambda: bench_drain(res, n, 1, True)),
         (f"redismq: idle-queue latency, {sends} probes", lambda: bench_latency(res, sends)),
         ("RQ: enqueue, SimpleWorker", lambda: bench_rq_drain(res, n, "simple")),
         (f"RQ: forking Worker, {fork_jobs} jobs", lambda: bench_rq_drain(res, fork_jobs, "fork")),
         (f"RQ: idle-queue latency, {sends} probes", lambda: bench_rq_latency(res, sends)),
+        *peer_steps(res, n),
     ]
     for i, (what, step) in enumerate(steps, 1):
         started = time.monotonic()
@@ -75,6 +78,7 @@ def run_bench(
         step()
         if progress is not None:
             progress.print(f"      done in {time.monotonic() - started:.1f}s")
+    best_peer(res)
     res.notes += [
         f"Each scenario runs on a fresh local server. redismq: a topic of {QUEUES} queues, "
         f"worker default --concurrency {CONCURRENCY}, --log-level WARNING; raw redis-py: one "

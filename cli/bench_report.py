@@ -59,6 +59,7 @@ class Spec:
 RAW = "raw redis-py (the ceiling)"
 RMQ = "redismq"
 RQ = "RQ"
+PEERS = "peers (huey, Dramatiq) when installed"
 
 SPECS: tuple[Spec, ...] = (
     Spec("raw_xadd_rate", RAW, "XADD one by one", "msg/s", short="raw XADD"),
@@ -91,14 +92,14 @@ SPECS: tuple[Spec, ...] = (
         "Task.send one by one",
         "msg/s",
         short="redismq send",
-        ratios=(("raw_xadd_rate", Target(">=", 0.85)),),
+        ratios=(("raw_xadd_rate", Target(">=", 0.9)),),
     ),
     Spec(
         "send_many_rate",
         RMQ,
         "Client.send_many, batches of 100",
         "msg/s",
-        ratios=(("raw_xadd_pipelined_rate", Target(">=", 0.5)),),
+        ratios=(("raw_xadd_pipelined_rate", Target(">=", 0.8)),),
     ),
     Spec(
         "worker1_rate",
@@ -106,7 +107,25 @@ SPECS: tuple[Spec, ...] = (
         "1 worker process draining (--burst)",
         "tasks/s",
         short="redismq 1 process",
-        ratios=(("raw_consume_rate", Target(">=", 0.3)), ("rq_simple_rate", Target(">=", 100))),
+        ratios=(
+            ("raw_consume_rate", Target(">=", 0.5)),
+            ("rq_simple_rate", Target(">=", 100)),
+            ("best_peer_rate", Target(">=", 15)),
+        ),
+    ),
+    Spec(
+        "worker1_default_rate",
+        RMQ,
+        "1 worker process draining, default flags (a log line per job)",
+        "tasks/s",
+        ratios=(("worker1_rate", Target(">=", 0.9)), ("best_peer_rate", Target(">=", 15))),
+    ),
+    Spec(
+        "worker1_default_cpu_us",
+        RMQ,
+        "worker CPU per task, 1 process, default flags",
+        "µs",
+        ratios=(("worker1_cpu_us", None),),
     ),
     Spec(
         "worker1_cpu_us",
@@ -121,7 +140,7 @@ SPECS: tuple[Spec, ...] = (
         RMQ,
         "--processes 2 draining (--burst)",
         "tasks/s",
-        ratios=(("worker1_rate", None), ("raw_consume_rate", None)),
+        ratios=(("worker1_rate", Target(">=", 1.7)), ("raw_consume_rate", None)),
     ),
     Spec(
         "worker2_cpu_us",
@@ -227,6 +246,35 @@ SPECS: tuple[Spec, ...] = (
         f"idle queue, enqueue → start, p99 (SimpleWorker, {RQ_LATENCY_GAP * 1000:g} ms apart)",
         "ms",
         ratios=(("latency_p99_ms", None),),
+    ),
+    *(
+        spec
+        for peer, name in (("huey", "huey"), ("dramatiq", "Dramatiq"))
+        for spec in (
+            Spec(
+                f"{peer}_rate",
+                PEERS,
+                f"{name} worker draining (its defaults)",
+                "tasks/s",
+                short=name,
+                ratios=(("worker1_rate", None),),
+            ),
+            Spec(
+                f"{peer}_cpu_us",
+                PEERS,
+                f"{name} worker CPU per task",
+                "µs",
+                ratios=(("worker1_cpu_us", None),),
+            ),
+        )
+    ),
+    Spec(
+        "best_peer_rate",
+        PEERS,
+        "the best peer's drain (RQ SimpleWorker, huey, Dramatiq)",
+        "tasks/s",
+        short="best peer",
+        ratios=(("worker1_rate", None),),
     ),
 )
 FIGURES = tuple(s.name for s in SPECS)

@@ -145,8 +145,9 @@ def done_window(client: Client, topic: str, queues: int) -> Window:
     return Window(first / 1000, last / 1000, completed, at_first)
 
 
-def bench_drain(res: Results, n: int, processes: int) -> None:
-    """send_many N no-op tasks, then a worker (1 or 2 processes, --burst) drains them."""
+def bench_drain(res: Results, n: int, processes: int, default_flags: bool = False) -> None:
+    """send_many N no-op tasks, then a worker (1 or 2 processes, --burst) drains them,
+    logging at WARNING (or, `default_flags`, with the worker's defaults: a line per job)."""
     from redismq.cli.bench_app import TOPIC, noop
 
     with LocalServer() as srv:
@@ -160,10 +161,18 @@ def bench_drain(res: Results, n: int, processes: int) -> None:
         send_many = rate_of(n, time.perf_counter() - started)
         args = ["-m", "redismq.cli.main", "worker", "redismq.cli.bench_app:app", "--url", srv.url]
         args += ["--topic", TOPIC, "--processes", str(processes), "--burst"]
-        args += ["--log-level", "WARNING"]
+        args += [] if default_flags else ["--log-level", "WARNING"]
         started = time.monotonic()
         with worker_process(args, srv.url) as proc:
             fin = wait_measured(proc, started, wait_timeout(n, 0.01))
+        if default_flags:
+            window = done_window(client, TOPIC, QUEUES)
+            client.close()
+            rate, cpu_us, steady_cpu = steady(window, fin)
+            res.runs["redismq_worker_default_flags"] = run_record(fin, window, n, steady_cpu)
+            res.put("worker1_default_rate", rate, n, window.completed)
+            res.put("worker1_default_cpu_us", cpu_us, n, window.completed)
+            return
         check_exit(f"the worker (--processes {processes})", fin)
         calls, server_cpu = ServerStats.take(client.meta).since(before)
         window = done_window(client, TOPIC, QUEUES)

@@ -48,6 +48,13 @@ FIGURES = {
     "rq_server_us_per_task",
     "rq_latency_p50_ms",
     "rq_latency_p99_ms",
+    "worker1_default_rate",
+    "worker1_default_cpu_us",
+    "huey_rate",
+    "huey_cpu_us",
+    "dramatiq_rate",
+    "dramatiq_cpu_us",
+    "best_peer_rate",
 }
 # Drains and probes: how many tasks each was given in --quick.
 SENT = {
@@ -56,6 +63,9 @@ SENT = {
     "worker1_cpu_us": 500,
     "worker2_rate": 500,
     "worker2_cpu_us": 500,
+    "worker1_default_rate": 500,
+    "huey_rate": 500,
+    "dramatiq_rate": 500,
     "rq_simple_rate": 500,
     "rq_simple_cpu_us": 500,
     "rq_fork_rate": 100,
@@ -113,10 +123,13 @@ def test_ratios_are_value_over_baseline(quick: dict[str, Any]) -> None:
     targets = {
         (name, r["baseline"]): r["target"] for name, f in figures.items() for r in f["ratios"]
     }
-    assert targets[("send_rate", "raw_xadd_rate")] == "≥ 0.85"
-    assert targets[("send_many_rate", "raw_xadd_pipelined_rate")] == "≥ 0.5"
-    assert targets[("worker1_rate", "raw_consume_rate")] == "≥ 0.3"
+    assert targets[("send_rate", "raw_xadd_rate")] == "≥ 0.9"
+    assert targets[("send_many_rate", "raw_xadd_pipelined_rate")] == "≥ 0.8"
+    assert targets[("worker1_rate", "raw_consume_rate")] == "≥ 0.5"
     assert targets[("worker1_rate", "rq_simple_rate")] == "≥ 100"
+    assert targets[("worker1_rate", "best_peer_rate")] == "≥ 15"
+    assert targets[("worker1_default_rate", "worker1_rate")] == "≥ 0.9"
+    assert targets[("worker2_rate", "worker1_rate")] == "≥ 1.7"
     assert figures["commands_per_task"]["target"] == "≤ 3"
     assert figures["server_us_per_task"]["target"] == "≤ 15"
     assert figures["latency_p50_ms"]["target"] == "< 0.7"
@@ -129,7 +142,10 @@ def test_every_task_completed(quick: dict[str, Any]) -> None:
         assert figures[name]["sent"] == sent, name
         assert figures[name]["completed"] == sent, name
     runs = quick["runs"]
-    assert set(runs) == {"redismq_worker_1", "redismq_worker_2", "rq_simple", "rq_fork"}
+    assert set(runs) == {
+        *("redismq_worker_1", "redismq_worker_2", "redismq_worker_default_flags"),
+        *("rq_simple", "rq_fork", "huey", "dramatiq"),
+    }
     for name, run in runs.items():
         assert run["exit_code"] == 0, name
         assert run["completed"] == run["sent"], name
