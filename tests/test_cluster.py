@@ -35,6 +35,22 @@ def cluster_url(local_cluster: LocalCluster) -> str:
     return local_cluster.url
 
 
+def run_for_at_most(worker, seconds: float):
+    """Run a burst worker in a thread; stop it and fail if it has not finished in time
+    (a hang must fail the test, not stall the suite)."""
+    import threading
+
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(worker.run()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        worker.stop()
+        thread.join(30)
+        pytest.fail(f"the burst worker did not finish within {seconds}s")
+    return result[0]
+
+
 def drain(consumer, expected: int, timeout: float = 20.0) -> list:
     got: list = []
     deadline = time.monotonic() + timeout
@@ -165,7 +181,7 @@ def test_worker_threads_read_one_slot_each(cluster_url):
     assert sorted(len(loop.consumer.queues) for loop in w.loops) == [4, 4, 4]
     for _ in range(60):
         noop.send(1)
-    counts = w.run()
+    counts = run_for_at_most(w, 120)
     assert counts.processed == 60
 
 
@@ -370,7 +386,8 @@ def test_task_results_and_an_ordered_group_on_a_cluster(cluster_url):
     job = double.send(21)
     for n in range(30):
         record.send_with_options(args=(n,), key="one-customer")
-    counts = Worker(app, concurrency=2, burst=True).run()
+    worker = Worker(app, concurrency=2, burst=True)
+    counts = run_for_at_most(worker, 120)
     assert counts.processed == 31
     assert job.result(timeout=5) == 42
     assert seen == list(range(30))
