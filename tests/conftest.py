@@ -3,16 +3,14 @@ plugin's), processes started and stopped, waiting for a condition."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import NoReturn
 
 import pytest
 from pgcluster import postgres  # noqa: F401  (fixture: a throwaway PostgreSQL server)
@@ -65,30 +63,6 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, every: floa
     return bool(predicate())
 
 
-class Output:
-    """A process's output, read by a thread as it comes; `read()` waits for its end (like a
-    pipe's) and returns all of it, every time."""
-
-    def __init__(self, pipe: IO[str]) -> None:
-        self._pipe = pipe
-        self._lines: list[str] = []
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        with contextlib.suppress(ValueError, OSError):
-            for line in self._pipe:
-                self._lines.append(line)
-
-    def read(self) -> str:
-        self._thread.join()
-        return "".join(self._lines)
-
-    def close(self) -> None:
-        self._thread.join(5)
-        self._pipe.close()
-
-
 class Processes:
     """Starts `redismq` commands as real processes and stops every one at the end."""
 
@@ -100,14 +74,13 @@ class Processes:
             [sys.executable, "-m", "redismq.cli.main", *args],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-            stdout=subprocess.PIPE,
+            # (a long-running process whose output nobody reads passes stdout=DEVNULL or a
+            # file: a full pipe, 64 KiB, blocks it at its next log line)
+            stdout=kwargs.pop("stdout", subprocess.PIPE),
             stderr=subprocess.STDOUT,
             text=True,
             **kwargs,
         )
-        # Read its output all along: a pipe nobody reads fills up (64 KiB) and then blocks
-        # the process at its next log line.
-        proc.stdout = Output(proc.stdout)  # type: ignore[assignment]
         self.procs.append(proc)
         return proc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 
 from redismq import App
 from redismq.processing import BatchRunner
@@ -87,6 +88,7 @@ def test_per_key_order_holds_with_four_workers(client, url, processes):
             "3",
             "--log-level",
             "WARNING",
+            stdout=subprocess.DEVNULL,  # nobody reads it: a full pipe would block the worker
         )
         for _ in range(4)
     ]
