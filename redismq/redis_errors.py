@@ -43,8 +43,12 @@ class redis_errors:  # noqa: N801 - used like the context manager function it re
             raise BrokerUnavailable(f"the broker at {url} is out of memory: {exc}") from None
         if isinstance(exc, redis.exceptions.NoPermissionError) or (
             isinstance(exc, redis.ResponseError)
-            # a script's command refused by the ACL says so without the NOPERM prefix
-            and (str(exc).startswith("NOPERM") or "user executing the script can't" in str(exc))
+            # a script's command refused by the ACL says so without the NOPERM prefix (Redis:
+            # "The user executing the script can't run…", Valkey: "ACL failure in script")
+            and (
+                str(exc).startswith(("NOPERM", "ACL failure in script"))
+                or "user executing the script can't" in str(exc)
+            )
         ):
             raise BrokerUnavailable(f"permission denied at {url}: {exc}") from None
 

@@ -181,6 +181,7 @@ def tls_server(certs):
     srv.stop()
 
 
+@pytest.mark.tls
 def test_rediss_with_the_right_ca_works(tls_server, certs):
     client = Client(f"rediss://127.0.0.1:{tls_server}/0?ssl_ca_certs={certs['ca']}")
     mid = client.send("secure", {"x": 1})
@@ -188,6 +189,7 @@ def test_rediss_with_the_right_ca_works(tls_server, certs):
     assert [m.id for m in consumer.receive(count=10, block=0.5)] == [mid]
 
 
+@pytest.mark.tls
 def test_rediss_with_a_wrong_ca_fails_with_one_clear_line(tls_server, certs):
     url = f"rediss://127.0.0.1:{tls_server}/0?ssl_ca_certs={certs['other-ca']}"
     with pytest.raises(BrokerUnavailable, match="cannot reach Redis"):
