@@ -356,22 +356,21 @@ class AsyncClient:
         bound = queue_bound(t)
         index = index_entry(self.namespace, t.name, queue, msg)
         cluster = isinstance(broker.redis, AsyncRedisCluster)
-        sent: Sent | None
         if replicated:
             return await self._write_replicated(broker, t, queue, msg, plan, index, cluster)
-        if plan.guard_ms and not (msg.needs_script or bound or plan.retrying or cluster):
-            # the entry and the record of its id at once, without a script (the common case)
-            async with broker.redis.pipeline(transaction=True) as pipe:
-                pipe.set(qk.sent(msg.id), msg.id, px=plan.guard_ms)
-                pipe.xadd(qk.stream, msg.fields)
-                if index:
-                    pipe.set(*index, px=self.result_ttl_ms)
-                entry = (await pipe.execute())[1]
-            sent = Sent(msg.id, t.name, queue, text(entry))
-            index = None
-        elif msg.needs_script or bound > 0 or plan.guard_ms:
+        # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
+        local = None if cluster else index
+        sent: Sent | None
+        if msg.needs_script or bound or plan.guard_ms or local:
             keys, args = send_script_call(
-                qk, msg, self.dedup_window_ms, bound, t.groups, plan.guard_ms
+                qk,
+                msg,
+                self.dedup_window_ms,
+                bound,
+                t.groups,
+                plan,
+                local,
+                self.result_ttl_ms,
             )
             sent = script_sent(await broker.scripts.send(keys=keys, args=args), t.name, queue)
             if sent is None:
@@ -379,7 +378,7 @@ class AsyncClient:
         else:
             entry = await broker.redis.xadd(qk.stream, msg.fields)
             sent = Sent(msg.id, t.name, queue, text(entry))
-        if index and sent.id == msg.id:  # a task's: findable by its id (client.job)
+        if index and not local and sent.id == msg.id:  # a task's: findable by its id (client.job)
             await broker.redis.set(*index, px=self.result_ttl_ms)
         return sent
 
@@ -403,7 +402,14 @@ class AsyncClient:
             )
         qk = self.router.queue_keys(t.name, queue)
         keys, args = send_script_call(
-            qk, msg, self.dedup_window_ms, queue_bound(t), t.groups, plan.guard_ms
+            qk,
+            msg,
+            self.dedup_window_ms,
+            queue_bound(t),
+            t.groups,
+            plan,
+            index,
+            self.result_ttl_ms,
         )
         for attempt in range(2):
             async with broker.redis.pipeline(transaction=False) as pipe:
@@ -419,8 +425,6 @@ class AsyncClient:
         sent = script_sent(reply, t.name, queue)
         if sent is None:
             return None
-        if index and sent.id == msg.id:
-            await broker.redis.set(*index, px=self.result_ttl_ms)
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent

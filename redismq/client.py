@@ -359,30 +359,27 @@ class Client:
         qk = self.router.queue_keys(t.name, queue)
         bound = queue_bound(t)
         index = index_entry(self.namespace, t.name, queue, msg)
-        guard_ms = plan.guard_ms
-        if guard_ms and not (msg.needs_script or bound or plan.retrying or broker.cluster):
-            # the entry and the record of its id at once, without a script (the common case)
-            pipe = broker.redis.pipeline(transaction=True)
-            pipe.set(qk.sent(msg.id), msg.id, px=guard_ms)
-            pipe.xadd(qk.stream, msg.fields)
-            if index:
-                pipe.set(*index, px=self.result_ttl_ms)
-            entry = pipe.execute()[1]
-            sent = Sent(msg.id, t.name, queue, entry.decode())
-            acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
-        elif msg.needs_script or bound > 0 or guard_ms:
-            keys, args = send_script_call(qk, msg, self.dedup_window_ms, bound, t.groups, guard_ms)
-            if replicated and broker.cluster:  # WAIT on the slot's master, same connection
+        # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
+        local = None if broker.cluster else index
+        if msg.needs_script or bound or plan.guard_ms or local:
+            keys, args = send_script_call(
+                qk,
+                msg,
+                self.dedup_window_ms,
+                bound,
+                t.groups,
+                plan,
+                local,
+                self.result_ttl_ms,
+            )
+            if replicated:
                 reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
             else:
-                reply = broker.send_script(keys, args, index, self.result_ttl_ms)
-                acked = broker.redis.wait(1, self.replica_timeout_ms) if replicated else 1
+                reply, acked = broker.scripts.send(keys=keys, args=args), 1
             stored = script_sent(reply, t.name, queue)
             if stored is None:
                 return None
             sent = stored
-            if index and broker.cluster and sent.id == msg.id:  # not pipelined there
-                broker.redis.set(*index, px=self.result_ttl_ms)
         elif replicated:
 
             def fill(pipe: Any) -> None:
@@ -391,18 +388,11 @@ class Client:
 
             entry, acked = broker.on_node(qk.stream, fill)
             sent = Sent(msg.id, t.name, queue, entry.decode())
-            if index:
-                broker.redis.set(*index, px=self.result_ttl_ms)
-        elif index and not broker.cluster:  # a task's entry and its id index at once
-            pipe = broker.redis.pipeline(transaction=False)
-            pipe.xadd(qk.stream, msg.fields)
-            pipe.set(*index, px=self.result_ttl_ms)
-            return Sent(msg.id, t.name, queue, pipe.execute()[0].decode())
         else:
             entry = broker.redis.xadd(qk.stream, msg.fields)
             sent, acked = Sent(msg.id, t.name, queue, cast(bytes, entry).decode()), 1
-            if index:
-                broker.redis.set(*index, px=self.result_ttl_ms)
+        if index and not local and sent.id == msg.id:
+            broker.redis.set(*index, px=self.result_ttl_ms)
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent

@@ -249,24 +249,6 @@ class Broker:
         fill(pipe)
         return pipe.execute()
 
-    def send_script(
-        self, keys: list[str], args: list[Any], index: tuple[str, str] | None, ttl_ms: int
-    ) -> Any:
-        """The `send` script's reply; with a task's id index (kept `ttl_ms`), both in one
-        round trip on a standalone broker (the index is written even if the send stored
-        nothing: harmless, it names a message that is not there and expires)."""
-        if index is None or self.cluster:
-            return self.scripts.send(keys=keys, args=args)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(self.scripts.send.sha, len(keys), *keys, *args)
-        pipe.set(*index, px=ttl_ms)
-        reply = pipe.execute(raise_on_error=False)[0]
-        if isinstance(reply, redis.exceptions.NoScriptError):  # a restarted server
-            return self.scripts.send(keys=keys, args=args)
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
-
     def send_and_wait(self, keys: list[str], args: list[Any], timeout_ms: int) -> tuple[Any, int]:
         """The `send` script and a WAIT in one pipeline on the master of the queue's slot (a
         Redis Cluster's WAIT elsewhere would count another master's replicas)."""

@@ -121,22 +121,27 @@ def send_script_call(
     dedup_window_ms: int,
     bound: int = 0,
     groups: Iterable[str] = (),
-    guard_ms: int = 0,
+    plan: Attempts | None = None,
+    index: tuple[str, str] | None = None,
+    index_ttl_ms: int = 0,
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of the `send` script for one message: its dedup key (else, with
-    `guard_ms`, a record of its id that makes a retry of this send a no-op), its delay, and
-    the bound of the queue's backlog (which counts the `groups`)."""
+    """KEYS and ARGV of the `send` script for one message: its dedup key (else, by the
+    `plan` of its attempts, a record of its id that makes a retry of this send a no-op), its
+    delay, the bound of the queue's backlog (which counts the `groups`), and a task's id
+    `index` (a key and its value, kept `index_ttl_ms`; only where it shares the queue's
+    node)."""
     if msg.dedup_key is not None:
-        record, window = keys.dedup(msg.dedup_key), dedup_window_ms
-    else:
-        record, window = keys.sent(msg.id), guard_ms
+        record, window, check = keys.dedup(msg.dedup_key), dedup_window_ms, 1
+    else:  # a fresh id has no record yet: only a retry looks for one
+        window = plan.guard_ms if plan is not None else 0
+        record, check = keys.sent(msg.id), int(plan is not None and plan.retrying)
+    index_key, index_value = index if index is not None else (record, "")
     names = list(groups) if bound else []
-    script_keys = [keys.stream, keys.delayed, record, keys.counters]
+    script_keys = [keys.stream, keys.delayed, record, keys.counters, index_key]
     for g in names:
         script_keys += [keys.retry_stream(g), keys.retry(g)]
-    args: list[Any] = [msg.id, window]
-    args.append(msg.delay_ms)  # due on the server's clock
-    args += [bound, len(names), *names]
+    args: list[Any] = [msg.id, window, check, msg.delay_ms, bound]  # delay: on the server's clock
+    args += [index_ttl_ms if index is not None else 0, index_value, len(names), *names]
     for name, value in msg.fields.items():
         args += [name, value]
     return script_keys, args
@@ -145,10 +150,10 @@ def send_script_call(
 def script_sent(reply: list[Any], topic: str, queue: int) -> Sent | None:
     """Where the `send` script put a message (the first id if it was a duplicate); None
     when the queue was full."""
-    sent_id, outcome = reply
+    sent_id, outcome, *entry = reply
     if outcome == -1:
         return None
-    return Sent(sent_id.decode(), topic, queue, None)
+    return Sent(sent_id.decode(), topic, queue, entry[0].decode() if entry else None)
 
 
 def full_message(topic: Topic) -> str:
@@ -209,7 +214,7 @@ class Attempts:
     usable broker not yet tried; otherwise the send tries the same queue again, with
     backoff, until `outage` seconds have passed (a keyed message always stays on its
     queue). Every attempt stores a record of the message id with the entry (kept
-    `guard_ms`; atomically, with MULTI or in the script), and a retry looks for it first
+    `guard_ms`, in the script that writes the entry), and a retry looks for it first
     (the `send` script), so that a retry of an attempt that landed before its reply was
     lost stores nothing.
     """

@@ -239,12 +239,13 @@ def test_sigterm_lets_running_jobs_finish_and_hands_the_rest_over_at_once(rt, ur
 
 @pytest.mark.slow
 def test_long_job_with_short_visibility_timeout_is_never_run_twice(rt, url, db, processes):
-    job = rt.slow.send(90, "long")
+    # The job outlives six visibility timeouts while a second worker waits for its message.
+    job = rt.slow.send(18, "long")
     workers = [
-        start_worker(processes, url, "--processes", "1", "--visibility-timeout", "10")
+        start_worker(processes, url, "--processes", "1", "--visibility-timeout", "3")
         for _ in range(2)
     ]
-    assert job.result(timeout=150) == "long"
+    assert job.result(timeout=60) == "long"
     assert [v for v, _ in rows(db, "slow-start")] == ["long"]
     for w in workers:
         w.send_signal(signal.SIGTERM)

@@ -9,8 +9,8 @@ import pytest
 
 from redismq.scripts import HELPERS, NAMES, Scripts, source
 
-STREAM, DELAYED, DEDUP, COUNTERS = "s", "d", "dd", "c"
-SEND_KEYS = [STREAM, DELAYED, DEDUP, COUNTERS]
+STREAM, DELAYED, DEDUP, COUNTERS, INDEX = "s", "d", "dd", "c", "ix"
+SEND_KEYS = [STREAM, DELAYED, DEDUP, COUNTERS, INDEX]
 
 
 @pytest.fixture
@@ -53,19 +53,51 @@ def test_unknown_script_attribute() -> None:
 
 
 def test_send_plain_appends(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 0, 0, 0, b"id", b"m1", b"body", b"{}"])
-    assert reply == [b"m1", 1]
-    [(_, fields)] = r.xrange(STREAM)
+    reply = scripts.send(
+        keys=SEND_KEYS, args=["m1", 0, 0, 0, 0, 0, "", 0, b"id", b"m1", b"body", b"{}"]
+    )
+    [(entry, fields)] = r.xrange(STREAM)
+    assert reply == [b"m1", 1, entry]
     assert fields == {b"id": b"m1", b"body": b"{}"}
     assert not r.exists(DEDUP)
+    assert not r.exists(INDEX)
+
+
+def test_send_writes_the_id_index_with_the_entry(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
+    args = ["m1", 0, 0, 0, 0, 60_000, "t:0:g:task", 0, b"id", b"m1"]
+    assert scripts.send(keys=SEND_KEYS, args=args)[:2] == [b"m1", 1]
+    assert r.get(INDEX) == b"t:0:g:task"
+    assert 0 < r.pttl(INDEX) <= 60_000
+    assert r.xlen(STREAM) == 1
     assert r.zcard(DELAYED) == 0
 
 
+def test_a_first_attempt_writes_its_id_record_and_a_retry_finds_it(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    def attempt(check: int) -> list:
+        return scripts.send(
+            keys=SEND_KEYS, args=["m1", 15_000, check, 0, 0, 0, "", 0, b"id", b"m1"]
+        )
+
+    r.set(DEDUP, "stale")  # a first attempt's fresh id has no record: it does not look
+    assert attempt(0)[:2] == [b"m1", 1]
+    assert r.get(DEDUP) == b"m1"
+    assert attempt(1) == [b"m1", 0]  # the retry of an attempt that landed stores nothing
+    assert r.xlen(STREAM) == 1
+
+
 def test_send_dedup_returns_the_first_id(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    first = scripts.send(keys=SEND_KEYS, args=["m1", 60_000, 0, 0, 0, b"id", b"m1", b"body", b"1"])
-    second = scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 0, 0, 0, b"id", b"m2", b"body", b"2"])
-    third = scripts.send(keys=SEND_KEYS, args=["m3", 60_000, 0, 0, 0, b"id", b"m3", b"body", b"3"])
-    assert first == [b"m1", 1]
+    first = scripts.send(
+        keys=SEND_KEYS, args=["m1", 60_000, 1, 0, 0, 0, "", 0, b"id", b"m1", b"body", b"1"]
+    )
+    second = scripts.send(
+        keys=SEND_KEYS, args=["m2", 60_000, 1, 0, 0, 0, "", 0, b"id", b"m2", b"body", b"2"]
+    )
+    third = scripts.send(
+        keys=SEND_KEYS, args=["m3", 60_000, 1, 0, 0, 0, "", 0, b"id", b"m3", b"body", b"3"]
+    )
+    assert first[:2] == [b"m1", 1]
     assert second == [b"m1", 0]
     assert third == [b"m1", 0]
     assert r.xlen(STREAM) == 1
@@ -75,22 +107,34 @@ def test_send_dedup_returns_the_first_id(r: fakeredis.FakeRedis, scripts: Script
 
 
 def test_send_dedup_window_expires(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    scripts.send(keys=SEND_KEYS, args=["m1", 60_000, 0, 0, 0, b"id", b"m1", b"body", b"1"])
+    scripts.send(
+        keys=SEND_KEYS, args=["m1", 60_000, 1, 0, 0, 0, "", 0, b"id", b"m1", b"body", b"1"]
+    )
     r.delete(DEDUP)  # what expiry does when the window has passed
-    assert scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 0, 0, 0, b"id", b"m2"]) == [b"m2", 1]
+    assert scripts.send(keys=SEND_KEYS, args=["m2", 60_000, 1, 0, 0, 0, "", 0, b"id", b"m2"])[
+        :2
+    ] == [
+        b"m2",
+        1,
+    ]
     assert r.xlen(STREAM) == 2
 
 
 def test_send_other_dedup_key_is_sent(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 0, 0, 0, b"id", b"m1"])
-    other = [STREAM, DELAYED, "dd2", COUNTERS]
-    assert scripts.send(keys=other, args=["m2", 1000, 0, 0, 0, b"id", b"m2"]) == [b"m2", 1]
+    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 1, 0, 0, 0, "", 0, b"id", b"m1"])
+    other = [STREAM, DELAYED, "dd2", COUNTERS, INDEX]
+    assert scripts.send(keys=other, args=["m2", 1000, 1, 0, 0, 0, "", 0, b"id", b"m2"])[:2] == [
+        b"m2",
+        1,
+    ]
     assert r.xlen(STREAM) == 2
 
 
 def test_send_delayed_waits_in_the_zset(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
     before = server_ms(r)
-    reply = scripts.send(keys=SEND_KEYS, args=["m1", 0, 5000, 0, 0, b"id", b"m1", b"body", b"{}"])
+    reply = scripts.send(
+        keys=SEND_KEYS, args=["m1", 0, 0, 5000, 0, 0, "", 0, b"id", b"m1", b"body", b"{}"]
+    )
     assert reply == [b"m1", 1]
     assert r.xlen(STREAM) == 0
     [(member, score)] = r.zrange(DELAYED, 0, -1, withscores=True)
@@ -99,8 +143,11 @@ def test_send_delayed_waits_in_the_zset(r: fakeredis.FakeRedis, scripts: Scripts
 
 
 def test_send_delayed_with_dedup(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 5000, 0, 0, b"id", b"m1"])
-    assert scripts.send(keys=SEND_KEYS, args=["m2", 1000, 6000, 0, 0, b"id", b"m2"]) == [b"m1", 0]
+    scripts.send(keys=SEND_KEYS, args=["m1", 1000, 1, 5000, 0, 0, "", 0, b"id", b"m1"])
+    assert scripts.send(keys=SEND_KEYS, args=["m2", 1000, 1, 6000, 0, 0, "", 0, b"id", b"m2"]) == [
+        b"m1",
+        0,
+    ]
     assert r.zcard(DELAYED) == 1
 
 
@@ -108,7 +155,9 @@ def test_send_delayed_with_dedup(r: fakeredis.FakeRedis, scripts: Scripts) -> No
 
 
 def schedule(scripts: Scripts, mid: str, delay: int, body: bytes = b"{}") -> None:
-    scripts.send(keys=SEND_KEYS, args=[mid, 0, delay, 0, 0, b"id", mid.encode(), b"body", body])
+    scripts.send(
+        keys=SEND_KEYS, args=[mid, 0, 0, delay, 0, 0, "", 0, b"id", mid.encode(), b"body", body]
+    )
 
 
 def server_ms(r: fakeredis.FakeRedis) -> int:
@@ -184,7 +233,7 @@ def test_move_due_twice_moves_once(r: fakeredis.FakeRedis, scripts: Scripts) -> 
 )
 def test_packing_is_binary_safe(r: fakeredis.FakeRedis, scripts: Scripts, value: bytes) -> None:
     fields = [(b"id", b"m"), (b"body", value), (b"k:e:y", value), (b"created", b"17")]
-    scripts.send(keys=SEND_KEYS, args=["m", 0, 1, 0, 0, *fields_args(fields)])
+    scripts.send(keys=SEND_KEYS, args=["m", 0, 0, 1, 0, 0, "", 0, *fields_args(fields)])
     scripts.move_due(keys=[DELAYED, STREAM], args=[10**13, 500])
     [(_, got)] = r.xrange(STREAM)
     assert got == dict(fields)
