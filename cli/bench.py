@@ -41,7 +41,7 @@ from .bench_measure import BenchError
 from .bench_peers import best_peer, peer_steps
 from .bench_report import CONCURRENCY, QUEUES, Results, print_report, report, top_commands
 from .bench_rq import bench_rq_drain, bench_rq_latency
-from .bench_scenarios import bench_drain, bench_latency, bench_raw, bench_send
+from .bench_scenarios import bench_drain, bench_latency, bench_memory, bench_raw, bench_send
 
 RQ_FORK_JOBS = 500
 RQ_FORK_JOBS_QUICK = 100
@@ -49,13 +49,19 @@ DEFAULT_JOBS = 20_000
 QUICK_JOBS = 500
 LATENCY_SENDS = 500
 LATENCY_SENDS_QUICK = 50
+MEMORY_JOBS = 1_000_000
+MEMORY_JOBS_QUICK = 2_000
 
 
 def run_bench(
-    jobs: int | None = None, quick: bool = False, progress: Console | None = None
+    jobs: int | None = None,
+    quick: bool = False,
+    progress: Console | None = None,
+    memory_jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run every scenario and return the report (see `report`)."""
     n = jobs or (QUICK_JOBS if quick else DEFAULT_JOBS)
+    deep = (MEMORY_JOBS_QUICK if quick else MEMORY_JOBS) if memory_jobs is None else memory_jobs
     fork_jobs = min(n, RQ_FORK_JOBS_QUICK if quick else RQ_FORK_JOBS)
     sends = LATENCY_SENDS_QUICK if quick else LATENCY_SENDS
     res = Results(n, quick, fork_jobs, sends)
@@ -66,6 +72,11 @@ def run_bench(
         ("redismq: send_many, --processes 2", lambda: bench_drain(res, n, 2)),
         ("redismq: 1 worker process, default flags", lambda: bench_drain(res, n, 1, True)),
         (f"redismq: idle-queue latency, {sends} probes", lambda: bench_latency(res, sends)),
+        *(
+            [(f"redismq: memory draining {deep:,} queued tasks", lambda: bench_memory(res, deep))]
+            if deep
+            else []
+        ),
         ("RQ: enqueue, SimpleWorker", lambda: bench_rq_drain(res, n, "simple")),
         (f"RQ: forking Worker, {fork_jobs} jobs", lambda: bench_rq_drain(res, fork_jobs, "fork")),
         (f"RQ: idle-queue latency, {sends} probes", lambda: bench_rq_latency(res, sends)),
@@ -129,8 +140,17 @@ def run_bench(
         f"{RQ_FORK_JOBS_QUICK} jobs for RQ's forking worker."
     ),
 )
+@click.option(
+    "--memory-jobs",
+    type=click.IntRange(min=0),
+    default=None,
+    help=(
+        f"Tasks queued before one worker drains them, for its peak memory "
+        f"[default: {MEMORY_JOBS:,}; {MEMORY_JOBS_QUICK:,} with --quick; 0: not measured]."
+    ),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")
-def bench(jobs: int | None, quick: bool, as_json: bool) -> None:
+def bench(jobs: int | None, quick: bool, memory_jobs: int | None, as_json: bool) -> None:
     """Measure redismq against raw redis-py and RQ, each on a fresh local server.
 
     Prints sending and draining rates, worker CPU per task, Redis commands and CPU per
@@ -142,7 +162,7 @@ def bench(jobs: int | None, quick: bool, as_json: bool) -> None:
 
     err = Console(stderr=True, highlight=False)
     try:
-        rep = run_bench(jobs, quick, progress=err)
+        rep = run_bench(jobs, quick, progress=err, memory_jobs=memory_jobs)
         err.print("[slow jobs] sleeping tasks sent one by one, drained with --burst …")
         rep["slow"] = bench_slow(quick)
     except (RedisMQError, BenchError, redis.RedisError) as exc:

@@ -122,13 +122,16 @@ class CpuSampler:
 
 @dataclass(slots=True)
 class Finished:
-    """A worker subprocess that ended: exit code, wall time, CPU (rusage) and samples."""
+    """A worker subprocess that ended: exit code, wall time, CPU (rusage) and samples, and
+    the peak resident memory of its largest process (rusage: the supervisor or a child it
+    reaped), in MB."""
 
     code: int
     wall: float
     cpu: float
     sampler: CpuSampler
     log: str
+    peak_rss_mb: float = 0.0
 
 
 def _env(url: str) -> dict[str, str]:
@@ -206,7 +209,8 @@ def wait_measured(proc: subprocess.Popen[bytes], started: float, timeout: float)
         time.sleep(SAMPLE_EVERY)
     wall = time.monotonic() - started
     cpu = usage.ru_utime + usage.ru_stime
-    return Finished(proc.returncode, wall, cpu, sampler, log_tail(proc))
+    peak_mb = usage.ru_maxrss / 1024  # KiB on Linux
+    return Finished(proc.returncode, wall, cpu, sampler, log_tail(proc), peak_mb)
 
 
 def check_exit(what: str, fin: Finished) -> None:

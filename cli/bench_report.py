@@ -143,6 +143,13 @@ SPECS: tuple[Spec, ...] = (
         ratios=(("worker1_rate", Target(">=", 1.7)), ("raw_consume_rate", None)),
     ),
     Spec(
+        "worker_peak_rss_mb",
+        RMQ,
+        "peak RSS of 1 worker process draining a deep queue (--memory-jobs)",
+        "MB",
+        target=Target("<", 100),
+    ),
+    Spec(
         "worker2_cpu_us",
         RMQ,
         "worker CPU per task, 2 processes",

@@ -36,6 +36,7 @@ from .bench_report import LATENCY_GAP, NAMESPACE, QUEUES, Results
 
 GROUP = "workers"
 BATCH = 100
+MEMORY_BATCH = 1000
 RAW_STREAM_ONE = "raw:one"
 RAW_STREAM = "raw:stream"
 # The fields of a raw entry: the shape (and size) of a redismq entry of a no-op task.
@@ -145,6 +146,34 @@ def done_window(client: Client, topic: str, queues: int) -> Window:
     return Window(first / 1000, last / 1000, completed, at_first)
 
 
+def drain_args(url: str, processes: int, default_flags: bool = False) -> list[str]:
+    """The worker command that drains the bench topic and exits (--burst)."""
+    from redismq.cli.bench_app import TOPIC
+
+    args = ["-m", "redismq.cli.main", "worker", "redismq.cli.bench_app:app", "--url", url]
+    args += ["--topic", TOPIC, "--processes", str(processes), "--burst"]
+    return args + ([] if default_flags else ["--log-level", "WARNING"])
+
+
+def bench_memory(res: Results, n: int) -> None:
+    """N no-op tasks queued first (a deep backlog), then one worker process drains them:
+    the peak resident memory of its largest process."""
+    from redismq.cli.bench_app import TOPIC, noop
+
+    with LocalServer() as srv:
+        client = _client(srv.url, TOPIC)
+        body = bind(noop, client).body()
+        for offset in range(0, n, MEMORY_BATCH):
+            client.send_many(TOPIC, [body] * min(MEMORY_BATCH, n - offset))
+        started = time.monotonic()
+        with worker_process(drain_args(srv.url, 1), srv.url) as proc:
+            fin = wait_measured(proc, started, wait_timeout(n, 0.01))
+        check_exit("the worker draining a deep queue", fin)
+        done = done_window(client, TOPIC, QUEUES).completed
+        client.close()
+    res.put("worker_peak_rss_mb", fin.peak_rss_mb, n, done)
+
+
 def bench_drain(res: Results, n: int, processes: int, default_flags: bool = False) -> None:
     """send_many N no-op tasks, then a worker (1 or 2 processes, --burst) drains them,
     logging at WARNING (or, `default_flags`, with the worker's defaults: a line per job)."""
@@ -159,9 +188,7 @@ def bench_drain(res: Results, n: int, processes: int, default_flags: bool = Fals
         for offset in range(0, n, BATCH):
             client.send_many(TOPIC, [body] * min(BATCH, n - offset))
         send_many = rate_of(n, time.perf_counter() - started)
-        args = ["-m", "redismq.cli.main", "worker", "redismq.cli.bench_app:app", "--url", srv.url]
-        args += ["--topic", TOPIC, "--processes", str(processes), "--burst"]
-        args += [] if default_flags else ["--log-level", "WARNING"]
+        args = drain_args(srv.url, processes, default_flags)
         started = time.monotonic()
         with worker_process(args, srv.url) as proc:
             fin = wait_measured(proc, started, wait_timeout(n, 0.01))

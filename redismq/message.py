@@ -42,6 +42,13 @@ def new_message_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
+def new_message_ids(n: int) -> list[str]:
+    """`n` ids as `new_message_id` makes them, of one moment (one clock read, one read of
+    randomness)."""
+    stamp, noise = f"{time.time_ns() // 1_000_000:012x}", os.urandom(10 * n).hex()
+    return [stamp + noise[i : i + 20] for i in range(0, 20 * n, 20)]
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

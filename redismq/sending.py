@@ -16,7 +16,14 @@ import redis
 
 from .errors import QueueUnavailable, RedisMQError, TopicFull
 from .keys import QueueKeys, job_index
-from .message import DEFAULT_MAX_BODY, encode_body, entry_fields, new_message_id
+from .message import (
+    DEFAULT_MAX_BODY,
+    encode_body,
+    entry_fields,
+    new_message_id,
+    new_message_ids,
+    now_ms,
+)
 from .routing import DRAINING, Topic, batch_by_broker, queue_for_key  # noqa: F401 - batch_by_broker: shared
 from .validation import check_headers, check_key, delay_ms
 
@@ -98,12 +105,12 @@ def prepare_batch(
 ) -> list[Outgoing]:
     """Check and encode many plain messages (no key, delay or dedup) sharing headers."""
     check_headers(headers)
-    msgs = []
-    for body in bodies:
-        data, raw = encode_body(body, max_body)
-        mid = new_message_id()
-        msgs.append(Outgoing(mid, entry_fields(mid, data, raw, headers=headers)))
-    return msgs
+    encoded = [encode_body(body, max_body) for body in bodies]
+    created = now_ms()
+    return [
+        Outgoing(mid, entry_fields(mid, data, raw, headers=headers, created=created))
+        for mid, (data, raw) in zip(new_message_ids(len(encoded)), encoded, strict=True)
+    ]
 
 
 def choose_queue(topic: Topic, msg: Outgoing, usable: Callable[[str], bool] | None = None) -> int:

@@ -55,6 +55,7 @@ FIGURES = {
     "dramatiq_rate",
     "dramatiq_cpu_us",
     "best_peer_rate",
+    "worker_peak_rss_mb",
 }
 # Drains and probes: how many tasks each was given in --quick.
 SENT = {
@@ -74,6 +75,7 @@ SENT = {
     "latency_p99_ms": 50,
     "rq_latency_p50_ms": 50,
     "rq_latency_p99_ms": 50,
+    "worker_peak_rss_mb": 2000,
 }
 
 
@@ -134,6 +136,7 @@ def test_ratios_are_value_over_baseline(quick: dict[str, Any]) -> None:
     assert figures["server_us_per_task"]["target"] == "≤ 15"
     assert figures["latency_p50_ms"]["target"] == "< 0.7"
     assert figures["latency_p99_ms"]["target"] == "< 1.5"
+    assert figures["worker_peak_rss_mb"]["target"] == "< 100"
 
 
 def test_every_task_completed(quick: dict[str, Any]) -> None:
