@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from redismq.server import LocalServer
 
 from .bench_measure import (
@@ -30,9 +32,12 @@ from .bench_measure import (
     worker_process,
 )
 from .bench_report import Results
+from .bench_scenarios import percentile, probe_latency
 
 PEERS = ("huey", "dramatiq")
 POLL_EVERY = 0.02
+HUEY_ARGS = ["-m", "huey.bin.huey_consumer", "redismq.cli.bench_peers_app.huey"]
+HUEY_ARGS += ["--logfile", os.devnull]
 
 
 def installed(peer: str) -> bool:
@@ -71,11 +76,10 @@ def bench_peer(res: Results, n: int, peer: str) -> None:
     with LocalServer() as srv:
         env = {"REDISMQ_PEER": peer}
         if peer == "huey":
-            h, noop = apps.make_huey(srv.url)
+            h, noop, _ = apps.make_huey(srv.url)
             for _ in range(n):
                 noop()
-            args = ["-m", "huey.bin.huey_consumer", "redismq.cli.bench_peers_app.huey"]
-            args += ["--logfile", os.devnull]
+            args = HUEY_ARGS
 
             def queued() -> int:
                 return int(h.pending_count())
@@ -104,6 +108,25 @@ def bench_peer(res: Results, n: int, peer: str) -> None:
     res.put(f"{peer}_cpu_us", cpu_us, n, window.completed)
 
 
+def bench_huey_latency(res: Results, sends: int) -> None:
+    """A running huey consumer (its defaults: it blocks on its Redis list) on an idle
+    queue: when do probes start after their enqueue?"""
+    from . import bench_peers_app as apps
+
+    with LocalServer() as srv:
+        _, _, probe = apps.make_huey(srv.url)
+        r = redis.Redis.from_url(srv.url)
+        os.environ["REDISMQ_PEER"] = "huey"
+        try:
+            with worker_process(HUEY_ARGS, srv.url) as proc:
+                delays = probe_latency(r, probe, sends, proc)
+        finally:
+            os.environ.pop("REDISMQ_PEER", None)
+        r.close()
+    res.put("huey_latency_p50_ms", percentile(delays, 50), sends, len(delays))
+    res.put("huey_latency_p99_ms", percentile(delays, 99), sends, len(delays))
+
+
 def best_peer(res: Results) -> None:
     """The fastest peer's drain rate (RQ's SimpleWorker, huey, Dramatiq), as its own figure."""
     rates = {
@@ -124,15 +147,21 @@ def peer_steps(res: Results, n: int) -> list[tuple[str, Callable[[], None]]]:
     def step(peer: str) -> Callable[[], None]:
         return lambda: bench_peer(res, n, peer)
 
+    def huey_latency() -> None:
+        bench_huey_latency(res, res.latency_sends)
+
     for peer in PEERS:
         if installed(peer):
             steps.append((f"{peer}: enqueue, default worker", step(peer)))
+            if peer == "huey":
+                probes = f"{res.latency_sends} probes"
+                steps.append((f"huey: idle-queue latency, {probes}", huey_latency))
         else:
             res.notes.append(f"{peer} is not installed (pip install {peer}): not measured.")
     return steps
 
 
-__all__ = ["best_peer", "bench_peer", "peer_steps"]
+__all__ = ["best_peer", "bench_huey_latency", "bench_peer", "peer_steps"]
 
 
 def _main(argv: list[str]) -> Any:  # pragma: no cover - a manual run of one peer

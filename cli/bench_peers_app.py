@@ -14,9 +14,11 @@ HUEY_NAME = "bench"
 DRAMATIQ_QUEUE = "default"
 
 
-def make_huey(url: str) -> tuple[Any, Any]:
-    """A huey instance on `url` and its no-op task."""
+def make_huey(url: str) -> tuple[Any, Any, Any]:
+    """A huey instance on `url`, its no-op task and its latency probe."""
     from huey import RedisHuey
+
+    from .bench_app import rq_record_start
 
     h = RedisHuey(HUEY_NAME, url=url)
 
@@ -24,7 +26,12 @@ def make_huey(url: str) -> tuple[Any, Any]:
     def noop() -> None:
         """Does nothing."""
 
-    return h, noop
+    @h.task(name="bench.record_start")
+    def record_start(sent_at: float) -> None:
+        """Records when it started next to when it was sent (as RQ's probe does)."""
+        rq_record_start(sent_at)
+
+    return h, noop, record_start
 
 
 def make_dramatiq(url: str) -> tuple[Any, Any]:
@@ -42,6 +49,6 @@ def make_dramatiq(url: str) -> tuple[Any, Any]:
 
 
 if os.environ.get("REDISMQ_PEER") == "huey":
-    huey, _ = make_huey(os.environ["REDISMQ_URL"])
+    huey, *_ = make_huey(os.environ["REDISMQ_URL"])
 elif os.environ.get("REDISMQ_PEER") == "dramatiq":
     broker, _ = make_dramatiq(os.environ["REDISMQ_URL"])

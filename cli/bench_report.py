@@ -181,6 +181,7 @@ SPECS: tuple[Spec, ...] = (
         "ms",
         short="redismq",
         target=Target("<", 0.7),
+        ratios=(("huey_latency_p50_ms", Target("<=", 0.6)),),
     ),
     Spec(
         "latency_p99_ms",
@@ -189,6 +190,7 @@ SPECS: tuple[Spec, ...] = (
         "ms",
         short="redismq",
         target=Target("<", 1.5),
+        ratios=(("huey_latency_p99_ms", Target("<=", 1.0)),),
     ),
     Spec(
         "rq_enqueue_rate",
@@ -274,6 +276,20 @@ SPECS: tuple[Spec, ...] = (
                 ratios=(("worker1_cpu_us", None),),
             ),
         )
+    ),
+    Spec(
+        "huey_latency_p50_ms",
+        PEERS,
+        f"huey: idle queue, enqueue → start, p50 ({LATENCY_GAP * 1000:g} ms apart)",
+        "ms",
+        short="huey",
+    ),
+    Spec(
+        "huey_latency_p99_ms",
+        PEERS,
+        f"huey: idle queue, enqueue → start, p99 ({LATENCY_GAP * 1000:g} ms apart)",
+        "ms",
+        short="huey",
     ),
     Spec(
         "best_peer_rate",
