@@ -22,16 +22,6 @@ from tests.producers import producer_kind, producers  # noqa: F401 - fixtures: s
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Captured output and logs as valid UTF-8: a test about undecodable file names logs
-    lone surrogates, which pytest-xdist cannot send from its worker processes."""
-    report.sections = [
-        (title, text.encode("utf-8", "backslashreplace").decode())
-        for title, text in report.sections
-    ]
-
-
 # The project's tests use the fixtures the pytest plugin (redismq.testing) gives users, by
 # their short names: one real local server per session (or --redismq-url's), emptied
 # before every test.
