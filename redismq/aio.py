@@ -42,6 +42,7 @@ from .sending import (
     Attempts,
     Outgoing,
     Sent,
+    attempt_call,
     batch_by_broker,
     batch_sent,
     check_keyed,
@@ -353,25 +354,16 @@ class AsyncClient:
         """One attempt to write a message (None: the bounded queue is full), then wait for a
         replica if asked; a task's message is indexed by its id. Raises redis-py's errors."""
         qk = self.router.queue_keys(t.name, queue)
-        bound = queue_bound(t)
         index = index_entry(self.namespace, t.name, queue, msg)
         cluster = isinstance(broker.redis, AsyncRedisCluster)
         if replicated:
             return await self._write_replicated(broker, t, queue, msg, plan, index, cluster)
         # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
         local = None if cluster else index
+        call = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
         sent: Sent | None
-        if msg.needs_script or bound or plan.guard_ms or local:
-            keys, args = send_script_call(
-                qk,
-                msg,
-                self.dedup_window_ms,
-                bound,
-                t.groups,
-                plan,
-                local,
-                self.result_ttl_ms,
-            )
+        if call is not None:
+            keys, args = call
             sent = script_sent(await broker.scripts.send(keys=keys, args=args), t.name, queue)
             if sent is None:
                 return None

@@ -33,6 +33,7 @@ from .sending import (
     Attempts,
     Outgoing,
     Sent,
+    attempt_call,
     batch_sent,
     check_keyed,
     choose_queue,
@@ -40,9 +41,7 @@ from .sending import (
     is_outage,
     prepare_batch,
     prepare_message,
-    queue_bound,
     script_sent,
-    send_script_call,
 )
 from .urls import DEFAULT_URL, check_url, connect, mask_url
 from .validation import (  # noqa: F401 - check_key, check_headers and delay_ms: public here too
@@ -357,21 +356,12 @@ class Client:
         """One attempt to write a message (None: the bounded queue is full), then wait for a
         replica if asked; a task's message is indexed by its id. Raises redis-py's errors."""
         qk = self.router.queue_keys(t.name, queue)
-        bound = queue_bound(t)
         index = index_entry(self.namespace, t.name, queue, msg)
         # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
         local = None if broker.cluster else index
-        if msg.needs_script or bound or plan.guard_ms or local:
-            keys, args = send_script_call(
-                qk,
-                msg,
-                self.dedup_window_ms,
-                bound,
-                t.groups,
-                plan,
-                local,
-                self.result_ttl_ms,
-            )
+        call = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
+        if call is not None:
+            keys, args = call
             if replicated:
                 reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
             else:

@@ -154,6 +154,25 @@ def send_script_call(
     return script_keys, args
 
 
+def attempt_call(
+    keys: QueueKeys,
+    topic: Topic,
+    msg: Outgoing,
+    plan: Attempts,
+    index: tuple[str, str] | None,
+    dedup_window_ms: int,
+    index_ttl_ms: int,
+) -> tuple[list[str], list[Any]] | None:
+    """The `send` script's call for one attempt, or None where a plain XADD does (no dedup
+    key, delay, bound, id record, nor an `index` to write with it; pass None for an index
+    on another node)."""
+    bound = queue_bound(topic)
+    if not (msg.needs_script or bound or plan.guard_ms or index):
+        return None
+    groups = topic.groups
+    return send_script_call(keys, msg, dedup_window_ms, bound, groups, plan, index, index_ttl_ms)
+
+
 def script_sent(reply: list[Any], topic: str, queue: int) -> Sent | None:
     """Where the `send` script put a message (the first id if it was a duplicate); None
     when the queue was full."""
