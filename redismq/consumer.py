@@ -21,7 +21,7 @@ from .backlog import (
     queue_commands,
 )
 from .errors import InvalidMessage
-from .fetching import Fetching
+from .fetching import Fetching, pace_for
 from .message import Message, now_ms
 from .outcomes import (
     CANCELLED,
@@ -128,11 +128,9 @@ class Consumer(Fetching):
         # Fetched by a blocking read beyond what was asked: handed out by the next receive.
         self._extra: list[Message] = []
         self._rotation = itertools.cycle(list(self._streams))
-        self._next_move = 0.0
-        self._next_claim = 0.0
         self._claim_every = max(0.05, min(visibility_timeout / 4, 5.0))
-        # Expired entries seen by the last look, with when they were first seen expired.
-        self._suspects: dict[tuple[str, bytes, int], float] = {}
+        streams = [s for group_streams in self._streams.values() for s in group_streams]
+        self._pace = pace_for(client, group, streams, self._claim_every)
         self._confirm_after = renew_interval(visibility_timeout) + 0.5
         self._init_outcomes()
         # Whether receive records the jobs it returns as running (task subscriptions).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -59,6 +60,48 @@ def turns_for(group: str, streams: list[str]) -> Turns:
         return _turns.setdefault((group, tuple(streams)), Turns())
 
 
+class Pace:
+    """When the consumers of one client that read the same streams for the same group next
+    look for due delayed messages and retries and for expired leases, and which entries the
+    last look saw expired. One of them looks for all: a worker has a consumer per fetch
+    thread, and at --concurrency 200 their own looks were a fifth of its Redis calls."""
+
+    def __init__(self) -> None:
+        self.next_move = 0.0
+        self.next_claim = 0.0
+        # Expired entries seen by the last look, with when they were first seen expired.
+        self.suspects: dict[tuple[str, bytes, int], float] = {}
+        self._lock = threading.Lock()
+
+    def take_move(self, now: float) -> bool:
+        """Whether the look for due messages is due; if so the caller makes it (and sets
+        when the next one is due: within a tick at the latest)."""
+        with self._lock:
+            if now < self.next_move:
+                return False
+            self.next_move = now + MOVE_TICK_MS / 1000
+            return True
+
+    def take_claim(self, now: float, every: float) -> bool:
+        """Whether the look for expired leases is due; if so the caller makes it."""
+        with self._lock:
+            if now < self.next_claim:
+                return False
+            self.next_claim = now + every
+            return True
+
+
+_paces: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...], float], Pace]]
+_paces = weakref.WeakKeyDictionary()
+
+
+def pace_for(client: Any, group: str, streams: Iterable[str], claim_every: float) -> Pace:
+    """The pace shared by the consumers of `client` that read these streams for `group`."""
+    with _turns_lock:
+        paces = _paces.setdefault(client, {})
+        return paces.setdefault((group, tuple(streams), claim_every), Pace())
+
+
 class Fetching(Outcomes):
     """How a Consumer receives messages (it sets up the streams read here); what needs no
     run (done, cancelled, undecodable) is settled here at once."""
@@ -69,11 +112,19 @@ class Fetching(Outcomes):
     _streams: Mapping[Broker, Collection[str]]  # per broker, in the order of their turns
     _extra: list[Message]
     _rotation: Iterator[Broker]
-    _next_claim: float
+    _pace: Pace
     _claim_every: float
-    _suspects: dict[tuple[str, bytes, int], float]
     _confirm_after: float
     marks_running: bool
+
+    @property
+    def _next_move(self) -> float:
+        """When the next look for due messages is due (shared: see `Pace`)."""
+        return self._pace.next_move
+
+    @_next_move.setter
+    def _next_move(self, at: float) -> None:
+        self._pace.next_move = at
 
     def receive(self, count: int = 100, block: float | None = 1.0) -> list[Message]:
         """Up to `count` messages (never more), waiting up to `block` seconds for the first.
@@ -84,11 +135,10 @@ class Fetching(Outcomes):
         """
         with self.errors():
             now = time.monotonic()
-            if now >= self._next_move:
+            if self._pace.take_move(now):
                 self._move_due()
             messages, self._extra = self._extra[:count], self._extra[count:]
-            if now >= self._next_claim and len(messages) < count:
-                self._next_claim = now + self._claim_every
+            if len(messages) < count and self._pace.take_claim(now, self._claim_every):
                 messages += self._claim(count - len(messages))
             if not messages:
                 messages = self._read(count, self._block_ms(block))
@@ -172,7 +222,9 @@ class Fetching(Outcomes):
         process's, marked so by its supervisor) is taken at once."""
         idle_ms = int(self.visibility_timeout * 1000)
         now = time.monotonic()
-        seen, self._suspects = self._suspects, {}
+        seen = self._pace.suspects
+        suspects: dict[tuple[str, bytes, int], float] = {}
+        self._pace.suspects = suspects
         messages: list[Message] = []
         for broker, streams in self._streams.items():
             pipe = broker.redis.pipeline(transaction=False)
@@ -182,7 +234,7 @@ class Fetching(Outcomes):
                 ids, delivered = [], {}
                 for p in reply:
                     key = (stream, p["message_id"], p["times_delivered"])
-                    first = self._suspects[key] = seen.get(key, now)
+                    first = suspects[key] = seen.get(key, now)
                     dead = p["time_since_delivered"] >= 10 * idle_ms
                     if dead or now - first >= self._confirm_after:
                         ids.append(p["message_id"])

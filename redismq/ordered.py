@@ -181,7 +181,7 @@ class OrderedConsumer(Consumer):
             time.sleep(min(block or 0.0, 0.2))
             return []
         with self.errors():
-            if time.monotonic() >= self._next_move:
+            if self._pace.take_move(time.monotonic()):
                 self._move_due()
             messages = self._read(count, self._block_ms(block))
             with self._lock:
