@@ -4,6 +4,8 @@ is found wherever it is in the pending list."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from redismq import Client
@@ -55,6 +57,41 @@ def test_an_expired_lease_behind_live_ones_is_taken_over(client: Client) -> None
     taker = client.consumer(TOPIC, "g", visibility_timeout=5)
     got = taker.receive(count=1, block=None)
     assert [m.entry_id for m in got] == [last]
+
+
+def _calls(client: Client, command: str) -> int:
+    return int(client.meta.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_consumers_of_one_client_share_their_looks(client: Client) -> None:
+    _fill(client, 1)
+    consumers = [client.consumer(TOPIC, "g", visibility_timeout=30) for _ in range(10)]
+    client.meta.config_resetstat()
+    for c in consumers:
+        c.receive(count=1, block=None)
+    # one look for due messages (a ZRANGE per waiting set: 4 delayed, 4 retry) and one
+    # for expired leases (an XPENDING per stream), not one per consumer
+    assert _calls(client, "zrange") == 8
+    assert _calls(client, "xpending") == 8
+    other = Client(client.url, namespace=client.namespace)  # another client looks for itself
+    other.consumer(TOPIC, "g").receive(count=1, block=None)
+    assert _calls(client, "zrange") == 16
+    other.close()
+
+
+def test_an_expired_lease_seen_by_one_consumer_is_taken_by_another(client: Client) -> None:
+    client.create_topic(TOPIC, queues=1)
+    client.send_message(TOPIC, b"x")
+    client.consumer(TOPIC, "g", visibility_timeout=60, name="stalled").receive(count=1)
+    a = client.consumer(TOPIC, "g", visibility_timeout=0.2, name="a")
+    b = client.consumer(TOPIC, "g", visibility_timeout=0.2, name="b")
+    time.sleep(0.3)  # the stalled consumer's lease is older than a and b's timeout
+    assert a.receive(count=1, block=None) == []  # a sees it expired (the first look)
+    deadline = time.monotonic() + 10
+    got: list = []
+    while not got and time.monotonic() < deadline:
+        got = b.receive(count=1, block=0.05)  # b's look is the second one: it takes it
+    assert [m.body for m in got] == [b"x"]
 
 
 @pytest.mark.parametrize(
