@@ -29,6 +29,11 @@ MOVE_TICK_MS = 250
 MULTI_BROKER_BLOCK_MS = 100
 
 
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A stream entry's field/value list, as a script returns it, as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 class Turns:
     """Whose turn it is among a set of streams; shared by every consumer of this process
     that reads the same streams for the same group, so that together they take the
@@ -179,38 +184,21 @@ class Fetching(Outcomes):
         return messages[:count]
 
     def _read_now(self, broker: Broker, wanted: Collection[str], count: int) -> list[Any]:
-        """Up to `count` entries without waiting, starting at the stream whose turn it is.
-
-        XREADGROUP's COUNT is per stream, so each stream is asked for its share of what is
-        left and no more: with fewer left than streams, one entry each from the next ones.
-        """
+        """Up to `count` entries without waiting, starting at the stream whose turn it is:
+        one `read` script call (each stream asked for its share of what is left and no
+        more, since XREADGROUP's COUNT is per stream)."""
+        if count <= 0:
+            return []
         streams = list(wanted)
         turns = turns_for(self.group, streams)
         candidates = turns.order(streams)
-        replies: list[Any] = []
-        last = None
-        while count > 0 and candidates:
-            n = len(candidates)
-            if count >= n:
-                asked = [(s, count // n + (i < count % n)) for i, s in enumerate(candidates)]
-            else:
-                asked = [(s, 1) for s in candidates[:count]]
-            pipe = broker.redis.pipeline(transaction=False)
-            for stream, c in asked:
-                pipe.xreadgroup(self.group, self.name, {stream: ">"}, count=c)
-            more = []
-            for (stream, c), reply in zip(asked, pipe.execute(), strict=True):
-                entries = reply[0][1] if reply else []
-                if entries:
-                    replies.append((stream.encode(), entries))
-                    count -= len(entries)
-                    last = stream
-                if len(entries) == c:
-                    more.append(stream)
-            candidates = candidates[len(asked) :] + more
-        if last is not None:
-            turns.served(streams.index(last))
-        return replies
+        last, got = broker.scripts.read(keys=candidates, args=[self.group, self.name, count])
+        if last:
+            turns.served(streams.index(candidates[last - 1]))
+        return [
+            (candidates[position - 1].encode(), [(eid, _fields(flat)) for eid, flat in entries])
+            for position, entries in got
+        ]
 
     def _claim(self, count: int) -> list[Message]:
         """Take over up to `count` entries whose lease expired (their consumer died or

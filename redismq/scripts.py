@@ -35,6 +35,7 @@ NAMES = (
     "delete_group",
     "delete_topic",
     "backlog",
+    "read",
 )
 # Scripts that use a shared helper besides _pack.lua (put in front of their text).
 HELPERS = {"send": ("_backlog",), "backlog": ("_backlog",)}

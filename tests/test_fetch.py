@@ -79,6 +79,21 @@ def test_consumers_of_one_client_share_their_looks(client: Client) -> None:
     other.close()
 
 
+def test_a_read_past_empty_streams_is_one_round_trip(client: Client) -> None:
+    client.create_topic(TOPIC, queues=4)
+    consumer = client.consumer(TOPIC, "g")
+    consumer.receive(count=1, block=None)  # its first looks for due messages and leases
+    last = client.router.queue_keys(TOPIC, 3).stream
+    client.meta.xadd(last, {"id": "m1", "body": '"x"'})
+    client.meta.config_resetstat()
+    [msg] = consumer.receive(count=1, block=None)
+    assert msg.id == "m1"
+    # 7 of its 8 streams (4 queues and their retry streams) are empty: one script call
+    # reads them in turn (it was a pipeline round trip per empty stream)
+    assert _calls(client, "evalsha") == 1
+    assert 1 <= _calls(client, "xreadgroup") <= 8
+
+
 def test_an_expired_lease_seen_by_one_consumer_is_taken_by_another(client: Client) -> None:
     client.create_topic(TOPIC, queues=1)
     client.send_message(TOPIC, b"x")
