@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .errors import InvalidMessage
 from .job import running_commands
+from .keys import turn
 from .message import Message, decode_entry, now_ms
 from .outcomes import CANCELLED, NO_RESULT, Outcomes, grouped
 from .routing import Broker, Topic
@@ -32,37 +33,6 @@ MULTI_BROKER_BLOCK_MS = 100
 def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
     """A stream entry's field/value list, as a script returns it, as a dict."""
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-class Turns:
-    """Whose turn it is among a set of streams; shared by every consumer of this process
-    that reads the same streams for the same group, so that together they take the
-    topic's queues in turns."""
-
-    def __init__(self) -> None:
-        self._next = 0
-        self._lock = threading.Lock()
-
-    def order(self, streams: list[str]) -> list[str]:
-        """The streams, starting with the one whose turn it is."""
-        with self._lock:
-            start = self._next % len(streams)
-        return streams[start:] + streams[:start]
-
-    def served(self, position: int) -> None:
-        """The stream at `position` gave entries: the next turn is the one after it."""
-        with self._lock:
-            self._next = position + 1
-
-
-_turns: dict[tuple[str, tuple[str, ...]], Turns] = {}
-_turns_lock = threading.Lock()
-
-
-def turns_for(group: str, streams: list[str]) -> Turns:
-    """The turns of one group over one set of streams in this process."""
-    with _turns_lock:
-        return _turns.setdefault((group, tuple(streams)), Turns())
 
 
 class Pace:
@@ -98,11 +68,12 @@ class Pace:
 
 _paces: weakref.WeakKeyDictionary[Any, dict[tuple[str, tuple[str, ...], float], Pace]]
 _paces = weakref.WeakKeyDictionary()
+_paces_lock = threading.Lock()
 
 
 def pace_for(client: Any, group: str, streams: Iterable[str], claim_every: float) -> Pace:
     """The pace shared by the consumers of `client` that read these streams for `group`."""
-    with _turns_lock:
+    with _paces_lock:
         paces = _paces.setdefault(client, {})
         return paces.setdefault((group, tuple(streams), claim_every), Pace())
 
@@ -186,17 +157,15 @@ class Fetching(Outcomes):
     def _read_now(self, broker: Broker, wanted: Collection[str], count: int) -> list[Any]:
         """Up to `count` entries without waiting, starting at the stream whose turn it is:
         one `read` script call (each stream asked for its share of what is left and no
-        more, since XREADGROUP's COUNT is per stream)."""
+        more, since XREADGROUP's COUNT is per stream; the turn is shared in Redis)."""
         if count <= 0:
             return []
         streams = list(wanted)
-        turns = turns_for(self.group, streams)
-        candidates = turns.order(streams)
-        last, got = broker.scripts.read(keys=candidates, args=[self.group, self.name, count])
-        if last:
-            turns.served(streams.index(candidates[last - 1]))
+        got = broker.scripts.read(
+            keys=[turn(streams[0], self.group), *streams], args=[self.group, self.name, count]
+        )
         return [
-            (candidates[position - 1].encode(), [(eid, _fields(flat)) for eid, flat in entries])
+            (streams[position - 1].encode(), [(eid, _fields(flat)) for eid, flat in entries])
             for position, entries in got
         ]
 

@@ -111,6 +111,13 @@ class QueueKeys:
         return f"{self.tag}:outcome:{message_id}"
 
 
+def turn(first_stream: str, group: str) -> str:
+    """Whose turn it is when `group` reads a set of streams (an index into them), named
+    after the first of them: in its hash tag, shared by every consumer that reads that
+    set, in any process."""
+    return f"{first_stream}:turn:{group}"
+
+
 def job_index(ns: str, message_id: str) -> str:
     """Where a task's job is (topic, queue, group, task), by its message id alone: kept on
     the broker of the job's queue, so that `client.job(id)` finds it."""

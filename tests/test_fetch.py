@@ -122,7 +122,9 @@ def test_slow_jobs_are_not_handed_back_and_start_in_send_order(
     # Each worker process also writes its heartbeat record a few times (start, beats,
     # stop): a handful per process, not per task.
     assert figures["writes_per_task"] <= 3.0 + 8 * processes / jobs, figures
-    assert figures["worst_displacement"] <= jobs // 4, figures
+    # The issue asks for N/4 at most; with the turn shared by every process in Redis the
+    # worst is a few places (two processes with a turn each: 11-25 of 80).
+    assert figures["worst_displacement"] <= jobs // 8, figures
 
 
 def test_an_expired_lease_is_taken_over_only_after_a_second_look(client: Client) -> None:
