@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import cluster
 from .errors import RedisMQError
+from .keys import turn
 from .relocate import glob_escape
 from .routing import routes_changed
 from .status import live_workers, mark_unconsumed, topic_status
@@ -68,6 +69,7 @@ def delete_group(client: Client, topic: str, group: str, *, force: bool = False)
                     k.done(group),
                     k.stats(group),
                     k.lease(group),
+                    turn(k.stream, group),
                 ],
                 args=[group],
             )

@@ -55,6 +55,7 @@ def test_group_delete_refuses_while_work_is_unfinished_unless_forced(client: Cli
     assert all(
         "old" not in {g["name"].decode() for g in client.meta.xinfo_groups(s)} for s in streams
     )
+    assert not [k for k in client.meta.scan_iter("rmq:{mail#*") if k.endswith(b":old")]
     with pytest.raises(InUse, match="no group"):
         client.delete_group("mail", "old")
 
