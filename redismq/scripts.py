@@ -38,7 +38,12 @@ NAMES = (
     "read",
 )
 # Scripts that use a shared helper besides _pack.lua (put in front of their text).
-HELPERS = {"send": ("_backlog",), "backlog": ("_backlog",)}
+HELPERS = {
+    "send": ("_backlog",),
+    "backlog": ("_backlog",),
+    "settle": ("_ids",),
+    "trim": ("_ids",),
+}
 
 
 @cache

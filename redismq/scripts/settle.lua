@@ -18,13 +18,6 @@ local done_ttl, result_ttl = ARGV[3], ARGV[4]
 local completed, duplicates, cancelled, k = 0, 0, 0, 7
 local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 
-local function id_less(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am < bm or (am == bm and as < bs)
-end
-
 -- The entries among `ids` of `stream` that the consumer holds, as a set: one XPENDING over
 -- the consumer's entries between the lowest and the highest id (paged), not one per entry.
 local function held(stream, ids)

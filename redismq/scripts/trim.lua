@@ -12,13 +12,6 @@
 local keep, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0} end
 
-local function id_less(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am < bm or (am == bm and as < bs)
-end
-
 local function next_id(id)
   local ms, seq = string.match(id, '(%d+)-(%d+)')
   return ms .. '-' .. (tonumber(seq) + 1)
