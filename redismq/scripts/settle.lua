@@ -15,7 +15,7 @@
 -- Returns {completed, duplicates, cancelled, {positions (1-based) of the entries not owned}}
 local group, consumer, now = ARGV[1], ARGV[2], server_ms()
 local done_ttl, result_ttl = ARGV[3], ARGV[4]
-local completed, duplicates, cancelled, k = 0, 0, 0, 7
+local completed, duplicates, cancelled = 0, 0, 0
 local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 
 -- The entries among `ids` of `stream` that the consumer holds, as a set: one XPENDING over
@@ -23,64 +23,105 @@ local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 local function held(stream, ids)
   local set = {}
   if #ids == 0 then return set end
-  local lo, hi = ids[1], ids[1]
+  local lo, hi = id_parts(ids[1]), id_parts(ids[1])
   for _, id in ipairs(ids) do
-    if id_less(id, lo) then lo = id end
-    if id_less(hi, id) then hi = id end
+    local p = id_parts(id)
+    if parts_less(p, lo) then lo = p end
+    if parts_less(hi, p) then hi = p end
   end
-  local page = #ids + 64
+  local page, from = #ids + 64, lo[3]
   while true do
-    local got = redis.call('XPENDING', stream, group, lo, hi, page, consumer)
+    local got = redis.call('XPENDING', stream, group, from, hi[3], page, consumer)
     for _, p in ipairs(got) do set[p[1]] = true end
     if #got < page then return set end
-    lo = '(' .. got[#got][1]
+    from = '(' .. got[#got][1]
   end
 end
 
-local ids = {{}, {}}
-for i = 5, #ARGV, 4 do
-  local from = ids[1]
-  if ARGV[i + 2] == '1' then from = ids[2] end
-  from[#from + 1] = ARGV[i + 1]
-end
-local mine = {held(KEYS[1], ids[1]), held(KEYS[2], ids[2])}
-
-for i = 5, #ARGV, 4 do
-  local mid, eid, src, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local owned = mine[1][eid]
-  if src == '1' then owned = mine[2][eid] end
-  if not owned then
-    lost[#lost + 1] = (i - 1) / 4
-  else
-    if src == '1' then retried[#retried + 1] = eid else main[#main + 1] = eid end
-    settled[#settled + 1] = mid
-    local first = redis.call('ZADD', KEYS[3], 'NX', now, mid) == 1
-    if outcome == '~' then
-      if first then cancelled = cancelled + 1 end
-    elseif first then
-      completed = completed + 1
-      if outcome ~= '' and redis.call('ZSCORE', KEYS[5], mid) then
-        -- Cancelled while it finished: it did finish (the mark stays for other groups).
-        redis.call('DEL', KEYS[k])
-        redis.call('HSET', KEYS[k + 1], 'status', 'done')
-        redis.call('PEXPIRE', KEYS[k + 1], result_ttl)
-        if outcome == 'N' then outcome = '{"status":"done","result":null}' end
-      end
-      if outcome == 'N' then
-        silent[#silent + 1] = mid
-        silent_keys[#silent_keys + 1] = KEYS[k]
-      elseif outcome ~= '' then
-        redis.call('RPUSH', KEYS[k], outcome)
-        redis.call('PEXPIRE', KEYS[k], result_ttl)
-      end
+-- `command key [extra] ...list` in slices (Lua's unpack takes a few thousand values at
+-- most), the replies of the slices joined.
+local function sliced(command, key, list, extra)
+  local out = {}
+  for at = 1, #list, 1000 do
+    local last = math.min(at + 999, #list)
+    local reply
+    if extra then
+      reply = redis.call(command, key, extra, unpack(list, at, last))
     else
-      duplicates = duplicates + 1
+      reply = redis.call(command, key, unpack(list, at, last))
+    end
+    if type(reply) == 'table' then
+      for i = 1, #reply do out[#out + 1] = reply[i] end
     end
   end
-  if ARGV[i + 3] ~= '' and ARGV[i + 3] ~= '~' then k = k + 2 end
+  return out
 end
+
+-- The messages, in order, with where their task keys are (k) and whether they are owned.
+local messages, ids, k = {}, {{}, {}}, 7
+for i = 5, #ARGV, 4 do
+  local m = {mid = ARGV[i], eid = ARGV[i + 1], src = ARGV[i + 2], outcome = ARGV[i + 3], k = k}
+  m.task = m.outcome ~= '' and m.outcome ~= '~'
+  if m.task then k = k + 2 end
+  local from = ids[1]
+  if m.src == '1' then from = ids[2] end
+  from[#from + 1] = m.eid
+  messages[#messages + 1] = m
+end
+local mine = {held(KEYS[1], ids[1]), held(KEYS[2], ids[2])}
+local owned = {}
+for n, m in ipairs(messages) do
+  local set = mine[1]
+  if m.src == '1' then set = mine[2] end
+  if set[m.eid] then
+    owned[#owned + 1] = m
+    settled[#settled + 1] = m.mid
+    if m.src == '1' then retried[#retried + 1] = m.eid else main[#main + 1] = m.eid end
+  else
+    lost[#lost + 1] = n
+  end
+end
+
+-- Done records: a message already recorded done (or twice in this call) is a duplicate.
+local recorded = sliced('ZMSCORE', KEYS[3], settled)
+local marks = {}
+if #owned > 0 and redis.call('ZCARD', KEYS[5]) > 0 then
+  marks = sliced('ZMSCORE', KEYS[5], settled)
+end
+local seen, fresh = {}, {}
+for n, m in ipairs(owned) do
+  local first = not recorded[n] and not seen[m.mid]
+  seen[m.mid] = true
+  if first then
+    fresh[#fresh + 1] = now
+    fresh[#fresh + 1] = m.mid
+  end
+  local outcome = m.outcome
+  if not first then
+    duplicates = duplicates + 1
+  elseif outcome == '~' then
+    cancelled = cancelled + 1
+  else
+    completed = completed + 1
+    if m.task and marks[n] then
+      -- Cancelled while it finished: it did finish (the mark stays for other groups).
+      redis.call('DEL', KEYS[m.k])
+      redis.call('HSET', KEYS[m.k + 1], 'status', 'done')
+      redis.call('PEXPIRE', KEYS[m.k + 1], result_ttl)
+      if outcome == 'N' then outcome = '{"status":"done","result":null}' end
+    end
+    if outcome == 'N' then
+      silent[#silent + 1] = m.mid
+      silent_keys[#silent_keys + 1] = KEYS[m.k]
+    elseif outcome ~= '' then
+      redis.call('RPUSH', KEYS[m.k], outcome)
+      redis.call('PEXPIRE', KEYS[m.k], result_ttl)
+    end
+  end
+end
+sliced('ZADD', KEYS[3], fresh, 'NX')
 if #silent > 0 then
-  local awaited = redis.call('ZMSCORE', KEYS[6], unpack(silent))
+  local awaited = sliced('ZMSCORE', KEYS[6], silent)
   for i = 1, #silent do
     if awaited[i] then
       redis.call('RPUSH', silent_keys[i], '{"status":"done","result":null}')
@@ -89,11 +130,11 @@ if #silent > 0 then
     end
   end
 end
-if #settled > 0 then redis.call('ZREM', KEYS[#KEYS], unpack(settled)) end
-if #main > 0 then redis.call('XACK', KEYS[1], group, unpack(main)) end
+sliced('ZREM', KEYS[#KEYS], settled)
+sliced('XACK', KEYS[1], main, group)
 if #retried > 0 then
-  redis.call('XACK', KEYS[2], group, unpack(retried))
-  redis.call('XDEL', KEYS[2], unpack(retried))
+  sliced('XACK', KEYS[2], retried, group)
+  sliced('XDEL', KEYS[2], retried)
 end
 if completed > 0 then redis.call('HINCRBY', KEYS[4], 'done', completed) end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', duplicates) end
