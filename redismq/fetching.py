@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import InvalidMessage
-from .job import running_commands
+from .job import running_commands, sweep_due
 from .keys import turn
 from .message import Message, decode_entry, now_ms
 from .outcomes import CANCELLED, NO_RESULT, Outcomes, grouped
@@ -28,6 +28,8 @@ MOVE_BATCH = 500
 # sooner; bounds how late a message sent with a delay by another process becomes visible.
 MOVE_TICK_MS = 250
 MULTI_BROKER_BLOCK_MS = 100
+# The read script's verdict of an entry (a byte of its reply).
+VERDICTS = {ord("."): "", ord("d"): "done", ord("c"): "cancelled"}
 
 
 def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
@@ -140,7 +142,7 @@ class Fetching(Outcomes):
         first one only when every stream is empty."""
         replies: list[Any] = []
         for broker, streams in self._streams.items():
-            replies += self._read_now(broker, streams, count - sum(len(e) for _, e in replies))
+            replies += self._read_now(broker, streams, count - sum(len(r[1]) for r in replies))
         if not replies and block_ms:
             broker = next(self._rotation)
             if len(self._streams) > 1:  # one consumer over several brokers: a short wait each
@@ -157,17 +159,34 @@ class Fetching(Outcomes):
     def _read_now(self, broker: Broker, wanted: Collection[str], count: int) -> list[Any]:
         """Up to `count` entries without waiting, starting at the stream whose turn it is:
         one `read` script call (each stream asked for its share of what is left and no
-        more, since XREADGROUP's COUNT is per stream; the turn is shared in Redis)."""
+        more, since XREADGROUP's COUNT is per stream; the turn is shared in Redis), which
+        also checks them for done and cancelled and, with `marks_running`, records the
+        others' jobs as running."""
         if count <= 0:
             return []
         streams = list(wanted)
-        got = broker.scripts.read(
-            keys=[turn(streams[0], self.group), *streams], args=[self.group, self.name, count]
-        )
+        keys = self._read_keys(streams)
+        args: list[Any] = [self.group, self.name, count, 0, 0]
+        if self.marks_running:
+            args[3:] = [1, self.client.result_ttl_ms if sweep_due(keys[-1], now_ms()) else 0]
+        got = broker.scripts.read(keys=keys, args=args)
         return [
-            (streams[position - 1].encode(), [(eid, _fields(flat)) for eid, flat in entries])
-            for position, entries in got
+            (
+                streams[position - 1].encode(),
+                [(eid, _fields(flat)) for eid, flat in entries],
+                verdicts,
+            )
+            for position, entries, verdicts in got
         ]
+
+    def _read_keys(self, streams: list[str]) -> list[str]:
+        """The read script's keys for these streams: the turn, the streams, and per stream
+        its group's done records, its queue's cancel marks and its group's running jobs."""
+        keys = [turn(streams[0], self.group), *streams]
+        for stream in streams:
+            q, _ = self._by_stream[stream.encode()]
+            keys += [q.keys.done(self.group), q.keys.cancelled, q.keys.running(self.group)]
+        return keys
 
     def _claim(self, count: int) -> list[Message]:
         """Take over up to `count` entries whose lease expired (their consumer died or
@@ -238,10 +257,13 @@ class Fetching(Outcomes):
         return alive
 
     def _decode(self, reply: Sequence[Any]) -> list[Message]:
+        """Messages of (stream, entries) pairs, or (stream, entries, verdicts) triples of
+        the read script; undecodable entries are dead-lettered."""
         messages, bad = [], []
-        for stream, entries in reply:
+        for stream, entries, *checked in reply:
             q, from_retry = self._by_stream[stream]
-            for entry_id, fields in entries:
+            verdicts = checked[0] if checked else None
+            for n, (entry_id, fields) in enumerate(entries):
                 try:
                     msg = decode_entry(self.topic.name, q.index, entry_id, fields)
                 except InvalidMessage as exc:
@@ -249,6 +271,8 @@ class Fetching(Outcomes):
                     continue
                 msg.group = self.group
                 msg.from_retry = from_retry
+                if verdicts is not None:
+                    msg.verdict = VERDICTS[verdicts[n]]
                 messages.append(msg)
         for q, from_retry, entry_id, fields, reason in bad:
             log.warning("dead-lettered an undecodable entry of %s: %s", self.topic.name, reason)
@@ -259,7 +283,8 @@ class Fetching(Outcomes):
         """Acknowledge, without returning them, messages the group already completed and
         messages whose job was cancelled; with `marks_running`, record the others' jobs as
         running in the same round trip. (Every received message passes here: one this
-        consumer had lost and now received again is its own again.)
+        consumer had lost and now received again is its own again.) The read script
+        checked and marked what it read; the rest is checked here.
 
         First deliveries are checked too: a job cancelled while queued keeps its entry, and
         a message sent again under the id of one completed before is a new entry of it."""
@@ -267,10 +292,22 @@ class Fetching(Outcomes):
             return messages
         if self._lost:
             self._owned_again(messages)
+        self._check([m for m in messages if m.verdict is None])
+        skipped = [m for m in messages if m.verdict]
+        if not skipped:
+            return messages
+        log.info("settled %d done or cancelled message(s) without running", len(skipped))
+        self.ack_many(
+            skipped, [CANCELLED if m.verdict == "cancelled" else NO_RESULT for m in skipped]
+        )
+        return [m for m in messages if not m.verdict]
+
+    def _check(self, messages: list[Message]) -> None:
+        """Give each message its verdict (done, cancelled or to run) in one round trip per
+        broker; with `marks_running`, record them as running in it."""
+        if not messages:
+            return
         by_queue = self._by_queue(messages)
-        # An entry id is unique only in its stream: two queues can hold one id each.
-        done: set[tuple[int, bool, str]] = set()
-        cancelled: set[tuple[int, bool, str]] = set()
         now = now_ms()
         for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
             pipe = broker.redis.pipeline(transaction=False)
@@ -292,22 +329,7 @@ class Fetching(Outcomes):
             for n, q in enumerate(queues):
                 scores, flags = replies[2 * n], replies[2 * n + 1]
                 for m, score, flag in zip(by_queue[q.index], scores, flags, strict=True):
-                    if score is not None:
-                        done.add((m.queue, m.from_retry, m.entry_id))
-                    elif flag is not None:
-                        cancelled.add((m.queue, m.from_retry, m.entry_id))
-        if not done and not cancelled:
-            return messages
-        skipped = [m for m in messages if (m.queue, m.from_retry, m.entry_id) in done | cancelled]
-        log.info("settled %d done or cancelled message(s) without running", len(skipped))
-        self.ack_many(
-            skipped,
-            [
-                CANCELLED if (m.queue, m.from_retry, m.entry_id) in cancelled else NO_RESULT
-                for m in skipped
-            ],
-        )
-        return [m for m in messages if (m.queue, m.from_retry, m.entry_id) not in done | cancelled]
+                    m.verdict = "done" if score is not None else "cancelled" if flag else ""
 
     def cancelled(self, messages: Sequence[Message]) -> list[Message]:
         """Those of the messages whose job has been cancelled."""

@@ -160,9 +160,17 @@ def running_commands(
         pipe.zrem(key, *gone)
     if new:
         pipe.zadd(key, {m.id: running_score(now, m.attempt + 1) for m in new})
-    if new and _sweeps.get(key, 0) < now - SWEEP_EVERY_MS:
-        _sweeps[key] = now
+    if new and sweep_due(key, now):
         pipe.zremrangebyscore(key, "-inf", (now - horizon) * 1000)
+
+
+def sweep_due(key: str, now: int) -> bool:
+    """Whether this process sweeps the stale marks out of a running zset now (at most
+    every SWEEP_EVERY_MS per zset); if so, the caller does."""
+    if _sweeps.get(key, 0) >= now - SWEEP_EVERY_MS:
+        return False
+    _sweeps[key] = now
+    return True
 
 
 # -- the sync handle ---------------------------------------------------------------------

@@ -113,6 +113,9 @@ class Message:
     raw: bytes = b""
     hold_for: float = 0.0
     stepped: bool = False  # a run made effect-once step marks for it (redismq.steps)
+    # What the read found of it: "" to run, "done" (completed before), "cancelled"; None
+    # when it was not checked yet (the receive checks it).
+    verdict: str | None = None
 
     def fields(self, attempt: int | None = None) -> dict[FieldT, EncodableT]:
         """The stream entry fields that re-create this message (for retry or replay)."""

@@ -41,7 +41,8 @@ NAMES = (
 HELPERS = {
     "send": ("_backlog",),
     "backlog": ("_backlog",),
-    "settle": ("_ids",),
+    "settle": ("_ids", "_sliced"),
+    "read": ("_sliced",),
     "trim": ("_ids",),
 }
 

@@ -4,6 +4,8 @@ first delivery is still checked (a job cancelled while queued keeps its entry). 
 
 from __future__ import annotations
 
+import redis
+
 from redismq.processing import BatchRunner
 
 
@@ -64,3 +66,49 @@ def test_without_marks_a_consumer_records_nothing_at_receive(client, app):
     assert client.meta.zcard(key) == 0
     BatchRunner(consumer, app.subscriptions[("marks", "workers")]).run([msg])
     assert job.status() == "done"
+
+
+def test_a_receive_of_queued_jobs_is_one_round_trip(client, app, monkeypatch):
+    """The read script reads, checks for done and cancelled, and records running at once
+    (a pipelined check after the read was a second round trip per batch)."""
+
+    @app.task(topic="marks")
+    def work(n):
+        return n
+
+    client.create_topic("marks", queues=2)
+    consumer = client.consumer("marks", "workers", create=True)
+    consumer.marks_running = True
+    consumer.receive(count=10, block=None)  # its first looks for due messages and leases
+    done_before, cancelled, queued = work.send(0), work.send(1), work.send(2)
+    first = consumer.receive(count=1, block=None)
+    BatchRunner(consumer, app.subscriptions[("marks", "workers")]).run(first, marked=True)
+    assert [m.id for m in first] == [done_before.id] and done_before.status() == "done"
+    assert cancelled.cancel()
+    # The completed message is sent again under its id: a new entry of a done message.
+    stream = client.router.queue_keys("marks", done_before.queue).stream
+    [(_, fields)] = [
+        e for e in client.meta.xrange(stream) if e[1][b"id"] == done_before.id.encode()
+    ]
+    client.meta.xadd(stream, fields)
+
+    trips = []
+    sent = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, *args, **kwargs):
+        trips.append(b"".join(command) if isinstance(command, list) else command)
+        return sent(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    batch = consumer.receive(count=10, block=None)
+    monkeypatch.undo()
+    assert [m.id for m in batch] == [queued.id]
+    # no round trip of its own checks or marks them (a look for due messages may come)
+    assert not [t for t in trips if b"ZMSCORE" in t.upper() or b"ZADD" in t.upper()]
+    running = [
+        m.decode()
+        for q in consumer.queues.values()
+        for m in client.meta.zrange(q.keys.running("workers"), 0, -1)
+    ]
+    assert running == [queued.id]
+    assert cancelled.status() == "cancelled" and done_before.status() == "done"

@@ -6,10 +6,20 @@
 -- many streams are empty. The turn is kept here, shared by every consumer of the group
 -- that reads these streams, in every process: the next read starts after the last
 -- stream that gave entries.
--- KEYS[1] the turn (an index into the streams), KEYS[2..n+1] the streams, in their order
--- ARGV[1] group, ARGV[2] consumer, ARGV[3] how many entries at most
--- Returns {{position (1-based, in KEYS[2..]), {{entry id, {field, value, ...}}, ...}}, ...}
+-- In the same call, each entry read is checked against its group's done records and its
+-- queue's cancel marks (a job cancelled while queued keeps its entry; a message sent again
+-- under the id of one completed is a new entry of it), and the others can be recorded as
+-- running (task subscriptions: a job reads running from its receive on).
+-- KEYS[1] the turn (an index into the streams), KEYS[2..n+1] the streams, in their order,
+-- KEYS[n+2..4n+1] per stream: its group's done zset, its queue's cancel marks, its group's
+--   running zset
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] how many entries at most,
+-- ARGV[4] 1: record the jobs read as running, ARGV[5] also sweep running marks older than
+--   this many ms (0: not now)
+-- Returns {{position (1-based, in KEYS[2..]), {{entry id, {field, value, ...}}, ...},
+--   verdicts: one character per entry, '.' to run, 'd' done already, 'c' cancelled}, ...}
 local group, consumer, left = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local marks, horizon = ARGV[4] == '1', tonumber(ARGV[5])
 
 -- The entries of one stream's XREADGROUP reply: {{stream, entries}} (Redis, Valkey), or
 -- {stream, entries} (fakeredis, the unit tests' double); nothing: false or {}.
@@ -23,7 +33,60 @@ local function entries_of(reply)
   return reply[2]
 end
 
-local n_streams = #KEYS - 1
+local n_streams = (#KEYS - 1) / 4
+local now = 0
+if marks then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The verdicts of the entries read from stream `i` (see above), recording as running
+-- those to run.
+local function verdicts(i, entries)
+  local base = n_streams + 2 + 3 * (i - 1)
+  local ids, attempts, named = {}, {}, {}
+  for j, entry in ipairs(entries) do
+    local fields = entry[2]
+    attempts[j] = 0
+    for x = 1, #fields - 1, 2 do
+      if fields[x] == 'id' then
+        ids[j] = fields[x + 1]
+      elseif fields[x] == 'attempt' then
+        attempts[j] = tonumber(fields[x + 1]) or 0
+      end
+    end
+    if ids[j] then named[#named + 1] = ids[j] end
+  end
+  local done, cancelled = {}, {}
+  if #named > 0 then
+    local scores = sliced('ZMSCORE', KEYS[base], named)
+    for n, id in ipairs(named) do done[id] = scores[n] end
+    if redis.call('ZCARD', KEYS[base + 1]) > 0 then
+      local flags = sliced('ZMSCORE', KEYS[base + 1], named)
+      for n, id in ipairs(named) do cancelled[id] = flags[n] end
+    end
+  end
+  local out, running = {}, {}
+  for j = 1, #entries do
+    local id = ids[j]
+    if id and done[id] then
+      out[j] = 'd'
+    elseif id and cancelled[id] then
+      out[j] = 'c'
+    else
+      out[j] = '.'
+      if id and marks then
+        running[#running + 1] = now * 1000 + math.min(attempts[j] + 1, 999)
+        running[#running + 1] = id
+      end
+    end
+  end
+  sliced('ZADD', KEYS[base + 2], running)
+  if marks and horizon > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', (now - horizon) * 1000)
+  end
+  return table.concat(out)
+end
 local start = tonumber(redis.call('GET', KEYS[1]) or '0') % n_streams
 local candidates = {}
 for i = 1, n_streams do
@@ -50,7 +113,7 @@ while left > 0 and #candidates > 0 do
       'STREAMS', KEYS[a[1] + 1], '>')
     local entries = entries_of(reply)
     if #entries > 0 then
-      got[#got + 1] = {a[1], entries}
+      got[#got + 1] = {a[1], entries, verdicts(a[1], entries)}
       left = left - #entries
       last = a[1]
     end
