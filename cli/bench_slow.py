@@ -54,12 +54,14 @@ WRITES = frozenset(
 
 
 class WriteCounter:
-    """Counts the write commands clients send (MONITOR), script internals excluded. The
-    `read` script counts as the XREADGROUPs it runs: reads, as when they are sent alone."""
+    """Counts the write commands clients send (MONITOR): a script call counts once, its
+    internals not again. The `read` script counts once when it writes (the turn, the jobs'
+    running marks), not at all when it found nothing (its XREADGROUPs alone are reads)."""
 
     def __init__(self, url: str) -> None:
         self.count = 0
         self._reads = hashlib.sha1(source("read").encode()).hexdigest()
+        self._read_wrote: bool | None = None  # in a read call: whether it wrote yet
         self.by_command: collections.Counter[str] = collections.Counter()
         self._redis = redis.Redis.from_url(url)
         self._monitor = self._redis.monitor().__enter__()
@@ -69,15 +71,22 @@ class WriteCounter:
     def _run(self) -> None:
         with contextlib.suppress(redis.RedisError, OSError, ValueError):
             for cmd in self._monitor.listen():
-                if cmd.get("client_type") == "lua":
-                    continue
                 name, _, rest = cmd["command"].partition(" ")
                 name = name.lower()
-                if name == "evalsha" and rest.startswith(self._reads):
+                if cmd.get("client_type") == "lua":
+                    if self._read_wrote is False and name in WRITES:
+                        self._read_wrote = True
+                        self._count("evalsha read")
                     continue
-                if name in WRITES:
-                    self.count += 1
-                    self.by_command[name] += 1
+                self._read_wrote = None
+                if name == "evalsha" and rest.startswith(self._reads):
+                    self._read_wrote = False
+                elif name in WRITES:
+                    self._count(name)
+
+    def _count(self, name: str) -> None:
+        self.count += 1
+        self.by_command[name] += 1
 
     def stop(self) -> int:
         """Stop counting; the count so far."""
