@@ -110,10 +110,10 @@ class Running:
 
 
 class LineWriter(Protocol):
-    """Takes a log line without a `logging` record (see `OutcomeLog.writer`)."""
+    """Takes a done job's log line without a `logging` record (see `OutcomeLog.writer`)."""
 
-    def line(self, logger: str, level: str, message: str, fields: dict[str, Any]) -> None:
-        """Write (soon) the line a record with this message and `extra` fields would give."""
+    def done(self, logger: str, message_id: str, task: str, attempt: int, took: float) -> None:
+        """Write (soon) the line OutcomeLog's record of a done job would give."""
 
 
 class OutcomeLog(Hooks):
@@ -145,6 +145,10 @@ class OutcomeLog(Hooks):
             msg.attempt + 1,
             round(duration, 6),
         )
+        writer = OutcomeLog.writer
+        if writer is not None and outcome == "done":
+            writer.done(log.name, msg.id, name, attempt, took)
+            return
         fields = {
             "id": msg.id,
             "task": name,
@@ -152,15 +156,16 @@ class OutcomeLog(Hooks):
             "duration": took,
             "outcome": outcome,
         }
-        text = f"id={msg.id} task={name} attempt={attempt} duration={took} outcome={outcome}"
-        writer = OutcomeLog.writer
-        if writer is not None and outcome == "done":
-            writer.line(log.name, "INFO", text, fields)
-            return
+        text = outcome_text(msg.id, name, attempt, took, outcome)
         # A failure's traceback follows the line (text) or is its "exception" field (JSON).
         log.log(
             level, "%s%s", text, f" error={error!r}" if error else "", extra=fields, exc_info=exc
         )
+
+
+def outcome_text(message_id: str, task: str, attempt: int, took: float, outcome: str) -> str:
+    """The message of a job's outcome line (its record's fields say the same)."""
+    return f"id={message_id} task={task} attempt={attempt} duration={took} outcome={outcome}"
 
 
 def retry_delay(exc: BaseException) -> float | None:

@@ -32,7 +32,7 @@ def test_a_line_without_a_record_reads_as_the_record_would(monkeypatch, fmt):
     )
     record.msg, record.args, record.created, record.msecs = "%s%s", (TEXT, ""), now, 250.0
     record.__dict__.update(fields)
-    handler.line("redismq.processing", "INFO", TEXT, fields)
+    handler.done("redismq.processing", "0190f3c2a1b2", "naps.nap", 2, 1.2e-05)
     handler.flush()
     assert handler.stream.getvalue() == handler.format(record) + "\n"
     handler.close()
@@ -41,12 +41,16 @@ def test_a_line_without_a_record_reads_as_the_record_would(monkeypatch, fmt):
 def test_lines_and_records_keep_their_order(monkeypatch):
     handler = WorkerHandler("text")
     handler.setStream(io.StringIO())
-    handler.line("redismq.processing", "INFO", "first", {})
+    handler.done("redismq.processing", "first", "t", 1, 0.1)
     handler.handle(logging.makeLogRecord({"msg": "second", "levelname": "WARNING"}))
-    handler.line("redismq.processing", "INFO", "third", {})
+    handler.done("redismq.processing", "third", "t", 1, 0.1)
     handler.close()  # flushes
     lines = handler.stream.getvalue().splitlines()
-    assert [line.rsplit(" ", 1)[-1] for line in lines] == ["first", "second", "third"]
+    assert [re.findall(r"id=(\w+)|(second)", line)[0] for line in lines] == [
+        ("first", ""),
+        ("", "second"),
+        ("third", ""),
+    ]
 
 
 def _done_lines(output: str, fmt: str) -> list[dict]:

@@ -17,7 +17,7 @@ import time
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from redismq.processing import OutcomeLog
+from redismq.processing import OutcomeLog, outcome_text
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 # Batched lines are written at least this often (seconds), before any record the handler
@@ -65,7 +65,7 @@ def _json_value(value: Any) -> str:
 
 
 class WorkerHandler(logging.StreamHandler):
-    """A stream handler (stderr) that also takes lines without a record (`line`), written
+    """A stream handler (stderr) that also takes done lines without a record (`done`), written
     together in order with the records: before each record it emits, every `FLUSH_EVERY`
     seconds, and on `flush` (at exit and when the worker stops)."""
 
@@ -80,25 +80,27 @@ class WorkerHandler(logging.StreamHandler):
         self._done = threading.Event()
 
     # -- lines without a record ----------------------------------------------------------
-    def line(self, logger: str, level: str, message: str, fields: dict[str, Any]) -> None:
-        """Queue the line a record of `logger` at `level` with this message and these
-        `extra` fields would give (no exception, no other handler or filter)."""
+    def done(self, logger: str, message_id: str, task: str, attempt: int, took: float) -> None:
+        """Queue the line OutcomeLog's record of a done job of `logger` would give (no
+        exception, no other handler or filter)."""
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second, self._stamp = second, self._stamp_of(second)
         millis = _MILLIS[int((now - second) * 1000)]
+        message = outcome_text(message_id, task, attempt, took, "done")
         if self.json:
+            fields = {"id": message_id, "task": task, "attempt": attempt, "duration": took}
             text = (
-                f'{{"time": "{self._stamp}.{millis}Z", "level": "{level}", '
+                f'{{"time": "{self._stamp}.{millis}Z", "level": "INFO", '
                 f'"logger": {encode_basestring_ascii(logger)}, '
                 f'"message": {encode_basestring_ascii(message)}'
             )
             for key, value in fields.items():
                 text += f", {encode_basestring_ascii(key)}: {_json_value(value)}"
-            text += "}\n"
+            text += ', "outcome": "done"}\n'
         else:
-            text = f"{self._stamp},{millis} {level} {_pid} {logger}: {message}\n"
+            text = f"{self._stamp},{millis} INFO {_pid} {logger}: {message}\n"
         self._pending.append(text)
         if len(self._pending) >= MAX_PENDING:
             self.flush()
