@@ -8,6 +8,8 @@ cluster is one broker), or ``clusters://`` for a cluster over TLS.
 
 from __future__ import annotations
 
+from functools import cache
+from importlib import metadata
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -19,6 +21,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.driver_info import DriverInfo
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -140,6 +143,18 @@ def _cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict[str, Any]]:
     return addresses, opts
 
 
+@cache
+def driver_info() -> DriverInfo:
+    """What redismq's connections tell the server they are (CLIENT SETINFO, seen in CLIENT
+    LIST): `redis-py(redismq_v<version>)`. Made once: redis-py otherwise looks its own
+    version up in the installed packages for every new connection."""
+    try:
+        version = metadata.version("redismq-streams")
+    except metadata.PackageNotFoundError:
+        version = "0"
+    return DriverInfo().add_upstream_driver("redismq", version)
+
+
 def connection_options(
     socket_timeout: float, retry_class: type[Retry] | type[AsyncRetry] = Retry
 ) -> dict[str, Any]:
@@ -152,6 +167,7 @@ def connection_options(
         "health_check_interval": 30,
         # redis-py's default of 100 is less than a worker's threads can use at once.
         "max_connections": MAX_CONNECTIONS,
+        "driver_info": driver_info(),
     }
 
 

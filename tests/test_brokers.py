@@ -3,6 +3,7 @@ remove, and the `broker`/`topic` commands — every broker a real local server."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -573,3 +574,31 @@ def test_async_replicated_send_waits_on_the_connection_that_wrote(client, server
 
     sent = asyncio.run(send())
     assert set(sent) <= set(ids_on(replica, "safe", 2))
+
+
+def test_connections_say_they_are_redismq_in_client_list(url: str) -> None:
+    """Every connection names redismq (CLIENT SETINFO, Redis 7.2+ and Valkey), so an
+    operator sees which clients are ours; the name is made once, not looked up for each
+    new connection. (Redis 7.0 has no CLIENT SETINFO: there the connection still works.)"""
+    from importlib import metadata
+
+    from redismq.urls import connect, connect_async, driver_info
+
+    expected = f"redis-py(redismq_v{metadata.version('redismq-streams')})"
+    sync = connect(url)
+    mine = [c for c in sync.client_list() if c["id"] == str(sync.client_id())]
+    names_lib = "lib-name" in mine[0]  # the server keeps library names (7.2+)
+    assert mine[0].get("lib-name", expected) == expected
+
+    async def lib_names() -> set[str]:
+        conn = connect_async(url)
+        await conn.ping()
+        names = {c.get("lib-name", expected) for c in await conn.client_list()}
+        await conn.aclose()
+        return names
+
+    assert expected in asyncio.run(lib_names())
+    assert driver_info() is driver_info() and driver_info().formatted_name == expected
+    major, minor = (int(n) for n in sync.info("server")["redis_version"].split(".")[:2])
+    assert names_lib == ((major, minor) >= (7, 2))
+    sync.close()
