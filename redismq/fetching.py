@@ -332,13 +332,18 @@ class Fetching(Outcomes):
                     m.verdict = "done" if score is not None else "cancelled" if flag else ""
 
     def cancelled(self, messages: Sequence[Message]) -> list[Message]:
-        """Those of the messages whose job has been cancelled."""
+        """Those of the messages whose job has been cancelled (one round trip per broker)."""
         out: list[Message] = []
+        by_queue = self._by_queue(messages)
         with self.errors():
-            for m in messages:
-                q = self.queues[m.queue]
-                if q.broker.redis.zscore(q.keys.cancelled, m.id) is not None:
-                    out.append(m)
+            for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
+                pipe = broker.redis.pipeline(transaction=False)
+                for q in queues:
+                    pipe.zmscore(q.keys.cancelled, [m.id for m in by_queue[q.index]])
+                for q, flags in zip(queues, pipe.execute(), strict=True):
+                    out += [
+                        m for m, f in zip(by_queue[q.index], flags, strict=True) if f is not None
+                    ]
         return out
 
     @staticmethod

@@ -76,3 +76,47 @@ def test_a_finished_job_is_not_cancelled_after_its_done_record_expired(url):
         assert other.result(timeout=1) == 1
     finally:
         short.close()
+
+
+def test_the_canceller_looks_for_every_running_job_in_one_round_trip(client, app, monkeypatch):
+    """At --concurrency 200 the canceller asked Redis once per running job, every half
+    second (200 round trips); it now asks once for all the jobs of a topic's queues."""
+    import redis
+
+    from redismq.processing import Running
+    from redismq.workers.limits import Canceller
+    from redismq.workers.worker import Loop
+
+    @app.task(topic="cancels")
+    def work(n):
+        return n
+
+    client.create_topic("cancels", queues=2)
+    jobs = [work.send(i) for i in range(10)]
+    sub = app.subscriptions[("cancels", "workers")]
+    loops = []
+    for _ in jobs:
+        loop = Loop(client.consumer("cancels", "workers"), sub, 1, [])
+        [msg] = loop.consumer.receive(count=1, block=None)
+        loop.runner.running = Running(msg, "cancels.work", time.monotonic(), None)
+        loops.append(loop)
+    victim = next(loop for loop in loops if loop.runner.running.message.id == jobs[3].id)
+    assert jobs[3].cancel()
+    stuck = []
+    trips = []
+    sent = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, *args, **kwargs):
+        trips.append(b"".join(command) if isinstance(command, list) else command)
+        return sent(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    canceller = Canceller(loops, lambda: stuck.append(1))
+    canceller.tick()
+    looks = [t for t in trips if b"\r\nZSCORE\r\n" in t or b"\r\nZMSCORE\r\n" in t]
+    monkeypatch.undo()
+    stopped = [loop for loop in loops if loop.runner.abandoned]
+    assert stopped == [victim] and stuck == [1]  # a sync job: its process is replaced
+    assert jobs[3].status() == "cancelled"
+    # one look: a pipeline of a ZMSCORE per queue (it was a ZSCORE round trip per job)
+    assert len(looks) == 1 and looks[0].count(b"\r\nZMSCORE\r\n") == 2

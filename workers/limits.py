@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from redismq.processing import Counts
+from redismq.outcomes import grouped
+from redismq.processing import Counts, Running
 
 from .housekeeping import Component
 
@@ -60,15 +61,21 @@ class Canceller(Component):
         self.on_stuck = on_stuck
 
     def tick(self) -> None:
-        for loop in self.loops:
-            r = loop.runner.running
-            if r is None or not loop.consumer.cancelled([r.message]):
-                continue
-            counts = Counts()
-            stopped = loop.runner.cancel_running(counts)
-            loop.counts.add(counts)
-            if stopped is not None and stopped.aio_task is None:
-                log.warning(
-                    "job %s was cancelled while running: replacing this process", r.message.id
-                )
-                self.on_stuck()
+        running = [(loop, r) for loop in self.loops if (r := loop.runner.running) is not None]
+        # One look per consumer set (a topic's queues on this broker), not one per loop.
+        by_set = grouped(running, lambda lr: (lr[0].consumer.topic.name, *lr[0].consumer.queues))
+        for pairs in by_set.values():
+            gone = {m.id for m in pairs[0][0].consumer.cancelled([r.message for _, r in pairs])}
+            for loop, r in pairs:
+                if r.message.id in gone:
+                    self._stop(loop, r)
+
+    def _stop(self, loop: Loop, r: Running) -> None:
+        if loop.runner.running is not r:  # it finished meanwhile
+            return
+        counts = Counts()
+        stopped = loop.runner.cancel_running(counts)
+        loop.counts.add(counts)
+        if stopped is not None and stopped.aio_task is None:
+            log.warning("job %s was cancelled while running: replacing this process", r.message.id)
+            self.on_stuck()
