@@ -3,6 +3,7 @@ plugin's), processes started and stopped, waiting for a condition."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+import redis
 from pgcluster import postgres  # noqa: F401  (fixture: a throwaway PostgreSQL server)
 
 from redismq import App, Client
@@ -51,6 +53,23 @@ def skip_unless_ci(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (in CI this is a failure, not a skip)")
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def round_trips() -> Iterator[list[bytes]]:
+    """What redis-py sends meanwhile, one bytes string per round trip (a pipeline is one)."""
+    trips: list[bytes] = []
+    sent = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self: redis.connection.AbstractConnection, command: object, *args, **kwargs):
+        trips.append(b"".join(command) if isinstance(command, list) else command)  # type: ignore[arg-type]
+        return sent(self, command, *args, **kwargs)  # type: ignore[arg-type]
+
+    redis.connection.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        yield trips
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = sent  # type: ignore[method-assign]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, every: float = 0.02) -> bool:

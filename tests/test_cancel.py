@@ -7,6 +7,7 @@ import time
 
 from redismq import Client
 from redismq.job import Job
+from tests.conftest import round_trips
 
 
 def test_a_cancel_is_honoured_by_every_group(client):
@@ -78,11 +79,9 @@ def test_a_finished_job_is_not_cancelled_after_its_done_record_expired(url):
         short.close()
 
 
-def test_the_canceller_looks_for_every_running_job_in_one_round_trip(client, app, monkeypatch):
+def test_the_canceller_looks_for_every_running_job_in_one_round_trip(client, app):
     """At --concurrency 200 the canceller asked Redis once per running job, every half
     second (200 round trips); it now asks once for all the jobs of a topic's queues."""
-    import redis
-
     from redismq.processing import Running
     from redismq.workers.limits import Canceller
     from redismq.workers.worker import Loop
@@ -102,19 +101,10 @@ def test_the_canceller_looks_for_every_running_job_in_one_round_trip(client, app
         loops.append(loop)
     victim = next(loop for loop in loops if loop.runner.running.message.id == jobs[3].id)
     assert jobs[3].cancel()
-    stuck = []
-    trips = []
-    sent = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self, command, *args, **kwargs):
-        trips.append(b"".join(command) if isinstance(command, list) else command)
-        return sent(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    canceller = Canceller(loops, lambda: stuck.append(1))
-    canceller.tick()
+    stuck: list[int] = []
+    with round_trips() as trips:
+        Canceller(loops, lambda: stuck.append(1)).tick()
     looks = [t for t in trips if b"\r\nZSCORE\r\n" in t or b"\r\nZMSCORE\r\n" in t]
-    monkeypatch.undo()
     stopped = [loop for loop in loops if loop.runner.abandoned]
     assert stopped == [victim] and stuck == [1]  # a sync job: its process is replaced
     assert jobs[3].status() == "cancelled"

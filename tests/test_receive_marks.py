@@ -4,9 +4,8 @@ first delivery is still checked (a job cancelled while queued keeps its entry). 
 
 from __future__ import annotations
 
-import redis
-
 from redismq.processing import BatchRunner
+from tests.conftest import round_trips
 
 
 def test_received_jobs_read_running_before_their_batch_runs(client, app):
@@ -68,7 +67,7 @@ def test_without_marks_a_consumer_records_nothing_at_receive(client, app):
     assert job.status() == "done"
 
 
-def test_a_receive_of_queued_jobs_is_one_round_trip(client, app, monkeypatch):
+def test_a_receive_of_queued_jobs_is_one_round_trip(client, app):
     """The read script reads, checks for done and cancelled, and records running at once
     (a pipelined check after the read was a second round trip per batch)."""
 
@@ -92,16 +91,8 @@ def test_a_receive_of_queued_jobs_is_one_round_trip(client, app, monkeypatch):
     ]
     client.meta.xadd(stream, fields)
 
-    trips = []
-    sent = redis.connection.AbstractConnection.send_packed_command
-
-    def counted(self, command, *args, **kwargs):
-        trips.append(b"".join(command) if isinstance(command, list) else command)
-        return sent(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
-    batch = consumer.receive(count=10, block=None)
-    monkeypatch.undo()
+    with round_trips() as trips:
+        batch = consumer.receive(count=10, block=None)
     assert [m.id for m in batch] == [queued.id]
     # no round trip of its own checks or marks them (a look for due messages may come)
     assert not [t for t in trips if b"ZMSCORE" in t.upper() or b"ZADD" in t.upper()]
