@@ -63,7 +63,7 @@ def round_trips() -> Iterator[list[bytes]]:
 
     def counted(self: redis.connection.AbstractConnection, command: object, *args, **kwargs):
         trips.append(b"".join(command) if isinstance(command, list) else command)  # type: ignore[arg-type]
-        return sent(self, command, *args, **kwargs)  # type: ignore[arg-type]
+        return sent(self, command, *args, **kwargs)
 
     redis.connection.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
     try:
