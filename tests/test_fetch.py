@@ -4,12 +4,14 @@ is found wherever it is in the pending list."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 from redismq import Client
 from redismq.cli.bench_slow import SlowScenario, run_slow
+from tests.conftest import round_trips
 
 TOPIC = "turns"
 
@@ -141,3 +143,54 @@ def test_an_expired_lease_is_taken_over_only_after_a_second_look(client: Client)
     assert taker.receive(count=1, block=None) == []  # first seen expired: not yet
     time.sleep(1.0)  # past a renewal interval (1/3 s) and the margin
     assert [m.entry_id for m in taker.receive(count=1, block=None)] == [held.entry_id]
+
+
+def test_idle_consumers_wait_their_whole_block_but_one(client: Client) -> None:
+    """Of a client's idle consumers of one group, one wakes for the looks for due messages
+    (every 250 ms); the others wait their whole block, one call each (an idle worker at
+    --concurrency 200 made 8,500 Redis calls a second, each thread waking every 250 ms)."""
+    client.create_topic(TOPIC, queues=4)
+    consumers = [client.consumer(TOPIC, "g") for _ in range(20)]
+    for c in consumers:
+        c.receive(count=1, block=None)  # set-up and first looks, outside the count
+    end = time.monotonic() + 2.0
+
+    def idle(consumer) -> None:
+        while time.monotonic() < end:
+            assert consumer.receive(count=1, block=1.0) == []
+
+    with round_trips() as trips:
+        threads = [threading.Thread(target=idle, args=(c,)) for c in consumers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    blocking = [t for t in trips if b"\r\nBLOCK\r\n" in t]
+    scripts = [t for t in trips if b"\r\nEVALSHA\r\n" in t]
+    # 19 consumers x 2-3 blocks of 1 s, and the watcher's ~8 blocks of 250 ms (each thread
+    # woke every 250 ms before: ~160 blocking reads, and a read script call before each);
+    # one read script call each, the first (after a wait that found nothing, they wait again)
+    assert len(blocking) <= 19 * 3 + 12, len(blocking)
+    assert len(scripts) <= 20 + 5, len(scripts)
+
+
+def test_a_delayed_message_is_moved_in_time_while_every_consumer_waits(client: Client) -> None:
+    client.create_topic(TOPIC, queues=4)
+    consumers = [client.consumer(TOPIC, "g") for _ in range(5)]
+    got: list = []
+
+    def wait(consumer) -> None:
+        end = time.monotonic() + 3.0
+        while not got and time.monotonic() < end:
+            got.extend(consumer.receive(count=1, block=1.0))
+
+    threads = [threading.Thread(target=wait, args=(c,)) for c in consumers]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # every consumer is waiting
+    sent = time.monotonic()
+    client.send_message(TOPIC, b"later", delay=0.5)
+    for t in threads:
+        t.join()
+    assert [m.body for m in got] == [b"later"]
+    assert time.monotonic() - sent < 3.0  # moved by the watcher, not left to a time-out
