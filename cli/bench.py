@@ -41,7 +41,14 @@ from .bench_measure import BenchError
 from .bench_peers import best_peer, peer_steps
 from .bench_report import CONCURRENCY, QUEUES, Results, print_report, report, top_commands
 from .bench_rq import bench_rq_drain, bench_rq_latency
-from .bench_scenarios import bench_drain, bench_latency, bench_memory, bench_raw, bench_send
+from .bench_scenarios import (
+    bench_drain,
+    bench_idle,
+    bench_latency,
+    bench_memory,
+    bench_raw,
+    bench_send,
+)
 
 RQ_FORK_JOBS = 500
 RQ_FORK_JOBS_QUICK = 100
@@ -51,6 +58,8 @@ LATENCY_SENDS = 500
 LATENCY_SENDS_QUICK = 50
 MEMORY_JOBS = 1_000_000
 MEMORY_JOBS_QUICK = 2_000
+IDLE_SECONDS = 5.0
+IDLE_SECONDS_QUICK = 2.0
 
 
 def run_bench(
@@ -64,6 +73,7 @@ def run_bench(
     deep = (MEMORY_JOBS_QUICK if quick else MEMORY_JOBS) if memory_jobs is None else memory_jobs
     fork_jobs = min(n, RQ_FORK_JOBS_QUICK if quick else RQ_FORK_JOBS)
     sends = LATENCY_SENDS_QUICK if quick else LATENCY_SENDS
+    idle = IDLE_SECONDS_QUICK if quick else IDLE_SECONDS
     res = Results(n, quick, fork_jobs, sends)
     steps: list[tuple[str, Callable[[], None]]] = [
         ("raw redis-py: XADD, pipelined XADD, XREADGROUP + XACK loop", lambda: bench_raw(res, n)),
@@ -72,6 +82,7 @@ def run_bench(
         ("redismq: send_many, --processes 2", lambda: bench_drain(res, n, 2)),
         ("redismq: 1 worker process, default flags", lambda: bench_drain(res, n, 1, True)),
         (f"redismq: idle-queue latency, {sends} probes", lambda: bench_latency(res, sends)),
+        ("redismq: an idle worker, --concurrency 200", lambda: bench_idle(res, idle)),
         *(
             [(f"redismq: memory draining {deep:,} queued tasks", lambda: bench_memory(res, deep))]
             if deep

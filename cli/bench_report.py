@@ -19,6 +19,7 @@ LATENCY_GAP = 0.005
 # RQ needs ~5 ms per job here: probes 5 ms apart would queue up behind each other, so
 # they are spaced enough to find its queue idle.
 RQ_LATENCY_GAP = 0.025
+IDLE_CONCURRENCY = 200  # the idle worker's fetch threads
 
 
 # --- what is reported ---------------------------------------------------------------
@@ -191,6 +192,18 @@ SPECS: tuple[Spec, ...] = (
         short="redismq",
         target=Target("<", 1.5),
         ratios=(("huey_latency_p99_ms", Target("<=", 1.0)),),
+    ),
+    Spec(
+        "idle_worker_cpu_pct",
+        RMQ,
+        f"idle worker, --concurrency {IDLE_CONCURRENCY}: CPU (empty topic)",
+        "% of a core",
+    ),
+    Spec(
+        "idle_worker_calls_per_s",
+        RMQ,
+        f"idle worker, --concurrency {IDLE_CONCURRENCY}: Redis commands (scripts' included)",
+        "cmd/s",
     ),
     Spec(
         "rq_enqueue_rate",

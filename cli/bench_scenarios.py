@@ -19,6 +19,7 @@ from redismq.server import LocalServer
 
 from .bench_measure import (
     BenchError,
+    CpuSampler,
     ServerStats,
     Window,
     check_exit,
@@ -32,7 +33,7 @@ from .bench_measure import (
     wait_timeout,
     worker_process,
 )
-from .bench_report import LATENCY_GAP, NAMESPACE, QUEUES, Results
+from .bench_report import IDLE_CONCURRENCY, LATENCY_GAP, NAMESPACE, QUEUES, Results
 
 GROUP = "workers"
 BATCH = 100
@@ -276,3 +277,41 @@ def bench_latency(res: Results, sends: int) -> None:
         client.close()
     res.put("latency_p50_ms", percentile(delays, 50), sends, len(delays))
     res.put("latency_p99_ms", percentile(delays, 99), sends, len(delays))
+
+
+def bench_idle(res: Results, seconds: float) -> None:
+    """A worker at --concurrency IDLE_CONCURRENCY on an empty topic, once its fetch
+    threads all wait: the CPU it takes and the Redis commands it makes over `seconds`."""
+    from redismq.cli.bench_app import TOPIC
+
+    with LocalServer() as srv:
+        client = _client(srv.url, TOPIC)
+        args = ["-m", "redismq.cli.main", "worker", "redismq.cli.bench_app:app", "--url", srv.url]
+        args += ["--topic", TOPIC, "--processes", "1", "--log-level", "WARNING"]
+        args += ["--concurrency", str(IDLE_CONCURRENCY)]
+        stream = client.router.queue_keys(TOPIC, 0).stream
+        with worker_process(args, srv.url) as proc:
+            deadline = time.monotonic() + 60
+            while _consumers(client, stream) < IDLE_CONCURRENCY:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"the idle worker did not start:\n{log_tail(proc)}")
+                time.sleep(0.1)
+            time.sleep(1.0)  # its threads' first reads
+            sampler = CpuSampler(proc.pid)
+            sampler.sample()
+            before = ServerStats.take(client.meta)
+            time.sleep(seconds)
+            sampler.sample()
+            calls, _ = ServerStats.take(client.meta).since(before)
+        client.close()
+    (start, cpu0), (end, cpu1) = sampler.samples[0], sampler.samples[-1]
+    res.put("idle_worker_cpu_pct", 100 * (cpu1 - cpu0) / (end - start))
+    res.put("idle_worker_calls_per_s", sum(calls.values()) / (end - start))
+
+
+def _consumers(client: Client, stream: str) -> int:
+    """How many consumers the bench group has on a stream (0 before it exists)."""
+    try:
+        return len(client.meta.xinfo_consumers(stream, GROUP))
+    except redis.ResponseError:
+        return 0
