@@ -39,6 +39,9 @@ STOP_SIGNAL = signal.SIGUSR1
 # A fetch takes as many messages as this thread can start within about this many seconds,
 # so that no message waits behind a long job while another worker idles.
 BATCH_SECONDS = 0.05
+# How long an idle fetch thread of a --burst worker waits before it looks whether the
+# backlog is gone (and exits): shorter than the default block, so that a burst ends soon.
+BURST_BLOCK = 0.25
 
 
 class Loop:
@@ -305,9 +308,10 @@ class Worker:
 
     def _fetch(self, loop: Loop) -> None:
         pause = 0.1
+        block = min(self.block, BURST_BLOCK) if self.burst else self.block
         while not self.stopping.is_set() and not loop.retired:
             try:
-                loop.step(self.block, self.stopping)
+                loop.step(block, self.stopping)
                 if self.burst and loop.idle and loop.consumer.backlog() == 0:
                     return
                 pause = 0.1
