@@ -21,6 +21,7 @@ from redismq.cli.bench_scenarios import percentile
 from redismq.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.bench
 
 FIGURES = {
     "raw_xadd_rate",
