@@ -364,7 +364,8 @@ class Fetching(Outcomes):
             for n, q in enumerate(queues):
                 scores, flags = replies[2 * n], replies[2 * n + 1]
                 for m, score, flag in zip(by_queue[q.index], scores, flags, strict=True):
-                    m.verdict = "done" if score is not None else "cancelled" if flag else ""
+                    marked = flag is not None
+                    m.verdict = "done" if score is not None else "cancelled" if marked else ""
 
     def cancelled(self, messages: Sequence[Message]) -> list[Message]:
         """Those of the messages whose job has been cancelled (one round trip per broker)."""
