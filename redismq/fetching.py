@@ -12,7 +12,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from .errors import InvalidMessage
-from .job import running_commands, sweep_due
+from .job import sweep_due
 from .keys import turn
 from .message import Message, decode_entry, now_ms
 from .outcomes import CANCELLED, NO_RESULT, Outcomes, grouped
@@ -338,34 +338,25 @@ class Fetching(Outcomes):
         return [m for m in messages if not m.verdict]
 
     def _check(self, messages: list[Message]) -> None:
-        """Give each message its verdict (done, cancelled or to run) in one round trip per
-        broker; with `marks_running`, record them as running in it."""
+        """Give each message its verdict (done, cancelled or to run) by the `check` script,
+        the read script's rule (one round trip per broker); with `marks_running`, the ones
+        to run are recorded as running in it."""
         if not messages:
             return
         by_queue = self._by_queue(messages)
-        now = now_ms()
         for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
-            pipe = broker.redis.pipeline(transaction=False)
+            calls = []
             for q in queues:
-                ids = [m.id for m in by_queue[q.index]]
-                pipe.zmscore(q.keys.done(self.group), ids)
-                pipe.zmscore(q.keys.cancelled, ids)
-            if self.marks_running:  # (those found done or cancelled lose it as they settle)
-                for q in queues:
-                    key, horizon = q.keys.running(self.group), self.client.result_ttl_ms
-                    running_commands(pipe, key, by_queue[q.index], (), now, horizon)
-            replies = pipe.execute(raise_on_error=False)
-            for reply in replies[2 * len(queues) :]:
-                if isinstance(reply, Exception):
-                    log.warning("could not record which jobs run: %s", reply)
-            for reply in replies[: 2 * len(queues)]:
-                if isinstance(reply, Exception):
-                    raise reply
-            for n, q in enumerate(queues):
-                scores, flags = replies[2 * n], replies[2 * n + 1]
-                for m, score, flag in zip(by_queue[q.index], scores, flags, strict=True):
-                    marked = flag is not None
-                    m.verdict = "done" if score is not None else "cancelled" if marked else ""
+                running = q.keys.running(self.group)
+                args: list[Any] = [0, 0]
+                if self.marks_running:
+                    args = [1, self.client.result_ttl_ms if sweep_due(running, now_ms()) else 0]
+                for m in by_queue[q.index]:
+                    args += [m.id, m.attempt]
+                calls.append(("check", [q.keys.done(self.group), q.keys.cancelled, running], args))
+            for q, verdicts in zip(queues, broker.scripts.run(calls), strict=True):
+                for m, verdict in zip(by_queue[q.index], verdicts, strict=True):
+                    m.verdict = VERDICTS[verdict]
 
     def cancelled(self, messages: Sequence[Message]) -> list[Message]:
         """Those of the messages whose job has been cancelled (one round trip per broker)."""

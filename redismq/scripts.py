@@ -36,13 +36,15 @@ NAMES = (
     "delete_topic",
     "backlog",
     "read",
+    "check",
 )
 # Scripts that use a shared helper besides _pack.lua (put in front of their text).
 HELPERS = {
     "send": ("_backlog",),
     "backlog": ("_backlog",),
     "settle": ("_ids", "_sliced"),
-    "read": ("_sliced",),
+    "read": ("_sliced", "_verdicts"),
+    "check": ("_sliced", "_verdicts"),
     "trim": ("_ids",),
 }
 

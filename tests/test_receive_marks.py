@@ -103,3 +103,36 @@ def test_a_receive_of_queued_jobs_is_one_round_trip(client, app):
     ]
     assert running == [queued.id]
     assert cancelled.status() == "cancelled" and done_before.status() == "done"
+
+
+def test_a_blocking_read_checks_what_it_wakes_with_by_the_same_rule(client, app):
+    """What a blocking read brings (the read script cannot block) is checked by the `check`
+    script: the same verdicts, one round trip; a done message is settled, not returned."""
+
+    @app.task(topic="marks")
+    def work(n):
+        return n
+
+    client.create_topic("marks", queues=1)
+    done_before = work.send(0)
+    sub = app.subscriptions[("marks", "workers")]
+    first = client.consumer("marks", "workers", create=True)
+    BatchRunner(first, sub).run(first.receive(count=1, block=1))
+    assert done_before.status() == "done"
+    stream = client.router.queue_keys("marks", 0).stream
+    [(_, fields)] = client.meta.xrange(stream)
+    waiting = client.consumer("marks", "workers")
+    waiting.marks_running = True
+    # a wait that found nothing: its next read waits again at once, without the read script
+    assert waiting.receive(count=1, block=0.05) == []
+    client.meta.xadd(stream, fields)  # the completed message, sent again under its id
+    with round_trips() as trips:
+        assert waiting.receive(count=10, block=1) == []
+    assert [t for t in trips if b"\r\nBLOCK\r\n" in t]  # it came by the blocking read
+    assert client.meta.xpending(stream, "workers")["pending"] == 0  # settled without a run
+    assert waiting.receive(count=1, block=0.05) == []
+    queued = work.send(1)
+    [msg] = waiting.receive(count=10, block=1)
+    assert msg.id == queued.id and msg.verdict == ""
+    running = client.meta.zrange(client.router.queue_keys("marks", 0).running("workers"), 0, -1)
+    assert [m.decode() for m in running] == [queued.id]

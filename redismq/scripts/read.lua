@@ -34,20 +34,13 @@ local function entries_of(reply)
 end
 
 local n_streams = (#KEYS - 1) / 4
-local now = 0
-if marks then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- The verdicts of the entries read from stream `i` (see above), recording as running
--- those to run.
-local function verdicts(i, entries)
+-- The verdicts of the entries read from stream `i` (see _verdicts.lua).
+local function entry_verdicts(i, entries)
   local base = n_streams + 2 + 3 * (i - 1)
-  local ids, attempts, named = {}, {}, {}
+  local ids, attempts = {}, {}
   for j, entry in ipairs(entries) do
     local fields = entry[2]
-    attempts[j] = 0
+    ids[j], attempts[j] = false, 0
     for x = 1, #fields - 1, 2 do
       if fields[x] == 'id' then
         ids[j] = fields[x + 1]
@@ -55,37 +48,9 @@ local function verdicts(i, entries)
         attempts[j] = tonumber(fields[x + 1]) or 0
       end
     end
-    if ids[j] then named[#named + 1] = ids[j] end
   end
-  local done, cancelled = {}, {}
-  if #named > 0 then
-    local scores = sliced('ZMSCORE', KEYS[base], named)
-    for n, id in ipairs(named) do done[id] = scores[n] end
-    if redis.call('ZCARD', KEYS[base + 1]) > 0 then
-      local flags = sliced('ZMSCORE', KEYS[base + 1], named)
-      for n, id in ipairs(named) do cancelled[id] = flags[n] end
-    end
-  end
-  local out, running = {}, {}
-  for j = 1, #entries do
-    local id = ids[j]
-    if id and done[id] then
-      out[j] = 'd'
-    elseif id and cancelled[id] then
-      out[j] = 'c'
-    else
-      out[j] = '.'
-      if id and marks then
-        running[#running + 1] = now * 1000 + math.min(attempts[j] + 1, 999)
-        running[#running + 1] = id
-      end
-    end
-  end
-  sliced('ZADD', KEYS[base + 2], running)
-  if marks and horizon > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[base + 2], '-inf', (now - horizon) * 1000)
-  end
-  return table.concat(out)
+  return verdicts(KEYS[base], KEYS[base + 1], KEYS[base + 2], ids, attempts, #entries, marks,
+    horizon)
 end
 local start = tonumber(redis.call('GET', KEYS[1]) or '0') % n_streams
 local candidates = {}
@@ -113,7 +78,7 @@ while left > 0 and #candidates > 0 do
       'STREAMS', KEYS[a[1] + 1], '>')
     local entries = entries_of(reply)
     if #entries > 0 then
-      got[#got + 1] = {a[1], entries, verdicts(a[1], entries)}
+      got[#got + 1] = {a[1], entries, entry_verdicts(a[1], entries)}
       left = left - #entries
       last = a[1]
     end
