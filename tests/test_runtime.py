@@ -139,6 +139,18 @@ def test_sigkilled_child_is_restarted_and_every_job_completes_once(rt, url, db, 
     assert worker.wait(30) == 0
 
 
+@pytest.mark.parametrize("processes_flag", ["1", "2"])
+def test_a_worker_process_keeps_its_start_up_objects_out_of_garbage_collection(
+    rt, url, db, processes, processes_flag
+):
+    # A full collection walked every object the worker imported (10-20 ms with the CLI's
+    # libraries loaded): every thread stood still meanwhile, and a job's start with it.
+    job = rt.frozen_objects.send()
+    worker = start_worker(processes, url, "--processes", processes_flag, "--burst")
+    assert worker.wait(60) == 0, worker.stdout.read()
+    assert job.result(timeout=5) > 10_000
+
+
 def test_sigkilled_parent_takes_its_children_with_it(rt, url, db, processes):
     job = rt.slow.send(0.5, "x")
     worker = start_worker(processes, url, "--processes", "2")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
 import time
@@ -72,3 +73,9 @@ async def async_sleep(seconds: float) -> None:
     record("async-sleep-start", current_job().id)
     await asyncio.sleep(seconds)
     record("async-sleep-end", current_job().id)
+
+
+@app.task(topic="rt", name="frozen_objects")
+def frozen_objects() -> int:
+    """How many objects the garbage collector of this worker process leaves alone."""
+    return gc.get_freeze_count()
