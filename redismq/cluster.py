@@ -177,9 +177,9 @@ def run_scripts(
     single: Callable[[str, list[str], list[Any]], Any],
 ) -> list[Any]:
     """Script calls by SHA in one pipeline per master (redis-py's cluster pipeline refuses
-    EVALSHA). A call the node refused without running it (its slot moved, or the node lost
-    its scripts) is sent again on its own through the cluster client, which follows
-    redirections and loads scripts."""
+    EVALSHA); a call's error reply is returned in its place. A call the node refused without
+    running it (its slot moved, or the node lost its scripts) is sent again on its own
+    through the cluster client, which follows redirections and loads scripts."""
     by_node: dict[str, list[int]] = {}
     clients: dict[str, redis.Redis] = {}
     for i, (_, keys, _) in enumerate(calls):
@@ -201,10 +201,8 @@ def run_scripts(
         for i, reply in zip(indexes, replies, strict=True):
             if isinstance(reply, (*NOT_RUN, NoScriptError)):
                 again.append(i)
-            elif isinstance(reply, Exception):
-                raise reply
             else:
-                results[i] = reply
+                results[i] = reply  # an error reply too: the caller decides
     if again:
         refresh(conn)
     for i in again:

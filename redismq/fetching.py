@@ -15,7 +15,7 @@ from .errors import InvalidMessage
 from .job import sweep_due
 from .keys import turn
 from .message import Message, decode_entry, now_ms
-from .outcomes import CANCELLED, NO_RESULT, Outcomes, grouped
+from .outcomes import CANCELLED, NO_RESULT, Outcomes, Settling, grouped
 from .routing import Broker, Topic
 
 if TYPE_CHECKING:
@@ -125,12 +125,15 @@ class Fetching(Outcomes):
     def _next_move(self, at: float) -> None:
         self._pace.next_move = at
 
-    def receive(self, count: int = 100, block: float | None = 1.0) -> list[Message]:
+    def receive(
+        self, count: int = 100, block: float | None = 1.0, *, settle: Settling | None = None
+    ) -> list[Message]:
         """Up to `count` messages (never more), waiting up to `block` seconds for the first.
 
         Serves the topic's queues in turns; moves due delayed messages and retries into
         view, takes over messages whose lease expired, dead-letters entries that cannot be
         decoded, and acknowledges (without returning) messages this group already completed.
+        `settle` (made by `settling`) is run first, in the read's round trip where it can.
         """
         with self.errors():
             now = time.monotonic()
@@ -140,7 +143,9 @@ class Fetching(Outcomes):
             if len(messages) < count and self._pace.take_claim(now, self._claim_every):
                 messages += self._claim(count - len(messages))
             if not messages:
-                messages = self._read(count, self._block_ms(block))
+                messages = self._read(count, self._block_ms(block), settle)
+            if settle is not None:  # what did not go with a read
+                self.run_settling(settle)
             try:
                 return self._drop_done(messages)
             except BaseException:
@@ -155,17 +160,21 @@ class Fetching(Outcomes):
         """How long a read may wait for a first message (None: not at all)."""
         return max(1, int(block * 1000)) if block else None
 
-    def _read(self, count: int, block_ms: int | None) -> list[Message]:
+    def _read(self, count: int, block_ms: int | None, settle: Settling | None) -> list[Message]:
         """Read up to `count` new messages, taking the streams in turns; block for the
         first one only when every stream is empty (the watcher's read only until the next
-        look for due messages or expired leases: see `Pace`)."""
+        look for due messages or expired leases: see `Pace`). `settle` goes with the reads
+        of its brokers, and is run before any wait."""
         replies: list[Any] = []
         # After a wait that found nothing, wait again at once (a blocking read returns what
         # came meanwhile at once): an idle fetch thread makes one call per block, not two.
         if not (block_ms and self._waited_empty and len(self._streams) == 1):
             for broker, streams in self._streams.items():
-                replies += self._read_now(broker, streams, count - sum(len(r[1]) for r in replies))
+                left = count - sum(len(r[1]) for r in replies)
+                replies += self._read_now(broker, streams, left, settle)
         if not replies and block_ms:
+            if settle is not None:
+                self.run_settling(settle)
             broker = next(self._rotation)
             if len(self._streams) > 1:  # one consumer over several brokers: a short wait each
                 block_ms = min(block_ms, MULTI_BROKER_BLOCK_MS)
@@ -191,12 +200,15 @@ class Fetching(Outcomes):
         wait = min(max(0.0, self._next_move - time.monotonic()), self._claim_every)
         return max(1, int(wait * 1000))
 
-    def _read_now(self, broker: Broker, wanted: Collection[str], count: int) -> list[Any]:
+    def _read_now(
+        self, broker: Broker, wanted: Collection[str], count: int, settle: Settling | None
+    ) -> list[Any]:
         """Up to `count` entries without waiting, starting at the stream whose turn it is:
         one `read` script call (each stream asked for its share of what is left and no
         more, since XREADGROUP's COUNT is per stream; the turn is shared in Redis), which
         also checks them for done and cancelled and, with `marks_running`, records the
-        others' jobs as running."""
+        others' jobs as running. The calls of `settle` on this broker go first in the same
+        round trip."""
         if count <= 0:
             return []
         streams = list(wanted)
@@ -204,7 +216,15 @@ class Fetching(Outcomes):
         args: list[Any] = [self.group, self.name, count, 0, 0]
         if self.marks_running:
             args[3:] = [1, self.client.result_ttl_ms if sweep_due(keys[-1], now_ms()) else 0]
-        got = broker.scripts.read(keys=keys, args=args)
+        if settle is not None and broker in settle.calls:
+            calls = [*settle.calls[broker][0], ("read", keys, args)]
+            replies = broker.scripts.run(calls, raise_on_error=False)
+            self._settled(settle, broker, replies[:-1])
+            got = replies[-1]
+            if isinstance(got, Exception):
+                raise got
+        else:
+            got = broker.scripts.read(keys=keys, args=args)
         return [
             (
                 streams[position - 1].encode(),

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .consumer import Consumer, Settled, backoff_delay
+from .consumer import Consumer, Settled, Settling, backoff_delay
 from .message import Message
 
 log = logging.getLogger("redismq.ordered")
@@ -169,12 +169,17 @@ class OrderedConsumer(Consumer):
         return out
 
     # -- receiving -------------------------------------------------------------------
-    def receive(self, count: int = 100, block: float | None = 1.0) -> list[Message]:
-        """Up to `count` messages of the leased queues, in order per queue."""
+    def receive(
+        self, count: int = 100, block: float | None = 1.0, *, settle: Settling | None = None
+    ) -> list[Message]:
+        """Up to `count` messages of the leased queues, in order per queue (`settle`: see
+        `Fetching.receive`)."""
         with self._lock:
             self._give_back()
             backlog, self._backlog = self._backlog[:count], self._backlog[count:]
             streams = self._streams
+        if settle is not None and (backlog or not streams):
+            self.run_settling(settle)
         if backlog:
             return self._drop_done(backlog)
         if not streams:
@@ -183,7 +188,9 @@ class OrderedConsumer(Consumer):
         with self.errors():
             if self._pace.take_move(time.monotonic()):
                 self._move_due()
-            messages = self._read(count, self._block_ms(block))
+            messages = self._read(count, self._block_ms(block), settle)
+            if settle is not None:
+                self.run_settling(settle)
             with self._lock:
                 self._track(messages)
                 self._keep_extra()

@@ -67,6 +67,18 @@ class Settled:
     lost: list[Message] = field(default_factory=list)
 
 
+Call = tuple[str, list[str], list[Any]]
+
+
+@dataclass(slots=True)
+class Settling:
+    """A `settle_many` made ready: its script calls per broker (with, per settle call, its
+    messages), until they run; then what they did."""
+
+    settled: Settled = field(default_factory=Settled)
+    calls: dict[Broker, tuple[list[Call], list[list[Message]]]] = field(default_factory=dict)
+
+
 def grouped(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
     """The items in lists by their key, in their order."""
     groups: dict[K, list[T]] = defaultdict(list)
@@ -118,9 +130,17 @@ class Outcomes:
     ) -> Settled:
         """`ack_many`, telling what happened: completed, duplicates, cancelled, and the
         messages left alone because their lease was taken over (logged `lease lost`)."""
-        settled = Settled()
+        return self.run_settling(self.settling(messages, results))
+
+    def settling(
+        self, messages: Sequence[Message], results: Sequence[Any] | None = None
+    ) -> Settling:
+        """`settle_many`'s script calls made ready, not run: `run_settling` runs them, or
+        `receive(settle=...)` in the round trip of its read. (A result that cannot be stored
+        fails its job at once.)"""
+        settling = Settling()
         if not messages:
-            return settled
+            return settling
         stored = results or [NO_RESULT] * len(messages)
         by_queue: dict[int, list[tuple[Message, Encoded]]] = defaultdict(list)
         unstorable: list[tuple[Message, ResultNotStorable]] = []
@@ -132,27 +152,42 @@ class Outcomes:
         for m, error in unstorable:  # fails alone: the others settle
             log.warning("job %s failed: %s", m.id, error)
             if self.retry(m, error, track=True) == "lost":
-                settled.lost.append(m)
+                settling.settled.lost.append(m)
+        for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
+            calls = [("settle", *self._settle_call(q, by_queue[q.index])) for q in queues]
+            calls += self._finish_steps(queues, by_queue)
+            settling.calls[broker] = (calls, [[m for m, _ in by_queue[q.index]] for q in queues])
+        return settling
+
+    def run_settling(self, settling: Settling) -> Settled:
+        """Run the calls of `settling` not run yet (one round trip per broker)."""
         with self.errors():
-            for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
-                calls = [("settle", *self._settle_call(q, by_queue[q.index])) for q in queues]
-                settles = len(calls)
-                calls += self._finish_steps(queues, by_queue)
-                replies = broker.scripts.run(calls)[:settles]
-                for q, reply in zip(queues, replies, strict=True):
-                    settled.completed += reply[0]
-                    settled.duplicates += reply[1]
-                    settled.cancelled += reply[2]
-                    settled.lost += [by_queue[q.index][int(n) - 1][0] for n in reply[3]]
-        self.lease_lost(settled.lost)
-        return settled
+            for broker in list(settling.calls):
+                self._settled(settling, broker, broker.scripts.run(settling.calls[broker][0]))
+        return settling.settled
+
+    def _settled(self, settling: Settling, broker: Broker, replies: Sequence[Any]) -> None:
+        """Count what the calls of `broker` did (`replies`: theirs, in order); raises an
+        error reply among them (nothing counted: the settle is still to do)."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        batches = settling.calls.pop(broker)[1]
+        settled, lost = settling.settled, []
+        for batch, reply in zip(batches, replies, strict=False):
+            settled.completed += reply[0]
+            settled.duplicates += reply[1]
+            settled.cancelled += reply[2]
+            lost += [batch[int(n) - 1] for n in reply[3]]
+        settled.lost += lost
+        self.lease_lost(lost)
 
     def _finish_steps(
         self, queues: list[_Queue], by_queue: dict[int, list[tuple[Message, Any]]]
-    ) -> list[tuple[str, list[str], list[Any]]]:
+    ) -> list[Call]:
         """Calls that give the step marks of finished messages the done window (marks exist
         only for messages that ran before, or whose run made them)."""
-        calls: list[tuple[str, list[str], list[Any]]] = []
+        calls: list[Call] = []
         for q in queues:
             keys = [
                 q.keys.steps(self.group, m.id)

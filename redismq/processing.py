@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from .app import Subscription, Task
-from .consumer import CANCELLED, NO_RESULT, Consumer, describe, encode_outcome
+from .consumer import (
+    CANCELLED,
+    NO_RESULT,
+    Consumer,
+    Settled,
+    Settling,
+    describe,
+    encode_outcome,
+)
 from .context import JobContext, reset_current, set_current
 from .errors import (
     BrokerUnavailable,
@@ -200,11 +208,13 @@ class BatchRunner:
         stop: Callable[[], bool] = lambda: False,
         *,
         marked: bool = False,
+        settle_later: bool = False,
     ) -> Counts:
         """Run each message; when `stop()` turns true, hand the unstarted ones back.
 
         `marked`: the jobs read running already (the consumer marked them as it received
-        them: `Consumer.marks_running`)."""
+        them: `Consumer.marks_running`). `settle_later`: the jobs that finished last are
+        left for `settling()` (held meanwhile), to settle with the next receive."""
         counts = Counts()
         last_flush = time.monotonic()
         self._batch = messages
@@ -240,8 +250,30 @@ class BatchRunner:
             if time.monotonic() - last_flush > FLUSH_EVERY:
                 self._flush(counts)
                 last_flush = time.monotonic()
-        self._flush(counts)
+        if not settle_later:
+            self._flush(counts)
         self._batch = ()
+        return counts
+
+    def settling(self) -> Settling | None:
+        """The finished jobs not settled yet, as a settle made ready (None: there are none);
+        `settled` takes it back once it ran."""
+        return self.consumer.settling(self._done, self._results) if self._done else None
+
+    def settled(self, settling: Settling) -> Counts:
+        """Count what `settling` did; the jobs it did not settle (its broker could not be
+        reached) stay held, for the next one."""
+        left = {id(m) for _, batches in settling.calls.values() for b in batches for m in b}
+        kept = [(m, r) for m, r in zip(self._done, self._results, strict=True) if id(m) in left]
+        self._done, self._results = [m for m, _ in kept], [r for _, r in kept]
+        counts = Counts()
+        self._account(settling.settled, counts)
+        return counts
+
+    def flush(self) -> Counts:
+        """Settle the finished jobs not settled yet."""
+        counts = Counts()
+        self._flush(counts)
         return counts
 
     @staticmethod
@@ -368,6 +400,9 @@ class BatchRunner:
             # broker is back, instead of running them again after the visibility timeout.
             self._done[:0], self._results[:0] = done, results
             raise
+        self._account(settled, counts)
+
+    def _account(self, settled: Settled, counts: Counts) -> None:
         counts.processed += settled.completed
         counts.duplicates += settled.duplicates
         counts.lost += len(settled.lost)

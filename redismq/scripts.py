@@ -67,25 +67,30 @@ class Scripts:
         for name in NAMES:
             setattr(self, name, client.register_script(source(name)))
 
-    def run(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    def run(
+        self, calls: list[tuple[str, list[str], list[Any]]], raise_on_error: bool = True
+    ) -> list[Any]:
         """Run script calls in one round trip, by SHA; calls the server did not know the
         script of (a restart, SCRIPT FLUSH) are loaded and run again, the others ran once.
-        On a Redis Cluster: one pipeline per master."""
+        On a Redis Cluster: one pipeline per master. An error reply is raised, or with
+        `raise_on_error=False` returned in its call's place (the other calls did run)."""
         if cluster.is_cluster(self.client):
-            return cluster.run_scripts(
+            replies = cluster.run_scripts(
                 self.client,  # type: ignore[arg-type]
                 calls,
                 lambda name: getattr(self, name).sha,
                 lambda name, keys, args: getattr(self, name)(keys=keys, args=args),
             )
-        replies = self._pipeline(calls)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            for name in {calls[i][0] for i in missing}:
-                self.client.script_load(source(name))
-            for i, reply in zip(missing, self._pipeline([calls[i] for i in missing]), strict=True):
-                replies[i] = reply
-        for reply in replies:
+        else:
+            replies = self._pipeline(calls)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
+                for name in {calls[i][0] for i in missing}:
+                    self.client.script_load(source(name))
+                again = self._pipeline([calls[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+        for reply in replies if raise_on_error else ():
             if isinstance(reply, Exception):
                 raise reply
         return replies

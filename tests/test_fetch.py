@@ -4,6 +4,7 @@ is found wherever it is in the pending list."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -193,3 +194,37 @@ def test_a_delayed_message_is_moved_in_time_while_every_consumer_waits(client: C
         t.join()
     # one of them moved it into view (a consumer that only waited would never see it)
     assert [m.body for m in got] == [b"later"]
+
+
+def test_jobs_run_one_at_a_time_settle_in_the_next_reads_round_trip(client: Client, app) -> None:
+    """Between one-at-a-time jobs a fetch thread makes one call to Redis: the settle of the
+    job that finished and the read of the next go together (they were two round trips)."""
+    from redismq.scripts import source
+    from redismq.workers.worker import Loop
+
+    @app.task(topic="one-by-one")
+    def work(n):
+        return n
+
+    client.create_topic("one-by-one", queues=1)
+    jobs = [work.send(i) for i in range(3)]
+    consumer = client.consumer("one-by-one", "workers", create=True)
+    loop = Loop(consumer, app.subscriptions[("one-by-one", "workers")], 1, [])
+    stopping = threading.Event()
+    loop.step(1.0, stopping)
+    assert [j.status() for j in jobs] == ["running", "queued", "queued"]
+    assert [m.id for m in loop.held()] == [jobs[0].id]  # finished, its lease kept until settled
+    shas = {
+        name: hashlib.sha1(source(name).encode()).hexdigest().encode()
+        for name in ("settle", "read")
+    }
+    client.meta.script_load(source("settle"))  # a fresh server's first settle loads it
+    with round_trips() as trips:
+        loop.step(1.0, stopping)
+    scripts = [t for t in trips if b"EVALSHA" in t.upper()]
+    assert len(scripts) == 1 and shas["settle"] in scripts[0] and shas["read"] in scripts[0]
+    assert [j.status() for j in jobs] == ["done", "running", "queued"]
+    loop.step(1.0, stopping)
+    assert loop.runner.flush().processed == 1  # what the last step finished, as a stop does
+    assert [j.result(timeout=1) for j in jobs] == [0, 1, 2]
+    assert loop.counts.processed == 2 and loop.held() == []

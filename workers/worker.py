@@ -77,14 +77,21 @@ class Loop:
         return [*self.runner.held(), *self.consumer.kept()]
 
     def step(self, block: float, stopping: threading.Event) -> None:
-        """Receive one batch and run it."""
-        batch = self.consumer.receive(count=self.count, block=block)
+        """Receive one batch and run it. What the last batch finished is settled in the
+        receive's round trip (one call to Redis between one-at-a-time jobs, not two)."""
+        settle = self.runner.settling()
+        try:
+            batch = self.consumer.receive(count=self.count, block=block, settle=settle)
+        finally:
+            if settle is not None:
+                self.counts.add(self.runner.settled(settle))
         self.idle = not batch
         if not batch:
             return
         started = time.perf_counter()
         marked = self.consumer.marks_running
-        self.counts.add(self.runner.run(batch, stop=stopping.is_set, marked=marked))
+        run = self.runner.run(batch, stop=stopping.is_set, marked=marked, settle_later=True)
+        self.counts.add(run)
         per_message = (time.perf_counter() - started) / len(batch)
         fits = int(BATCH_SECONDS / per_message) if per_message > 0 else self.max_count
         self.count = max(1, min(self.max_count, fits, self.count * 2))
@@ -313,7 +320,7 @@ class Worker:
             try:
                 loop.step(block, self.stopping)
                 if self.burst and loop.idle and loop.consumer.backlog() == 0:
-                    return
+                    break
                 pause = 0.1
             except BrokerUnavailable as exc:
                 log.error("%s (retrying in %.1fs)", exc, pause)
@@ -322,5 +329,6 @@ class Worker:
             except Exception:
                 log.exception("unexpected error in the fetch loop of %s", loop.consumer)
                 self.stopping.wait(1.0)
+        safely(lambda: loop.counts.add(loop.runner.flush()))  # what the last batch finished
         if loop.retired:
             safely(loop.consumer.close)
