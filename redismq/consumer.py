@@ -13,13 +13,6 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .backlog import (
-    GROUP_COMMANDS,
-    QUEUE_COMMANDS,
-    count_unknown_lag,
-    parse_queue,
-    queue_commands,
-)
 from .errors import InvalidMessage
 from .fetching import Fetching, pace_for
 from .message import Message, now_ms
@@ -227,20 +220,21 @@ class Consumer(Fetching):
     # -- state -----------------------------------------------------------------------
     def backlog(self) -> int:
         """Messages of this group not yet finished on its queues: undelivered, pending,
-        retrying or delayed (the backlog as redismq.backlog defines it)."""
-        per_queue = GROUP_COMMANDS + QUEUE_COMMANDS
+        retrying or delayed (the backlog as redismq.backlog defines it), counted by the
+        `backlog` script (one round trip per broker; a --burst worker's idle threads ask)."""
         total = 0
         with self.errors():
             for broker, queues in self._by_broker(self.queues.values()).items():
-                pipe = broker.redis.pipeline(transaction=False)
-                for q in queues:
-                    queue_commands(pipe, q.keys, [self.group])
-                replies = pipe.execute(raise_on_error=False)
-                for n, q in enumerate(queues):
-                    at = n * per_queue
-                    counts = parse_queue(replies[at : at + per_queue], [self.group])
-                    count_unknown_lag(broker.redis, q.keys, counts)
-                    total += counts.group_backlog(self.group)
+                calls = [
+                    (
+                        "backlog",
+                        [q.keys.stream, q.keys.delayed]
+                        + [q.keys.retry_stream(self.group), q.keys.retry(self.group)],
+                        [self.group],
+                    )
+                    for q in queues
+                ]
+                total += sum(reply[1] for reply in broker.scripts.run(calls))
         return total
 
 

@@ -14,6 +14,7 @@ from redismq.brokers import unconsumed
 from redismq.keys import QueueKeys
 from redismq.message import now_ms
 from redismq.status import topic_status
+from tests.conftest import round_trips
 
 TOPIC = "b"
 
@@ -182,3 +183,19 @@ def test_a_bounded_send_is_refused_exactly_at_the_backlog(client, build, backlog
     for bound, outcome in cases:
         keys, args = send_script_call(k(), msg, 0, bound, groups)
         assert client.router.meta_scripts.send(keys=keys, args=args)[1] == outcome, bound
+
+
+def test_a_consumers_backlog_is_one_script_round_trip_however_many_consumers(client):
+    """What a --burst worker's idle threads ask before they exit: it parsed every consumer's
+    XINFO CONSUMERS entry of every queue (at --concurrency 200, most of the worker's CPU
+    at the end of a drain); now the `backlog` script answers per queue with a number."""
+    client.create_topic(TOPIC, queues=4)
+    consumers = [client.consumer(TOPIC, "g") for _ in range(30)]
+    for c in consumers:
+        c.receive(count=1, block=None)  # each one is now a consumer of every stream
+    send(client, 8)
+    assert len(consumers[0].receive(count=3, block=None)) == 3
+    assert consumers[1].backlog() == 8  # (a fresh server's first call loads the script)
+    with round_trips() as trips:
+        assert consumers[1].backlog() == 8
+    assert len(trips) == 1 and b"XINFO" not in trips[0].upper()
