@@ -1,6 +1,7 @@
 """Queue inspection: the read-only counts of a queue and its groups, and the one definition
-of a backlog, which every reader calls (status, the dashboard, the metrics, broker removal,
-the `--burst` exit) and which the `send` script mirrors for a bounded topic.
+of a backlog, which every reader calls (status, the dashboard, the metrics, broker removal)
+and which scripts/_backlog.lua mirrors for the `send` script of a bounded topic and for
+`Consumer.backlog()` (the `--burst` exit).
 
 A group's backlog on one queue is what that group has not finished:
 
