@@ -454,14 +454,15 @@ class AsyncClient:
             return [await self._send(t, m, replicated, room, outage) for m in msgs]
         with self.errors():
             await self.router.refresh_states()
-        queues = [t.next_queue(self.router.usable) for _ in msgs]
+        queues = t.next_queues(len(msgs), self.router.usable)
+        stream_of = {q: self.router.queue_keys(topic, q).stream for q in set(queues)}
         entries: list[str | None] = [None] * len(msgs)
 
         async def to_broker(name: str, indexes: list[int]) -> None:
             broker = await self.router.broker(name)
             async with broker.redis.pipeline(transaction=False) as pipe:
                 for i in indexes:
-                    pipe.xadd(self.router.queue_keys(topic, queues[i]).stream, msgs[i].fields)
+                    pipe.xadd(stream_of[queues[i]], msgs[i].fields)
                 if replicated:
                     pipe.wait(1, self.replica_timeout_ms)
                 replies = await pipe.execute()

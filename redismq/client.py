@@ -428,11 +428,12 @@ class Client:
         if t.max_backlog:  # every message must pass the bound: one checked send each
             room, outage = self._room(None, None), self.send_timeout
             return [self._send(t, m, replicated, room, outage) for m in msgs]
-        queues = [t.next_queue(self.router.usable) for _ in msgs]
+        queues = t.next_queues(len(msgs), self.router.usable)
         entries: list[str | None] = [None] * len(msgs)
         with self.errors():
+            stream_of = {q: self.router.queue_keys(topic, q).stream for q in set(queues)}
             for broker, indexes in self.router.brokers_of_batch(t, queues).items():
-                streams = [self.router.queue_keys(topic, queues[i]).stream for i in indexes]
+                streams = [stream_of[queues[i]] for i in indexes]
 
                 def fill(pipe: Any, streams: list[str] = streams, indexes: list[int] = indexes):
                     for stream, i in zip(streams, indexes, strict=True):

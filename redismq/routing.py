@@ -294,6 +294,13 @@ class Topic:
                 return q
         return next(self._rr) % self.queues
 
+    def next_queues(self, n: int, usable: Callable[[str], bool] | None = None) -> list[int]:
+        """The next `n` queues round-robin, as `next_queue` gives them one by one (each
+        broker asked once whether it is `usable`)."""
+        if usable is not None:
+            usable = {b: usable(b) for b in set(self.placement)}.__getitem__
+        return [self.next_queue(usable) for _ in range(n)]
+
 
 def _version_number(version: bytes | str | None) -> int:
     return int(version or 0)
