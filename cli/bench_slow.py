@@ -6,8 +6,8 @@ with `--burst`. Figures:
 - utilization: ideal time (N × job time / (processes × concurrency)) over the measured
   time from the first start to the last end, as recorded by the tasks themselves;
 - Redis writes per task: write commands the worker sends while it drains (seen by
-  MONITOR; a script call counts once, as one atomic write, and the commands it runs are
-  not counted again; the tasks' own records are not counted), over N;
+  MONITOR; a script call counts once, as one atomic write, if it wrote anything, and the
+  commands it runs are not counted again; the tasks' own records are not counted), over N;
 - re-appended: XADD calls while the worker drains (messages handed back and written again);
 - worst displacement: how many places after its send position a task started, at most.
 """
@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from redismq import Client
-from redismq.scripts import source
+from redismq.scripts import NAMES, source
 from redismq.server import LocalServer
 
 from .bench_measure import (
@@ -46,7 +46,7 @@ from .bench_report import NAMESPACE, QUEUES
 # RPUSH (the bench's tasks record themselves with it).
 WRITES = frozenset(
     {
-        *("xadd", "xack", "xclaim", "xautoclaim", "xdel", "evalsha", "eval", "publish"),
+        *("xadd", "xack", "xclaim", "xautoclaim", "xdel", "publish"),
         *("zadd", "zrem", "zremrangebyscore", "hset", "hdel", "hincrby", "sadd", "srem"),
         *("set", "del", "pexpire", "expire", "incr", "incrby"),
     }
@@ -54,14 +54,16 @@ WRITES = frozenset(
 
 
 class WriteCounter:
-    """Counts the write commands clients send (MONITOR): a script call counts once, its
-    internals not again. The `read` script counts once when it writes (the turn, the jobs'
-    running marks), not at all when it found nothing (its XREADGROUPs alone are reads)."""
+    """Counts the write commands clients send (MONITOR). A script call counts once, by its
+    name, when it wrote (the commands it runs are not counted again): the `read` script
+    that found nothing and the read-only `backlog` script (a --burst worker's idle threads
+    ask it) write nothing."""
 
     def __init__(self, url: str) -> None:
         self.count = 0
-        self._reads = hashlib.sha1(source("read").encode()).hexdigest()
-        self._read_wrote: bool | None = None  # in a read call: whether it wrote yet
+        self._scripts = {hashlib.sha1(source(n).encode()).hexdigest(): n for n in NAMES}
+        self._script: str | None = None  # the script call whose commands MONITOR shows now
+        self._wrote = False  # whether that call wrote yet
         self.by_command: collections.Counter[str] = collections.Counter()
         self._redis = redis.Redis.from_url(url)
         self._monitor = self._redis.monitor().__enter__()
@@ -74,13 +76,13 @@ class WriteCounter:
                 name, _, rest = cmd["command"].partition(" ")
                 name = name.lower()
                 if cmd.get("client_type") == "lua":
-                    if self._read_wrote is False and name in WRITES:
-                        self._read_wrote = True
-                        self._count("evalsha read")
+                    if self._script is not None and not self._wrote and name in WRITES:
+                        self._wrote = True
+                        self._count(f"evalsha {self._script}")
                     continue
-                self._read_wrote = None
-                if name == "evalsha" and rest.startswith(self._reads):
-                    self._read_wrote = False
+                self._script = None
+                if name in ("evalsha", "eval"):
+                    self._script, self._wrote = self._scripts.get(rest[:40], name), False
                 elif name in WRITES:
                     self._count(name)
 

@@ -228,3 +228,27 @@ def test_jobs_run_one_at_a_time_settle_in_the_next_reads_round_trip(client: Clie
     assert loop.runner.flush().processed == 1  # what the last step finished, as a stop does
     assert [j.result(timeout=1) for j in jobs] == [0, 1, 2]
     assert loop.counts.processed == 2 and loop.held() == []
+
+
+def test_the_slow_bench_counts_a_script_call_as_a_write_only_when_it_wrote(
+    client: Client, url: str
+) -> None:
+    """The write count of `redismq bench`'s slow scenarios: a read-only `backlog` call (a
+    --burst worker's idle threads make many) and a `read` that found nothing are no writes;
+    a `read` that delivered and a `settle` are one each."""
+    from redismq.cli.bench_slow import WriteCounter
+
+    client.create_topic("counted", queues=1)
+    consumer = client.consumer("counted", "g", create=True)
+    consumer.backlog(), consumer.receive(count=1, block=None)  # their scripts loaded
+    counter = WriteCounter(url)
+    try:
+        consumer.backlog()
+        consumer.receive(count=1, block=None)
+        client.send_message("counted", b"x")
+        [msg] = consumer.receive(count=1, block=None)
+        consumer.ack(msg)
+    finally:
+        writes = counter.stop()
+    assert dict(counter.by_command) == {"evalsha send": 1, "evalsha read": 1, "evalsha settle": 1}
+    assert writes == 3
