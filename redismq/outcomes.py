@@ -66,6 +66,12 @@ class Settled:
     cancelled: int = 0
     lost: list[Message] = field(default_factory=list)
 
+    def add(self, other: Settled) -> None:
+        self.completed += other.completed
+        self.duplicates += other.duplicates
+        self.cancelled += other.cancelled
+        self.lost += other.lost
+
 
 Call = tuple[str, list[str], list[Any]]
 
@@ -73,10 +79,12 @@ Call = tuple[str, list[str], list[Any]]
 @dataclass(slots=True)
 class Settling:
     """A `settle_many` made ready: its script calls per broker (with, per settle call, its
-    messages), until they run; then what they did."""
+    messages), until they run; then what they did. `on_settled` is told, as each broker's
+    calls run, what they did and which messages they settled."""
 
     settled: Settled = field(default_factory=Settled)
     calls: dict[Broker, tuple[list[Call], list[list[Message]]]] = field(default_factory=dict)
+    on_settled: Callable[[Settled, list[Message]], None] | None = None
 
 
 def grouped(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
@@ -133,12 +141,15 @@ class Outcomes:
         return self.run_settling(self.settling(messages, results))
 
     def settling(
-        self, messages: Sequence[Message], results: Sequence[Any] | None = None
+        self,
+        messages: Sequence[Message],
+        results: Sequence[Any] | None = None,
+        on_settled: Callable[[Settled, list[Message]], None] | None = None,
     ) -> Settling:
         """`settle_many`'s script calls made ready, not run: `run_settling` runs them, or
-        `receive(settle=...)` in the round trip of its read. (A result that cannot be stored
-        fails its job at once.)"""
-        settling = Settling()
+        `receive(settle=...)` in the round trip of its read (see `Settling` for
+        `on_settled`). A result that cannot be stored fails its job at once."""
+        settling = Settling(on_settled=on_settled)
         if not messages:
             return settling
         stored = results or [NO_RESULT] * len(messages)
@@ -173,14 +184,16 @@ class Outcomes:
             if isinstance(reply, Exception):
                 raise reply
         batches = settling.calls.pop(broker)[1]
-        settled, lost = settling.settled, []
+        now = Settled()
         for batch, reply in zip(batches, replies, strict=False):
-            settled.completed += reply[0]
-            settled.duplicates += reply[1]
-            settled.cancelled += reply[2]
-            lost += [batch[int(n) - 1] for n in reply[3]]
-        settled.lost += lost
-        self.lease_lost(lost)
+            now.completed += reply[0]
+            now.duplicates += reply[1]
+            now.cancelled += reply[2]
+            now.lost += [batch[int(n) - 1] for n in reply[3]]
+        settling.settled.add(now)
+        self.lease_lost(now.lost)
+        if settling.on_settled is not None:
+            settling.on_settled(now, [m for batch in batches for m in batch])
 
     def _finish_steps(
         self, queues: list[_Queue], by_queue: dict[int, list[tuple[Message, Any]]]

@@ -7,6 +7,7 @@ together (one script call per queue), failures are retried or dead-lettered one 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import threading
@@ -255,20 +256,21 @@ class BatchRunner:
         self._batch = ()
         return counts
 
-    def settling(self) -> Settling | None:
-        """The finished jobs not settled yet, as a settle made ready (None: there are none);
-        `settled` takes it back once it ran."""
-        return self.consumer.settling(self._done, self._results) if self._done else None
+    def settling(self, counts: Counts) -> Settling | None:
+        """The finished jobs not settled yet, made ready to settle (None: there are none).
+        As its calls run, their jobs are no longer held and `counts` counts what they did;
+        what an unreachable broker left unsettled stays held, for the next one."""
+        if not self._done:
+            return None
+        return self.consumer.settling(
+            self._done, self._results, functools.partial(self._settled, counts)
+        )
 
-    def settled(self, settling: Settling) -> Counts:
-        """Count what `settling` did; the jobs it did not settle (its broker could not be
-        reached) stay held, for the next one."""
-        left = {id(m) for _, batches in settling.calls.values() for b in batches for m in b}
-        kept = [(m, r) for m, r in zip(self._done, self._results, strict=True) if id(m) in left]
+    def _settled(self, counts: Counts, settled: Settled, messages: list[Message]) -> None:
+        gone = {id(m) for m in messages}
+        kept = [(m, r) for m, r in zip(self._done, self._results, strict=True) if id(m) not in gone]
         self._done, self._results = [m for m, _ in kept], [r for _, r in kept]
-        counts = Counts()
-        self._account(settling.settled, counts)
-        return counts
+        self._account(settled, counts)
 
     def flush(self) -> Counts:
         """Settle the finished jobs not settled yet."""

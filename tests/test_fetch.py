@@ -12,7 +12,7 @@ import pytest
 
 from redismq import Client
 from redismq.cli.bench_slow import SlowScenario, run_slow
-from tests.conftest import round_trips
+from tests.conftest import round_trips, wait_for
 
 TOPIC = "turns"
 
@@ -252,3 +252,31 @@ def test_the_slow_bench_counts_a_script_call_as_a_write_only_when_it_wrote(
         writes = counter.stop()
     assert dict(counter.by_command) == {"evalsha send": 1, "evalsha read": 1, "evalsha settle": 1}
     assert writes == 3
+
+
+def test_a_settled_job_is_no_longer_held_while_the_next_read_waits(client: Client, app) -> None:
+    """The settle goes with the next receive; once it ran, the job's lease is not renewed
+    any more, even while that receive still waits for work (a renewal of an acknowledged
+    entry reports its lease lost: a false `lease lost` line)."""
+    from redismq.workers.worker import Loop
+
+    @app.task(topic="one-by-one")
+    def work(n):
+        return n
+
+    client.create_topic("one-by-one", queues=1)
+    job = work.send(1)
+    consumer = client.consumer("one-by-one", "workers", create=True)
+    loop = Loop(consumer, app.subscriptions[("one-by-one", "workers")], 1, [])
+    stopping = threading.Event()
+    loop.step(1.0, stopping)
+    assert [m.id for m in loop.held()] == [job.id]
+    waiting = threading.Thread(target=loop.step, args=(3.0, stopping))
+    waiting.start()
+    try:
+        assert wait_for(lambda: job.status() == "done", timeout=2)
+        assert waiting.is_alive() and loop.held() == []
+        assert loop.counts.processed == 1
+    finally:
+        client.send_message("one-by-one", b"wake")  # ends the wait (a bad entry: dead-lettered)
+        waiting.join(5)

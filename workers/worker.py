@@ -79,12 +79,8 @@ class Loop:
     def step(self, block: float, stopping: threading.Event) -> None:
         """Receive one batch and run it. What the last batch finished is settled in the
         receive's round trip (one call to Redis between one-at-a-time jobs, not two)."""
-        settle = self.runner.settling()
-        try:
-            batch = self.consumer.receive(count=self.count, block=block, settle=settle)
-        finally:
-            if settle is not None:
-                self.counts.add(self.runner.settled(settle))
+        settle = self.runner.settling(self.counts)
+        batch = self.consumer.receive(count=self.count, block=block, settle=settle)
         self.idle = not batch
         if not batch:
             return
