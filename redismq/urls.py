@@ -22,6 +22,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.driver_info import DriverInfo
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -168,6 +169,9 @@ def connection_options(
         # redis-py's default of 100 is less than a worker's threads can use at once.
         "max_connections": MAX_CONNECTIONS,
         "driver_info": driver_info(),
+        # Maintenance notifications are Redis Enterprise's: open-source Redis and Valkey
+        # refuse the command redis-py would send on each new connection (an error each).
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
     }
 
 

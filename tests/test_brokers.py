@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
+import redis
 from click.testing import CliRunner
 from conftest import wait_for
 from sentinels import Servers
@@ -602,3 +603,29 @@ def test_connections_say_they_are_redismq_in_client_list(url: str) -> None:
     major, minor = (int(n) for n in sync.info("server")["redis_version"].split(".")[:2])
     assert names_lib == ((major, minor) >= (7, 2))
     sync.close()
+
+
+def test_a_new_connection_makes_no_error_on_a_server_that_knows_its_commands(url: str) -> None:
+    """redis-py asked each new connection for Redis Enterprise's maintenance notifications
+    (CLIENT MAINT_NOTIFICATIONS), which open-source Redis and Valkey refuse: a round trip
+    and an error in the server's INFO errorstats for every connection redismq opened.
+    (Redis 7.0 also refuses the CLIENT SETINFO pair that names the connection: 2 errors.)"""
+    from redismq.urls import connect, connect_async
+
+    quiet = redis.Redis.from_url(url, lib_name=None, lib_version=None, protocol=2)
+    major, minor = (int(n) for n in quiet.info("server")["redis_version"].split(".")[:2])
+    setinfo_errors = 0 if (major, minor) >= (7, 2) else 2
+    quiet.config_resetstat()
+    sync = connect(url)
+    sync.ping()
+
+    async def ping() -> None:
+        conn = connect_async(url)
+        await conn.ping()
+        await conn.aclose()
+
+    asyncio.run(ping())
+    sync.close()
+    errors = quiet.info("errorstats").get("errorstat_ERR", {}).get("count", 0)
+    quiet.close()
+    assert errors == 2 * setinfo_errors
