@@ -612,7 +612,7 @@ def test_a_new_connection_makes_no_error_on_a_server_that_knows_its_commands(url
     (Redis 7.0 also refuses the CLIENT SETINFO pair that names the connection: 2 errors.)"""
     from redismq.urls import connect, connect_async
 
-    quiet = redis.Redis.from_url(url, lib_name=None, lib_version=None, protocol=2)
+    quiet = redis.Redis.from_url(url, driver_info=None, protocol=2)  # names itself not
     major, minor = (int(n) for n in quiet.info("server")["redis_version"].split(".")[:2])
     setinfo_errors = 0 if (major, minor) >= (7, 2) else 2
     quiet.config_resetstat()
