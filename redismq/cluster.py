@@ -206,7 +206,10 @@ def run_scripts(
     if again:
         refresh(conn)
     for i in again:
-        results[i] = single(*calls[i])
+        try:
+            results[i] = single(*calls[i])
+        except redis.ResponseError as exc:
+            results[i] = exc
     return results
 
 

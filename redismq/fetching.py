@@ -140,13 +140,13 @@ class Fetching(Outcomes):
             if self._pace.take_move(now):
                 self._move_due()
             messages, self._extra = self._extra[:count], self._extra[count:]
-            if len(messages) < count and self._pace.take_claim(now, self._claim_every):
-                messages += self._claim(count - len(messages))
-            if not messages:
-                messages = self._read(count, self._block_ms(block), settle)
-            if settle is not None:  # what did not go with a read
-                self.run_settling(settle)
             try:
+                if len(messages) < count and self._pace.take_claim(now, self._claim_every):
+                    messages += self._claim(count - len(messages))
+                if not messages:
+                    messages = self._read(count, self._block_ms(block), settle)
+                if settle is not None:  # what did not go with a read
+                    self.run_settling(settle)
                 return self._drop_done(messages)
             except BaseException:
                 self._extra[:0] = messages  # delivered to this consumer: not to be lost
@@ -208,7 +208,8 @@ class Fetching(Outcomes):
         more, since XREADGROUP's COUNT is per stream; the turn is shared in Redis), which
         also checks them for done and cancelled and, with `marks_running`, records the
         others' jobs as running. The calls of `settle` on this broker go first in the same
-        round trip."""
+        round trip (if one of them fails, they are left to `receive`, which runs them again
+        once what the read brought is in hand)."""
         if count <= 0:
             return []
         streams = list(wanted)
@@ -219,7 +220,8 @@ class Fetching(Outcomes):
         if settle is not None and broker in settle.calls:
             calls = [*settle.calls[broker][0], ("read", keys, args)]
             replies = broker.scripts.run(calls, raise_on_error=False)
-            self._settled(settle, broker, replies[:-1])
+            if not any(isinstance(r, Exception) for r in replies[:-1]):
+                self._settled(settle, broker, replies[:-1])
             got = replies[-1]
             if isinstance(got, Exception):
                 raise got

@@ -12,10 +12,13 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .consumer import Consumer, Settled, Settling, backoff_delay
+from .consumer import Consumer, Settling, backoff_delay
 from .message import Message
+
+if TYPE_CHECKING:
+    from .routing import Broker
 
 log = logging.getLogger("redismq.ordered")
 
@@ -174,12 +177,12 @@ class OrderedConsumer(Consumer):
     ) -> list[Message]:
         """Up to `count` messages of the leased queues, in order per queue (`settle`: see
         `Fetching.receive`)."""
+        if settle is not None:  # first: a queue whose last job it settles can be given back
+            self.run_settling(settle)
         with self._lock:
             self._give_back()
             backlog, self._backlog = self._backlog[:count], self._backlog[count:]
             streams = self._streams
-        if settle is not None and (backlog or not streams):
-            self.run_settling(settle)
         if backlog:
             return self._drop_done(backlog)
         if not streams:
@@ -188,9 +191,7 @@ class OrderedConsumer(Consumer):
         with self.errors():
             if self._pace.take_move(time.monotonic()):
                 self._move_due()
-            messages = self._read(count, self._block_ms(block), settle)
-            if settle is not None:
-                self.run_settling(settle)
+            messages = self._read(count, self._block_ms(block), None)
             with self._lock:
                 self._track(messages)
                 self._keep_extra()
@@ -213,13 +214,11 @@ class OrderedConsumer(Consumer):
             self._extra = []
 
     # -- outcomes --------------------------------------------------------------------
-    def settle_many(
-        self, messages: Sequence[Message], results: Sequence[Any] | None = None
-    ) -> Settled:
-        """Acknowledge messages as done (see Consumer.settle_many; `ack_many` calls it)."""
-        settled = super().settle_many(messages, results)
-        self._untrack(messages)
-        return settled
+    def _settled(self, settling: Settling, broker: Broker, replies: Sequence[Any]) -> None:
+        """Settled messages are no longer fetched (every settle passes here)."""
+        batches = settling.calls[broker][1]
+        super()._settled(settling, broker, replies)
+        self._untrack(m for batch in batches for m in batch)
 
     def dead_letter(
         self, msg: Message, reason: str | BaseException, *, track: bool = False

@@ -202,6 +202,7 @@ class BatchRunner:
         self._results: list[Any] = []
         self._batch: Sequence[Message] = ()
         self._pos = 0
+        self._settling: Settling | None = None  # made by settling(), until settle_over()
 
     def run(
         self,
@@ -262,9 +263,15 @@ class BatchRunner:
         what an unreachable broker left unsettled stays held, for the next one."""
         if not self._done:
             return None
-        return self.consumer.settling(
+        self._settling = self.consumer.settling(
             self._done, self._results, functools.partial(self._settled, counts)
         )
+        return self._settling
+
+    def settle_over(self) -> None:
+        """The receive that took `settling()` returned or raised: what it did not settle
+        (its broker could not be reached) is held again."""
+        self._settling = None
 
     def _settled(self, counts: Counts, settled: Settled, messages: list[Message]) -> None:
         gone = {id(m) for m in messages}
@@ -467,5 +474,7 @@ class BatchRunner:
             mark_running(self.consumer, (), messages)
 
     def held(self) -> list[Message]:
-        """Messages of the running batch not yet settled (their leases must stay fresh)."""
-        return [*self._batch[self._pos :], *self._done]
+        """Messages of the running batch not yet settled (their leases must stay fresh);
+        not those of a settle on its way (a renewal crossing it would report them lost)."""
+        done = self._done if self._settling is None else []
+        return [*self._batch[self._pos :], *done]

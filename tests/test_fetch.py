@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from redismq import Client
 from redismq.cli.bench_slow import SlowScenario, run_slow
@@ -280,3 +281,90 @@ def test_a_settled_job_is_no_longer_held_while_the_next_read_waits(client: Clien
     finally:
         client.send_message("one-by-one", b"wake")  # ends the wait (a bad entry: dead-lettered)
         waiting.join(5)
+
+
+def test_a_read_is_kept_when_the_settle_that_went_with_it_fails(
+    client: Client, monkeypatch
+) -> None:
+    """The settle of the last batch goes in the read's round trip: when it fails, what the
+    read brought is this consumer's and stays in hand (kept, its lease renewed) for the
+    next receive; it was dropped, to come back only when its lease expired."""
+    client.create_topic("kept", queues=1)
+    consumer = client.consumer("kept", "g", create=True)
+    client.send_message("kept", b"1")
+    [first] = consumer.receive(count=1, block=None)
+    client.send_message("kept", b"2")
+    scripts = consumer.queues[0].broker.scripts
+    real = scripts.run
+
+    def settles_refused(calls, raise_on_error=True):
+        """The settle calls fail (as a refused write would), unrun; the others run."""
+        ran = iter(real([c for c in calls if c[0] != "settle"], raise_on_error=False))
+        replies = [redis.ResponseError("refused") if c[0] == "settle" else next(ran) for c in calls]
+        if raise_on_error and any(isinstance(r, Exception) for r in replies):
+            raise next(r for r in replies if isinstance(r, Exception))
+        return replies
+
+    monkeypatch.setattr(scripts, "run", settles_refused)
+    with pytest.raises(redis.ResponseError, match="refused"):
+        consumer.receive(count=1, block=None, settle=consumer.settling([first]))
+    assert [m.body for m in consumer.kept()] == [b"2"]
+    monkeypatch.setattr(scripts, "run", real)
+    settle = consumer.settling([first])
+    assert [m.body for m in consumer.receive(count=1, block=None, settle=settle)] == [b"2"]
+    assert settle.settled.completed == 1 and settle.calls == {}
+
+
+def test_an_ordered_worker_gives_its_queue_back_once_its_jobs_settled(client: Client, app) -> None:
+    """An ordered consumer gives a queue back only when every message it fetched from it
+    is settled: the settles that went with the receives must count too (they did not, and
+    a stopping worker left every ordered queue to lapse after the visibility timeout)."""
+    from redismq.workers.worker import Loop
+
+    @app.consumer("orders-kept", group="ledger", ordered=True)
+    def handle(msg):
+        return None
+
+    client.create_topic("orders-kept", queues=1)
+    for i in range(3):
+        client.send_message("orders-kept", str(i).encode(), key="k")
+    consumer = client.consumer("orders-kept", "ledger", ordered=True, visibility_timeout=30)
+    consumer.rebalance()
+    loop = Loop(consumer, app.subscriptions[("orders-kept", "ledger")], 1, [])
+    stopping = threading.Event()
+    for _ in range(4):
+        loop.step(0.2, stopping)
+    loop.counts.add(loop.runner.flush())
+    assert loop.counts.processed == 3
+    consumer.close()
+    other = client.consumer("orders-kept", "ledger", ordered=True, visibility_timeout=30)
+    other.rebalance()
+    assert other.leased == {0}  # given back, not left to lapse
+
+
+def test_a_job_whose_settle_is_on_its_way_is_not_renewed(client: Client, app, monkeypatch) -> None:
+    """A lease renewal that crosses the settle would find the entry acknowledged and report
+    its lease lost: while the settle is on its way, the job is not among what is held."""
+    from redismq.workers.worker import Loop
+
+    @app.task(topic="one-by-one")
+    def work(n):
+        return n
+
+    client.create_topic("one-by-one", queues=1)
+    job = work.send(1)
+    consumer = client.consumer("one-by-one", "workers", create=True)
+    loop = Loop(consumer, app.subscriptions[("one-by-one", "workers")], 1, [])
+    loop.step(1.0, threading.Event())
+    assert [m.id for m in loop.held()] == [job.id]
+    scripts = consumer.queues[0].broker.scripts
+    real, seen = scripts.run, []
+
+    def run(calls, raise_on_error=True):
+        if any(c[0] == "settle" for c in calls):
+            seen.append([m.id for m in loop.held()])
+        return real(calls, raise_on_error)
+
+    monkeypatch.setattr(scripts, "run", run)
+    loop.step(0.1, threading.Event())
+    assert seen == [[]] and job.status() == "done"

@@ -80,7 +80,10 @@ class Loop:
         """Receive one batch and run it. What the last batch finished is settled in the
         receive's round trip (one call to Redis between one-at-a-time jobs, not two)."""
         settle = self.runner.settling(self.counts)
-        batch = self.consumer.receive(count=self.count, block=block, settle=settle)
+        try:
+            batch = self.consumer.receive(count=self.count, block=block, settle=settle)
+        finally:
+            self.runner.settle_over()
         self.idle = not batch
         if not batch:
             return
