@@ -197,20 +197,27 @@ def test_a_delayed_message_is_moved_in_time_while_every_consumer_waits(client: C
     assert [m.body for m in got] == [b"later"]
 
 
+def _loop_with_jobs(client: Client, app, n: int):
+    """A fetch loop (one thread's) of a task subscription on a one-queue topic, and `n`
+    jobs sent to it."""
+    from redismq.workers.worker import Loop
+
+    @app.task(topic="one-by-one")
+    def work(i):
+        return i
+
+    client.create_topic("one-by-one", queues=1)
+    jobs = [work.send(i) for i in range(n)]
+    consumer = client.consumer("one-by-one", "workers", create=True)
+    return Loop(consumer, app.subscriptions[("one-by-one", "workers")], 1, []), jobs
+
+
 def test_jobs_run_one_at_a_time_settle_in_the_next_reads_round_trip(client: Client, app) -> None:
     """Between one-at-a-time jobs a fetch thread makes one call to Redis: the settle of the
     job that finished and the read of the next go together (they were two round trips)."""
     from redismq.scripts import source
-    from redismq.workers.worker import Loop
 
-    @app.task(topic="one-by-one")
-    def work(n):
-        return n
-
-    client.create_topic("one-by-one", queues=1)
-    jobs = [work.send(i) for i in range(3)]
-    consumer = client.consumer("one-by-one", "workers", create=True)
-    loop = Loop(consumer, app.subscriptions[("one-by-one", "workers")], 1, [])
+    loop, jobs = _loop_with_jobs(client, app, 3)
     stopping = threading.Event()
     loop.step(1.0, stopping)
     assert [j.status() for j in jobs] == ["running", "queued", "queued"]
@@ -259,16 +266,7 @@ def test_a_settled_job_is_no_longer_held_while_the_next_read_waits(client: Clien
     """The settle goes with the next receive; once it ran, the job's lease is not renewed
     any more, even while that receive still waits for work (a renewal of an acknowledged
     entry reports its lease lost: a false `lease lost` line)."""
-    from redismq.workers.worker import Loop
-
-    @app.task(topic="one-by-one")
-    def work(n):
-        return n
-
-    client.create_topic("one-by-one", queues=1)
-    job = work.send(1)
-    consumer = client.consumer("one-by-one", "workers", create=True)
-    loop = Loop(consumer, app.subscriptions[("one-by-one", "workers")], 1, [])
+    loop, [job] = _loop_with_jobs(client, app, 1)
     stopping = threading.Event()
     loop.step(1.0, stopping)
     assert [m.id for m in loop.held()] == [job.id]
@@ -345,19 +343,10 @@ def test_an_ordered_worker_gives_its_queue_back_once_its_jobs_settled(client: Cl
 def test_a_job_whose_settle_is_on_its_way_is_not_renewed(client: Client, app, monkeypatch) -> None:
     """A lease renewal that crosses the settle would find the entry acknowledged and report
     its lease lost: while the settle is on its way, the job is not among what is held."""
-    from redismq.workers.worker import Loop
-
-    @app.task(topic="one-by-one")
-    def work(n):
-        return n
-
-    client.create_topic("one-by-one", queues=1)
-    job = work.send(1)
-    consumer = client.consumer("one-by-one", "workers", create=True)
-    loop = Loop(consumer, app.subscriptions[("one-by-one", "workers")], 1, [])
+    loop, [job] = _loop_with_jobs(client, app, 1)
     loop.step(1.0, threading.Event())
     assert [m.id for m in loop.held()] == [job.id]
-    scripts = consumer.queues[0].broker.scripts
+    scripts = loop.consumer.queues[0].broker.scripts
     real, seen = scripts.run, []
 
     def run(calls, raise_on_error=True):
