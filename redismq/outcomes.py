@@ -178,11 +178,8 @@ class Outcomes:
         return settling.settled
 
     def _settled(self, settling: Settling, broker: Broker, replies: Sequence[Any]) -> None:
-        """Count what the calls of `broker` did (`replies`: theirs, in order); raises an
-        error reply among them (nothing counted: the settle is still to do)."""
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+        """Count what the calls of `broker` did (`replies`: theirs, in order, none an
+        error: a failed settle stays in `settling`, to do)."""
         batches = settling.calls.pop(broker)[1]
         now = Settled()
         for batch, reply in zip(batches, replies, strict=False):
