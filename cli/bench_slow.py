@@ -128,13 +128,13 @@ QUICK_SCENARIOS = (
 
 def run_slow(sc: SlowScenario) -> dict[str, Any]:
     """Run one scenario on a fresh local server; returns its figures."""
-    from .bench_app import SLOW_LIST, SLOW_TOPIC, slow, slow_async
+    from .bench_app import SLOW_LIST, slow, slow_async
 
     with LocalServer() as srv:
         client = Client(srv.url, namespace=NAMESPACE)
         try:
-            client.create_topic(SLOW_TOPIC, queues=QUEUES)
             task = slow_async if sc.use_async else slow
+            client.create_topic(task.topic, queues=QUEUES)
             task.app.connect(client)
             for i in range(sc.jobs):
                 task.send(i, sc.seconds)
@@ -148,7 +148,7 @@ def run_slow(sc: SlowScenario) -> dict[str, Any]:
                 "--url",
                 srv.url,
             ]
-            args += ["--topic", SLOW_TOPIC, "--processes", str(sc.processes)]
+            args += ["--topic", task.topic, "--processes", str(sc.processes)]
             args += ["--concurrency", str(sc.concurrency), "--burst", "--log-level", "WARNING"]
             started = time.monotonic()
             with worker_process(args, srv.url) as proc:

@@ -54,8 +54,8 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=8,
     show_default=True,
-    help="Fetch-and-run threads per subscription (topic/group) per broker in each process: "
-    "up to that many jobs at once per subscription and broker.",
+    help="Jobs at once per subscription (topic/group) per broker in each process: a thread "
+    "each, or, when all of a topic's tasks are coroutines, one event loop for them all.",
 )
 @click.option(
     "--visibility-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True

@@ -23,7 +23,10 @@ class Middleware:
     initialise Sentry or OpenTelemetry there), `on_worker_stop` after its last one.
     `before_job(job)` and `after_job(job, result, error)` run in the job's thread around
     each attempt, with the same `job` (what `redismq.current_job()` returns); `error` is the
-    exception the attempt raised (None on success), `result` what it returned.
+    exception the attempt raised (None on success), `result` what it returned. Coroutines
+    of a topic whose tasks are all async run side by side on one event loop: there the
+    hooks run on the thread that feeds the loop, and what `before_job` sets in context
+    variables goes with the job's coroutine.
 
     An exception raised by `before_job` or `after_job` is logged and does not change the
     job's outcome; one raised by `on_worker_start` stops the worker.

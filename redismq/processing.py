@@ -43,6 +43,8 @@ from .message import Message
 
 log = logging.getLogger("redismq.processing")
 FLUSH_EVERY = 0.1
+# What BatchRunner.call returns for a job it started and that runs on elsewhere.
+STARTED = object()
 
 
 @dataclass(slots=True)
@@ -80,11 +82,16 @@ def call_handler(
         return result
     limit = running.time_limit if running is not None else None
     loop = _loop()
-    task = loop.create_task(asyncio.wait_for(result, limit))
+    task = loop.create_task(limited(result, limit))
     if running is not None:
         running.loop, running.aio_task = loop, task
+    return loop.run_until_complete(task)
+
+
+async def limited(coro: Any, limit: float | None) -> Any:
+    """Await a job's coroutine, cancelled at its time limit (TimeLimitExceeded)."""
     try:
-        return loop.run_until_complete(task)
+        return await asyncio.wait_for(coro, limit)
     except TimeoutError:
         raise TimeLimitExceeded(f"async job exceeded its time limit of {limit}s") from None
 
@@ -102,20 +109,37 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 @dataclass(slots=True)
 class Running:
-    """The message a runner is executing now."""
+    """A message a runner is executing now."""
 
     message: Message
     task: str | None
     started: float
     time_limit: float | None
-    loop: asyncio.AbstractEventLoop | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # set for a coroutine: where it runs
     aio_task: asyncio.Task | None = None
     thread: int = field(default_factory=threading.get_ident)
+    ended: float | None = None  # when a coroutine ended, if before its runner looked
 
     def stack(self) -> str:
         """Where the running handler's thread is now (for a job stuck past its limit)."""
         frame = sys._current_frames().get(self.thread)
         return "".join(traceback.format_stack(frame)) if frame is not None else ""
+
+    def cancel_task(self) -> None:
+        """Cancel the job's coroutine (call on its loop's thread)."""
+        if self.aio_task is not None:
+            self.aio_task.cancel()
+
+
+@dataclass(slots=True)
+class Call:
+    """A message resolved to the callable it runs."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    task: Task | None
+    context: JobContext
 
 
 class LineWriter(Protocol):
@@ -298,6 +322,33 @@ class BatchRunner:
     def run_one(self, msg: Message, counts: Counts) -> str | None:
         """Run one message and settle or schedule its outcome: done, retry, hold (run it
         again in place: ordered groups), dead or cancelled; None if abandoned."""
+        call = self.resolve(msg, counts)
+        if isinstance(call, str):
+            return call
+        # The job stays current through the hooks, so that middleware sees it too.
+        token = set_current(call.context)
+        try:
+            self.running = running = self.begin(call)
+            try:
+                result = self.call(call, running)
+            except (asyncio.CancelledError, Exception) as exc:
+                self.running = None
+                return self.ended(call, running, None, exc, counts)
+            self.running = None
+            if result is STARTED:
+                return "started"
+            return None if self.abandoned else self.ended(call, running, result, None, counts)
+        finally:
+            reset_current(token)
+
+    def call(self, call: Call, running: Running) -> Any:
+        """Run a job's callable (a coroutine on this thread's loop) and return its result;
+        or start it elsewhere and return STARTED (its outcome is recorded when it ends)."""
+        return call_handler(call.fn, call.args, call.kwargs, running)
+
+    def resolve(self, msg: Message, counts: Counts) -> Call | str:
+        """What the message runs; a body that names nothing runnable is dead-lettered
+        (returns its outcome: dead, or lost)."""
         sub = self.subscription
         try:
             fn, args, kwargs, task = sub.resolve(msg)
@@ -309,48 +360,46 @@ class BatchRunner:
             self._after(msg, None, "dead", 0.0, describe(exc))
             return "dead"
         name = task.name if task else None
-        limit = sub.time_limit_for(task, msg)
-        # The job stays current through the hooks, so that middleware sees it too.
-        token = set_current(JobContext(msg, name, self.consumer))
-        try:
-            for hook in self.hooks:
-                hook.before_process(msg, name)
-            started = time.perf_counter()
-            self.running = running = Running(msg, name, time.monotonic(), limit)
+        return Call(fn, args, kwargs, task, JobContext(msg, name, self.consumer))
+
+    def begin(self, call: Call) -> Running:
+        """Run the hooks that go before a job (its context current) and start its clock."""
+        msg, name = call.context.message, call.context.task
+        for hook in self.hooks:
+            hook.before_process(msg, name)
+        limit = self.subscription.time_limit_for(call.task, msg)
+        return Running(msg, name, time.monotonic(), limit)
+
+    def ended(
+        self,
+        call: Call,
+        running: Running,
+        result: Any,
+        exc: BaseException | None,
+        counts: Counts,
+    ) -> str:
+        """Record what a job's run gave (its context current): done (settled with the
+        batch), cancelled, lost, or a failure to retry or dead-letter."""
+        msg, task, name = running.message, call.task, running.task
+        took = (running.ended or time.monotonic()) - running.started
+        if exc is None:
             try:
-                result = call_handler(fn, args, kwargs, running)
-            except asyncio.CancelledError:
-                self.running = None
-                self._cancelled(msg, name, counts, time.perf_counter() - started)
-                return "cancelled"
-            except StepLost as exc:
-                # another consumer took the message over: it is theirs to settle
-                self.running = None
-                self.consumer.lease_lost([msg])
-                counts.lost += 1
-                took = time.perf_counter() - started
-                self._after(msg, name, "lost", took, describe(exc), exc=exc)
-                return "lost"
-            except Exception as exc:
-                self.running = None
-                return self.fail(msg, exc, task, counts, time.perf_counter() - started)
-            finally:
-                self.running = None
-            if self.abandoned:
-                return None
-            if task is None:
-                stored = NO_RESULT
-            else:
-                try:
-                    stored = encode_outcome(result)
-                except ResultNotStorable as exc:
-                    return self.fail(msg, exc, task, counts, time.perf_counter() - started)
+                stored = NO_RESULT if task is None else encode_outcome(result)
+            except ResultNotStorable as error:
+                return self.fail(msg, error, task, counts, took)
             self._done.append(msg)
             self._results.append(stored)
-            self._after(msg, name, "done", time.perf_counter() - started, None, result=result)
+            self._after(msg, name, "done", took, None, result=result)
             return "done"
-        finally:
-            reset_current(token)
+        if isinstance(exc, asyncio.CancelledError):
+            self._cancelled(msg, name, counts, took)
+            return "cancelled"
+        if isinstance(exc, StepLost):  # another consumer took the message over: theirs
+            self.consumer.lease_lost([msg])
+            counts.lost += 1
+            self._after(msg, name, "lost", took, describe(exc), exc=exc)
+            return "lost"
+        return self.fail(msg, exc, task, counts, took)
 
     def fail(
         self, msg: Message, exc: BaseException, task: Task | None, counts: Counts, took: float
@@ -426,29 +475,38 @@ class BatchRunner:
         counts.cancelled += 1
         self._after(msg, task, "cancelled", took, None)
 
-    def cancel_running(self, counts: Counts) -> Running | None:
-        """Stop the running job because it was cancelled (called from another thread).
+    def now_running(self) -> list[Running]:
+        """The jobs running now (called from other threads)."""
+        running = self.running
+        return [] if running is None else [running]
+
+    def cancel_running(self, counts: Counts, running: Running) -> Running | None:
+        """Stop a running job because it was cancelled (called from another thread); None
+        if it is no longer running.
 
         An async job is cancelled on its loop; a sync one is abandoned (see `abandon`).
         """
-        running = self.running
-        if running is None or self.abandoned:
+        if self.abandoned or not any(r is running for r in self.now_running()):
             return None
-        if running.aio_task is not None and running.loop is not None:
-            running.loop.call_soon_threadsafe(running.aio_task.cancel)
+        if running.loop is not None:
+            running.loop.call_soon_threadsafe(running.cancel_task)
             return running
-        return self.abandon(counts, cancelled=True)
+        return self.abandon(counts, running, cancelled=True)
 
-    def abandon(self, counts: Counts, cancelled: bool = False) -> Running | None:
-        """Give up on the batch of a thread stuck in a handler (called from another thread).
+    def abandon(
+        self, counts: Counts, running: Running | None = None, cancelled: bool = False
+    ) -> Running | None:
+        """Give up on the batch of a thread stuck in a handler (called from another thread);
+        None if `running` (default: the running job) no longer runs.
 
         Settles what finished, fails the running message with TimeLimitExceeded (or settles
         it as cancelled), hands the unstarted rest back, and makes the stuck thread drop
         whatever it does next.
         """
-        running = self.running
-        if running is None or self.abandoned:
+        current = self.running
+        if current is None or self.abandoned or (running is not None and running is not current):
             return None
+        running = current
         self.abandoned = True
         rest = list(self._batch[self._pos + 1 :])
         self._flush(counts)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from redismq import BrokerUnavailable
 
 if TYPE_CHECKING:
-    from .worker import Loop
+    from .loop import Loop
 
 log = logging.getLogger("redismq.worker")
 # How long stopping waits for a component's thread (one stuck on a hung broker is left).

@@ -12,7 +12,7 @@ from redismq.ordered import OrderedConsumer
 from .housekeeping import Component
 
 if TYPE_CHECKING:
-    from .worker import Loop
+    from .loop import Loop
 
 
 class LeaseKeeper(Component):

@@ -13,7 +13,7 @@ from redismq.processing import Counts, Running
 from .housekeeping import Component
 
 if TYPE_CHECKING:
-    from .worker import Loop
+    from .loop import Loop
 
 log = logging.getLogger("redismq.worker")
 
@@ -27,6 +27,9 @@ class Watchdog(Component):
     """
 
     interval = 0.1
+    # An async job's limit is its loop's to enforce: past this much more, its loop is
+    # blocked (a coroutine that calls blocking code) or the job ignores its cancellation.
+    async_margin = 1.0
 
     def __init__(self, loops: Sequence[Loop], on_stuck: Callable[[], None]) -> None:
         self.loops = loops
@@ -35,19 +38,25 @@ class Watchdog(Component):
     def tick(self) -> None:
         now = time.monotonic()
         for loop in self.loops:
-            r = loop.runner.running
-            if r is None or r.time_limit is None or now - r.started <= r.time_limit + 0.05:
-                continue
-            counts = Counts()
-            if loop.runner.abandon(counts) is not None:
-                loop.counts.add(counts)
-                log.error(
-                    "job %s (%s) exceeded its time limit of %ss: replacing this process",
-                    r.message.id,
-                    r.task,
-                    r.time_limit,
-                )
-                self.on_stuck()
+            for r in loop.runner.now_running():
+                if r.time_limit is not None and now - r.started > r.time_limit + self._margin(r):
+                    self._stop(loop, r)
+
+    def _margin(self, r: Running) -> float:
+        return 0.05 if r.loop is None else self.async_margin
+
+    def _stop(self, loop: Loop, r: Running) -> None:
+        counts = Counts()
+        if loop.runner.abandon(counts, r) is None:  # it finished meanwhile
+            return
+        loop.counts.add(counts)
+        log.error(
+            "job %s (%s) exceeded its time limit of %ss: replacing this process",
+            r.message.id,
+            r.task,
+            r.time_limit,
+        )
+        self.on_stuck()
 
 
 class Canceller(Component):
@@ -61,7 +70,7 @@ class Canceller(Component):
         self.on_stuck = on_stuck
 
     def tick(self) -> None:
-        running = [(loop, r) for loop in self.loops if (r := loop.runner.running) is not None]
+        running = [(loop, r) for loop in self.loops for r in loop.runner.now_running()]
         # One look per consumer set (a topic's queues on this broker), not one per loop.
         by_set = grouped(running, lambda lr: (lr[0].consumer.topic.name, *lr[0].consumer.queues))
         for pairs in by_set.values():
@@ -71,11 +80,9 @@ class Canceller(Component):
                     self._stop(loop, r)
 
     def _stop(self, loop: Loop, r: Running) -> None:
-        if loop.runner.running is not r:  # it finished meanwhile
-            return
         counts = Counts()
-        stopped = loop.runner.cancel_running(counts)
+        stopped = loop.runner.cancel_running(counts, r)  # None: it finished meanwhile
         loop.counts.add(counts)
-        if stopped is not None and stopped.aio_task is None:
+        if stopped is not None and stopped.loop is None:
             log.warning("job %s was cancelled while running: replacing this process", r.message.id)
             self.on_stuck()

@@ -13,20 +13,21 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from redismq import App, BrokerUnavailable, Consumer, Message, Subscription
+from redismq import App, BrokerUnavailable, Consumer, Subscription
 from redismq.brokers import warn_if_evicting
 from redismq.hooks import Hooks
 from redismq.middleware import middleware_hooks
-from redismq.processing import BatchRunner, Counts
-from redismq.routing import Broker
+from redismq.processing import Counts
 
 from .heartbeat import Heartbeat
 from .housekeeping import Component, Housekeeper, PerBroker, safely
 from .janitor import Janitor
 from .leases import LeaseBalancer, LeaseKeeper
 from .limits import Canceller, Watchdog
+from .loop import Loop
 from .routes import RouteWatcher
 from .scheduler import Scheduler
+from .slots import ConcurrentLoop, runs_async
 from .trimmer import Trimmer
 
 log = logging.getLogger("redismq.worker")
@@ -36,64 +37,9 @@ RECONNECT_MAX = 5.0
 EXIT_REPLACE = 3
 # What a supervisor sends its children to stop them gracefully (never a forced exit).
 STOP_SIGNAL = signal.SIGUSR1
-# A fetch takes as many messages as this thread can start within about this many seconds,
-# so that no message waits behind a long job while another worker idles.
-BATCH_SECONDS = 0.05
 # How long an idle fetch thread of a --burst worker waits before it looks whether the
 # backlog is gone (and exits): shorter than the default block, so that a burst ends soon.
 BURST_BLOCK = 0.25
-
-
-class Loop:
-    """One fetch-and-run thread of one subscription; knows what it holds.
-
-    Its batch size follows the observed job duration: fast jobs are fetched in batches of
-    up to `max_count`, slow ones one at a time.
-    """
-
-    def __init__(
-        self, consumer: Consumer, subscription: Subscription, max_count: int, hooks: Sequence[Hooks]
-    ) -> None:
-        self.consumer = consumer
-        # A task's job reads running from its receive on (one round trip with the check
-        # for done and cancelled messages).
-        consumer.marks_running = subscription.handler is None
-        self.runner = BatchRunner(consumer, subscription, hooks)
-        self.max_count = max_count
-        self.count = 1
-        self.counts = Counts()
-        self.idle = False
-        # Set when routes changed and this loop's queues are no longer one broker's set.
-        self.retired = False
-        self.thread: threading.Thread | None = None
-
-    @property
-    def broker(self) -> Broker:
-        """The broker of this loop's queues (one per loop)."""
-        return next(iter(self.consumer.queues.values())).broker
-
-    def held(self) -> list[Message]:
-        """Messages this loop holds: its running batch and what its consumer kept."""
-        return [*self.runner.held(), *self.consumer.kept()]
-
-    def step(self, block: float, stopping: threading.Event) -> None:
-        """Receive one batch and run it. What the last batch finished is settled in the
-        receive's round trip (one call to Redis between one-at-a-time jobs, not two)."""
-        settle = self.runner.settling(self.counts)
-        try:
-            batch = self.consumer.receive(count=self.count, block=block, settle=settle)
-        finally:
-            self.runner.settle_over()
-        self.idle = not batch
-        if not batch:
-            return
-        started = time.perf_counter()
-        marked = self.consumer.marks_running
-        run = self.runner.run(batch, stop=stopping.is_set, marked=marked, settle_later=True)
-        self.counts.add(run)
-        per_message = (time.perf_counter() - started) / len(batch)
-        fits = int(BATCH_SECONDS / per_message) if per_message > 0 else self.max_count
-        self.count = max(1, min(self.max_count, fits, self.count * 2))
 
 
 def keys(subs: Iterable[Subscription]) -> set[tuple[str, str]]:
@@ -142,10 +88,10 @@ class Worker:
         self.count = count
         self.hooks = [*hooks, *middleware_hooks(app.middleware)]
         self.loops = [
-            self._loop(s, queues)
+            loop
             for s in subs
             for queues in self._queues_by_broker(s.topic)
-            for _ in range(concurrency)
+            for loop in self._loops(s, queues)
         ]
         for broker in {
             loop.consumer.queues[q].broker for loop in self.loops for q in loop.consumer.queues
@@ -178,15 +124,22 @@ class Worker:
             ]
         )
 
-    def _loop(self, sub: Subscription, queues: list[int]) -> Loop:
-        consumer = self.client.consumer(
-            sub.topic,
-            sub.group,
-            visibility_timeout=self.visibility_timeout,
-            queues=queues,
-            ordered=sub.ordered,
-        )
-        return Loop(consumer, sub, self.count, self.hooks)
+    def _loops(self, sub: Subscription, queues: list[int]) -> list[Loop]:
+        """The fetch threads of one subscription's queues on one broker: one per slot, or
+        one for all slots when its jobs are coroutines (they share one event loop)."""
+
+        def consumer() -> Consumer:
+            return self.client.consumer(
+                sub.topic,
+                sub.group,
+                visibility_timeout=self.visibility_timeout,
+                queues=queues,
+                ordered=sub.ordered,
+            )
+
+        if self.concurrency > 1 and runs_async(sub):
+            return [ConcurrentLoop(consumer(), sub, self.concurrency, self.hooks)]
+        return [Loop(consumer(), sub, self.count, self.hooks) for _ in range(self.concurrency)]
 
     def _queues_by_broker(self, topic: str) -> list[list[int]]:
         """The topic's queue numbers grouped by broker: each group gets its own fetch
@@ -270,8 +223,7 @@ class Worker:
                     loop.retired = True
             for queues in sorted(wanted - current):
                 log.info("routes of %s changed: now also consuming queues %s", s.topic, queues)
-                for _ in range(self.concurrency):
-                    loop = self._loop(s, list(queues))
+                for loop in self._loops(s, list(queues)):
                     self.loops.append(loop)
                     self._start(loop)
 
@@ -328,6 +280,6 @@ class Worker:
             except Exception:
                 log.exception("unexpected error in the fetch loop of %s", loop.consumer)
                 self.stopping.wait(1.0)
-        safely(lambda: loop.counts.add(loop.runner.flush()))  # what the last batch finished
+        safely(loop.finish)  # what the last batch finished
         if loop.retired:
             safely(loop.consumer.close)

@@ -1,0 +1,191 @@
+"""A topic whose tasks are coroutines, at --concurrency N: one fetch thread fills the N
+slots and the jobs run side by side on one event loop (workers/slots.py), with leases,
+time limits, cancels, context and a graceful stop as for one thread per slot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+
+from redismq import App, Client, current_job
+from redismq.middleware import Middleware
+from redismq.status import topic_status
+from redismq.workers.slots import ConcurrentLoop
+from redismq.workers.worker import Worker
+
+TOPIC = "slots"
+
+
+def script_calls(client: Client) -> int:
+    stats = client.meta.info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
+def run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_async_topics_jobs_share_one_loop_and_a_wave_settles_in_few_calls(
+    client: Client, app: App
+) -> None:
+    """Before: one thread and one event loop per slot, each reading and settling its own
+    job (two script calls per job at least). Now one loop, a few calls per wave."""
+    client.create_topic(TOPIC, 2)
+    loops: list[int] = []
+
+    @app.task(topic=TOPIC, name="wave")
+    async def wave(i: int) -> int:
+        loops.append(id(asyncio.get_running_loop()))
+        await asyncio.sleep(0.2)
+        return i
+
+    jobs = [wave.send(i) for i in range(60)]
+    worker = Worker(app, concurrency=20, burst=True)
+    assert [type(loop) for loop in worker.loops] == [ConcurrentLoop]
+    before = script_calls(client)
+    counts = worker.run()
+    calls = script_calls(client) - before
+    assert counts.processed == 60 and counts.failed == 0
+    assert [job.result(timeout=5) for job in jobs] == list(range(60))
+    assert len(set(loops)) == 1 and len(loops) == 60
+    assert calls < 60, f"{calls} script calls for 60 jobs"
+
+
+def test_a_slow_async_job_keeps_its_lease_and_runs_once(client: Client, app: App) -> None:
+    """Jobs of 2.5 s with a visibility timeout of 1 s: held while they run, renewed."""
+    client.create_topic(TOPIC, 1)
+    runs: list[int] = []
+
+    @app.task(topic=TOPIC, name="long")
+    async def long(i: int) -> None:
+        runs.append(i)
+        await asyncio.sleep(2.5)
+
+    for i in range(4):
+        long.send(i)
+    counts = Worker(app, concurrency=4, burst=True, visibility_timeout=1.0).run()
+    assert sorted(runs) == [0, 1, 2, 3]
+    assert counts.processed == 4 and counts.lost == 0
+
+
+def test_an_async_job_over_its_limit_is_cancelled_and_its_neighbours_finish(
+    client: Client, app: App
+) -> None:
+    client.create_topic(TOPIC, 1)
+
+    @app.task(topic=TOPIC, name="forever", time_limit=0.3, max_retries=0)
+    async def forever() -> None:
+        await asyncio.sleep(60)
+
+    @app.task(topic=TOPIC, name="quick")
+    async def quick(i: int) -> int:
+        await asyncio.sleep(0.5)
+        return i
+
+    stuck = forever.send()
+    others = [quick.send(i) for i in range(3)]
+    worker = Worker(app, concurrency=4, burst=True)
+    counts = worker.run()
+    assert counts.processed == 3 and counts.dead == 1 and not worker.replaced
+    assert stuck.status() == "dead"
+    assert [job.result(timeout=5) for job in others] == [0, 1, 2]
+
+
+def test_a_coroutine_that_blocks_its_loop_past_its_limit_is_failed_and_replaces_the_process(
+    client: Client, app: App
+) -> None:
+    """Its loop cannot cancel it: the watchdog gives it up (the fetch thread records the
+    failure) and the worker stops to be replaced, as for a stuck sync job."""
+    client.create_topic(TOPIC, 1)
+
+    @app.task(topic=TOPIC, name="blocks", time_limit=0.2, max_retries=0)
+    async def blocks() -> None:
+        time.sleep(2.0)  # blocking code in a coroutine: the loop stands still
+
+    job = blocks.send()
+    worker = Worker(app, concurrency=2, burst=True)
+    counts = worker.run()
+    assert worker.replaced
+    assert counts.dead == 1
+    [dead] = client.dead_letters(TOPIC, worker.subscriptions[0].group)
+    assert "event loop did not stop it" in dead.reason
+    assert job.status() == "dead"
+
+
+def test_a_running_async_job_is_cancelled_in_place(client: Client, app: App) -> None:
+    client.create_topic(TOPIC, 1)
+    started = threading.Event()
+
+    @app.task(topic=TOPIC, name="waits")
+    async def waits(i: int) -> int:
+        if i == 0:
+            started.set()
+            await asyncio.sleep(30)
+        return i
+
+    victim = waits.send(0)
+    other = waits.send(1)
+    worker = Worker(app, concurrency=3, burst=True)
+    thread = run_in_thread(worker)
+    assert started.wait(10)
+    assert victim.cancel() is True
+    thread.join(15)
+    assert not thread.is_alive()
+    assert victim.status() == "cancelled" and other.result(timeout=5) == 1
+    assert worker.counts.cancelled == 1 and not worker.replaced
+
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("rid", default=None)
+
+
+class SetsRequestId(Middleware):
+    def before_job(self, job) -> None:  # type: ignore[no-untyped-def]
+        request_id.set(f"req-{job.id}")
+
+
+def test_an_async_job_sees_its_job_and_what_middleware_set(client: Client) -> None:
+    """current_job() and a context variable set by before_job reach the coroutine."""
+    client.create_topic(TOPIC, 1)
+    app = App(client, middleware=[SetsRequestId()])
+    seen: dict[str, str | None] = {}
+
+    @app.task(topic=TOPIC, name="ctx")
+    async def ctx(i: int) -> None:
+        await asyncio.sleep(0.05)
+        seen[current_job().id] = request_id.get()
+
+    jobs = [ctx.send(i) for i in range(5)]
+    Worker(app, concurrency=5, burst=True).run()
+    assert seen == {job.id: f"req-{job.id}" for job in jobs}
+
+
+def test_a_stop_lets_running_async_jobs_finish_and_settles_them(client: Client, app: App) -> None:
+    client.create_topic(TOPIC, 1)
+    started: list[int] = []
+
+    @app.task(topic=TOPIC, name="half")
+    async def half(i: int) -> int:
+        started.append(i)
+        await asyncio.sleep(0.5)
+        return i
+
+    jobs = [half.send(i) for i in range(10)]
+    worker = Worker(app, concurrency=4)
+    thread = run_in_thread(worker)
+    deadline = time.monotonic() + 10
+    while len(started) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.stop()
+    thread.join(15)
+    assert not thread.is_alive()
+    ran = sorted(started)
+    assert worker.counts.processed == len(ran) >= 4
+    assert [jobs[i].result(timeout=1) for i in ran] == ran
+    group = worker.subscriptions[0].group
+    [row] = [g for g in topic_status(client, TOPIC)["groups"] if g["name"] == group]
+    assert row["pending"] == 0, "what ran is settled, what did not is handed back"
+    assert row["lag"] == 10 - len(ran)

@@ -1,0 +1,212 @@
+"""Async jobs side by side: one fetch thread fills all the slots of a subscription whose
+jobs are coroutines (on one queue set), instead of a thread and an event loop per slot.
+
+The fetch thread receives as many messages as there are free slots, runs the hooks and
+starts each job's coroutine on the one event loop (its own thread), with the job's context
+(`current_job()`, what the hooks set in context variables). As jobs end it records their
+outcomes and settles them in the round trip of its next read. At concurrency 200 a wave of
+jobs that end together is settled and replaced in a few calls, not in 200 threads' turns
+at the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from redismq import Consumer, Subscription
+from redismq.context import reset_current, set_current
+from redismq.hooks import Hooks
+from redismq.processing import (
+    STARTED,
+    BatchRunner,
+    Call,
+    Counts,
+    Running,
+    TimeLimitExceeded,
+    limited,
+)
+
+from .loop import Loop
+
+# While jobs run, a read waits at most this long for new messages: jobs that ended
+# meanwhile are settled with the next read.
+WAIT_WHILE_BUSY = 0.1
+
+
+def runs_async(subscription: Subscription) -> bool:
+    """Whether a subscription runs coroutines: an async handler, or only async tasks (a
+    sync task of another topic sent to it runs on the fetch thread, in turn)."""
+    if subscription.ordered:
+        return False
+    if subscription.handler is not None:
+        return asyncio.iscoroutinefunction(subscription.handler)
+    return bool(subscription.tasks) and all(t.is_async for t in subscription.tasks.values())
+
+
+class ConcurrentRunner(BatchRunner):
+    """Starts coroutines side by side on one event loop, up to `slots` at once, and records
+    their outcomes on the thread that receives (`collect`), which settles them."""
+
+    def __init__(
+        self, consumer: Consumer, subscription: Subscription, hooks: Sequence[Hooks], slots: int
+    ) -> None:
+        super().__init__(consumer, subscription, hooks)
+        self.slots = slots
+        self.loop = asyncio.new_event_loop()
+        self.wake = threading.Event()  # set when a job ends
+        self._thread = threading.Thread(target=self.loop.run_forever, name="jobs", daemon=True)
+        self._lock = threading.Lock()
+        self._active: dict[int, tuple[Call, Running]] = {}
+        self._ended: list[tuple[Call, Running, Any, BaseException | None]] = []
+
+    def call(self, call: Call, running: Running) -> Any:
+        if not asyncio.iscoroutinefunction(call.fn):  # a sync task sent here: it runs now
+            return call.fn(*call.args, **call.kwargs)
+        with self._lock:
+            self._active[id(running)] = (call, running)
+        # The job's context (current_job(), what the hooks set) goes with its coroutine.
+        context = contextvars.copy_context()
+        if not self._thread.is_alive():
+            self._thread.start()
+        running.loop, running.thread = self.loop, self._thread.ident or 0
+        self.loop.call_soon_threadsafe(self._create, call, running, context)
+        return STARTED
+
+    def _create(self, call: Call, running: Running, context: contextvars.Context) -> None:
+        try:
+            coro = context.run(call.fn, *call.args, **call.kwargs)
+        except Exception as exc:
+            self._end(call, running, None, exc)
+            return
+        task = self.loop.create_task(limited(coro, running.time_limit), context=context)
+        running.aio_task = task
+        task.add_done_callback(lambda t: self._end(call, running, *_outcome(t)))
+
+    def _end(self, call: Call, running: Running, result: Any, exc: BaseException | None) -> None:
+        running.ended = time.monotonic()
+        with self._lock:
+            if self._active.pop(id(running), None) is None:
+                return  # given up already
+            self._ended.append((call, running, result, exc))
+        self.wake.set()
+
+    def settling_due(self) -> bool:
+        """Whether jobs ended and await their settle."""
+        return bool(self._done)
+
+    def busy(self) -> int:
+        """How many jobs run or ended without their outcome recorded."""
+        with self._lock:
+            return len(self._active) + len(self._ended)
+
+    def collect(self, counts: Counts) -> None:
+        """Record the outcomes of the jobs that ended (settled with the next receive)."""
+        with self._lock:
+            ended, self._ended = self._ended, []
+            self.wake.clear()
+        for call, running, result, exc in ended:
+            token = set_current(call.context)
+            try:
+                self.ended(call, running, result, exc, counts)
+            finally:
+                reset_current(token)
+
+    def now_running(self) -> list[Running]:
+        with self._lock:
+            return [*super().now_running(), *(r for _, r in self._active.values())]
+
+    def held(self) -> list:
+        with self._lock:
+            mine = [r.message for _, r in self._active.values()]
+            mine += [r.message for _, r, _, _ in self._ended]
+        return [*mine, *super().held()]
+
+    def abandon(
+        self, counts: Counts, running: Running | None = None, cancelled: bool = False
+    ) -> Running | None:
+        """Give up on a coroutine past its time limit that its loop did not stop (the loop
+        is blocked, or the job ignores its cancellation; called from another thread): the
+        fetch thread records it as failed and goes on; the caller has the process
+        replaced. A sync job stuck on the fetch thread is given up as BatchRunner does."""
+        if running is None or running is self.running:
+            return super().abandon(counts, running, cancelled)
+        with self._lock:
+            entry = self._active.get(id(running)) if running is not None else None
+        if entry is None:
+            return None
+        self._end(entry[0], running, None, _given_up(running))
+        return running
+
+    def stop_loop(self) -> None:
+        """Stop the event loop's thread (its jobs have ended, or been given up)."""
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(1.0)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+def _given_up(running: Running) -> BaseException:
+    stuck = TimeLimitExceeded(
+        f"job exceeded its time limit of {running.time_limit}s and its event loop did not "
+        "stop it (does the coroutine call blocking code?)"
+    )
+    stack = running.stack()
+    if stack:  # where the loop was when the job's time was up
+        stuck.add_note(f"The event loop's thread was here:\n{stack.rstrip()}")
+    return stuck
+
+
+def _outcome(end: asyncio.Task) -> tuple[Any, BaseException | None]:
+    """(result, exception) of an ended coroutine."""
+    if end.cancelled():
+        return None, asyncio.CancelledError()
+    exc = end.exception()
+    return (None, exc) if exc is not None else (end.result(), None)
+
+
+class ConcurrentLoop(Loop):
+    """The fetch thread of an async subscription's slots on one queue set."""
+
+    def __init__(
+        self, consumer: Consumer, subscription: Subscription, slots: int, hooks: Sequence[Hooks]
+    ) -> None:
+        self.runner: ConcurrentRunner = ConcurrentRunner(consumer, subscription, hooks, slots)
+        super().__init__(consumer, subscription, slots, hooks, self.runner)
+
+    def step(self, block: float, stopping: threading.Event) -> None:
+        """Record what ended, then fill the free slots: receive that many (what ended
+        settled in the same round trip) and start them; with none free, wait for one."""
+        runner = self.runner
+        runner.collect(self.counts)
+        busy = runner.busy()
+        self.idle = False
+        if busy >= runner.slots:
+            runner.wake.wait(block)
+            return
+        wait = min(block, WAIT_WHILE_BUSY) if busy or runner.settling_due() else block
+        settle = runner.settling(self.counts)
+        try:
+            batch = self.consumer.receive(count=runner.slots - busy, block=wait, settle=settle)
+        finally:
+            runner.settle_over()
+        if batch:
+            marked = self.consumer.marks_running
+            run = runner.run(batch, stop=stopping.is_set, marked=marked, settle_later=True)
+            self.counts.add(run)
+        self.idle = not batch and not busy
+
+    def finish(self) -> None:
+        """The thread ends: wait for the running jobs (a stop's grace bounds it), record
+        and settle their outcomes, stop the event loop."""
+        runner = self.runner
+        while runner.busy():
+            runner.wake.wait(0.1)
+            runner.collect(self.counts)
+        super().finish()
+        runner.stop_loop()
