@@ -9,7 +9,9 @@ import contextvars
 import threading
 import time
 
-from redismq import App, Client, current_job
+from conftest import wait_for
+
+from redismq import App, BrokerUnavailable, Client, current_job
 from redismq.middleware import Middleware
 from redismq.status import topic_status
 from redismq.workers.slots import ConcurrentLoop
@@ -189,3 +191,113 @@ def test_a_stop_lets_running_async_jobs_finish_and_settles_them(client: Client, 
     [row] = [g for g in topic_status(client, TOPIC)["groups"] if g["name"] == group]
     assert row["pending"] == 0, "what ran is settled, what did not is handed back"
     assert row["lag"] == 10 - len(ran)
+
+
+def test_jobs_that_ended_beside_a_failure_whose_retry_hit_an_outage_are_settled(
+    client: Client, app: App
+) -> None:
+    """A failure's retry raised BrokerUnavailable while the fetch thread recorded a wave:
+    the jobs recorded after it were dropped from the worker's hands (never settled, no
+    longer renewed) until a fix kept them for the next try."""
+    client.create_topic(TOPIC, 1)
+
+    @app.task(topic=TOPIC, name="wave_fails", max_retries=0)
+    async def wave_fails(i: int) -> int:
+        await asyncio.sleep(0.3)
+        if i == 0:
+            raise ValueError("the first one fails")
+        return i
+
+    jobs = [wave_fails.send(i) for i in range(4)]
+    worker = Worker(app, concurrency=4)
+    [loop] = worker.loops
+    retry = loop.consumer.retry
+    outages = [BrokerUnavailable("broker down (injected)")]
+
+    def retry_after_an_outage(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if outages:
+            raise outages.pop()
+        return retry(*args, **kwargs)
+
+    loop.consumer.retry = retry_after_an_outage  # type: ignore[method-assign]
+    thread = run_in_thread(worker)
+    try:
+        assert wait_for(lambda: [job.status() for job in jobs] == ["dead"] + ["done"] * 3)
+    finally:
+        worker.stop()
+        thread.join(15)
+    assert not outages, "the outage was hit"
+    assert worker.counts.processed == 3 and worker.counts.dead == 1
+
+
+def test_a_stop_settles_what_ends_within_the_grace_though_a_job_outlasts_it(
+    client: Client, app: App
+) -> None:
+    client.create_topic(TOPIC, 1)
+    started: list[int] = []
+
+    @app.task(topic=TOPIC, name="mixed_lengths")
+    async def mixed_lengths(seconds: float) -> None:
+        started.append(1)
+        await asyncio.sleep(seconds)
+
+    jobs = [mixed_lengths.send(s) for s in (5.0, 0.3, 0.3, 0.3)]
+    worker = Worker(app, concurrency=4, grace=1.5)
+    thread = run_in_thread(worker)
+    assert wait_for(lambda: len(started) == 4)
+    worker.stop()
+    thread.join(15)
+    assert [job.status() for job in jobs[1:]] == ["done"] * 3
+    assert jobs[0].status() == "running", "left to its lease: it outlasted the grace"
+
+
+def test_a_coroutine_that_raises_system_exit_fails_alone(client: Client, app: App) -> None:
+    """SystemExit out of a task stopped the event loop that runs every slot's job."""
+    client.create_topic(TOPIC, 1)
+
+    @app.task(topic=TOPIC, name="exits", max_retries=0)
+    async def exits(i: int) -> int:
+        await asyncio.sleep(0.05 * i)
+        if i == 0:
+            raise SystemExit(3)
+        return i
+
+    jobs = [exits.send(i) for i in range(6)]
+    counts = Worker(app, concurrency=3, burst=True).run()
+    assert jobs[0].status() == "dead"
+    assert [job.result(timeout=5) for job in jobs[1:]] == [1, 2, 3, 4, 5]
+    assert counts.processed == 5
+
+
+class TracesJobs(Middleware):
+    """Sets a context variable in before_job and resets it in after_job, as a tracer
+    does with its current span; records what each job's before_job found set."""
+
+    def __init__(self) -> None:
+        self.found: list[str | None] = []
+        self.tokens: dict[str, contextvars.Token] = {}
+
+    def before_job(self, job) -> None:  # type: ignore[no-untyped-def]
+        self.found.append(request_id.get())
+        self.tokens[job.id] = request_id.set(f"span-{job.id}")
+
+    def after_job(self, job, result, error) -> None:  # type: ignore[no-untyped-def]
+        request_id.reset(self.tokens.pop(job.id))
+
+
+def test_one_jobs_middleware_context_does_not_leak_into_the_next(client: Client) -> None:
+    """Before, every job's before_job ran in the fetch thread's one context: each job
+    found the previous one's span as its parent (and a reset raised)."""
+    client.create_topic(TOPIC, 1)
+    tracer = TracesJobs()
+    app = App(client, middleware=[tracer])
+
+    @app.task(topic=TOPIC, name="traced")
+    async def traced(i: int) -> None:
+        await asyncio.sleep(0.1 * (4 - i))  # they end in the reverse order
+
+    for i in range(4):
+        traced.send(i)
+    counts = Worker(app, concurrency=4, burst=True).run()
+    assert counts.processed == 4
+    assert tracer.found == [None] * 4 and tracer.tokens == {}

@@ -12,13 +12,14 @@ at the GIL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from redismq import Consumer, Subscription
+from redismq import BrokerUnavailable, Consumer, Message, Subscription
 from redismq.context import reset_current, set_current
 from redismq.hooks import Hooks
 from redismq.processing import (
@@ -57,42 +58,70 @@ class ConcurrentRunner(BatchRunner):
     ) -> None:
         super().__init__(consumer, subscription, hooks)
         self.slots = slots
-        self.loop = asyncio.new_event_loop()
         self.wake = threading.Event()  # set when a job ends
-        self._thread = threading.Thread(target=self.loop.run_forever, name="jobs", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None  # made on first use
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._active: dict[int, tuple[Call, Running]] = {}
-        self._ended: list[tuple[Call, Running, Any, BaseException | None]] = []
+        self._active: dict[int, tuple[Call, Running, contextvars.Context]] = {}
+        self._ended: list[tuple[Call, Running, contextvars.Context, Any, BaseException | None]]
+        self._ended = []
+        self._context = contextvars.Context()
+
+    def run_one(self, msg: Message, counts: Counts) -> str | None:
+        """Start one job, in a context of its own: what one job's hooks set in context
+        variables neither reaches the next job's hooks nor is lost for its own after-hooks."""
+        self._context = contextvars.copy_context()
+        return self._context.run(super().run_one, msg, counts)
+
+    def begin(self, call: Call) -> Running:
+        running = super().begin(call)
+        if asyncio.iscoroutinefunction(call.fn):  # from now on a cancel goes to its loop
+            running.loop, running.thread = self._jobs_loop()
+        return running
+
+    def _jobs_loop(self) -> tuple[asyncio.AbstractEventLoop, int]:
+        if self._loop is None or self._thread is None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="jobs", daemon=True)
+            self._thread.start()
+        return self._loop, self._thread.ident or 0
 
     def call(self, call: Call, running: Running) -> Any:
-        if not asyncio.iscoroutinefunction(call.fn):  # a sync task sent here: it runs now
+        if running.loop is None:  # a sync task of another topic sent here: it runs now
             return call.fn(*call.args, **call.kwargs)
+        context = self._context
         with self._lock:
-            self._active[id(running)] = (call, running)
-        # The job's context (current_job(), what the hooks set) goes with its coroutine.
-        context = contextvars.copy_context()
-        if not self._thread.is_alive():
-            self._thread.start()
-        running.loop, running.thread = self.loop, self._thread.ident or 0
-        self.loop.call_soon_threadsafe(self._create, call, running, context)
+            self._active[id(running)] = (call, running, context)
+        # The coroutine runs with a copy of the job's context: current_job(), what the
+        # hooks set.
+        loop = running.loop
+        loop.call_soon_threadsafe(self._create, loop, call, running, context.copy())
         return STARTED
 
-    def _create(self, call: Call, running: Running, context: contextvars.Context) -> None:
+    def _create(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        call: Call,
+        running: Running,
+        context: contextvars.Context,
+    ) -> None:
         try:
             coro = context.run(call.fn, *call.args, **call.kwargs)
         except Exception as exc:
-            self._end(call, running, None, exc)
+            self._end(running, None, exc)
             return
-        task = self.loop.create_task(limited(coro, running.time_limit), context=context)
+        task = loop.create_task(contained(coro, running.time_limit), context=context)
         running.aio_task = task
-        task.add_done_callback(lambda t: self._end(call, running, *_outcome(t)))
+        task.add_done_callback(lambda t: self._end(running, *_outcome(t)))
 
-    def _end(self, call: Call, running: Running, result: Any, exc: BaseException | None) -> None:
+    def _end(self, running: Running, result: Any, exc: BaseException | None) -> None:
         running.ended = time.monotonic()
         with self._lock:
-            if self._active.pop(id(running), None) is None:
+            entry = self._active.pop(id(running), None)
+            if entry is None:
                 return  # given up already
-            self._ended.append((call, running, result, exc))
+            call, _, context = entry
+            self._ended.append((call, running, context, result, exc))
         self.wake.set()
 
     def settling_due(self) -> bool:
@@ -109,21 +138,32 @@ class ConcurrentRunner(BatchRunner):
         with self._lock:
             ended, self._ended = self._ended, []
             self.wake.clear()
-        for call, running, result, exc in ended:
-            token = set_current(call.context)
+        for i, (call, running, context, result, exc) in enumerate(ended):
             try:
-                self.ended(call, running, result, exc, counts)
-            finally:
-                reset_current(token)
+                context.run(self._record, call, running, result, exc, counts)
+            except BaseException:
+                # (the broker is unreachable) this one and the rest: recorded next time
+                with self._lock:
+                    self._ended[:0] = ended[i:]
+                raise
+
+    def _record(
+        self, call: Call, running: Running, result: Any, exc: BaseException | None, counts: Counts
+    ) -> None:
+        token = set_current(call.context)
+        try:
+            self.ended(call, running, result, exc, counts)
+        finally:
+            reset_current(token)
 
     def now_running(self) -> list[Running]:
         with self._lock:
-            return [*super().now_running(), *(r for _, r in self._active.values())]
+            return [*super().now_running(), *(r for _, r, _ in self._active.values())]
 
     def held(self) -> list:
         with self._lock:
-            mine = [r.message for _, r in self._active.values()]
-            mine += [r.message for _, r, _, _ in self._ended]
+            mine = [r.message for _, r, _ in self._active.values()]
+            mine += [r.message for _, r, _, _, _ in self._ended]
         return [*mine, *super().held()]
 
     def abandon(
@@ -136,19 +176,29 @@ class ConcurrentRunner(BatchRunner):
         if running is None or running is self.running:
             return super().abandon(counts, running, cancelled)
         with self._lock:
-            entry = self._active.get(id(running)) if running is not None else None
-        if entry is None:
-            return None
-        self._end(entry[0], running, None, _given_up(running))
+            if id(running) not in self._active:
+                return None
+        self._end(running, None, _given_up(running))
         return running
 
     def stop_loop(self) -> None:
         """Stop the event loop's thread (its jobs have ended, or been given up)."""
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(1.0)
-        if not self._thread.is_alive():
-            self.loop.close()
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(1.0)
+        if not thread.is_alive():
+            loop.close()
+
+
+async def contained(coro: Any, limit: float | None) -> Any:
+    """Await a job's coroutine under its time limit; its SystemExit or KeyboardInterrupt
+    fails the job instead of stopping the event loop that runs the others."""
+    try:
+        return await limited(coro, limit)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise RuntimeError(f"the job raised {type(exc).__name__}") from exc
 
 
 def _given_up(running: Running) -> BaseException:
@@ -205,8 +255,12 @@ class ConcurrentLoop(Loop):
         """The thread ends: wait for the running jobs (a stop's grace bounds it), record
         and settle their outcomes, stop the event loop."""
         runner = self.runner
-        while runner.busy():
-            runner.wake.wait(0.1)
-            runner.collect(self.counts)
-        super().finish()
-        runner.stop_loop()
+        try:
+            while runner.busy():
+                runner.wake.wait(0.1)
+                with contextlib.suppress(BrokerUnavailable):  # tried again on the next pass
+                    runner.collect(self.counts)
+                    super().finish()  # settled as they end: the grace may run out
+            super().finish()
+        finally:
+            runner.stop_loop()
