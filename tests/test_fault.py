@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 from apps import sideeffects
-from apps.fault_app import TASK, TOPIC
+from apps.fault_app import ASYNC_TASK, ASYNC_TOPIC, TASK, TOPIC
 from conftest import wait_for
 
 from redismq import Client
@@ -59,30 +59,35 @@ def done_ids(client: Client, topic: str, group: str) -> list[str]:
     return ids
 
 
+@pytest.mark.parametrize(
+    ("topic", "task"), [(TOPIC, TASK), (ASYNC_TOPIC, ASYNC_TASK)], ids=["sync", "async"]
+)
 def test_sigkilled_worker_loses_nothing_and_repeats_only_what_it_held(
-    client, url, processes, tmp_path
+    client, url, processes, tmp_path, topic, task
 ):
+    """Sync tasks run on a thread per slot; async ones side by side on one event loop."""
     db = tmp_path / "side-effects.db"
     sideeffects.connect(db).close()
     env = {"REDISMQ_TEST_DB": str(db)}
     worker = ("worker", APP, "--url", url, "--processes", "1", "--visibility-timeout", "1")
+    worker += ("--topic", topic)
 
-    client.create_topic(TOPIC, queues=4)
+    client.create_topic(topic, queues=4)
     sent = client.send_many_messages(
-        TOPIC, [{"task": TASK, "args": [i], "kwargs": {}} for i in range(TASKS)]
+        topic, [{"task": task, "args": [i], "kwargs": {}} for i in range(TASKS)]
     )
     task_of_message = {s.id: i for i, s in enumerate(sent)}
 
     first = processes.start(*worker, "--log-level", "WARNING", env=env)
-    assert wait_for(lambda: sideeffects.count(db, TASK) >= TASKS // 4, timeout=60), (
+    assert wait_for(lambda: sideeffects.count(db, task) >= TASKS // 4, timeout=60), (
         "the first worker did not get going"
     )
     first.send_signal(signal.SIGKILL)
     assert first.wait(10) == -signal.SIGKILL
 
-    ran_before_kill = sideeffects.count(db, TASK)
+    ran_before_kill = sideeffects.count(db, task)
     assert ran_before_kill < TASKS, "the kill should land in the middle of the run"
-    held = held_by(client, TOPIC, GROUP, first.pid)
+    held = held_by(client, topic, GROUP, first.pid)
     held_tasks = {task_of_message[m] for m in held}
     per_consumer = Counter(held.values())
     assert all(n <= BATCH for n in per_consumer.values()), per_consumer
@@ -90,14 +95,14 @@ def test_sigkilled_worker_loses_nothing_and_repeats_only_what_it_held(
     second = processes.start(*worker, "--log-level", "WARNING", "--burst", env=env)
     assert second.wait(60) == 0, second.stdout.read()
 
-    row = next(g for g in topic_status(client, TOPIC)["groups"] if g["name"] == GROUP)
+    row = next(g for g in topic_status(client, topic)["groups"] if g["name"] == GROUP)
     counts = {k: row[k] for k in ("done", "pending", "lag", "retrying", "dead")}
     assert counts == {"done": TASKS, "pending": 0, "lag": 0, "retrying": 0, "dead": 0}
-    done = done_ids(client, TOPIC, GROUP)
+    done = done_ids(client, topic, GROUP)
     assert len(done) == TASKS
     assert set(done) == {s.id for s in sent}, "exactly one done record per task"
 
-    runs = sideeffects.runs(db, TASK)
+    runs = sideeffects.runs(db, task)
     assert set(runs) == {str(i) for i in range(TASKS)}, "every task ran at least once"
     repeated = {int(k) for k, n in runs.items() if n > 1}
     print(

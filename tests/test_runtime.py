@@ -270,7 +270,7 @@ def test_worker_that_stops_beating_leaves_status_within_three_beats(rt, client, 
     worker = start_worker(processes, url, "--processes", "1")
     assert wait_for(lambda: len(live_workers(client)) == 1, timeout=20)
     [record] = live_workers(client)
-    assert record["pid"] == worker.pid and record["topics"] == ["rt", "rt-periodic"]
+    assert record["pid"] == worker.pid and record["topics"] == ["rt", "rt-async", "rt-periodic"]
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
     assert wait_for(lambda: live_workers(client) == [], timeout=BEAT_EVERY * MISSED_BEATS + 2)

@@ -189,7 +189,9 @@ def test_a_message_already_done_is_not_dead_lettered_too(client):
     assert client.meta.xpending(stream, "g")["pending"] == 0
 
 
-def test_a_paused_worker_whose_job_was_taken_over_lets_go(client, url, processes, rt, db):
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_paused_worker_whose_job_was_taken_over_lets_go(client, url, processes, rt, db, kind):
+    """A sync job runs on a thread of its own; an async one on its topic's one event loop."""
     import os
     import signal
 
@@ -197,7 +199,8 @@ def test_a_paused_worker_whose_job_was_taken_over_lets_go(client, url, processes
     from tests.conftest import wait_for
     from tests.test_runtime import rows, start_worker
 
-    job = rt.slow_retried.send(4.0, "x")
+    task = rt.slow_retried if kind == "sync" else rt.async_slow_retried
+    job = task.send(4.0, "x")
     args = ("--processes", "1", "--visibility-timeout", "2", "--log-level", "INFO")
     first = start_worker(processes, url, *args, start_new_session=True)
     assert wait_for(lambda: len(rows(db, "slow-start")) == 1, timeout=30)
@@ -216,5 +219,5 @@ def test_a_paused_worker_whose_job_was_taken_over_lets_go(client, url, processes
     log = first.stdout.read()
     lost = [line for line in log.splitlines() if "lease lost" in line and job.id in line]
     assert len(lost) == 1, log  # (a periodic tick taken over meanwhile has its own line)
-    row = next(g for g in topic_status(client, "rt")["groups"] if g["name"] == job.group)
+    row = next(g for g in topic_status(client, task.topic)["groups"] if g["name"] == job.group)
     assert (row["done"], row["duplicates"], row["dead"], row["pending"]) == (1, 0, 0, 0)

@@ -63,6 +63,20 @@ def slow_retried(seconds: float, tag: str) -> str:
     return slow(seconds, tag)
 
 
+@app.task(topic="rt-async", name="async_slow_retried", max_retries=3)
+async def async_slow_retried(seconds: float, tag: str) -> str:
+    """`slow_retried` as a coroutine, on a topic of coroutines only: its worker runs the
+    topic's jobs side by side on one event loop."""
+    record("slow-start", tag)
+    job = current_job()
+    steps = max(1, int(seconds / 0.1))
+    for i in range(steps):
+        await asyncio.sleep(seconds / steps)
+        job.set_progress((i + 1) / steps, f"step {i + 1}")
+    record("slow-end", tag)
+    return tag
+
+
 @app.periodic(every=1.0, topic="rt-periodic", name="tick")
 def tick() -> None:
     record("tick", current_job().message.headers["periodic-tick"])
