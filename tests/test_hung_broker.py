@@ -43,26 +43,31 @@ def starts(db: str, kind: str) -> Counter[str]:
         return Counter(v for (v,) in conn.execute("SELECT value FROM runs WHERE kind = ?", (kind,)))
 
 
-def key_on(client: Client, broker: str) -> str:
+def key_on(client: Client, topic: str, broker: str) -> str:
     """A message key whose queue lives on `broker`."""
-    placement = client.topic("rt").placement
+    placement = client.topic(topic).placement
     return next(
         k for k in (f"k{i}" for i in range(1000)) if placement[queue_for_key(k, 4)] == broker
     )
 
 
-def test_a_hung_broker_stalls_only_its_own_queues(client, url, db, servers, processes):
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_hung_broker_stalls_only_its_own_queues(client, url, db, servers, processes, kind):
+    """Sync jobs run on a thread per slot; async ones (a topic of coroutines) side by side
+    on one event loop per broker."""
     healthy, hung = servers.start(), servers.start()
     add_broker(client, "healthy", healthy.url)
     add_broker(client, "hung", hung.url)
-    client.create_topic("rt", queues=4)
-    assert sorted(client.topic("rt").placement) == ["healthy", "healthy", "hung", "hung"]
+    long = runtime_app.slow if kind == "sync" else runtime_app.async_slow_retried
+    topic = long.topic
+    client.create_topic(topic, queues=4)
+    assert sorted(client.topic(topic).placement) == ["healthy", "healthy", "hung", "hung"]
     runtime_app.app.connect(client)
     try:
         for i in range(8):  # keyless: two per queue, four on each broker
-            runtime_app.slow.send(9.0, f"long-{i}")
+            long.send(9.0, f"long-{i}")
         args = ["worker", "tests.apps.runtime_app:app", "--url", url, "--log-level", "WARNING"]
-        args += ["--concurrency", "4", "--visibility-timeout", VISIBILITY]
+        args += ["--topic", topic, "--concurrency", "4", "--visibility-timeout", VISIBILITY]
         processes.start(*args)
         assert wait_for(lambda: len(starts(db, "slow-start")) == 8, timeout=30)
         processes.start(*args)  # a second worker, idle, ready to take over expired leases
@@ -70,18 +75,18 @@ def test_a_hung_broker_stalls_only_its_own_queues(client, url, db, servers, proc
         os.kill(hung.pid, signal.SIGSTOP)
         stopped = time.monotonic()
         try:
-            key = key_on(client, "healthy")
-            fresh = [runtime_app.sync_job.send_with_options((i,), key=key) for i in range(3)]
+            key = key_on(client, topic, "healthy")
+            fresh = [long.send_with_options((0.1, f"fresh-{i}"), key=key) for i in range(3)]
             # The healthy broker's queue is served, and nothing of it runs twice, while the
             # leases (2 s) of its long jobs come due again and again.
-            assert [j.result(timeout=30) for j in fresh] == [0, 2, 4]
+            assert [j.result(timeout=30) for j in fresh] == [f"fresh-{i}" for i in range(3)]
             time.sleep(max(0.0, 6 - (time.monotonic() - stopped)))
             assert max(starts(db, "slow-start").values()) == 1
         finally:
             os.kill(hung.pid, signal.SIGCONT)
-        assert wait_for(lambda: len(starts(db, "slow-end")) == 8, timeout=60)
+        assert wait_for(lambda: len(starts(db, "slow-end")) == 8 + 3, timeout=60)
         runs = starts(db, "slow-start")
-        assert sorted(runs) == [f"long-{i}" for i in range(8)]
+        assert sorted(runs) == [f"fresh-{i}" for i in range(3)] + [f"long-{i}" for i in range(8)]
         assert set(runs.values()) == {1}, runs  # not one long job ran twice
     finally:
         runtime_app.app.connect(None)
