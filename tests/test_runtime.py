@@ -264,6 +264,7 @@ def test_long_job_with_short_visibility_timeout_is_never_run_twice(rt, url, db, 
         assert w.wait(30) == 0
 
 
+@pytest.mark.fault  # kills a worker on purpose
 def test_worker_that_stops_beating_leaves_status_within_three_beats(rt, client, url, db, processes):
     from redismq.status import BEAT_EVERY, MISSED_BEATS, live_workers
 
