@@ -12,6 +12,7 @@ import time
 from conftest import wait_for
 
 from redismq import App, BrokerUnavailable, Client, current_job
+from redismq.hooks import Hooks
 from redismq.middleware import Middleware
 from redismq.status import topic_status
 from redismq.workers.slots import ConcurrentLoop
@@ -301,3 +302,108 @@ def test_one_jobs_middleware_context_does_not_leak_into_the_next(client: Client)
     counts = Worker(app, concurrency=4, burst=True).run()
     assert counts.processed == 4
     assert tracer.found == [None] * 4 and tracer.tokens == {}
+
+
+def test_a_coroutine_with_a_time_limit_that_raises_system_exit_fails_alone(
+    client: Client, app: App
+) -> None:
+    """With a time limit the job runs in wait_for's inner task (Python 3.11), whose
+    SystemExit left the loop's run_forever: the loop's thread died, every slot hung."""
+    client.create_topic(TOPIC, 1)
+
+    @app.task(topic=TOPIC, name="exits_limited", max_retries=0, time_limit=5.0)
+    async def exits_limited(i: int) -> int:
+        await asyncio.sleep(0.05 * i)
+        if i == 0:
+            raise SystemExit(3)
+        return i
+
+    jobs = [exits_limited.send(i) for i in range(6)]
+    worker = Worker(app, concurrency=3, burst=True)
+    thread = run_in_thread(worker)
+    thread.join(20)
+    assert not thread.is_alive(), "the worker hung"
+    assert jobs[0].status() == "dead" and not worker.replaced
+    assert [job.result(timeout=5) for job in jobs[1:]] == [1, 2, 3, 4, 5]
+
+
+def test_a_job_given_up_while_its_loop_was_blocked_never_starts_after(
+    client: Client, app: App
+) -> None:
+    """A coroutine blocks the loop; its neighbour, not started yet, passes its limit and
+    is given up (failed, and retried elsewhere). Before, the neighbour still started once
+    the loop ran again: a second run, with no lease expired."""
+    client.create_topic(TOPIC, 1)
+    runs: list[str] = []
+
+    @app.task(topic=TOPIC, name="hogs", time_limit=10.0, max_retries=0)
+    async def hogs() -> None:
+        time.sleep(3.0)  # blocking code: the loop stands still
+
+    @app.task(topic=TOPIC, name="neighbour", time_limit=0.3, max_retries=0)
+    async def neighbour() -> None:
+        runs.append("neighbour")
+        await asyncio.sleep(0.1)
+
+    hogs.send()
+    late = neighbour.send()
+    worker = Worker(app, concurrency=2, burst=True)
+    worker.run()
+    time.sleep(0.5)  # what the loop would still start
+    assert worker.replaced
+    assert late.status() == "dead"
+    assert runs == []
+
+
+def test_a_hook_that_fails_on_one_outcome_leaves_the_others_recorded(
+    client: Client, app: App
+) -> None:
+    """An after-hook raising for one job: before, that job and the rest were put back
+    and tried again forever (the worker hung with every slot taken)."""
+    client.create_topic(TOPIC, 1)
+
+    class FailsOnce(Hooks):
+        failed: list[str] = []
+
+        def after_process(self, msg, task, outcome, duration, error, **kw) -> None:  # type: ignore[no-untyped-def]
+            if msg.body["args"] == [0] and not self.failed:
+                self.failed.append(msg.id)
+                raise RuntimeError("a hook's bug")
+
+    @app.task(topic=TOPIC, name="hooked")
+    async def hooked(i: int) -> int:
+        await asyncio.sleep(0.1)
+        return i
+
+    jobs = [hooked.send(i) for i in range(3)]
+    worker = Worker(app, concurrency=3, burst=True, hooks=[FailsOnce()])
+    thread = run_in_thread(worker)
+    thread.join(20)
+    assert not thread.is_alive(), "the worker hung"
+    assert [job.result(timeout=5) for job in jobs] == [0, 1, 2]
+    assert worker.counts.processed == 3 and worker.counts.duplicates == 0
+
+
+def test_a_job_whose_outcome_is_being_recorded_is_still_held(client: Client, app: App) -> None:
+    """While a failure's retry goes to Redis its message must stay in the worker's hands
+    (its lease renewed); before, it was in no list until its retry returned."""
+    client.create_topic(TOPIC, 1)
+
+    @app.task(topic=TOPIC, name="fails", max_retries=0)
+    async def fails() -> None:
+        raise ValueError("no")
+
+    job = fails.send()
+    worker = Worker(app, concurrency=2, burst=True)
+    [loop] = worker.loops
+    held_during_retry: list[set[str]] = []
+    retry = loop.consumer.retry
+
+    def watched_retry(*args, **kwargs):  # type: ignore[no-untyped-def]
+        held_during_retry.append({m.id for m in loop.held()})
+        return retry(*args, **kwargs)
+
+    loop.consumer.retry = watched_retry  # type: ignore[method-assign]
+    worker.run()
+    assert job.status() == "dead"
+    assert held_during_retry == [{job.id}]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from redismq.processing import (
 
 from .loop import Loop
 
+log = logging.getLogger("redismq.worker")
 # While jobs run, a read waits at most this long for new messages: jobs that ended
 # meanwhile are settled with the next read.
 WAIT_WHILE_BUSY = 0.1
@@ -65,6 +67,7 @@ class ConcurrentRunner(BatchRunner):
         self._active: dict[int, tuple[Call, Running, contextvars.Context]] = {}
         self._ended: list[tuple[Call, Running, contextvars.Context, Any, BaseException | None]]
         self._ended = []
+        self._recording: list[tuple[Call, Running, contextvars.Context, Any, Any]] = []
         self._context = contextvars.Context()
 
     def run_one(self, msg: Message, counts: Counts) -> str | None:
@@ -82,7 +85,9 @@ class ConcurrentRunner(BatchRunner):
     def _jobs_loop(self) -> tuple[asyncio.AbstractEventLoop, int]:
         if self._loop is None or self._thread is None:
             self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(target=self._loop.run_forever, name="jobs", daemon=True)
+            self._thread = threading.Thread(
+                target=_run_forever, args=(self._loop,), name="jobs", daemon=True
+            )
             self._thread.start()
         return self._loop, self._thread.ident or 0
 
@@ -105,14 +110,18 @@ class ConcurrentRunner(BatchRunner):
         running: Running,
         context: contextvars.Context,
     ) -> None:
-        try:
-            coro = context.run(call.fn, *call.args, **call.kwargs)
-        except Exception as exc:
-            self._end(running, None, exc)
-            return
-        task = loop.create_task(contained(coro, running.time_limit), context=context)
+        job = contained(self._body(call, running), running.time_limit)
+        task = loop.create_task(job, context=context)
         running.aio_task = task
         task.add_done_callback(lambda t: self._end(running, *_outcome(t)))
+
+    async def _body(self, call: Call, running: Running) -> Any:
+        """The job's coroutine, unless it was given up before it could start (its loop
+        was blocked past the job's time limit: it is failed, and retried elsewhere)."""
+        with self._lock:
+            if id(running) not in self._active:
+                return None
+        return await call.fn(*call.args, **call.kwargs)
 
     def _end(self, running: Running, result: Any, exc: BaseException | None) -> None:
         running.ended = time.monotonic()
@@ -134,18 +143,25 @@ class ConcurrentRunner(BatchRunner):
             return len(self._active) + len(self._ended)
 
     def collect(self, counts: Counts) -> None:
-        """Record the outcomes of the jobs that ended (settled with the next receive)."""
+        """Record the outcomes of the jobs that ended (settled with the next receive).
+
+        A job whose recording met an unreachable broker stays, with the rest, for the next
+        try; one whose hooks failed otherwise is logged and left to its lease."""
         with self._lock:
-            ended, self._ended = self._ended, []
+            self._recording, self._ended = self._ended, []
             self.wake.clear()
-        for i, (call, running, context, result, exc) in enumerate(ended):
+        while self._recording:
+            call, running, context, result, exc = self._recording[0]
             try:
                 context.run(self._record, call, running, result, exc, counts)
-            except BaseException:
-                # (the broker is unreachable) this one and the rest: recorded next time
+            except BrokerUnavailable:
                 with self._lock:
-                    self._ended[:0] = ended[i:]
+                    self._ended[:0], self._recording = self._recording, []
                 raise
+            except Exception:
+                log.exception("recording the outcome of job %s failed", running.message.id)
+            with self._lock:
+                self._recording.pop(0)
 
     def _record(
         self, call: Call, running: Running, result: Any, exc: BaseException | None, counts: Counts
@@ -163,8 +179,9 @@ class ConcurrentRunner(BatchRunner):
     def held(self) -> list:
         with self._lock:
             mine = [r.message for _, r, _ in self._active.values()]
-            mine += [r.message for _, r, _, _, _ in self._ended]
-        return [*mine, *super().held()]
+            mine += [r.message for _, r, _, _, _ in (*self._recording, *self._ended)]
+        # (one being recorded may be in the done list already)
+        return list({id(m): m for m in (*mine, *super().held())}.values())
 
     def abandon(
         self, counts: Counts, running: Running | None = None, cancelled: bool = False
@@ -179,6 +196,8 @@ class ConcurrentRunner(BatchRunner):
             if id(running) not in self._active:
                 return None
         self._end(running, None, _given_up(running))
+        if running.loop is not None:  # once the loop runs again, the job stops
+            running.loop.call_soon_threadsafe(running.cancel_task)
         return running
 
     def stop_loop(self) -> None:
@@ -190,6 +209,18 @@ class ConcurrentRunner(BatchRunner):
         thread.join(1.0)
         if not thread.is_alive():
             loop.close()
+
+
+def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
+    """Run the jobs' loop until stopped; a SystemExit or KeyboardInterrupt that a job's
+    inner task (its time limit's, or one it made) lets out of the loop does not end it:
+    the task holds the exception, its job fails."""
+    while True:
+        try:
+            loop.run_forever()
+            return
+        except (SystemExit, KeyboardInterrupt) as exc:
+            log.error("a job raised %s out of its task: the loop goes on", type(exc).__name__)
 
 
 async def contained(coro: Any, limit: float | None) -> Any:
