@@ -349,7 +349,11 @@ def test_a_job_given_up_while_its_loop_was_blocked_never_starts_after(
     late = neighbour.send()
     worker = Worker(app, concurrency=2, burst=True)
     worker.run()
-    time.sleep(0.5)  # what the loop would still start
+    [loop] = worker.loops
+    jobs_thread = loop.runner._thread  # the event loop's: it ends once the hog lets it
+    assert jobs_thread is not None
+    jobs_thread.join(10)
+    assert not jobs_thread.is_alive()
     assert worker.replaced
     assert late.status() == "dead"
     assert runs == []

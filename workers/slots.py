@@ -218,9 +218,16 @@ def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
     while True:
         try:
             loop.run_forever()
-            return
+            break
         except (SystemExit, KeyboardInterrupt) as exc:
             log.error("a job raised %s out of its task: the loop goes on", type(exc).__name__)
+    # Stopped with tasks left (jobs given up, their outcomes recorded or left to their
+    # leases): cancel them, so that none is left pending, its coroutine never awaited.
+    left = asyncio.all_tasks(loop)
+    for task in left:
+        task.cancel()
+    with contextlib.suppress(BaseException):
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
 
 
 async def contained(coro: Any, limit: float | None) -> Any:
