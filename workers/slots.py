@@ -51,6 +51,10 @@ def runs_async(subscription: Subscription) -> bool:
     return bool(subscription.tasks) and all(t.is_async for t in subscription.tasks.values())
 
 
+# A job that ended: what it ran, its run, its context, its result and exception.
+Ended = tuple[Call, Running, contextvars.Context, Any, BaseException | None]
+
+
 class ConcurrentRunner(BatchRunner):
     """Starts coroutines side by side on one event loop, up to `slots` at once, and records
     their outcomes on the thread that receives (`collect`), which settles them."""
@@ -65,9 +69,8 @@ class ConcurrentRunner(BatchRunner):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._active: dict[int, tuple[Call, Running, contextvars.Context]] = {}
-        self._ended: list[tuple[Call, Running, contextvars.Context, Any, BaseException | None]]
-        self._ended = []
-        self._recording: list[tuple[Call, Running, contextvars.Context, Any, Any]] = []
+        self._ended: list[Ended] = []  # outcomes to record
+        self._recording: list[Ended] = []  # being recorded now (still held)
         self._context = contextvars.Context()
 
     def run_one(self, msg: Message, counts: Counts) -> str | None:
@@ -110,10 +113,13 @@ class ConcurrentRunner(BatchRunner):
         running: Running,
         context: contextvars.Context,
     ) -> None:
-        job = contained(self._body(call, running), running.time_limit)
-        task = loop.create_task(job, context=context)
+        task = loop.create_task(self._job(call, running), context=context)
         running.aio_task = task
         task.add_done_callback(lambda t: self._end(running, *_outcome(t)))
+
+    async def _job(self, call: Call, running: Running) -> Any:
+        # (its body made here: a task cancelled before its first step leaves none behind)
+        return await contained(self._body(call, running), running.time_limit)
 
     async def _body(self, call: Call, running: Running) -> Any:
         """The job's coroutine, unless it was given up before it could start (its loop
