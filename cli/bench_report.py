@@ -176,6 +176,12 @@ SPECS: tuple[Spec, ...] = (
         ratios=(("raw_server_us_per_msg", None),),
     ),
     Spec(
+        "server_drain_us_per_task",
+        RMQ,
+        "  of which the worker's drain (read, check, settle)",
+        "µs",
+    ),
+    Spec(
         "latency_p50_ms",
         RMQ,
         f"idle queue, send → start, p50 ({LATENCY_GAP * 1000:g} ms apart)",

@@ -189,6 +189,7 @@ def bench_drain(res: Results, n: int, processes: int, default_flags: bool = Fals
         for offset in range(0, n, BATCH):
             client.send_many(TOPIC, [body] * min(BATCH, n - offset))
         send_many = rate_of(n, time.perf_counter() - started)
+        sent = ServerStats.take(client.meta)
         args = drain_args(srv.url, processes, default_flags)
         started = time.monotonic()
         with worker_process(args, srv.url) as proc:
@@ -202,7 +203,9 @@ def bench_drain(res: Results, n: int, processes: int, default_flags: bool = Fals
             res.put("worker1_default_cpu_us", cpu_us, n, window.completed)
             return
         check_exit(f"the worker (--processes {processes})", fin)
-        calls, server_cpu = ServerStats.take(client.meta).since(before)
+        drained = ServerStats.take(client.meta)
+        calls, server_cpu = drained.since(before)
+        drain_cpu = drained.since(sent)[1]
         window = done_window(client, TOPIC, QUEUES)
         client.close()
     rate, cpu_us, steady_cpu = steady(window, fin)
@@ -213,6 +216,7 @@ def bench_drain(res: Results, n: int, processes: int, default_flags: bool = Fals
         res.put("send_many_rate", send_many)
         res.put("commands_per_task", sum(calls.values()) / max(window.completed, 1))
         res.put("server_us_per_task", server_cpu / max(window.completed, 1) * 1e6)
+        res.put("server_drain_us_per_task", drain_cpu / max(window.completed, 1) * 1e6)
         res.commands["redismq"] = per_task(calls, max(window.completed, 1))
     if not steady_cpu:
         res.notes.append(
