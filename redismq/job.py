@@ -35,7 +35,7 @@ WAITER_TIMEOUT = 600.0
 
 
 def status_of(
-    stored: bytes | None, done: float | None, running: bytes | None = None, pending: Any = None
+    stored: bytes | None, done: float | None, running: float | None = None, pending: Any = None
 ) -> str:
     """A job's status from its stored record, its group's done and running records and
     (when its stream entry is known) its pending entry."""
@@ -44,7 +44,7 @@ def status_of(
         return text
     if isinstance(done, float) or text == "done":
         return "done"
-    if isinstance(running, bytes) or (isinstance(pending, list) and pending):
+    if isinstance(running, float) or (isinstance(pending, list) and pending):
         return "running"
     if text == "failed":
         return "retrying"
@@ -102,21 +102,20 @@ def sent_at_ms(message_id: str) -> int | None:
         return None
 
 
-def running_mark(started_ms: int, attempt: int) -> int:
-    """A job's mark in its group's running hash: start time and attempt number (1 = first)."""
+def running_score(started_ms: int, attempt: int) -> int:
+    """A job's score in its group's running zset: start time and attempt number (1 = first)."""
     return started_ms * 1000 + min(attempt, 999)
 
 
-def parse_running(mark: bytes | None) -> tuple[int | None, int | None]:
-    """(start time ms, attempt number) of a running mark; (None, None) for none."""
-    if mark is None:
+def parse_running(score: float | None) -> tuple[int | None, int | None]:
+    """(start time ms, attempt number) of a running zset score; (None, None) for none."""
+    if score is None:
         return None, None
-    n = int(mark)
+    n = int(score)
     return n // 1000, n % 1000
 
 
-# How often this process sweeps stale marks out of a running hash (the read and check
-# scripts do, when asked).
+# How often this process sweeps stale marks out of a running zset.
 SWEEP_EVERY_MS = 60_000
 _sweeps: dict[str, int] = {}
 
@@ -127,7 +126,7 @@ def mark_running(
     """Record that a worker runs these task messages now, and no longer the `previous`
     ones (retried, dead-lettered or handed back; settling takes a job off by itself): one
     round trip per broker. Failing to record is logged only."""
-    now = now_ms()
+    now, horizon = now_ms(), consumer.client.result_ttl_ms
     by_queue: dict[int, tuple[list[Message], list[Message]]] = defaultdict(lambda: ([], []))
     for m in messages:
         by_queue[m.queue][0].append(m)
@@ -139,7 +138,7 @@ def mark_running(
                 pipe = broker.redis.pipeline(transaction=False)
                 for q in queues:
                     new, old = by_queue[q.index]
-                    running_commands(pipe, q.keys.running(consumer.group), new, old, now)
+                    running_commands(pipe, q.keys.running(consumer.group), new, old, now, horizon)
                 pipe.execute()
     except (RedisMQError, redis.RedisError) as exc:
         log.warning("could not record which jobs run: %s", exc)
@@ -151,20 +150,23 @@ def running_commands(
     new: Sequence[Message],
     old: Sequence[Message] = (),
     now: int = 0,
+    horizon: int = 0,
 ) -> None:
-    """Add to a pipeline what records that the `new` jobs of one running hash (`key`) run
-    since `now` (ms) and the `old` ones no longer. (The marks a dead worker left behind
-    are swept by the read and check scripts.)"""
+    """Add to a pipeline what records that the `new` jobs of one running zset (`key`) run
+    since `now` (ms) and the `old` ones no longer; now and then, what sweeps out marks
+    older than `horizon` ms (those a dead worker left behind)."""
     gone = {m.id for m in old} - {m.id for m in new}
     if gone:
-        pipe.hdel(key, *gone)
+        pipe.zrem(key, *gone)
     if new:
-        pipe.hset(key, mapping={m.id: running_mark(now, m.attempt + 1) for m in new})
+        pipe.zadd(key, {m.id: running_score(now, m.attempt + 1) for m in new})
+    if new and sweep_due(key, now):
+        pipe.zremrangebyscore(key, "-inf", (now - horizon) * 1000)
 
 
 def sweep_due(key: str, now: int) -> bool:
-    """Whether this process sweeps the stale marks out of a running hash now (at most
-    every SWEEP_EVERY_MS per hash); if so, the caller asks the script that marks to."""
+    """Whether this process sweeps the stale marks out of a running zset now (at most
+    every SWEEP_EVERY_MS per zset); if so, the caller does."""
     if _sweeps.get(key, 0) >= now - SWEEP_EVERY_MS:
         return False
     _sweeps[key] = now
@@ -219,7 +221,7 @@ class Job:
             pipe = self._redis().pipeline(transaction=False)
             pipe.hget(self.keys.job(self.id), "status")
             pipe.zscore(self.keys.done(self.group), self.id)
-            pipe.hget(self.keys.running(self.group), self.id)
+            pipe.zscore(self.keys.running(self.group), self.id)
             if self.entry_id:
                 pipe.xpending_range(self.keys.stream, self.group, self.entry_id, self.entry_id, 1)
             replies = pipe.execute(raise_on_error=False)
@@ -251,7 +253,7 @@ class Job:
             pipe = self._redis().pipeline(transaction=False)
             pipe.hgetall(k.job(self.id))
             pipe.zscore(k.done(self.group), self.id)
-            pipe.hget(k.running(self.group), self.id)
+            pipe.zscore(k.running(self.group), self.id)
             pipe.lindex(k.outcome(self.id), 0)
             raw, done, running, outcome = pipe.execute()
         info = {a.decode(): b.decode() for a, b in raw.items()}
@@ -397,7 +399,7 @@ class AsyncJob:
             async with (await self._redis()).pipeline(transaction=False) as pipe:
                 pipe.hget(self.keys.job(self.id), "status")
                 pipe.zscore(self.keys.done(self.group), self.id)
-                pipe.hget(self.keys.running(self.group), self.id)
+                pipe.zscore(self.keys.running(self.group), self.id)
                 replies = await pipe.execute(raise_on_error=False)
         return status_of(*replies)
 

@@ -93,11 +93,9 @@ class QueueKeys:
         return f"{self.tag}:done:{group}"
 
     def running(self, group: str) -> str:
-        """Hash of the ids of task jobs the group's workers run now, each with its start time
-        in ms × 1000 + attempt number (1 = first); `job.status()` reads it. (A hash, not a
-        zset: a job goes in and out of it once per run, and a zset's insert and removal
-        cost the server three times as much; the sweep of stale marks is rare.)"""
-        return f"{self.tag}:runs:{group}"
+        """Zset of the ids of task jobs the group's workers run now, scored by start time in
+        ms × 1000 + attempt number (1 = first); `job.status()` reads it."""
+        return f"{self.tag}:running:{group}"
 
     def stats(self, group: str) -> str:
         """Hash of per-group counters (done, duplicates, retried, dead)."""

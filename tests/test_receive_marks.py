@@ -4,9 +4,6 @@ first delivery is still checked (a job cancelled while queued keeps its entry). 
 
 from __future__ import annotations
 
-from redismq import job as job_module
-from redismq.job import parse_running, running_mark
-from redismq.message import now_ms
 from redismq.processing import BatchRunner
 from tests.conftest import round_trips
 
@@ -22,7 +19,7 @@ def test_received_jobs_read_running_before_their_batch_runs(client, app):
     batch = consumer.receive(count=10, block=1)
     assert sorted(m.id for m in batch) == sorted(j.id for j in jobs)
     keys = [q.keys.running("workers") for q in consumer.queues.values()]
-    running = [m for k in keys for m in client.meta.hkeys(k)]
+    running = [m for k in keys for m in client.meta.zrange(k, 0, -1)]
     assert sorted(m.decode() for m in running) == sorted(j.id for j in jobs)
     counts = BatchRunner(consumer, app.subscriptions[("marks", "workers")]).run(batch, marked=True)
     assert counts.processed == 3
@@ -53,7 +50,7 @@ def test_a_job_cancelled_while_queued_is_settled_at_its_first_delivery_not_run(c
     BatchRunner(consumer, app.subscriptions[("marks", "workers")]).run(batch, marked=True)
     assert ran == [2]
     assert cancelled.status() == "cancelled" and kept.status() == "done"
-    assert not any(client.meta.hlen(q.keys.running("workers")) for q in consumer.queues.values())
+    assert not any(client.meta.zcard(q.keys.running("workers")) for q in consumer.queues.values())
 
 
 def test_without_marks_a_consumer_records_nothing_at_receive(client, app):
@@ -65,7 +62,7 @@ def test_without_marks_a_consumer_records_nothing_at_receive(client, app):
     consumer = client.consumer("marks", "workers", create=True)
     [msg] = consumer.receive(count=10, block=1)
     key = consumer.queues[msg.queue].keys.running("workers")
-    assert client.meta.hlen(key) == 0
+    assert client.meta.zcard(key) == 0
     BatchRunner(consumer, app.subscriptions[("marks", "workers")]).run([msg])
     assert job.status() == "done"
 
@@ -98,11 +95,11 @@ def test_a_receive_of_queued_jobs_is_one_round_trip(client, app):
         batch = consumer.receive(count=10, block=None)
     assert [m.id for m in batch] == [queued.id]
     # no round trip of its own checks or marks them (a look for due messages may come)
-    assert not [t for t in trips if b"ZMSCORE" in t.upper() or b"HSET" in t.upper()]
+    assert not [t for t in trips if b"ZMSCORE" in t.upper() or b"ZADD" in t.upper()]
     running = [
         m.decode()
         for q in consumer.queues.values()
-        for m in client.meta.hkeys(q.keys.running("workers"))
+        for m in client.meta.zrange(q.keys.running("workers"), 0, -1)
     ]
     assert running == [queued.id]
     assert cancelled.status() == "cancelled" and done_before.status() == "done"
@@ -137,33 +134,5 @@ def test_a_blocking_read_checks_what_it_wakes_with_by_the_same_rule(client, app)
     queued = work.send(1)
     [msg] = waiting.receive(count=10, block=1)
     assert msg.id == queued.id and msg.verdict == ""
-    running = client.meta.hkeys(client.router.queue_keys("marks", 0).running("workers"))
+    running = client.meta.zrange(client.router.queue_keys("marks", 0).running("workers"), 0, -1)
     assert [m.decode() for m in running] == [queued.id]
-
-
-def test_a_marking_read_sweeps_the_marks_dead_workers_left_and_keeps_the_others(client, app):
-    """Running marks older than the result window (a worker died with them) are swept by
-    the read that marks, when a sweep is due; a recent one stays."""
-
-    @app.task(topic="marks")
-    def work(n):
-        return n
-
-    client.create_topic("marks", queues=1)
-    key = client.router.queue_keys("marks", 0).running("workers")
-    now = now_ms()
-    client.meta.hset(
-        key,
-        mapping={
-            "left-by-a-dead-worker": running_mark(now - client.result_ttl_ms - 60_000, 1),
-            "running-elsewhere": running_mark(now - 1_000, 2),
-        },
-    )
-    queued = work.send(1)
-    consumer = client.consumer("marks", "workers", create=True)
-    consumer.marks_running = True
-    job_module._sweeps.clear()  # a sweep is due (at most one a minute per process)
-    [msg] = consumer.receive(count=10, block=1)
-    assert msg.id == queued.id
-    assert sorted(client.meta.hkeys(key)) == sorted([b"running-elsewhere", queued.id.encode()])
-    assert parse_running(client.meta.hget(key, "running-elsewhere"))[1] == 2

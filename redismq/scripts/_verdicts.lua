@@ -1,19 +1,8 @@
 -- Which of a queue's messages a group may run: 'd' done already (in the group's done
 -- records), 'c' cancelled (in the queue's cancel marks), '.' to run; with `marks`, the
--- ones to run are recorded as running (with their start time and attempt), and with
+-- ones to run are recorded as running (scored by start time and attempt), and with
 -- `horizon` > 0 marks older than that many ms are swept. `ids[j]` may be false (an entry
 -- without an id: it is left to run, and to fail as undecodable). One character per message.
-
--- Take the marks that started before `before` (start ms × 1000) out of a running hash: the
--- ones dead workers left behind (once a minute per process at most: it reads them all).
-local function sweep_running(key, before)
-  local marks, stale = redis.call('HGETALL', key), {}
-  for i = 1, #marks, 2 do
-    if tonumber(marks[i + 1]) < before then stale[#stale + 1] = marks[i] end
-  end
-  sliced('HDEL', key, stale)
-end
-
 local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, marks, horizon)
   local named = {}
   for j = 1, n do
@@ -39,14 +28,14 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
     else
       out[j] = '.'
       if id and marks then
-        running[#running + 1] = id
         running[#running + 1] = now * 1000 + math.min(attempts[j] + 1, 999)
+        running[#running + 1] = id
       end
     end
   end
-  sliced('HSET', running_key, running)
+  sliced('ZADD', running_key, running)
   if marks and horizon > 0 then
-    sweep_running(running_key, (now - horizon) * 1000)
+    redis.call('ZREMRANGEBYSCORE', running_key, '-inf', (now - horizon) * 1000)
   end
   return table.concat(out)
 end

@@ -12,7 +12,7 @@
 -- running (task subscriptions: a job reads running from its receive on).
 -- KEYS[1] the turn (an index into the streams), KEYS[2..n+1] the streams, in their order,
 -- KEYS[n+2..4n+1] per stream: its group's done zset, its queue's cancel marks, its group's
---   running hash
+--   running zset
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] how many entries at most,
 -- ARGV[4] 1: record the jobs read as running, ARGV[5] also sweep running marks older than
 --   this many ms (0: not now)

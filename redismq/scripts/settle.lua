@@ -6,7 +6,7 @@
 -- KEYS[5] the queue's cancel marks zset, KEYS[6] the queue's zset of awaited job ids,
 -- KEYS[7..] per task message (outcome neither '' nor '~'), in message order: its outcome
 --   list and its job hash (a job cancelled while it finished reads done, with its result)
--- KEYS[#KEYS] (last) the group's running hash: settled jobs no longer read running
+-- KEYS[#KEYS] (last) the group's running zset: settled jobs no longer read running
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
 -- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
 --   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
@@ -23,14 +23,15 @@ local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 local function held(stream, ids)
   local set = {}
   if #ids == 0 then return set end
-  local lo, hi = ids[1], ids[1]
+  local lo, hi = id_parts(ids[1]), id_parts(ids[1])
   for _, id in ipairs(ids) do
-    if id_less(id, lo) then lo = id end
-    if id_less(hi, id) then hi = id end
+    local p = id_parts(id)
+    if parts_less(p, lo) then lo = p end
+    if parts_less(hi, p) then hi = p end
   end
-  local page, from = #ids + 64, lo
+  local page, from = #ids + 64, lo[3]
   while true do
-    local got = redis.call('XPENDING', stream, group, from, hi, page, consumer)
+    local got = redis.call('XPENDING', stream, group, from, hi[3], page, consumer)
     for _, p in ipairs(got) do set[p[1]] = true end
     if #got < page then return set end
     from = '(' .. got[#got][1]
@@ -110,7 +111,7 @@ if #silent > 0 then
     end
   end
 end
-sliced('HDEL', KEYS[#KEYS], settled)
+sliced('ZREM', KEYS[#KEYS], settled)
 sliced('XACK', KEYS[1], main, group)
 if #retried > 0 then
   sliced('XACK', KEYS[2], retried, group)
