@@ -4,6 +4,9 @@ first delivery is still checked (a job cancelled while queued keeps its entry). 
 
 from __future__ import annotations
 
+from redismq import job as job_module
+from redismq.job import parse_running, running_score
+from redismq.message import now_ms
 from redismq.processing import BatchRunner
 from tests.conftest import round_trips
 
@@ -136,3 +139,32 @@ def test_a_blocking_read_checks_what_it_wakes_with_by_the_same_rule(client, app)
     assert msg.id == queued.id and msg.verdict == ""
     running = client.meta.zrange(client.router.queue_keys("marks", 0).running("workers"), 0, -1)
     assert [m.decode() for m in running] == [queued.id]
+
+
+def test_a_marking_read_sweeps_the_marks_dead_workers_left_and_keeps_the_others(client, app):
+    """Running marks older than the result window (a worker died with them) are swept by
+    the read that marks, when a sweep is due; a recent one stays."""
+
+    @app.task(topic="marks")
+    def work(n):
+        return n
+
+    client.create_topic("marks", queues=1)
+    key = client.router.queue_keys("marks", 0).running("workers")
+    now = now_ms()
+    client.meta.zadd(
+        key,
+        {
+            "left-by-a-dead-worker": running_score(now - client.result_ttl_ms - 60_000, 1),
+            "running-elsewhere": running_score(now - 1_000, 2),
+        },
+    )
+    queued = work.send(1)
+    consumer = client.consumer("marks", "workers", create=True)
+    consumer.marks_running = True
+    job_module._sweeps.clear()  # a sweep is due (at most one a minute per process)
+    [msg] = consumer.receive(count=10, block=1)
+    assert msg.id == queued.id
+    marks = client.meta.zrange(key, 0, -1)
+    assert sorted(marks) == sorted([b"running-elsewhere", queued.id.encode()])
+    assert parse_running(client.meta.zscore(key, "running-elsewhere"))[1] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib import resources
 
 import pytest
 
@@ -222,3 +223,38 @@ def test_a_paused_worker_whose_job_was_taken_over_lets_go(client, url, processes
     assert len(lost) == 1, log  # (a periodic tick taken over meanwhile has its own line)
     row = next(g for g in topic_status(client, task.topic)["groups"] if g["name"] == job.group)
     assert (row["done"], row["duplicates"], row["dead"], row["pending"]) == (1, 0, 0, 0)
+
+
+IDS_LESS = """
+local out = {}
+for i = 1, #ARGV, 2 do out[#out + 1] = id_less(ARGV[i], ARGV[i + 1]) and 1 or 0 end
+return out
+"""
+IDS = ["0-1", "9-5", "9-10", "10-0", "10-2", "99-100", "100-0", "1733000000000-0"]
+
+
+def test_entry_ids_are_compared_as_numbers_by_the_scripts_helper(client):
+    """`id_less` (scripts/_ids.lua, what settle finds the range of its entries by) orders
+    ids of parts of any length as numbers, on a real server."""
+    helper = (resources.files("redismq") / "scripts" / "_ids.lua").read_text()
+    script = client.meta.register_script(helper + IDS_LESS)
+    pairs = [(a, b) for a in IDS for b in IDS]
+    got = script(keys=[], args=[x for pair in pairs for x in pair])
+    number = [tuple(map(int, a.split("-"))) < tuple(map(int, b.split("-"))) for a, b in pairs]
+    assert [bool(x) for x in got] == number
+
+
+def test_a_consumer_settles_entries_whose_ids_differ_in_length(client, app):
+    """The ownership range of a settle spans ids whose ms and sequence parts differ in
+    length (an entry written by hand with a small id among the others)."""
+    client.create_topic("lens", queues=1)
+    stream = client.router.queue_keys("lens", 0).stream
+    for eid in ["9-5", "9-10", "10-2", "100-0"]:
+        client.meta.xadd(stream, {"id": f"m{eid}", "body": "1"}, id=eid)
+    consumer = client.consumer("lens", "g", create=True)
+    client.meta.xgroup_setid(stream, "g", "0")
+    batch = consumer.receive(count=10, block=1)
+    assert sorted(m.entry_id for m in batch) == ["10-2", "100-0", "9-10", "9-5"]
+    settled = consumer.settle_many(batch)
+    assert (settled.completed, settled.lost) == (4, [])
+    assert client.meta.xpending(stream, "g")["pending"] == 0

@@ -1,14 +1,17 @@
--- Stream entry ids compared as ids ("ms-seq"), not as strings: parsed once with id_parts
--- where one id is compared many times.
-local function id_parts(id)
-  local ms, seq = string.match(id, '(%d+)-(%d+)')
-  return {tonumber(ms), tonumber(seq), id}
-end
-
-local function parts_less(a, b)
-  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
-end
-
+-- Whether stream entry id `a` ("ms-seq") comes before `b`, compared as numbers, not as
+-- strings, without parsing them (no table, no number: settle compares every id it
+-- settles): ids have no leading zeros, so of two parts the shorter is the smaller.
 local function id_less(a, b)
-  return parts_less(id_parts(a), id_parts(b))
+  local da, db = string.find(a, '-', 1, true), string.find(b, '-', 1, true)
+  if da ~= db then
+    return da < db
+  end
+  if #a == #b then
+    return a < b
+  end
+  local ms_a, ms_b = string.sub(a, 1, da), string.sub(b, 1, db)
+  if ms_a ~= ms_b then
+    return ms_a < ms_b
+  end
+  return #a < #b
 end

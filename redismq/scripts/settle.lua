@@ -23,15 +23,14 @@ local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 local function held(stream, ids)
   local set = {}
   if #ids == 0 then return set end
-  local lo, hi = id_parts(ids[1]), id_parts(ids[1])
+  local lo, hi = ids[1], ids[1]
   for _, id in ipairs(ids) do
-    local p = id_parts(id)
-    if parts_less(p, lo) then lo = p end
-    if parts_less(hi, p) then hi = p end
+    if id_less(id, lo) then lo = id end
+    if id_less(hi, id) then hi = id end
   end
-  local page, from = #ids + 64, lo[3]
+  local page, from = #ids + 64, lo
   while true do
-    local got = redis.call('XPENDING', stream, group, from, hi[3], page, consumer)
+    local got = redis.call('XPENDING', stream, group, from, hi, page, consumer)
     for _, p in ipairs(got) do set[p[1]] = true end
     if #got < page then return set end
     from = '(' .. got[#got][1]
