@@ -18,6 +18,9 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
     end
   end
   local now = marks and server_ms() or 0
+  -- a mark's score, start ms × 1000 + attempt, as text (see settle.lua's now_text)
+  local stamp = string.format('%d', now)
+  local first = stamp .. '001'
   local out, running = {}, {}
   for j = 1, n do
     local id = ids[j]
@@ -28,7 +31,11 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
     else
       out[j] = '.'
       if id and marks then
-        running[#running + 1] = now * 1000 + math.min(attempts[j] + 1, 999)
+        local score = first
+        if attempts[j] > 0 then
+          score = string.format('%s%03d', stamp, math.min(attempts[j] + 1, 999))
+        end
+        running[#running + 1] = score
         running[#running + 1] = id
       end
     end

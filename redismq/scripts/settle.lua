@@ -14,6 +14,9 @@
 -- Done records are scored by the server's clock (never a worker's: clocks differ).
 -- Returns {completed, duplicates, cancelled, {positions (1-based) of the entries not owned}}
 local group, consumer, now = ARGV[1], ARGV[2], server_ms()
+-- Scores go to Redis as text made once: a Lua number is formatted with printf's %.17g at
+-- every call, the dearest step of a done record.
+local now_text = string.format('%d', now)
 local done_ttl, result_ttl = ARGV[3], ARGV[4]
 local completed, duplicates, cancelled = 0, 0, 0
 local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
@@ -73,7 +76,7 @@ for n, m in ipairs(owned) do
   local first = not recorded[n] and not seen[m.mid]
   seen[m.mid] = true
   if first then
-    fresh[#fresh + 1] = now
+    fresh[#fresh + 1] = now_text
     fresh[#fresh + 1] = m.mid
   end
   local outcome = m.outcome
