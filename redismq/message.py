@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_BODY = 1024 * 1024
 _decoder = json.JSONDecoder()
 _decode = _decoder.decode
-_scan = _decoder.scan_once
+_scan = _decoder.scan_once  # type: ignore[attr-defined]  # set by its __init__, not in typeshed
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # Stream entry field names.
