@@ -152,17 +152,21 @@ def decode_flat(topic: str, queue: int, entry_id: bytes, flat: list[bytes]) -> M
             message_id = mid.decode()
             if message_id:
                 body = decode_json(raw.decode())
+                # All positional (up to `raw`): keyword arguments double the cost of a
+                # dataclass's __init__.
                 return Message(
                     message_id,
                     topic,
                     queue,
                     body,
                     int(created),
-                    0,
-                    None,
-                    {},
-                    entry_id=entry_id.decode(),
-                    raw=raw,
+                    0,  # attempt
+                    None,  # key
+                    {},  # headers
+                    "",  # group
+                    entry_id.decode(),
+                    False,  # from_retry
+                    raw,
                 )
         except (ValueError, RecursionError):
             pass  # decode_entry says what is wrong
