@@ -23,6 +23,7 @@ _TYPES: list[tuple[str, type, Callable[[Any], str], Callable[[str], Any]]] = [
 ]
 _DECODERS = {tag: decode for tag, _, _, decode in _TYPES}
 _PLAIN = (str, int, bool, type(None))
+_DOLLAR = ord("$")
 INSTEAD = (
     "pass JSON values (str, int, float, bool, None, lists, dicts with str keys) or a "
     "datetime, date, time, UUID or Decimal instead, e.g. the object's id"
@@ -85,4 +86,5 @@ def _decode(value: Any) -> Any:
 
 def may_be_tagged(raw: bytes) -> bool:
     """Whether a body may hold tagged values (else decoding can be skipped)."""
-    return b'"$' in raw
+    # Looking for one byte (an int) is a memchr; for bytes, many times slower.
+    return _DOLLAR in raw and b'"$' in raw

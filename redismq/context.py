@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,9 +56,6 @@ def current_job_or_none() -> JobContext | None:
     return _current.get()
 
 
-def set_current(job: JobContext | None) -> object:
-    return _current.set(job)
-
-
-def reset_current(token: object) -> None:
-    _current.reset(token)  # type: ignore[arg-type]
+# Make `job` the current one (returns the token that resets it), and reset it.
+set_current: Callable[[JobContext | None], Token[JobContext | None]] = _current.set
+reset_current: Callable[[Token[JobContext | None]], None] = _current.reset

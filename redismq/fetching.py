@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .errors import InvalidMessage
 from .job import sweep_due
 from .keys import turn
-from .message import Message, decode_entry, now_ms
+from .message import Message, decode_entry, decode_flat, entry_dict, now_ms
 from .outcomes import CANCELLED, NO_RESULT, Outcomes, Settling, grouped
 from .routing import Broker, Topic
 
@@ -30,11 +30,6 @@ MOVE_TICK_MS = 250
 MULTI_BROKER_BLOCK_MS = 100
 # The read script's verdict of an entry (a byte of its reply).
 VERDICTS = {ord("."): "", ord("d"): "done", ord("c"): "cancelled"}
-
-
-def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A stream entry's field/value list, as a script returns it, as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class Pace:
@@ -228,11 +223,7 @@ class Fetching(Outcomes):
         else:
             got = broker.scripts.read(keys=keys, args=args)
         return [
-            (
-                streams[position - 1].encode(),
-                [(eid, _fields(flat)) for eid, flat in entries],
-                verdicts,
-            )
+            (streams[position - 1].encode(), entries, verdicts)
             for position, entries, verdicts in got
         ]
 
@@ -314,19 +305,25 @@ class Fetching(Outcomes):
         return alive
 
     def _decode(self, reply: Sequence[Any]) -> list[Message]:
-        """Messages of (stream, entries) pairs, or (stream, entries, verdicts) triples of
-        the read script; undecodable entries are dead-lettered."""
+        """Messages of (stream, entries) pairs (their fields as dicts), or (stream, entries,
+        verdicts) triples of the read script (their fields as field/value lists);
+        undecodable entries are dead-lettered."""
         messages, bad = [], []
+        topic, group = self.topic.name, self.group
         for stream, entries, *checked in reply:
             q, from_retry = self._by_stream[stream]
             verdicts = checked[0] if checked else None
             for n, (entry_id, fields) in enumerate(entries):
                 try:
-                    msg = decode_entry(self.topic.name, q.index, entry_id, fields)
+                    if verdicts is None:
+                        msg = decode_entry(topic, q.index, entry_id, fields)
+                    else:
+                        msg = decode_flat(topic, q.index, entry_id, fields)
                 except InvalidMessage as exc:
-                    bad.append((q, from_retry, entry_id, fields or {}, str(exc)))
+                    as_dict = fields if verdicts is None else entry_dict(fields)
+                    bad.append((q, from_retry, entry_id, as_dict or {}, str(exc)))
                     continue
-                msg.group = self.group
+                msg.group = group
                 msg.from_retry = from_retry
                 if verdicts is not None:
                     msg.verdict = VERDICTS[verdicts[n]]

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
 
 DEFAULT_MAX_BODY = 1024 * 1024
-_decode = json.JSONDecoder().decode
+_decoder = json.JSONDecoder()
+_decode = _decoder.decode
+_scan = _decoder.scan_once  # type: ignore[attr-defined]  # set by its __init__, not in typeshed
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 # Stream entry field names.
@@ -131,6 +133,51 @@ class Message:
         )
 
 
+def decode_json(text: str) -> Any:
+    """The value of a JSON text, as `json.loads` gives it (and its errors)."""
+    # A value alone, without whitespace around it (as bodies are written), is scanned
+    # directly: the decoder's own wrapping around its scanner costs as much as a body.
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return _decode(text)  # raises what json.loads raises
+    return value if end == len(text) else _decode(text)
+
+
+def decode_flat(topic: str, queue: int, entry_id: bytes, flat: list[bytes]) -> Message:
+    """`decode_entry` of an entry's field/value list (as a script returns it)."""
+    if len(flat) == 6 and flat[0] == F_ID and flat[2] == F_BODY and flat[4] == F_CREATED:
+        _, mid, _, raw, _, created = flat
+        try:  # a plain message (no encoding, attempt, key or headers): nothing else to see
+            message_id = mid.decode()
+            if message_id:
+                body = decode_json(raw.decode())
+                # All positional (up to `raw`): keyword arguments double the cost of a
+                # dataclass's __init__.
+                return Message(
+                    message_id,
+                    topic,
+                    queue,
+                    body,
+                    int(created),
+                    0,  # attempt
+                    None,  # key
+                    {},  # headers
+                    "",  # group
+                    entry_id.decode(),
+                    False,  # from_retry
+                    raw,
+                )
+        except (ValueError, RecursionError):
+            pass  # decode_entry says what is wrong
+    return decode_entry(topic, queue, entry_id, entry_dict(flat))
+
+
+def entry_dict(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An entry's field/value list as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 def decode_entry(
     topic: str, queue: int, entry_id: bytes, fields: dict[bytes, bytes] | None
 ) -> Message:
@@ -151,7 +198,7 @@ def decode_entry(
         body: Any = raw
     else:
         try:
-            body = _decode(raw.decode())  # ValueError covers invalid UTF-8 too
+            body = decode_json(raw.decode())  # ValueError covers invalid UTF-8 too
         except (ValueError, RecursionError) as exc:
             raise InvalidMessage(f"message {mid}: body is not valid JSON ({exc})") from None
     try:

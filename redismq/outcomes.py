@@ -387,6 +387,9 @@ class Encoded(bytes):
     """A result as the settle script takes it (see `encode_outcome`)."""
 
 
+_NOTHING, _CANCELLED, _NONE = Encoded(b""), Encoded(b"~"), Encoded(b"N")
+
+
 def encode_outcome(result: Any) -> Encoded:
     """What the settle script stores for a result: b'' for none (NO_RESULT), b'~' for a
     cancelled job, b'N' for None, else the done outcome as UTF-8 JSON.
@@ -394,11 +397,11 @@ def encode_outcome(result: Any) -> Encoded:
     Raises ResultNotStorable for a result that cannot be stored.
     """
     if result is NO_RESULT:
-        return Encoded(b"")
+        return _NOTHING
     if result is CANCELLED:
-        return Encoded(b"~")
+        return _CANCELLED
     if result is None:
-        return Encoded(b"N")
+        return _NONE
     try:
         return Encoded(f'{{"status":"done","result":{encode_result(result)}}}'.encode())
     except UnicodeEncodeError:

@@ -78,7 +78,7 @@ def call_handler(
     `running`, if given, receives the asyncio task so that another thread can cancel it.
     """
     result = fn(*args, **kwargs)
-    if not asyncio.iscoroutine(result):
+    if result is None or not asyncio.iscoroutine(result):  # None spares an ABC isinstance
         return result
     limit = running.time_limit if running is not None else None
     loop = _loop()

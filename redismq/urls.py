@@ -21,10 +21,12 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import HiredisRespSerializer
 from redis.driver_info import DriverInfo
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 from redis.sentinel import Sentinel
+from redis.utils import HIREDIS_AVAILABLE
 
 from .errors import InvalidURL
 
@@ -175,20 +177,45 @@ def connection_options(
     }
 
 
+class CommandPacker(HiredisRespSerializer):
+    """redis-py's packing of a command by hiredis, without its pass over every argument
+    (which turns a bytearray or memoryview into bytes) when the command needs none: for
+    a settle call's hundreds of arguments, that pass cost as much as the packing."""
+
+    def pack(self, *args: Any) -> list[bytes]:
+        name = args[0]
+        if isinstance(name, str) and name.isalpha():  # one word: nothing to split
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass  # a bytearray or memoryview, or what cannot be sent: redis-py's way
+        return super().pack(*args)
+
+
+# Where redis-py packs commands with hiredis, ours does (a client of a Redis Cluster
+# takes no packer: it keeps redis-py's).
+PACKER: dict[str, Any] = {}
+if HIREDIS_AVAILABLE:
+    import hiredis
+
+    if hasattr(hiredis, "pack_command"):
+        PACKER["command_packer"] = CommandPacker()
+
+
 def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
     """A redis-py client for the URL, with bounded reconnect retries."""
     check_url(url)
     common = connection_options(socket_timeout)
     if url.startswith("sentinel://"):
         addresses, name, opts = _sentinel_parts(url)
-        sentinel = Sentinel(addresses, sentinel_kwargs=dict(opts), **opts, **common)
+        sentinel = Sentinel(addresses, sentinel_kwargs=dict(opts), **opts, **common, **PACKER)
         return sentinel.master_for(name)
     if is_cluster_url(url):
         nodes, opts = _cluster_parts(url)
         return RedisCluster(  # type: ignore[return-value]
             startup_nodes=[ClusterNode(h, p) for h, p in nodes], **opts, **common
         )
-    return redis.Redis.from_url(url, **common)
+    return redis.Redis.from_url(url, **common, **PACKER)
 
 
 def connect_async(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> AsyncRedis:

@@ -22,6 +22,8 @@ from redismq.message import (
     F_KEY,
     Message,
     decode_entry,
+    decode_flat,
+    decode_json,
     encode_body,
     entry_fields,
     new_message_id,
@@ -306,6 +308,59 @@ class TestBadEntries:
             with pytest.raises(InvalidMessage) as info:
                 decode_entry("t", 0, b"7-0", fields)
             assert "\n" not in str(info.value)
+
+
+# -- field/value lists (the read script's entries) -------------------------------------------
+
+
+def flat(fields: dict[bytes, bytes]) -> list[bytes]:
+    return [part for pair in fields.items() for part in pair]
+
+
+def decoded_or_error(decode: object, *args: object) -> object:
+    try:
+        return decode(*args)  # type: ignore[operator]
+    except (InvalidMessage, ValueError) as exc:
+        return type(exc), str(exc)
+
+
+class TestDecodeFlat:
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(body=JSON_VALUES | st.binary(max_size=50), key=KEYS, headers=HEADERS, attempt=ATTEMPTS)
+    def test_same_message_as_decode_entry(
+        self, body: object, key: str | None, headers: dict | None, attempt: int
+    ) -> None:
+        data, raw = encode_body(body)
+        fields = as_redis(entry_fields("m", data, raw, key=key, headers=headers, attempt=attempt))
+        assert decode_flat("t", 2, b"4-0", flat(fields)) == decode_entry("t", 2, b"4-0", fields)
+
+    @pytest.mark.parametrize(
+        "fields",
+        [
+            good_entry() | {F_ID: b""},
+            good_entry() | {F_ID: b"\xff\xfe"},
+            good_entry() | {F_BODY: b"{not json"},
+            good_entry() | {F_BODY: b" {}"},
+            good_entry() | {F_BODY: b"{} x"},
+            good_entry() | {F_BODY: b""},
+            good_entry() | {F_BODY: b"\xff"},
+            good_entry() | {F_BODY: b"[" * 100_000 + b"]" * 100_000},
+            good_entry() | {F_CREATED: b"yesterday"},
+            {F_BODY: b"{}", F_ID: b"m1", F_CREATED: b"1"},
+            {F_ID: b"m1", F_CREATED: b"1"},
+        ],
+    )
+    def test_same_error_as_decode_entry(self, fields: dict[bytes, bytes]) -> None:
+        assert decoded_or_error(decode_flat, "t", 0, b"7-0", flat(fields)) == decoded_or_error(
+            decode_entry, "t", 0, b"7-0", fields
+        )
+
+    @pytest.mark.parametrize(
+        "text",
+        ['{"a":[1,2.5,null]}', " 1 ", "1 2", "", "[", "\ud800", '"\\ud800"', "-Infinity", "-"],
+    )
+    def test_json_as_json_loads(self, text: str) -> None:
+        assert decoded_or_error(decode_json, text) == decoded_or_error(json.loads, text)
 
 
 # -- ids -------------------------------------------------------------------------------------

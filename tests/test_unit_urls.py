@@ -1,11 +1,13 @@
-"""Unit tests of redismq.urls: URL checking and password masking (no connection is made)."""
+"""Unit tests of redismq.urls: URL checking, password masking and command packing (no
+connection is made)."""
 
 from __future__ import annotations
 
 import pytest
+from redis.connection import HiredisRespSerializer
 
 from redismq.errors import InvalidURL
-from redismq.urls import _sentinel_parts, check_url, mask_url
+from redismq.urls import CommandPacker, _sentinel_parts, check_url, mask_url
 
 
 @pytest.mark.parametrize(
@@ -156,3 +158,32 @@ def test_mask_url_unparsable() -> None:
 
 def test_mask_url_hides_query_password() -> None:
     assert "secret" not in mask_url("redis://host:6379/0?password=secret")
+
+
+def packed_or_error(packer: HiredisRespSerializer, command: tuple) -> object:
+    try:
+        return packer.pack(*command)
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "a" * 40, 2, "k1", "k2", b"v", 0, 1.5, -7, "Zoë", b""),
+        ("SET", "k", bytearray(b"ba")),
+        ("SET", "k", memoryview(b"mv")),
+        ("CLIENT SETNAME", "name"),
+        ("CLIENT\tSETNAME", "name"),
+        ("FT.SEARCH", "idx", "*"),
+        (b"SET", "k", "v"),
+        (b"CLIENT SETNAME", "name"),
+        ("SET", "k", None),
+        ("SET", "k", object()),
+        ("",),
+    ],
+)
+def test_command_packer_packs_as_redis_py(command: tuple) -> None:
+    assert packed_or_error(CommandPacker(), command) == packed_or_error(
+        HiredisRespSerializer(), command
+    )
