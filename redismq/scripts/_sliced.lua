@@ -1,15 +1,25 @@
 -- `command key [extra] ...list` in slices (Lua's unpack takes a few thousand values at
--- most), the replies of the slices joined.
+-- most), the replies of the slices joined (one slice's reply as it is: no copy).
 local function sliced(command, key, list, extra)
+  local function call(at, last)
+    if extra then
+      return redis.call(command, key, extra, unpack(list, at, last))
+    end
+    return redis.call(command, key, unpack(list, at, last))
+  end
+  if #list <= 1000 then
+    if #list == 0 then
+      return {}
+    end
+    local reply = call(1, #list)
+    if type(reply) == 'table' then
+      return reply
+    end
+    return {}
+  end
   local out = {}
   for at = 1, #list, 1000 do
-    local last = math.min(at + 999, #list)
-    local reply
-    if extra then
-      reply = redis.call(command, key, extra, unpack(list, at, last))
-    else
-      reply = redis.call(command, key, unpack(list, at, last))
-    end
+    local reply = call(at, math.min(at + 999, #list))
     if type(reply) == 'table' then
       for i = 1, #reply do out[#out + 1] = reply[i] end
     end

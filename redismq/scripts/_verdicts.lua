@@ -4,17 +4,16 @@
 -- `horizon` > 0 marks older than that many ms are swept. `ids[j]` may be false (an entry
 -- without an id: it is left to run, and to fail as undecodable). One character per message.
 local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, marks, horizon)
-  local named = {}
+  -- looked up in order, the replies read by position (an entry without an id asks for
+  -- '', which no record is named: it is not one of them either way)
+  local named, done, cancelled = {}, {}, {}
   for j = 1, n do
-    if ids[j] then named[#named + 1] = ids[j] end
+    named[j] = ids[j] or ''
   end
-  local done, cancelled = {}, {}
-  if #named > 0 then
-    local scores = sliced('ZMSCORE', done_key, named)
-    for k, id in ipairs(named) do done[id] = scores[k] end
+  if n > 0 then
+    done = sliced('ZMSCORE', done_key, named)
     if redis.call('ZCARD', cancel_key) > 0 then
-      local flags = sliced('ZMSCORE', cancel_key, named)
-      for k, id in ipairs(named) do cancelled[id] = flags[k] end
+      cancelled = sliced('ZMSCORE', cancel_key, named)
     end
   end
   local now = marks and server_ms() or 0
@@ -24,9 +23,9 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
   local out, running = {}, {}
   for j = 1, n do
     local id = ids[j]
-    if id and done[id] then
+    if id and done[j] then
       out[j] = 'd'
-    elseif id and cancelled[id] then
+    elseif id and cancelled[j] then
       out[j] = 'c'
     else
       out[j] = '.'

@@ -40,26 +40,34 @@ local function held(stream, ids)
   end
 end
 
--- The messages, in order, with where their task keys are (k) and whether they are owned.
-local messages, ids, k = {}, {{}, {}}, 7
-for i = 5, #ARGV, 4 do
-  local m = {mid = ARGV[i], eid = ARGV[i + 1], src = ARGV[i + 2], outcome = ARGV[i + 3], k = k}
-  m.task = m.outcome ~= '' and m.outcome ~= '~'
-  if m.task then k = k + 2 end
+-- The messages: message n's values are ARGV[4n + 1 .. 4n + 4] (no table per message: a
+-- table costs more than all the rest of its settle); task_keys[n] is where its task keys
+-- are (false: none).
+local count, task_keys, ids, k = (#ARGV - 4) / 4, {}, {{}, {}}, 7
+for n = 1, count do
+  local a = 4 * n + 1
+  local outcome = ARGV[a + 3]
+  if outcome ~= '' and outcome ~= '~' then
+    task_keys[n] = k
+    k = k + 2
+  else
+    task_keys[n] = false
+  end
   local from = ids[1]
-  if m.src == '1' then from = ids[2] end
-  from[#from + 1] = m.eid
-  messages[#messages + 1] = m
+  if ARGV[a + 2] == '1' then from = ids[2] end
+  from[#from + 1] = ARGV[a + 1]
 end
 local mine = {held(KEYS[1], ids[1]), held(KEYS[2], ids[2])}
 local owned = {}
-for n, m in ipairs(messages) do
+for n = 1, count do
+  local a = 4 * n + 1
+  local eid, retry = ARGV[a + 1], ARGV[a + 2] == '1'
   local set = mine[1]
-  if m.src == '1' then set = mine[2] end
-  if set[m.eid] then
-    owned[#owned + 1] = m
-    settled[#settled + 1] = m.mid
-    if m.src == '1' then retried[#retried + 1] = m.eid else main[#main + 1] = m.eid end
+  if retry then set = mine[2] end
+  if set[eid] then
+    owned[#owned + 1] = n
+    settled[#settled + 1] = ARGV[a]
+    if retry then retried[#retried + 1] = eid else main[#main + 1] = eid end
   else
     lost[#lost + 1] = n
   end
@@ -72,33 +80,33 @@ if #owned > 0 and redis.call('ZCARD', KEYS[5]) > 0 then
   marks = sliced('ZMSCORE', KEYS[5], settled)
 end
 local seen, fresh = {}, {}
-for n, m in ipairs(owned) do
-  local first = not recorded[n] and not seen[m.mid]
-  seen[m.mid] = true
+for i, n in ipairs(owned) do
+  local mid, outcome, at = settled[i], ARGV[4 * n + 4], task_keys[n]
+  local first = not recorded[i] and not seen[mid]
+  seen[mid] = true
   if first then
     fresh[#fresh + 1] = now_text
-    fresh[#fresh + 1] = m.mid
+    fresh[#fresh + 1] = mid
   end
-  local outcome = m.outcome
   if not first then
     duplicates = duplicates + 1
   elseif outcome == '~' then
     cancelled = cancelled + 1
   else
     completed = completed + 1
-    if m.task and marks[n] then
+    if at and marks[i] then
       -- Cancelled while it finished: it did finish (the mark stays for other groups).
-      redis.call('DEL', KEYS[m.k])
-      redis.call('HSET', KEYS[m.k + 1], 'status', 'done')
-      redis.call('PEXPIRE', KEYS[m.k + 1], result_ttl)
+      redis.call('DEL', KEYS[at])
+      redis.call('HSET', KEYS[at + 1], 'status', 'done')
+      redis.call('PEXPIRE', KEYS[at + 1], result_ttl)
       if outcome == 'N' then outcome = '{"status":"done","result":null}' end
     end
     if outcome == 'N' then
-      silent[#silent + 1] = m.mid
-      silent_keys[#silent_keys + 1] = KEYS[m.k]
+      silent[#silent + 1] = mid
+      silent_keys[#silent_keys + 1] = KEYS[at]
     elseif outcome ~= '' then
-      redis.call('RPUSH', KEYS[m.k], outcome)
-      redis.call('PEXPIRE', KEYS[m.k], result_ttl)
+      redis.call('RPUSH', KEYS[at], outcome)
+      redis.call('PEXPIRE', KEYS[at], result_ttl)
     end
   end
 end
