@@ -184,11 +184,13 @@ class CommandPacker(HiredisRespSerializer):
 
     def pack(self, *args: Any) -> list[bytes]:
         name = args[0]
-        if isinstance(name, str) and name.isalpha():  # one word: nothing to split
+        # one word: nothing to split; no memoryview: hiredis packs one that is not
+        # contiguous as the first bytes of its buffer (redis-py sends bytes(view))
+        if isinstance(name, str) and name.isalpha() and memoryview not in map(type, args):
             try:
                 return [hiredis.pack_command(args)]
             except TypeError:
-                pass  # a bytearray or memoryview, or what cannot be sent: redis-py's way
+                pass  # what cannot be sent: redis-py's way (its error)
         return super().pack(*args)
 
 

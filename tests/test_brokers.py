@@ -629,3 +629,17 @@ def test_a_new_connection_makes_no_error_on_a_server_that_knows_its_commands(url
     errors = quiet.info("errorstats").get("errorstat_ERR", {}).get("count", 0)
     quiet.close()
     assert errors == 2 * setinfo_errors
+
+
+def test_a_connection_sends_a_strided_memoryview_as_its_bytes(url: str) -> None:
+    """A memoryview that is not contiguous (every other byte) is sent as the bytes it
+    shows, as redis-py sends it; hiredis alone sends the first bytes of its buffer."""
+    from redismq.urls import connect
+
+    sync = connect(url)
+    sync.set("strided", memoryview(b"abcdef")[::2])
+    sync.rpush("strided-list", b"x", memoryview(bytearray(b"0123"))[1::2])
+    assert sync.get("strided") == b"ace"
+    assert sync.lrange("strided-list", 0, -1) == [b"x", b"13"]
+    sync.delete("strided", "strided-list")
+    sync.close()

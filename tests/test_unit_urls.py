@@ -173,6 +173,7 @@ def packed_or_error(packer: HiredisRespSerializer, command: tuple) -> object:
         ("EVALSHA", "a" * 40, 2, "k1", "k2", b"v", 0, 1.5, -7, "Zoë", b""),
         ("SET", "k", bytearray(b"ba")),
         ("SET", "k", memoryview(b"mv")),
+        ("SET", "k", memoryview(b"abcdef")[::2]),  # not contiguous: hiredis packs "abc"
         ("CLIENT SETNAME", "name"),
         ("CLIENT\tSETNAME", "name"),
         ("FT.SEARCH", "idx", "*"),
