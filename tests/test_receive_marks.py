@@ -168,3 +168,29 @@ def test_a_marking_read_sweeps_the_marks_dead_workers_left_and_keeps_the_others(
     marks = client.meta.zrange(key, 0, -1)
     assert sorted(marks) == sorted([b"running-elsewhere", queued.id.encode()])
     assert parse_running(client.meta.zscore(key, "running-elsewhere"))[1] == 2
+
+
+def test_a_read_scores_a_mark_by_the_attempt_the_entry_says_as_the_worker_does(client, app):
+    """The read script scores a running mark start ms × 1000 + attempt + 1, as
+    `running_score` does, whatever attempt an entry says (one written by hand with a
+    negative attempt too: the worker runs it as that attempt)."""
+
+    @app.task(topic="marks")
+    def work(n):
+        return n
+
+    client.create_topic("marks", queues=1)
+    job = work.send(1)
+    stream = client.router.queue_keys("marks", 0).stream
+    [(_, fields)] = client.meta.xrange(stream)
+    client.meta.delete(stream)
+    client.meta.xadd(stream, {**fields, b"attempt": b"-1"})
+    consumer = client.consumer("marks", "workers", create=True)
+    consumer.marks_running = True
+    before = now_ms()
+    [msg] = consumer.receive(count=10, block=1)
+    assert msg.id == job.id and msg.attempt == -1
+    score = client.meta.zscore(consumer.queues[0].keys.running("workers"), job.id)
+    started, attempt = parse_running(score)
+    assert started >= before and running_score(started, msg.attempt + 1) == score
+    assert attempt == running_score(0, msg.attempt + 1) == 0

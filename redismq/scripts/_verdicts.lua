@@ -30,9 +30,11 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
     else
       out[j] = '.'
       if id and marks then
-        local score = first
-        if attempts[j] > 0 then
-          score = string.format('%s%03d', stamp, math.min(attempts[j] + 1, 999))
+        local score, attempt = first, attempts[j]
+        if attempt > 0 then
+          score = string.format('%s%03d', stamp, math.min(attempt + 1, 999))
+        elseif attempt < 0 then  -- an entry written by hand: the sum, as running_score
+          score = now * 1000 + attempt + 1
         end
         running[#running + 1] = score
         running[#running + 1] = id
