@@ -7,15 +7,12 @@ local function sliced(command, key, list, extra)
     end
     return redis.call(command, key, unpack(list, at, last))
   end
-  if #list <= 1000 then
-    if #list == 0 then
-      return {}
-    end
-    local reply = call(1, #list)
-    if type(reply) == 'table' then
-      return reply
-    end
+  if #list == 0 then
     return {}
+  end
+  if #list <= 1000 then
+    local reply = call(1, #list)
+    return type(reply) == 'table' and reply or {}
   end
   local out = {}
   for at = 1, #list, 1000 do

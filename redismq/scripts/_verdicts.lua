@@ -17,9 +17,9 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
     end
   end
   local now = marks and server_ms() or 0
-  -- a mark's score, start ms × 1000 + attempt, as text (see settle.lua's now_text)
-  local stamp = string.format('%d', now)
-  local first = stamp .. '001'
+  -- a mark's score is start ms × 1000 + attempt; a first attempt's, as text made once
+  -- (see settle.lua's now_text)
+  local first = string.format('%d', now) .. '001'
   local out, running = {}, {}
   for j = 1, n do
     local id = ids[j]
@@ -30,11 +30,9 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
     else
       out[j] = '.'
       if id and marks then
-        local score, attempt = first, attempts[j]
-        if attempt > 0 then
-          score = string.format('%s%03d', stamp, math.min(attempt + 1, 999))
-        elseif attempt < 0 then  -- an entry written by hand: the sum, as running_score
-          score = now * 1000 + attempt + 1
+        local score = first
+        if attempts[j] ~= 0 then
+          score = now * 1000 + math.min(attempts[j] + 1, 999)
         end
         running[#running + 1] = score
         running[#running + 1] = id
