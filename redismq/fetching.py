@@ -223,17 +223,19 @@ class Fetching(Outcomes):
         else:
             got = broker.scripts.read(keys=keys, args=args)
         return [
-            (streams[position - 1].encode(), entries, verdicts)
-            for position, entries, verdicts in got
+            (streams[position - 1].encode(), entries, verdicts, int(takeovers))
+            for position, entries, verdicts, takeovers in got
         ]
 
     def _read_keys(self, streams: list[str]) -> list[str]:
         """The read script's keys for these streams: the turn, the streams, and per stream
-        its group's done records, its queue's cancel marks and its group's running jobs."""
+        its group's done records, its queue's cancel marks, its group's running jobs and
+        the count of their takeovers."""
         keys = [turn(streams[0], self.group), *streams]
         for stream in streams:
-            q, _ = self._by_stream[stream.encode()]
-            keys += [q.keys.done(self.group), q.keys.cancelled, q.keys.running(self.group)]
+            k = self._by_stream[stream.encode()][0].keys
+            keys += [k.done(self.group), k.cancelled, k.running(self.group)]
+            keys.append(k.takeovers(self.group))
         return keys
 
     def _claim(self, count: int) -> list[Message]:
@@ -269,9 +271,13 @@ class Fetching(Outcomes):
         return messages
 
     def _take(self, broker: Broker, stream: str, ids: list, delivered: dict) -> list[Message]:
-        """Claim expired entries (only those still expired) and count their crashes."""
+        """Claim expired entries (only those still expired) and count their crashes; the
+        takeover is counted first (see `QueueKeys.takeovers`)."""
         idle_ms = int(self.visibility_timeout * 1000)
-        claimed = broker.redis.xclaim(stream, self.group, self.name, idle_ms, ids)
+        pipe = broker.redis.pipeline(transaction=False)
+        pipe.incr(self._by_stream[stream.encode()][0].keys.takeovers(self.group))
+        pipe.xclaim(stream, self.group, self.name, idle_ms, ids)
+        claimed = pipe.execute()[1]
         entries = [(eid, f) for eid, f in cast(list[Any], claimed) if eid is not None]
         if not entries:
             return []
@@ -306,13 +312,13 @@ class Fetching(Outcomes):
 
     def _decode(self, reply: Sequence[Any]) -> list[Message]:
         """Messages of (stream, entries) pairs (their fields as dicts), or (stream, entries,
-        verdicts) triples of the read script (their fields as field/value lists);
+        verdicts, takeovers) of the read script (their fields as field/value lists);
         undecodable entries are dead-lettered."""
         messages, bad = [], []
         topic, group = self.topic.name, self.group
         for stream, entries, *checked in reply:
             q, from_retry = self._by_stream[stream]
-            verdicts = checked[0] if checked else None
+            verdicts, takeovers = checked if checked else (None, None)
             for n, (entry_id, fields) in enumerate(entries):
                 try:
                     if verdicts is None:
@@ -327,6 +333,7 @@ class Fetching(Outcomes):
                 msg.from_retry = from_retry
                 if verdicts is not None:
                     msg.verdict = VERDICTS[verdicts[n]]
+                    msg.takeovers = takeovers
                 messages.append(msg)
         for q, from_retry, entry_id, fields, reason in bad:
             log.warning("dead-lettered an undecodable entry of %s: %s", self.topic.name, reason)

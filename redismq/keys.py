@@ -97,6 +97,12 @@ class QueueKeys:
         ms × 1000 + attempt number (1 = first); `job.status()` reads it."""
         return f"{self.tag}:running:{group}"
 
+    def takeovers(self, group: str) -> str:
+        """Counter of the takeovers of the group's entries on this queue (its stream and
+        its retry stream): counted before each one, so that a settle finding the count it
+        read with knows no entry it read has changed hands (settle.lua)."""
+        return f"{self.tag}:takeovers:{group}"
+
     def stats(self, group: str) -> str:
         """Hash of per-group counters (done, duplicates, retried, dead)."""
         return f"{self.tag}:stats:{group}"

@@ -70,6 +70,7 @@ def delete_group(client: Client, topic: str, group: str, *, force: bool = False)
                     k.stats(group),
                     k.lease(group),
                     turn(k.stream, group),
+                    k.takeovers(group),
                 ],
                 args=[group],
             )

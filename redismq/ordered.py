@@ -157,6 +157,7 @@ class OrderedConsumer(Consumer):
         the queue's order holds."""
         q = self.queues[queue]
         out: list[Message] = []
+        q.broker.redis.incr(q.keys.takeovers(self.group))  # first: see QueueKeys.takeovers
         for stream in (q.keys.stream, q.keys.retry_stream(self.group)):
             start = "0-0"
             while True:

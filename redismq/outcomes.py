@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .errors import ResultNotStorable
 from .failures import format_traceback
@@ -85,6 +85,13 @@ class Settling:
     settled: Settled = field(default_factory=Settled)
     calls: dict[Broker, tuple[list[Call], list[list[Message]]]] = field(default_factory=dict)
     on_settled: Callable[[Settled, list[Message]], None] | None = None
+
+
+def takeovers_seen(items: Iterable[tuple[Message, Any]]) -> int | str:
+    """The count of takeovers when the earliest of the messages was read ('' when one was
+    not read by the read script: the settle then looks at what the consumer holds)."""
+    seen = [m.takeovers for m, _ in items]
+    return "" if None in seen else min(cast(list[int], seen))
 
 
 def grouped(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:
@@ -215,12 +222,12 @@ class Outcomes:
         keys = [k.stream, k.retry_stream(self.group), k.done(self.group), k.stats(self.group)]
         keys += [k.cancelled, k.waiting]
         args: list[Any] = [self.group, self.name]
-        args += [self.client.done_ttl_ms, self.client.result_ttl_ms]
+        args += [self.client.done_ttl_ms, self.client.result_ttl_ms, takeovers_seen(items)]
         for m, encoded in items:
             if encoded and encoded != b"~":
                 keys += [k.outcome(m.id), k.job(m.id)]
             args += [m.id, m.entry_id, 1 if m.from_retry else 0, encoded]
-        keys.append(k.running(self.group))
+        keys += [k.takeovers(self.group), k.running(self.group)]
         return keys, args
 
     def retry(

@@ -229,3 +229,26 @@ def test_a_fetched_message_taken_elsewhere_does_not_keep_its_queue(client):
     a.receive(count=10, block=0.01)
     b.rebalance()
     assert a.leased == {0} and b.leased == {1}
+
+
+def test_a_holder_stalled_past_its_lease_settles_nothing_its_successor_took_over(client):
+    """The next holder of a queue takes over what the last one had fetched; the last one,
+    back from a stall, finds it no longer its own (rule 13) and acknowledges nothing."""
+    client.create_topic("orders", queues=1)
+    for i in range(3):
+        client.send("orders", {"seq": i}, key="k")
+    a = client.consumer("orders", "ledger", ordered=True, visibility_timeout=0.3)
+    a.rebalance()
+    mine = a.receive(count=10, block=0.2)
+    assert [m.body["seq"] for m in mine] == [0, 1, 2]
+    b = client.consumer("orders", "ledger", ordered=True, visibility_timeout=0.3)
+    assert wait_for(lambda: b.rebalance() or b.leased == {0}, timeout=5)  # a's lease ran out
+    taken = b.receive(count=10, block=0.2)
+    assert [m.body["seq"] for m in taken] == [0, 1, 2]
+
+    assert a.ack_many(mine) == 0
+    stream = client.router.queue_keys("orders", 0).stream
+    pending = client.meta.xpending_range(stream, "ledger", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b.name.encode()] * 3
+    assert b.ack_many(taken) == 3
+    assert client.meta.xpending(stream, "ledger")["pending"] == 0

@@ -82,6 +82,32 @@ def test_a_consumer_whose_lease_was_taken_over_settles_nothing(client, app, capl
     assert client.meta.xpending(keys.stream, group)["pending"] == 0
 
 
+def test_a_settle_searches_the_pending_list_only_after_a_takeover(client):
+    """While no entry of the queue changed hands since the read (the count of takeovers is
+    the same), a settle takes what was read as its own without an XPENDING; after a
+    takeover it searches, and leaves what it lost."""
+    client.create_topic("counted", queues=1)
+    client.send_many("counted", list(range(6)))
+    a = client.consumer("counted", "g", name="a", visibility_timeout=0.2)
+    b = client.consumer("counted", "g", name="b", visibility_timeout=0.2)
+
+    def searches() -> int:
+        return client.meta.info("commandstats").get("cmdstat_xpending", {}).get("calls", 0)
+
+    first = a.receive(count=3, block=1)
+    before = searches()
+    assert a.ack_many(first) == 3
+    assert searches() == before
+    rest = a.receive(count=3, block=1)
+    taken = take_over(b, 3)
+    assert len(taken) == 3
+    before = searches()
+    assert a.ack_many(rest) == 0
+    assert searches() > before
+    assert b.ack_many(taken) == 3
+    assert client.meta.xpending("rmq:{counted#0}:stream", "g")["pending"] == 0
+
+
 def test_a_runner_does_not_start_messages_whose_lease_it_learned_was_lost(client, app):
     from redismq.processing import BatchRunner
 

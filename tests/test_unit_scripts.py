@@ -264,7 +264,7 @@ def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) 
     r.xreadgroup("g", "c1", {STREAM: ">"})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2", "job:m2"]
     outcome = '{"status":"done","result":{"ok":true}}'
-    args = ["g", "c1", 60_000, 60_000, "m1", e1, 0, "", "m2", e2, 0, outcome]
+    args = ["g", "c1", 60_000, 60_000, "", "m1", e1, 0, "", "m2", e2, 0, outcome]
     assert scripts.settle(keys=keys, args=args) == [2, 0, 0, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
     assert abs(r.zscore("done", "m1") - server_ms(r)) < 5_000  # the server's clock
@@ -286,7 +286,7 @@ def test_settle_counts_a_completed_message_delivered_again_as_duplicate(
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.zadd("done", {"m1": 900})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
-    args = ["g", "c1", 60_000, 0, "m1", e, 0, ""]
+    args = ["g", "c1", 60_000, 0, "", "m1", e, 0, ""]
     assert scripts.settle(keys=keys, args=args) == [0, 1, 0, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
 
@@ -300,11 +300,47 @@ def test_settle_leaves_an_entry_another_consumer_owns(
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.xclaim(STREAM, "g", "c2", 0, [e2])
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2", "job:m2"]
-    args = ["g", "c1", 60_000, 0, "m1", e1, 0, "", "m2", e2, 0, '{"status":"done"}']
+    args = ["g", "c1", 60_000, 0, "", "m1", e1, 0, "", "m2", e2, 0, '{"status":"done"}']
     assert scripts.settle(keys=keys, args=args) == [1, 0, 0, [2]]
     assert [p["consumer"] for p in r.xpending_range(STREAM, "g", "-", "+", 10)] == [b"c2"]
     assert r.zscore("done", "m2") is None
     assert not r.exists("outcome:m2")
+
+
+def test_settle_searches_the_pending_list_only_when_the_count_of_takeovers_moved(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    e1 = r.xadd(STREAM, {"id": "m1"}).decode()
+    e2 = r.xadd(STREAM, {"id": "m2"}).decode()
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "c1", {STREAM: ">"})
+    r.set("takeovers", 4)
+    r.xclaim(STREAM, "g", "c2", 0, [e2])  # a takeover that was not counted, to tell the paths
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "takeovers", "running"]
+    # Read with a count of 3: it moved since, so the settle looks and leaves c2's entry.
+    moved = ["g", "c1", 60_000, 0, "3", "m1", e1, 0, "", "m2", e2, 0, ""]
+    assert scripts.settle(keys=keys, args=moved) == [1, 0, 0, [2]]
+    assert [p["consumer"] for p in r.xpending_range(STREAM, "g", "-", "+", 10)] == [b"c2"]
+    # The same count as at the read: the entries are taken as its own, unsearched.
+    same = ["g", "c1", 60_000, 0, "4", "m2", e2, 0, ""]
+    assert scripts.settle(keys=keys, args=same) == [1, 0, 0, []]
+    assert r.xpending(STREAM, "g")["pending"] == 0
+
+
+def test_settle_reads_a_count_of_takeovers_never_made_as_zero(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    e = r.xadd(STREAM, {"id": "m1"}).decode()
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "c1", {STREAM: ">"})
+    r.xclaim(STREAM, "g", "c2", 0, [e])  # not counted: only the count tells the paths apart
+    keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "takeovers", "running"]
+    assert scripts.settle(keys=keys, args=["g", "c1", 60_000, 0, "0", "m1", e, 0, ""]) == [
+        1,
+        0,
+        0,
+        [],
+    ]
 
 
 def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
@@ -313,7 +349,7 @@ def test_settle_from_retry_stream_deletes(r: fakeredis.FakeRedis, scripts: Scrip
     r.xreadgroup("g", "c1", {"rs": ">"})
     assert scripts.settle(
         keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"],
-        args=["g", "c1", 60_000, 0, "m1", e, 1, ""],
+        args=["g", "c1", 60_000, 0, "", "m1", e, 1, ""],
     ) == [1, 0, 0, []]
     assert r.xlen("rs") == 0
     assert r.xpending("rs", "g")["pending"] == 0
@@ -323,7 +359,7 @@ def test_settle_forgets_old_done_records(r: fakeredis.FakeRedis, scripts: Script
     now = server_ms(r)
     r.zadd("done", {"old": now - 2_000, "recent": now - 500})
     scripts.settle(
-        keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"], args=["g", "c1", 1000, 0]
+        keys=[STREAM, "rs", "done", "stats", "cancelled", "waiting"], args=["g", "c1", 1000, 0, ""]
     )
     assert r.zrange("done", 0, -1) == [b"recent"]
 
@@ -336,7 +372,7 @@ def test_settle_of_a_cancelled_job_records_done_without_a_result(
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.zadd("cancelled", {"m1": 2**50, "expired": 1})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
-    args = ["g", "c1", 60_000, 0, "m1", e, 0, "~"]
+    args = ["g", "c1", 60_000, 0, "", "m1", e, 0, "~"]
     assert scripts.settle(keys=keys, args=args) == [0, 0, 1, []]
     assert r.xpending(STREAM, "g")["pending"] == 0
     assert r.zscore("done", "m1") is not None
@@ -351,7 +387,7 @@ def test_a_batch_with_a_script_the_server_lost_runs_each_call_once(
     r.xgroup_create("s", "g", id="0", mkstream=True)
     r.xadd("s", {"id": "m1"}, id="1-0")
     r.xreadgroup("g", "c1", {"s": ">"})
-    args = ["g", "c1", 10**6, 10**6]
+    args = ["g", "c1", 10**6, 10**6, ""]
     scripts.settle(keys=["s", "rs", "done", "stats", "x", "w"], args=args)
     # settle is loaded now, step is not: the batch fails for step only
     settle = ("settle", ["s", "rs", "done", "stats", "x", "w"], [*args, "m1", "1-0", 0, ""])
@@ -368,7 +404,7 @@ def test_settle_finds_its_entries_among_many_it_holds(
     r.xreadgroup("g", "c1", {STREAM: ">"})
     r.xclaim(STREAM, "g", "c2", 0, [ids[75]])
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "running"]
-    args = ["g", "c1", 60_000, 0]
+    args = ["g", "c1", 60_000, 0, ""]
     for i in (0, 75, 149):  # the first and last of 149 held entries (pages of 67), and c2's
         args += [f"m{i}", ids[i], 0, ""]
     assert scripts.settle(keys=keys, args=args) == [2, 0, 0, [2]]

@@ -10,14 +10,17 @@
 -- queue's cancel marks (a job cancelled while queued keeps its entry; a message sent again
 -- under the id of one completed is a new entry of it), and the others can be recorded as
 -- running (task subscriptions: a job reads running from its receive on).
+-- The reply also says, per stream, how many takeovers its queue's group has counted (see
+-- settle.lua: a settle that finds the same count knows its entries are still its own).
 -- KEYS[1] the turn (an index into the streams), KEYS[2..n+1] the streams, in their order,
--- KEYS[n+2..4n+1] per stream: its group's done zset, its queue's cancel marks, its group's
---   running zset
+-- KEYS[n+2..5n+1] per stream: its group's done zset, its queue's cancel marks, its group's
+--   running zset, its queue's count of takeovers for the group
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] how many entries at most,
 -- ARGV[4] 1: record the jobs read as running, ARGV[5] also sweep running marks older than
 --   this many ms (0: not now)
 -- Returns {{position (1-based, in KEYS[2..]), {{entry id, {field, value, ...}}, ...},
---   verdicts: one character per entry, '.' to run, 'd' done already, 'c' cancelled}, ...}
+--   verdicts: one character per entry, '.' to run, 'd' done already, 'c' cancelled,
+--   takeovers counted}, ...}
 local group, consumer, left = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local marks, horizon = ARGV[4] == '1', tonumber(ARGV[5])
 
@@ -33,10 +36,14 @@ local function entries_of(reply)
   return reply[2]
 end
 
-local n_streams = (#KEYS - 1) / 4
+local n_streams = (#KEYS - 1) / 5
+-- The position in KEYS of stream `i`'s side keys.
+local function side_keys(i)
+  return n_streams + 2 + 4 * (i - 1)
+end
 -- The verdicts of the entries read from stream `i` (see _verdicts.lua).
 local function entry_verdicts(i, entries)
-  local base = n_streams + 2 + 3 * (i - 1)
+  local base = side_keys(i)
   local ids, attempts = {}, {}
   for j, entry in ipairs(entries) do
     local fields = entry[2]
@@ -78,7 +85,8 @@ while left > 0 and #candidates > 0 do
       'STREAMS', KEYS[a[1] + 1], '>')
     local entries = entries_of(reply)
     if #entries > 0 then
-      got[#got + 1] = {a[1], entries, entry_verdicts(a[1], entries)}
+      local takeovers = redis.call('GET', KEYS[side_keys(a[1]) + 3]) or '0'
+      got[#got + 1] = {a[1], entries, entry_verdicts(a[1], entries), takeovers}
       left = left - #entries
       last = a[1]
     end

@@ -6,14 +6,20 @@
 -- KEYS[5] the queue's cancel marks zset, KEYS[6] the queue's zset of awaited job ids,
 -- KEYS[7..] per task message (outcome neither '' nor '~'), in message order: its outcome
 --   list and its job hash (a job cancelled while it finished reads done, with its result)
+-- KEYS[#KEYS - 1] the queue's count of takeovers for the group (see below)
 -- KEYS[#KEYS] (last) the group's running zset: settled jobs no longer read running
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
--- ARGV[5..] per message 4 values: message id, entry id, from retry stream (0/1),
+-- ARGV[5] the count of takeovers when the earliest of the messages was read ('': unknown),
+-- ARGV[6..] per message 4 values: message id, entry id, from retry stream (0/1),
 --   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
 --   outcome is stored only if someone waits for it), else the JSON outcome to store
 -- Done records are scored by the server's clock (never a worker's: clocks differ).
 -- Returns {completed, duplicates, cancelled, {positions (1-based) of the entries not owned}}
 local group, consumer, now = ARGV[1], ARGV[2], server_ms()
+-- Every takeover of an entry (from another consumer, or to it) counts first: while the
+-- count is what it was at the read, each entry read is still its reader's (only its owner
+-- acknowledges it), and its pending list need not be searched.
+local untaken = ARGV[5] ~= '' and (redis.call('GET', KEYS[#KEYS - 1]) or '0') == ARGV[5]
 -- Scores go to Redis as text made once: a Lua number is formatted with printf's %.17g at
 -- every call, the dearest step of a done record.
 local now_text = string.format('%d', now)
@@ -25,6 +31,10 @@ local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 -- the consumer's entries between the lowest and the highest id (paged), not one per entry.
 local function held(stream, ids)
   local set = {}
+  if untaken then
+    for _, id in ipairs(ids) do set[id] = true end
+    return set
+  end
   if #ids == 0 then return set end
   local lo, hi = ids[1], ids[1]
   for _, id in ipairs(ids) do
@@ -40,12 +50,12 @@ local function held(stream, ids)
   end
 end
 
--- The messages: message n's values are ARGV[4n + 1 .. 4n + 4] (no table per message: a
+-- The messages: message n's values are ARGV[4n + 2 .. 4n + 5] (no table per message: a
 -- table costs more than all the rest of its settle); task_keys[n] is where its task keys
 -- are (false: none).
-local count, task_keys, ids, k = (#ARGV - 4) / 4, {}, {{}, {}}, 7
+local count, task_keys, ids, k = (#ARGV - 5) / 4, {}, {{}, {}}, 7
 for n = 1, count do
-  local a = 4 * n + 1
+  local a = 4 * n + 2
   local outcome = ARGV[a + 3]
   if outcome ~= '' and outcome ~= '~' then
     task_keys[n] = k
@@ -60,7 +70,7 @@ end
 local mine = {held(KEYS[1], ids[1]), held(KEYS[2], ids[2])}
 local owned = {}
 for n = 1, count do
-  local a = 4 * n + 1
+  local a = 4 * n + 2
   local eid, retry = ARGV[a + 1], ARGV[a + 2] == '1'
   local set = mine[1]
   if retry then set = mine[2] end
@@ -81,7 +91,7 @@ if #owned > 0 and redis.call('ZCARD', KEYS[5]) > 0 then
 end
 local seen, fresh = {}, {}
 for i, n in ipairs(owned) do
-  local mid, outcome, at = settled[i], ARGV[4 * n + 4], task_keys[n]
+  local mid, outcome, at = settled[i], ARGV[4 * n + 5], task_keys[n]
   local first = not recorded[i] and not seen[mid]
   seen[mid] = true
   if first then
