@@ -4,6 +4,7 @@ the `Job` its send returned or from its id alone (`client.job(id)`)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -75,6 +76,7 @@ def cancel_args(
     )
 
 
+@functools.lru_cache(maxsize=1024)  # a few per task: made once, not at every send
 def index_value(topic: str, queue: int, group: str, task: str) -> str:
     """The id index entry of a task's job (JSON: it reads well in redis-cli)."""
     return json.dumps({"topic": topic, "queue": queue, "group": group, "task": task})

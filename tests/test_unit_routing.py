@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -165,3 +166,18 @@ def test_rendezvous_spreads_evenly() -> None:
 def test_rendezvous_no_brokers() -> None:
     with pytest.raises(ValueError):
         rendezvous([], "t#0")
+
+
+def test_a_cluster_client_is_told_from_others_by_its_class() -> None:
+    from redis.asyncio import Redis as AsyncRedis
+    from redis.cluster import RedisCluster
+
+    from redismq.cluster import is_cluster
+
+    class Custom(RedisCluster):  # a subclass is a cluster client too
+        pass
+
+    # Made without __init__ (which would connect): only the class counts.
+    assert is_cluster(object.__new__(RedisCluster)) and is_cluster(object.__new__(Custom))
+    assert not is_cluster(redis.Redis()) and not is_cluster(AsyncRedis())
+    assert not is_cluster(None)
