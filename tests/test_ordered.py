@@ -252,3 +252,44 @@ def test_a_holder_stalled_past_its_lease_settles_nothing_its_successor_took_over
     assert [p["consumer"] for p in pending] == [b.name.encode()] * 3
     assert b.ack_many(taken) == 3
     assert client.meta.xpending(stream, "ledger")["pending"] == 0
+
+
+def test_a_holder_that_reads_while_its_successor_takes_over_settles_nothing_taken(
+    client, monkeypatch
+):
+    """The next holder counts its takeover, then claims what is pending (XAUTOCLAIM, any
+    idle time) in later round trips. A last holder that has not learned yet that its lease
+    lapsed may read in between: it reads with the count already moved, and what it read is
+    then taken over too. Its settle must still find the entries its successor's (rule 13),
+    not take them as its own because the count did not move after its read."""
+    client.create_topic("orders", queues=1)
+    a = client.consumer("orders", "ledger", ordered=True, visibility_timeout=0.3)
+    a.rebalance()
+    assert a.leased == {0}
+    for i in range(3):
+        client.send("orders", {"seq": i}, key="k")
+    b = client.consumer("orders", "ledger", ordered=True, visibility_timeout=0.3)
+    redis_client = b.queues[0].broker.redis
+    real = redis_client.xautoclaim
+    mine: list = []
+
+    def a_reads_first(*args, **kwargs):
+        """`a` (another process in life) reads between b's count and b's claim."""
+        if not mine:
+            mine.extend(a.receive(count=10, block=None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(redis_client, "xautoclaim", a_reads_first)
+    assert wait_for(lambda: b.rebalance() or b.leased == {0}, timeout=5)  # a's lease ran out
+    monkeypatch.setattr(redis_client, "xautoclaim", real)
+    assert [m.body["seq"] for m in mine] == [0, 1, 2]
+    taken = b.receive(count=10, block=0.2)
+    assert [m.body["seq"] for m in taken] == [0, 1, 2]
+    stream = client.router.queue_keys("orders", 0).stream
+    pending = client.meta.xpending_range(stream, "ledger", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b.name.encode()] * 3  # b's now
+
+    assert a.ack_many(mine) == 0  # not a's to settle
+    pending = client.meta.xpending_range(stream, "ledger", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b.name.encode()] * 3
+    assert b.ack_many(taken) == 3

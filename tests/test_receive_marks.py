@@ -194,3 +194,23 @@ def test_a_read_scores_a_mark_by_the_attempt_the_entry_says_as_the_worker_does(c
     started, attempt = parse_running(score)
     assert started >= before and running_score(started, msg.attempt + 1) == score
     assert attempt == running_score(0, msg.attempt + 1) == 0
+
+
+def test_a_marking_read_counts_its_sweep_against_the_running_zset_it_swept(client, app):
+    """The read script's sweep of a running zset is throttled by that zset's key, the key
+    the other marking paths (`_check`, `mark_running`) throttle theirs by: at most one
+    sweep a minute per zset per process. (The read's keys end with the count of
+    takeovers since 6c86530: `keys[-1]` is no longer the running zset.)"""
+
+    @app.task(topic="marks")
+    def work(n):
+        return n
+
+    client.create_topic("marks", queues=1)
+    key = client.router.queue_keys("marks", 0).running("workers")
+    work.send(1)
+    consumer = client.consumer("marks", "workers", create=True)
+    consumer.marks_running = True
+    job_module._sweeps.clear()  # a sweep is due
+    assert len(consumer.receive(count=10, block=1)) == 1  # the read swept
+    assert not job_module.sweep_due(key, now_ms())  # so no other sweep of it is due yet

@@ -284,3 +284,43 @@ def test_a_consumer_settles_entries_whose_ids_differ_in_length(client, app):
     settled = consumer.settle_many(batch)
     assert (settled.completed, settled.lost) == (4, [])
     assert client.meta.xpending(stream, "g")["pending"] == 0
+
+
+def test_a_settle_made_again_touches_nothing(client):
+    """A settle that runs twice (redis-py sends a pipeline again after a dropped connection
+    or a timeout; a receive runs again every settle that went with its read when one of
+    them failed) finds the entries no longer pending the second time: it touches nothing
+    and counts no duplicates (settle.lua: entries settled already are left untouched and
+    reported), whatever the count of takeovers says."""
+    client.create_topic("again", queues=1)
+    client.send_many("again", [1, 2])
+    a = client.consumer("again", "g", name="a")
+    got = a.receive(count=10, block=1)
+    assert len(got) == 2
+    assert a.settle_many(got).completed == 2
+    again = a.settle_many(got)
+    assert again.completed == 0 and again.duplicates == 0
+    stats = client.meta.hgetall(client.router.queue_keys("again", 0).stats("g"))
+    assert b"duplicates" not in stats
+
+
+@pytest.mark.parametrize("let_go", ["dead", "retry", "release"])
+def test_a_message_this_consumer_let_go_of_is_not_settled_done_afterwards(client, let_go):
+    """Once the consumer dead-lettered, retried or released a message, its entry is no
+    longer its own (rule 13): an ack of it afterwards (a late outcome of the same run)
+    records nothing, so that the message never ends both done and dead, and its retry or
+    released copy is not skipped as done."""
+    client.create_topic("let-go", queues=1)
+    client.send("let-go", {"n": 1})
+    a = client.consumer("let-go", "g", name="a")
+    [m] = a.receive(count=1, block=1)
+    if let_go == "dead":
+        assert a.dead_letter(m, "bad") is True
+    elif let_go == "retry":
+        assert a.retry(m, "ValueError: again", delay=0) == "retry"
+    else:
+        a.release([m])
+    assert a.ack_many([m]) == 0
+    keys = client.router.queue_keys("let-go", 0)
+    assert client.meta.zscore(keys.done("g"), m.id) is None
+    assert client.meta.hget(keys.stats("g"), "done") is None
