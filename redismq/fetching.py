@@ -8,9 +8,10 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from . import cluster
 from .errors import InvalidMessage
 from .job import sweep_due
 from .keys import turn
@@ -210,8 +211,9 @@ class Fetching(Outcomes):
         streams = list(wanted)
         keys = self._read_keys(streams)
         args: list[Any] = [self.group, self.name, count, 0, 0]
-        if self.marks_running:
-            args[3:] = [1, self.client.result_ttl_ms if sweep_due(keys[-1], now_ms()) else 0]
+        if self.marks_running:  # swept at most once a minute, throttled by one of the zsets
+            swept = self._by_stream[streams[0].encode()][0].keys.running(self.group)
+            args[3:] = [1, self.client.result_ttl_ms if sweep_due(swept, now_ms()) else 0]
         if settle is not None and broker in settle.calls:
             calls = [*settle.calls[broker][0], ("read", keys, args)]
             replies = broker.scripts.run(calls, raise_on_error=False)
@@ -271,18 +273,26 @@ class Fetching(Outcomes):
         return messages
 
     def _take(self, broker: Broker, stream: str, ids: list, delivered: dict) -> list[Message]:
-        """Claim expired entries (only those still expired) and count their crashes; the
-        takeover is counted first (see `QueueKeys.takeovers`)."""
+        """Claim expired entries (only those still expired) and count their crashes."""
         idle_ms = int(self.visibility_timeout * 1000)
-        pipe = broker.redis.pipeline(transaction=False)
-        pipe.incr(self._by_stream[stream.encode()][0].keys.takeovers(self.group))
-        pipe.xclaim(stream, self.group, self.name, idle_ms, ids)
-        claimed = pipe.execute()[1]
+        q = self._by_stream[stream.encode()][0]
+        claimed = self._counted(
+            q, lambda pipe: pipe.xclaim(stream, self.group, self.name, idle_ms, ids)
+        )
         entries = [(eid, f) for eid, f in cast(list[Any], claimed) if eid is not None]
         if not entries:
             return []
         log.info("took over %d expired message(s) on %s", len(entries), stream)
         return self._count_crashes(broker, stream.encode(), entries, delivered)
+
+    def _counted(self, q: _Queue, claim: Callable[[Any], object]) -> Any:
+        """The reply of a claim (`claim` adds it to a transaction) counted as a takeover of
+        the queue's entries: the count rises in the same MULTI, so that no read falls
+        between them (see `QueueKeys.takeovers`)."""
+        pipe = cluster.server_of(q.broker.redis, q.keys.stream).pipeline(transaction=True)
+        pipe.incr(q.keys.takeovers(self.group))
+        claim(pipe)
+        return pipe.execute()[1]
 
     def _count_crashes(
         self, broker: Broker, stream: bytes, entries: list, delivered: dict | None = None

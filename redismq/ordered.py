@@ -157,12 +157,14 @@ class OrderedConsumer(Consumer):
         the queue's order holds."""
         q = self.queues[queue]
         out: list[Message] = []
-        q.broker.redis.incr(q.keys.takeovers(self.group))  # first: see QueueKeys.takeovers
         for stream in (q.keys.stream, q.keys.retry_stream(self.group)):
             start = "0-0"
             while True:
-                reply = q.broker.redis.xautoclaim(
-                    stream, self.group, self.name, 0, start, count=100
+                reply = self._counted(
+                    q,
+                    lambda pipe, s=stream, at=start: pipe.xautoclaim(  # type: ignore[misc]
+                        s, self.group, self.name, 0, at, count=100
+                    ),
                 )
                 entries = [(eid, f) for eid, f in reply[1] if eid is not None]
                 if entries:

@@ -257,11 +257,11 @@ def test_a_holder_stalled_past_its_lease_settles_nothing_its_successor_took_over
 def test_a_holder_that_reads_while_its_successor_takes_over_settles_nothing_taken(
     client, monkeypatch
 ):
-    """The next holder counts its takeover, then claims what is pending (XAUTOCLAIM, any
-    idle time) in later round trips. A last holder that has not learned yet that its lease
-    lapsed may read in between: it reads with the count already moved, and what it read is
-    then taken over too. Its settle must still find the entries its successor's (rule 13),
-    not take them as its own because the count did not move after its read."""
+    """The next holder claims what is pending (XAUTOCLAIM, any idle time), counting the
+    takeover in the same transaction (it was a round trip before the claim: a read in
+    between took the moved count, and its entries were then taken over uncounted). A last
+    holder that has not learned yet that its lease lapsed reads just before: what it read
+    is taken over, and its settle finds the entries its successor's (rule 13)."""
     client.create_topic("orders", queues=1)
     a = client.consumer("orders", "ledger", ordered=True, visibility_timeout=0.3)
     a.rebalance()
@@ -269,19 +269,18 @@ def test_a_holder_that_reads_while_its_successor_takes_over_settles_nothing_take
     for i in range(3):
         client.send("orders", {"seq": i}, key="k")
     b = client.consumer("orders", "ledger", ordered=True, visibility_timeout=0.3)
-    redis_client = b.queues[0].broker.redis
-    real = redis_client.xautoclaim
+    real = b._counted
     mine: list = []
 
-    def a_reads_first(*args, **kwargs):
-        """`a` (another process in life) reads between b's count and b's claim."""
+    def a_reads_first(q, claim):
+        """`a` (another process in life) reads right before b's counted claim."""
         if not mine:
             mine.extend(a.receive(count=10, block=None))
-        return real(*args, **kwargs)
+        return real(q, claim)
 
-    monkeypatch.setattr(redis_client, "xautoclaim", a_reads_first)
+    monkeypatch.setattr(b, "_counted", a_reads_first)
     assert wait_for(lambda: b.rebalance() or b.leased == {0}, timeout=5)  # a's lease ran out
-    monkeypatch.setattr(redis_client, "xautoclaim", real)
+    monkeypatch.setattr(b, "_counted", real)
     assert [m.body["seq"] for m in mine] == [0, 1, 2]
     taken = b.receive(count=10, block=0.2)
     assert [m.body["seq"] for m in taken] == [0, 1, 2]

@@ -16,9 +16,9 @@
 -- Done records are scored by the server's clock (never a worker's: clocks differ).
 -- Returns {completed, duplicates, cancelled, {positions (1-based) of the entries not owned}}
 local group, consumer, now = ARGV[1], ARGV[2], server_ms()
--- Every takeover of an entry (from another consumer, or to it) counts first: while the
--- count is what it was at the read, each entry read is still its reader's (only its owner
--- acknowledges it), and its pending list need not be searched.
+-- Every takeover of an entry (from another consumer, or to it) is counted in the same
+-- transaction: while the count is what it was at the read, no entry read since has changed
+-- hands, and the consumer's pending list need not be searched (see held).
 local untaken = ARGV[5] ~= '' and (redis.call('GET', KEYS[#KEYS - 1]) or '0') == ARGV[5]
 -- Scores go to Redis as text made once: a Lua number is formatted with printf's %.17g at
 -- every call, the dearest step of a done record.
@@ -29,10 +29,15 @@ local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 
 -- The entries among `ids` of `stream` that the consumer holds, as a set: one XPENDING over
 -- the consumer's entries between the lowest and the highest id (paged), not one per entry.
+-- Untaken, each entry still pending is the consumer's: acknowledged here one by one, which
+-- tells which still were (not one it settled already, or let go of by a retry, a dead
+-- letter or a release).
 local function held(stream, ids)
   local set = {}
   if untaken then
-    for _, id in ipairs(ids) do set[id] = true end
+    for _, id in ipairs(ids) do
+      if redis.call('XACK', stream, group, id) == 1 then set[id] = true end
+    end
     return set
   end
   if #ids == 0 then return set end
@@ -132,11 +137,11 @@ if #silent > 0 then
   end
 end
 sliced('ZREM', KEYS[#KEYS], settled)
-sliced('XACK', KEYS[1], main, group)
-if #retried > 0 then
+if not untaken then  -- else acknowledged by held
+  sliced('XACK', KEYS[1], main, group)
   sliced('XACK', KEYS[2], retried, group)
-  sliced('XDEL', KEYS[2], retried)
 end
+sliced('XDEL', KEYS[2], retried)
 if completed > 0 then redis.call('HINCRBY', KEYS[4], 'done', completed) end
 if duplicates > 0 then redis.call('HINCRBY', KEYS[4], 'duplicates', duplicates) end
 if cancelled > 0 then
