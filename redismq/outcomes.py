@@ -263,7 +263,9 @@ class Outcomes:
             args += [name, value]
         with self.errors():
             scheduled = q.broker.scripts.retry(
-                keys=[src, k.retry(self.group), k.stats(self.group), k.job(msg.id)], args=args
+                keys=[src, k.retry(self.group), k.stats(self.group), k.job(msg.id)]
+                + [k.takeovers(self.group)],
+                args=args,
             )
         if not scheduled:
             self.lease_lost([msg])
@@ -336,6 +338,7 @@ class Outcomes:
                 k.job(job_id),
                 k.outcome(job_id),
                 k.done(self.group),
+                k.takeovers(self.group),
             ],
             args=args,
         )
@@ -357,7 +360,8 @@ class Outcomes:
             args: list[Any] = [self.group, self.name, m.entry_id, int(m.from_retry)]
             for name, value in m.fields().items():
                 args += [name, value]
-            calls[q.broker].append(("release", [src, k.retry_stream(self.group)], args))
+            keys = [src, k.retry_stream(self.group), k.takeovers(self.group)]
+            calls[q.broker].append(("release", keys, args))
             released[q.broker].append(m)
         lost: list[Message] = []
         with self.errors():

@@ -324,3 +324,26 @@ def test_a_message_this_consumer_let_go_of_is_not_settled_done_afterwards(client
     keys = client.router.queue_keys("let-go", 0)
     assert client.meta.zscore(keys.done("g"), m.id) is None
     assert client.meta.hget(keys.stats("g"), "done") is None
+
+
+@pytest.mark.parametrize("let_go", ["dead", "retry", "release"])
+def test_a_settle_beside_a_message_let_go_of_settles_only_the_others(client, let_go):
+    """One settle of two messages read together, one of which the consumer let go of in
+    between (a dead letter, a retry, a release: no longer its own): the other completes,
+    and the one let go of is not recorded done (the let-go counts, so the settle searches
+    the pending list instead of taking what it read as still its own)."""
+    client.create_topic("beside", queues=1)
+    client.send_many("beside", [{"n": 1}, {"n": 2}])
+    a = client.consumer("beside", "g", name="a")
+    gone, kept = a.receive(count=2, block=1)
+    if let_go == "dead":
+        assert a.dead_letter(gone, "bad") is True
+    elif let_go == "retry":
+        assert a.retry(gone, "ValueError: again", delay=0) == "retry"
+    else:
+        a.release([gone])
+    settled = a.settle_many([gone, kept])
+    assert settled.completed == 1 and [m.id for m in settled.lost] == [gone.id]
+    keys = client.router.queue_keys("beside", 0)
+    assert client.meta.zscore(keys.done("g"), gone.id) is None
+    assert client.meta.zscore(keys.done("g"), kept.id) is not None

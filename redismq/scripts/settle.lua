@@ -16,9 +16,10 @@
 -- Done records are scored by the server's clock (never a worker's: clocks differ).
 -- Returns {completed, duplicates, cancelled, {positions (1-based) of the entries not owned}}
 local group, consumer, now = ARGV[1], ARGV[2], server_ms()
--- Every takeover of an entry (from another consumer, or to it) is counted in the same
--- transaction: while the count is what it was at the read, no entry read since has changed
--- hands, and the consumer's pending list need not be searched (see held).
+-- Every takeover of an entry (to another consumer: fetching.py), and every letting go of
+-- one (a retry, a dead letter, a release), raises the count in the same step: while the
+-- count is what it was at the read, each entry read is still pending with its reader or
+-- was settled by it, and the consumer's pending list need not be searched (see held).
 local untaken = ARGV[5] ~= '' and (redis.call('GET', KEYS[#KEYS - 1]) or '0') == ARGV[5]
 -- Scores go to Redis as text made once: a Lua number is formatted with printf's %.17g at
 -- every call, the dearest step of a done record.
@@ -29,14 +30,18 @@ local main, retried, silent, silent_keys, lost, settled = {}, {}, {}, {}, {}, {}
 
 -- The entries among `ids` of `stream` that the consumer holds, as a set: one XPENDING over
 -- the consumer's entries between the lowest and the highest id (paged), not one per entry.
--- Untaken, each entry still pending is the consumer's: acknowledged here one by one, which
--- tells which still were (not one it settled already, or let go of by a retry, a dead
--- letter or a release).
+-- Untaken, they are acknowledged here: all of them were still pending, or none (this
+-- settle was made before: a call sent again after a dropped connection), since nothing
+-- else acknowledges an entry without counting.
 local function held(stream, ids)
   local set = {}
   if untaken then
-    for _, id in ipairs(ids) do
-      if redis.call('XACK', stream, group, id) == 1 then set[id] = true end
+    local acked = 0
+    for at = 1, #ids, 1000 do
+      acked = acked + redis.call('XACK', stream, group, unpack(ids, at, math.min(at + 999, #ids)))
+    end
+    if acked > 0 then
+      for _, id in ipairs(ids) do set[id] = true end
     end
     return set
   end
