@@ -304,6 +304,16 @@ def test_a_settle_made_again_touches_nothing(client):
     assert b"duplicates" not in stats
 
 
+def let_go_of(consumer, msg, how: str) -> None:
+    """The consumer lets go of a message it holds: `dead`, `retry` or `release`."""
+    if how == "dead":
+        assert consumer.dead_letter(msg, "bad") is True
+    elif how == "retry":
+        assert consumer.retry(msg, "ValueError: again", delay=0) == "retry"
+    else:
+        consumer.release([msg])
+
+
 @pytest.mark.parametrize("let_go", ["dead", "retry", "release"])
 def test_a_message_this_consumer_let_go_of_is_not_settled_done_afterwards(client, let_go):
     """Once the consumer dead-lettered, retried or released a message, its entry is no
@@ -314,12 +324,7 @@ def test_a_message_this_consumer_let_go_of_is_not_settled_done_afterwards(client
     client.send("let-go", {"n": 1})
     a = client.consumer("let-go", "g", name="a")
     [m] = a.receive(count=1, block=1)
-    if let_go == "dead":
-        assert a.dead_letter(m, "bad") is True
-    elif let_go == "retry":
-        assert a.retry(m, "ValueError: again", delay=0) == "retry"
-    else:
-        a.release([m])
+    let_go_of(a, m, let_go)
     assert a.ack_many([m]) == 0
     keys = client.router.queue_keys("let-go", 0)
     assert client.meta.zscore(keys.done("g"), m.id) is None
@@ -336,12 +341,7 @@ def test_a_settle_beside_a_message_let_go_of_settles_only_the_others(client, let
     client.send_many("beside", [{"n": 1}, {"n": 2}])
     a = client.consumer("beside", "g", name="a")
     gone, kept = a.receive(count=2, block=1)
-    if let_go == "dead":
-        assert a.dead_letter(gone, "bad") is True
-    elif let_go == "retry":
-        assert a.retry(gone, "ValueError: again", delay=0) == "retry"
-    else:
-        a.release([gone])
+    let_go_of(a, gone, let_go)
     settled = a.settle_many([gone, kept])
     assert settled.completed == 1 and [m.id for m in settled.lost] == [gone.id]
     keys = client.router.queue_keys("beside", 0)

@@ -165,6 +165,14 @@ def server_ms(r: fakeredis.FakeRedis) -> int:
     return seconds * 1000 + micros // 1000
 
 
+def read_by_c1(r: fakeredis.FakeRedis, *message_ids: str) -> list[str]:
+    """Entries of STREAM, one per message id, read by consumer c1 of group g: their ids."""
+    entries = [r.xadd(STREAM, {"id": m}).decode() for m in message_ids]
+    r.xgroup_create(STREAM, "g", id="0")
+    r.xreadgroup("g", "c1", {STREAM: ">"})
+    return entries
+
+
 def test_move_due_moves_only_due_entries(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
     for mid, delay in [("a", 10_000), ("b", 20_000), ("c", 30_000), ("d", 40_000)]:
         schedule(scripts, mid, delay)
@@ -258,10 +266,7 @@ def test_create_topic_is_idempotent(r: fakeredis.FakeRedis, scripts: Scripts) ->
 
 
 def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) -> None:
-    e1 = r.xadd(STREAM, {"id": "m1"}).decode()
-    e2 = r.xadd(STREAM, {"id": "m2"}).decode()
-    r.xgroup_create(STREAM, "g", id="0")
-    r.xreadgroup("g", "c1", {STREAM: ">"})
+    e1, e2 = read_by_c1(r, "m1", "m2")
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2", "job:m2"]
     outcome = '{"status":"done","result":{"ok":true}}'
     args = ["g", "c1", 60_000, 60_000, "", "m1", e1, 0, "", "m2", e2, 0, outcome]
@@ -281,9 +286,7 @@ def test_settle_acks_and_records_done(r: fakeredis.FakeRedis, scripts: Scripts) 
 def test_settle_counts_a_completed_message_delivered_again_as_duplicate(
     r: fakeredis.FakeRedis, scripts: Scripts
 ) -> None:
-    e = r.xadd(STREAM, {"id": "m1"}).decode()
-    r.xgroup_create(STREAM, "g", id="0")
-    r.xreadgroup("g", "c1", {STREAM: ">"})
+    [e] = read_by_c1(r, "m1")
     r.zadd("done", {"m1": 900})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
     args = ["g", "c1", 60_000, 0, "", "m1", e, 0, ""]
@@ -294,10 +297,7 @@ def test_settle_counts_a_completed_message_delivered_again_as_duplicate(
 def test_settle_leaves_an_entry_another_consumer_owns(
     r: fakeredis.FakeRedis, scripts: Scripts
 ) -> None:
-    e1 = r.xadd(STREAM, {"id": "m1"}).decode()
-    e2 = r.xadd(STREAM, {"id": "m2"}).decode()
-    r.xgroup_create(STREAM, "g", id="0")
-    r.xreadgroup("g", "c1", {STREAM: ">"})
+    e1, e2 = read_by_c1(r, "m1", "m2")
     r.xclaim(STREAM, "g", "c2", 0, [e2])
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "outcome:m2", "job:m2"]
     args = ["g", "c1", 60_000, 0, "", "m1", e1, 0, "", "m2", e2, 0, '{"status":"done"}']
@@ -310,10 +310,7 @@ def test_settle_leaves_an_entry_another_consumer_owns(
 def test_settle_searches_the_pending_list_only_when_the_count_of_takeovers_moved(
     r: fakeredis.FakeRedis, scripts: Scripts
 ) -> None:
-    e1 = r.xadd(STREAM, {"id": "m1"}).decode()
-    e2 = r.xadd(STREAM, {"id": "m2"}).decode()
-    r.xgroup_create(STREAM, "g", id="0")
-    r.xreadgroup("g", "c1", {STREAM: ">"})
+    e1, e2 = read_by_c1(r, "m1", "m2")
     r.set("takeovers", 4)
     r.xclaim(STREAM, "g", "c2", 0, [e2])  # a takeover that was not counted, to tell the paths
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "takeovers", "running"]
@@ -330,9 +327,7 @@ def test_settle_searches_the_pending_list_only_when_the_count_of_takeovers_moved
 def test_settle_reads_a_count_of_takeovers_never_made_as_zero(
     r: fakeredis.FakeRedis, scripts: Scripts
 ) -> None:
-    e = r.xadd(STREAM, {"id": "m1"}).decode()
-    r.xgroup_create(STREAM, "g", id="0")
-    r.xreadgroup("g", "c1", {STREAM: ">"})
+    [e] = read_by_c1(r, "m1")
     r.xclaim(STREAM, "g", "c2", 0, [e])  # not counted: only the count tells the paths apart
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting", "takeovers", "running"]
     assert scripts.settle(keys=keys, args=["g", "c1", 60_000, 0, "0", "m1", e, 0, ""]) == [
@@ -367,9 +362,7 @@ def test_settle_forgets_old_done_records(r: fakeredis.FakeRedis, scripts: Script
 def test_settle_of_a_cancelled_job_records_done_without_a_result(
     r: fakeredis.FakeRedis, scripts: Scripts
 ) -> None:
-    e = r.xadd(STREAM, {"id": "m1"}).decode()
-    r.xgroup_create(STREAM, "g", id="0")
-    r.xreadgroup("g", "c1", {STREAM: ">"})
+    [e] = read_by_c1(r, "m1")
     r.zadd("cancelled", {"m1": 2**50, "expired": 1})
     keys = [STREAM, "rs", "done", "stats", "cancelled", "waiting"]
     args = ["g", "c1", 60_000, 0, "", "m1", e, 0, "~"]
