@@ -347,3 +347,59 @@ def test_a_settle_beside_a_message_let_go_of_settles_only_the_others(client, let
     keys = client.router.queue_keys("beside", 0)
     assert client.meta.zscore(keys.done("g"), gone.id) is None
     assert client.meta.zscore(keys.done("g"), kept.id) is not None
+
+
+def test_a_settle_made_again_beside_new_messages_counts_no_duplicates(client):
+    """A settle whose reply was lost (a dropped connection, a timeout: BrokerUnavailable)
+    is kept and sent again with the next one (BatchRunner._flush, the slots' settling):
+    the messages it settled already are no longer pending, the new ones are. Those settled
+    already must not be taken as this consumer's again because their neighbours are still
+    pending (all or nothing does not hold here): no duplicate is counted."""
+    client.create_topic("again-mixed", queues=1)
+    client.send_many("again-mixed", [1, 2])
+    a = client.consumer("again-mixed", "g", name="a")
+    first, second = a.receive(count=10, block=1)
+    assert a.settle_many([first]).completed == 1  # ran, but its reply was lost
+    again = a.settle_many([first, second])  # kept, sent again with the next finished one
+    assert again.completed == 1
+    assert again.duplicates == 0
+    stats = client.meta.hgetall(client.router.queue_keys("again-mixed", 0).stats("g"))
+    assert b"duplicates" not in stats
+
+
+def test_a_runner_whose_settle_reply_was_lost_counts_no_duplicates(client, app):
+    """BatchRunner keeps a settle that raised BrokerUnavailable and settles it with the
+    next batch; when the lost one had run on the server, its messages must not be counted
+    again as duplicates in the group's stats (they were completed once, and not delivered
+    twice)."""
+    from redismq.errors import BrokerUnavailable
+    from redismq.processing import BatchRunner
+
+    @app.consumer("lost-reply", group="g")
+    def handle(msg):
+        pass
+
+    client.create_topic("lost-reply", queues=1)
+    client.send_many("lost-reply", [1, 2, 3, 4])
+    a = client.consumer("lost-reply", "g", name="a")
+    runner = BatchRunner(a, app.subscriptions[("lost-reply", "g")])
+    real = a.settle_many
+    calls = []
+
+    def reply_lost_once(messages, results=None):
+        settled = real(messages, results)
+        calls.append(len(messages))
+        if len(calls) == 1:
+            raise BrokerUnavailable("the connection dropped before the reply")
+        return settled
+
+    a.settle_many = reply_lost_once
+    batch = a.receive(count=2, block=1)
+    with pytest.raises(BrokerUnavailable):
+        runner.run(batch)
+    counts = runner.run(a.receive(count=2, block=1))
+    assert calls == [2, 4]
+    assert counts.duplicates == 0
+    stats = client.meta.hgetall(client.router.queue_keys("lost-reply", 0).stats("g"))
+    assert stats[b"done"] == b"4"
+    assert b"duplicates" not in stats
