@@ -87,10 +87,16 @@ class Settling:
     on_settled: Callable[[Settled, list[Message]], None] | None = None
 
 
-def takeovers_seen(items: Iterable[tuple[Message, Any]]) -> int | str:
+def spend_takeovers(items: Sequence[tuple[Message, Any]]) -> int | str:
     """The count of takeovers when the earliest of the messages was read ('' when one was
-    not read by the read script: the settle then looks at what the consumer holds)."""
+    not read by the read script: the settle then looks at what the consumer holds).
+
+    A count serves a message's first settle only: a later one (its reply was lost and it
+    is made again beside other messages, or it is settled twice) searches, since the
+    settle's all-or-nothing XACK holds only for one call sent again as it was."""
     seen = [m.takeovers for m, _ in items]
+    for m, _ in items:
+        m.takeovers = None
     return "" if None in seen else min(cast(list[int], seen))
 
 
@@ -222,7 +228,7 @@ class Outcomes:
         keys = [k.stream, k.retry_stream(self.group), k.done(self.group), k.stats(self.group)]
         keys += [k.cancelled, k.waiting]
         args: list[Any] = [self.group, self.name]
-        args += [self.client.done_ttl_ms, self.client.result_ttl_ms, takeovers_seen(items)]
+        args += [self.client.done_ttl_ms, self.client.result_ttl_ms, spend_takeovers(items)]
         for m, encoded in items:
             if encoded and encoded != b"~":
                 keys += [k.outcome(m.id), k.job(m.id)]

@@ -257,11 +257,12 @@ def test_a_holder_stalled_past_its_lease_settles_nothing_its_successor_took_over
 def test_a_holder_that_reads_while_its_successor_takes_over_settles_nothing_taken(
     client, monkeypatch
 ):
-    """The next holder claims what is pending (XAUTOCLAIM, any idle time), counting the
-    takeover in the same transaction (it was a round trip before the claim: a read in
-    between took the moved count, and its entries were then taken over uncounted). A last
-    holder that has not learned yet that its lease lapsed reads just before: what it read
-    is taken over, and its settle finds the entries its successor's (rule 13)."""
+    """A last holder that has not learned yet that its lease lapsed reads just before the
+    next holder claims what is pending (XAUTOCLAIM, any idle time): what it read is taken
+    over, and its settle finds the entries its successor's (rule 13). (The claim counts in
+    its own transaction; counted a round trip before, a read in between took the moved
+    count and then settled its successor's entries: that race is gone with the round trip,
+    so this test reads before the claim, not between.)"""
     client.create_topic("orders", queues=1)
     a = client.consumer("orders", "ledger", ordered=True, visibility_timeout=0.3)
     a.rebalance()
