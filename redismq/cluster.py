@@ -131,9 +131,9 @@ class NodePipeline:
     topology is re-read before the error is raised, so the next call goes where the slot
     is now."""
 
-    def __init__(self, conn: RedisCluster, key: str) -> None:
+    def __init__(self, conn: RedisCluster, key: str, transaction: bool = False) -> None:
         self._conn = conn
-        self._pipe = node_client(conn, key).pipeline(transaction=False)
+        self._pipe = node_client(conn, key).pipeline(transaction=transaction)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pipe, name)

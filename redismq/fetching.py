@@ -289,7 +289,12 @@ class Fetching(Outcomes):
         """The reply of a claim (`claim` adds it to a transaction) counted as a takeover of
         the queue's entries: the count rises in the same MULTI, so that no read falls
         between them (see `QueueKeys.takeovers`)."""
-        pipe = cluster.server_of(q.broker.redis, q.keys.stream).pipeline(transaction=True)
+        conn: Any = q.broker.redis
+        pipe = (
+            cluster.NodePipeline(conn, q.keys.stream, transaction=True)
+            if q.broker.cluster
+            else conn.pipeline(transaction=True)
+        )
         pipe.incr(q.keys.takeovers(self.group))
         claim(pipe)
         return pipe.execute()[1]
