@@ -236,8 +236,12 @@ class Fetching(Outcomes):
         keys = [turn(streams[0], self.group), *streams]
         for stream in streams:
             k = self._by_stream[stream.encode()][0].keys
-            keys += [k.done(self.group), k.cancelled, k.running(self.group)]
-            keys.append(k.takeovers(self.group))
+            keys += [
+                k.done(self.group),
+                k.cancelled,
+                k.running(self.group),
+                k.takeovers(self.group),
+            ]
         return keys
 
     def _claim(self, count: int) -> list[Message]:

@@ -99,8 +99,9 @@ class QueueKeys:
 
     def takeovers(self, group: str) -> str:
         """Counter of the takeovers of the group's entries on this queue (its stream and
-        its retry stream): counted before each one, so that a settle finding the count it
-        read with knows no entry it read has changed hands (settle.lua)."""
+        its retry stream) and of the consumers' lettings go of them (retry, dead letter,
+        release), each counted in its own step: a settle finding the count its messages
+        were read with knows none of them changed hands since (settle.lua)."""
         return f"{self.tag}:takeovers:{group}"
 
     def stats(self, group: str) -> str:

@@ -118,8 +118,8 @@ class Message:
     # What the read found of it: "" to run, "done" (completed before), "cancelled"; None
     # when it was not checked yet (the receive checks it).
     verdict: str | None = None
-    # The count of takeovers of its queue's group when the read script read it (None:
-    # read otherwise); see `QueueKeys.takeovers`.
+    # The count of takeovers of its queue's group when the read script read it (None: read
+    # otherwise, or spent by its first settle); see `QueueKeys.takeovers`.
     takeovers: int | None = None
 
     def fields(self, attempt: int | None = None) -> dict[FieldT, EncodableT]:

@@ -269,8 +269,13 @@ class Outcomes:
             args += [name, value]
         with self.errors():
             scheduled = q.broker.scripts.retry(
-                keys=[src, k.retry(self.group), k.stats(self.group), k.job(msg.id)]
-                + [k.takeovers(self.group)],
+                keys=[
+                    src,
+                    k.retry(self.group),
+                    k.stats(self.group),
+                    k.job(msg.id),
+                    k.takeovers(self.group),
+                ],
                 args=args,
             )
         if not scheduled:

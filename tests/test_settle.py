@@ -4,6 +4,7 @@ fails alone, results land in their own job, and pruning follows the server's clo
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from importlib import resources
 
@@ -232,7 +233,10 @@ def test_a_paused_worker_whose_job_was_taken_over_lets_go(client, url, processes
     args = ("--processes", "1", "--visibility-timeout", "2", "--log-level", "INFO")
     first = start_worker(processes, url, *args, start_new_session=True)
     assert wait_for(lambda: len(rows(db, "slow-start")) == 1, timeout=30)
-    os.killpg(first.pid, signal.SIGSTOP)  # a GC pause, a VM steal: past its lease
+    with sqlite3.connect(db, timeout=30) as hold:  # stopped in no half-done write of its own
+        hold.execute("BEGIN EXCLUSIVE")  # (a periodic tick's: the runs file would stay locked)
+        os.killpg(first.pid, signal.SIGSTOP)  # a GC pause, a VM steal: past its lease
+        hold.rollback()
     try:
         second = start_worker(processes, url, *args, start_new_session=True)
         assert wait_for(lambda: len(rows(db, "slow-start")) == 2, timeout=30)
