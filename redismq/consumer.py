@@ -146,11 +146,17 @@ class Consumer(Fetching):
     # -- set-up ----------------------------------------------------------------------
     def _create_groups(self) -> None:
         """Create the group on every stream, starting at the oldest retained entry, and
-        register this consumer in it (so that it shows while idle, on every engine)."""
+        register this consumer in it (so that it shows while idle, on every engine). A
+        queue's count of takeovers for a group starts at a random number (see
+        `QueueKeys.takeovers`)."""
         self.client.router.add_group(self.topic.name, self.group)
         for broker, streams in self._streams.items():
             pipe = broker.redis.pipeline(transaction=False)
             for stream in streams:
+                queue, from_retry = self._by_stream[stream.encode()]
+                if not from_retry:
+                    start = int.from_bytes(os.urandom(6), "big")
+                    pipe.set(queue.keys.takeovers(self.group), start, nx=True)
                 pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
                 pipe.xgroup_createconsumer(stream, self.group, self.name)
             for reply in pipe.execute(raise_on_error=False):

@@ -101,7 +101,9 @@ class QueueKeys:
         """Counter of the takeovers of the group's entries on this queue (its stream and
         its retry stream) and of the consumers' lettings go of them (retry, dead letter,
         release), each counted in its own step: a settle finding the count its messages
-        were read with knows none of them changed hands since (settle.lua)."""
+        were read with knows none of them changed hands since (settle.lua). It starts at a
+        random number when a consumer makes the group, so that a group deleted and made
+        again does not count from where the old one's holders read."""
         return f"{self.tag}:takeovers:{group}"
 
     def stats(self, group: str) -> str:

@@ -407,3 +407,25 @@ def test_a_runner_whose_settle_reply_was_lost_counts_no_duplicates(client, app):
     stats = client.meta.hgetall(client.router.queue_keys("lost-reply", 0).stats("g"))
     assert stats[b"done"] == b"4"
     assert b"duplicates" not in stats
+
+
+def test_a_settle_after_its_group_was_deleted_and_made_again_settles_nothing(client):
+    """A consumer still holding an entry when its group is deleted (--force) and made again
+    does not take the entry's new reader's lease as its own: the new group's count of
+    takeovers starts where no earlier one was."""
+    client.create_topic("remade", queues=1)
+    client.send_many("remade", ["hello"])
+    a = client.consumer("remade", "g", name="a")
+    mine = a.receive(count=1, block=1)
+    assert len(mine) == 1
+    client.delete_group("remade", "g", force=True)
+    b = client.consumer("remade", "g", name="b")
+    again = b.receive(count=1, block=1)
+    assert [m.id for m in again] == [m.id for m in mine]
+
+    assert a.ack_many(mine) == 0
+    stream = client.router.queue_keys("remade", 0).stream
+    pending = client.meta.xpending_range(stream, "g", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b"b"]
+    assert b.ack_many(again) == 1
+    assert client.meta.xpending(stream, "g")["pending"] == 0
