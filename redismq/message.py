@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
+
 from .errors import InvalidMessage
 
 if TYPE_CHECKING:
@@ -18,6 +20,16 @@ _decoder = json.JSONDecoder()
 _decode = _decoder.decode
 _scan = _decoder.scan_once  # type: ignore[attr-defined]  # set by its __init__, not in typeshed
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# orjson writes a body several times faster than `_encode`. Where the two could differ,
+# `_encode` decides: orjson refuses subclasses of builtin types, datetimes and dataclasses
+# (with these options), integers beyond 64 bits and keys that are not str, and writes a NaN
+# as null (so a body with a null goes through `_encode` too). Only reading is left to the
+# json module: orjson reads integers beyond 64 bits as floats.
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+)
 
 # Stream entry field names.
 F_ID = b"id"
@@ -64,13 +76,23 @@ def encode_body(body: Any, max_body: int = DEFAULT_MAX_BODY) -> tuple[bytes, boo
         data, raw = bytes(body), True
     else:
         try:
-            data = _encode(body).encode()
+            data = dump_json(body)
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidMessage(f"body is not JSON-serialisable: {exc}") from None
         raw = False
     if len(data) > max_body:
         raise InvalidMessage(f"body is {len(data)} bytes, over the limit of {max_body} bytes")
     return data, raw
+
+
+def dump_json(value: Any) -> bytes:
+    """`value` as compact UTF-8 JSON, refusing NaN and infinities (raises TypeError or
+    ValueError). A UUID is written as its text and an enum member as its value."""
+    try:
+        data = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return _encode(value).encode()
+    return _encode(value).encode() if b"null" in data else data
 
 
 def entry_fields(

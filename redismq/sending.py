@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 
@@ -37,8 +37,7 @@ ROOM_PAUSE = (0.01, 0.2)
 OUTAGE_PAUSE = (0.05, 0.5)
 
 
-@dataclass(frozen=True, slots=True)
-class Sent:
+class Sent(NamedTuple):
     """Where a message went: its id, and the queue and stream entry that hold it."""
 
     id: str

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import enum
 import json
 import re
+import uuid
 from unittest import mock
 
 import pytest
@@ -28,6 +32,17 @@ from redismq.message import (
     entry_fields,
     new_message_id,
 )
+
+
+class Color(enum.Enum):
+    RED = 1
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
 
 # Text that Redis (and UTF-8) can carry: no lone surrogates.
 TEXT = st.text(st.characters(codec="utf-8"), max_size=30)
@@ -96,6 +111,43 @@ class TestEncodeBody:
             encode_body(body)
         assert type_name in str(info.value)
         assert "\n" not in str(info.value)
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(body=JSON_VALUES)
+    def test_json_reads_back_as_the_json_module_writes_it(self, body: object) -> None:
+        data, raw = encode_body(body)
+        expected = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        assert raw is False
+        assert json.loads(data) == json.loads(expected)
+
+    @pytest.mark.parametrize(
+        ("body", "written"),
+        [
+            ({"n": 2**70}, b'{"n":1180591620717411303424}'),  # beyond orjson's 64 bits
+            ({1: "a", None: "b"}, b'{"1":"a","null":"b"}'),  # keys as the json module writes them
+            ({"s": type("S", (str,), {})("x")}, b'{"s":"x"}'),  # a subclass of str
+            ({"v": None, "text": "null"}, b'{"v":null,"text":"null"}'),
+        ],
+    )
+    def test_values_orjson_leaves_are_written_by_the_json_module(
+        self, body: object, written: bytes
+    ) -> None:
+        assert encode_body(body) == (written, False)
+
+    @pytest.mark.parametrize("number", [float("nan"), float("inf"), -float("inf")])
+    def test_nan_and_infinities_are_refused(self, number: float) -> None:
+        with pytest.raises(InvalidMessage, match="not JSON-serialisable"):
+            encode_body({"x": [1, number]})
+
+    @pytest.mark.parametrize("body", [datetime.datetime(2026, 12, 1), Point(1, 2)])
+    def test_datetimes_and_dataclasses_are_refused_as_before(self, body: object) -> None:
+        with pytest.raises(InvalidMessage, match="not JSON-serialisable"):
+            encode_body({"x": body})
+
+    def test_a_uuid_is_written_as_its_text_and_an_enum_member_as_its_value(self) -> None:
+        the_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        data, _ = encode_body({"id": the_id, "color": Color.RED})
+        assert json.loads(data) == {"id": str(the_id), "color": 1}
 
     def test_circular_reference(self) -> None:
         body: list = []
