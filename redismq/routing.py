@@ -298,8 +298,11 @@ class Topic:
         """The next `n` queues round-robin, as `next_queue` gives them one by one (each
         broker asked once whether it is `usable`)."""
         if usable is not None:
-            usable = {b: usable(b) for b in set(self.placement)}.__getitem__
-        return [self.next_queue(usable) for _ in range(n)]
+            up = {b: usable(b) for b in set(self.placement)}
+            if not all(up.values()):
+                return [self.next_queue(up.__getitem__) for _ in range(n)]
+        queues = self.queues
+        return [i % queues for i in itertools.islice(self._rr, n)]
 
 
 def _version_number(version: bytes | str | None) -> int:

@@ -88,6 +88,13 @@ def test_topic_round_robin() -> None:
     assert [t.next_queue() for _ in range(7)] == [0, 1, 2, 0, 1, 2, 0]
 
 
+def test_a_batch_goes_round_robin_over_the_queues_of_usable_brokers() -> None:
+    t = Topic(name="t", queues=3, retention=0, hard_cap=0, placement=["a", "b", "a"])
+    assert t.next_queues(4, lambda broker: True) == [0, 1, 2, 0]
+    assert t.next_queues(4, lambda broker: broker == "a") == [2, 0, 2, 0]
+    assert t.next_queues(2) == [1, 2]
+
+
 # -- rendezvous ------------------------------------------------------------------------------
 
 
