@@ -198,7 +198,12 @@ class OutcomeLog(Hooks):
 
 def outcome_text(message_id: str, task: str, attempt: int, took: float, outcome: str) -> str:
     """The message of a job's outcome line (its record's fields say the same)."""
-    return f"id={message_id} task={task} attempt={attempt} duration={took} outcome={outcome}"
+    return f"id={message_id} {outcome_fields(task, attempt, took, outcome)}"
+
+
+def outcome_fields(task: str, attempt: int, took: float, outcome: str) -> str:
+    """What an outcome line says after the message id."""
+    return f"task={task} attempt={attempt} duration={took} outcome={outcome}"
 
 
 def retry_delay(exc: BaseException) -> float | None:

@@ -38,6 +38,37 @@ def test_a_line_without_a_record_reads_as_the_record_would(monkeypatch, fmt):
     handler.close()
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_lines_made_of_kept_parts_read_as_their_records_would(monkeypatch, fmt):
+    """Lines of the same millisecond, logger, task and duration share parts the handler
+    keeps: each still reads as its own record would (another moment, logger, id, task,
+    attempt or duration)."""
+    lines = [
+        (1_790_000_000.25, "redismq.processing", "a1", "naps.nap", 1, 1.2e-05),
+        (1_790_000_000.2504, "redismq.processing", "a2", "naps.nap", 1, 1.2e-05),
+        (1_790_000_000.2504, "other.logger", "a3", "naps.nap", 1, 1.2e-05),
+        (1_790_000_000.2514, "redismq.processing", "a4", "naps.nap", 2, 1.2e-05),
+        (1_790_000_001.5, "redismq.processing", "a5", "naps.other", 1, 0.25),
+        (1_790_000_001.5, "redismq.processing", "a6", "naps.nap", 1, 1.3e-05),
+    ]
+    handler = WorkerHandler(fmt)
+    handler.setStream(io.StringIO())
+    expected = []
+    for now, logger, mid, task, attempt, took in lines:
+        monkeypatch.setattr("redismq.workers.logs.time.time", lambda now=now: now)
+        handler.done(logger, mid, task, attempt, took)
+        fields = {"id": mid, "task": task, "attempt": attempt, "duration": took}
+        text = f"id={mid} task={task} attempt={attempt} duration={took} outcome=done"
+        record = logging.makeLogRecord({"name": logger, "levelno": 20, "levelname": "INFO"})
+        record.msg, record.args, record.created = "%s%s", (text, ""), now
+        record.msecs = int((now - int(now)) * 1000)
+        record.__dict__.update({**fields, "outcome": "done"})
+        expected.append(handler.format(record) + "\n")
+    handler.flush()
+    assert handler.stream.getvalue() == "".join(expected)
+    handler.close()
+
+
 def test_lines_and_records_keep_their_order(monkeypatch):
     handler = WorkerHandler("text")
     handler.setStream(io.StringIO())

@@ -17,13 +17,16 @@ import time
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
-from redismq.processing import OutcomeLog, outcome_text
+from redismq.processing import OutcomeLog, outcome_fields, outcome_text
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 # Batched lines are written at least this often (seconds), before any record the handler
 # emits, when it is flushed (at exit, on stop) and once this many are waiting.
 FLUSH_EVERY = 0.1
 MAX_PENDING = 1000
+# The text lines' ends after the message id, by (task, attempt, duration), are kept up to
+# this many (fast jobs repeat a few durations; writing a float is a third of a line's cost).
+MAX_ENDS = 4096
 _MILLIS = [f"{n:03d}" for n in range(1000)]
 _pid = os.getpid()
 
@@ -76,6 +79,9 @@ class WorkerHandler(logging.StreamHandler):
         self._pending: collections.deque[str] = collections.deque()
         self._second = -1
         self._stamp = ""
+        self._millis = -1
+        self._heads: dict[str, str] = {}  # by logger: the text line up to the message id
+        self._ends: dict[tuple[str, int, float], str] = {}
         self._flusher: threading.Thread | None = None
         self._done = threading.Event()
 
@@ -84,28 +90,57 @@ class WorkerHandler(logging.StreamHandler):
         """Queue the line OutcomeLog's record of a done job of `logger` would give (no
         exception, no other handler or filter)."""
         now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, self._stamp_of(second)
-        millis = _MILLIS[int((now - second) * 1000)]
-        message = outcome_text(message_id, task, attempt, took, "done")
         if self.json:
-            fields = {"id": message_id, "task": task, "attempt": attempt, "duration": took}
-            text = (
-                f'{{"time": "{self._stamp}.{millis}Z", "level": "INFO", '
-                f'"logger": {encode_basestring_ascii(logger)}, '
-                f'"message": {encode_basestring_ascii(message)}'
-            )
-            for key, value in fields.items():
-                text += f", {encode_basestring_ascii(key)}: {_json_value(value)}"
-            text += ', "outcome": "done"}\n'
+            text = self._json_line(now, logger, message_id, task, attempt, took)
         else:
-            text = f"{self._stamp},{millis} INFO {_pid} {logger}: {message}\n"
+            text = self._head(now, logger) + message_id + self._end(task, attempt, took)
         self._pending.append(text)
         if len(self._pending) >= MAX_PENDING:
             self.flush()
         elif self._flusher is None:
             self._start_flusher()
+
+    def _json_line(
+        self, now: float, logger: str, message_id: str, task: str, attempt: int, took: float
+    ) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, self._stamp_of(second)
+        millis = _MILLIS[int((now - second) * 1000)]
+        message = outcome_text(message_id, task, attempt, took, "done")
+        fields = {"id": message_id, "task": task, "attempt": attempt, "duration": took}
+        text = (
+            f'{{"time": "{self._stamp}.{millis}Z", "level": "INFO", '
+            f'"logger": {encode_basestring_ascii(logger)}, '
+            f'"message": {encode_basestring_ascii(message)}'
+        )
+        for key, value in fields.items():
+            text += f", {encode_basestring_ascii(key)}: {_json_value(value)}"
+        return text + ', "outcome": "done"}\n'
+
+    def _head(self, now: float, logger: str) -> str:
+        """A text line's start, up to the message id (made once per millisecond)."""
+        millis = int(now * 1000)
+        if millis != self._millis:
+            self._millis, self._heads = millis, {}
+        head = self._heads.get(logger)
+        if head is None:
+            second = millis // 1000
+            if second != self._second:
+                self._second, self._stamp = second, self._stamp_of(second)
+            head = f"{self._stamp},{_MILLIS[millis % 1000]} INFO {_pid} {logger}: id="
+            self._heads[logger] = head
+        return head
+
+    def _end(self, task: str, attempt: int, took: float) -> str:
+        """A text line's end, after the message id."""
+        key = (task, attempt, took)
+        end = self._ends.get(key)
+        if end is None:
+            if len(self._ends) >= MAX_ENDS:
+                self._ends.clear()
+            end = self._ends[key] = f" {outcome_fields(task, attempt, took, 'done')}\n"
+        return end
 
     def _stamp_of(self, second: int) -> str:
         if self.json:
