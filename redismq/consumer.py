@@ -146,22 +146,38 @@ class Consumer(Fetching):
     # -- set-up ----------------------------------------------------------------------
     def _create_groups(self) -> None:
         """Create the group on every stream, starting at the oldest retained entry, and
-        register this consumer in it (so that it shows while idle, on every engine). A
-        queue's count of takeovers for a group starts at a random number (see
-        `QueueKeys.takeovers`)."""
+        register this consumer in it (so that it shows while idle, on every engine). Where
+        this made the group on a queue's stream, the queue's count of takeovers for it
+        starts at a random number (see `QueueKeys.takeovers`)."""
         self.client.router.add_group(self.topic.name, self.group)
         for broker, streams in self._streams.items():
             pipe = broker.redis.pipeline(transaction=False)
             for stream in streams:
-                queue, from_retry = self._by_stream[stream.encode()]
-                if not from_retry:
-                    start = int.from_bytes(os.urandom(6), "big")
-                    pipe.set(queue.keys.takeovers(self.group), start, nx=True)
                 pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
                 pipe.xgroup_createconsumer(stream, self.group, self.name)
-            for reply in pipe.execute(raise_on_error=False):
+            replies = pipe.execute(raise_on_error=False)
+            for reply in replies:
                 if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
                     raise reply
+            made = [
+                s
+                for s, r in zip(streams, replies[::2], strict=True)
+                if not isinstance(r, Exception)
+            ]
+            self._start_counts(broker, made)
+
+    def _start_counts(self, broker: Broker, made: list[str]) -> None:
+        """Start at a random number the count of takeovers of the queues whose stream got
+        the group just now (whatever a takeover tried while the group was gone left)."""
+        queues = [
+            q for q, from_retry in (self._by_stream[s.encode()] for s in made) if not from_retry
+        ]
+        if not queues:
+            return
+        pipe = broker.redis.pipeline(transaction=False)
+        for q in queues:
+            pipe.set(q.keys.takeovers(self.group), int.from_bytes(os.urandom(6), "big"))
+        pipe.execute()
 
     def close(self) -> None:
         """Leave the group: remove this consumer from every stream where it holds nothing.

@@ -6,7 +6,9 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
 
 import orjson
 
@@ -19,12 +21,27 @@ DEFAULT_MAX_BODY = 1024 * 1024
 _decoder = json.JSONDecoder()
 _decode = _decoder.decode
 _scan = _decoder.scan_once  # type: ignore[attr-defined]  # set by its __init__, not in typeshed
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _written_as(value: Any) -> Any:
+    """What a UUID or an enum member is written as (as orjson writes them); raises
+    TypeError for anything else that JSON cannot carry."""
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_encode = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_written_as
+).encode
 # orjson writes a body several times faster than `_encode`. Where the two could differ,
-# `_encode` decides: orjson refuses subclasses of builtin types, datetimes and dataclasses
-# (with these options), integers beyond 64 bits and keys that are not str, and writes a NaN
-# as null (so a body with a null goes through `_encode` too). Only reading is left to the
-# json module: orjson reads integers beyond 64 bits as floats.
+# `_encode` decides (and writes a UUID and an enum member as orjson does): orjson refuses
+# subclasses of builtin types, datetimes and dataclasses (with these options), integers
+# beyond 64 bits and keys that are not str, and writes a NaN as null (so a body with a null
+# goes through `_encode` too). Reading is left to the json module: orjson reads integers
+# beyond 64 bits as floats.
 _ORJSON_OPTIONS = (
     orjson.OPT_PASSTHROUGH_SUBCLASS
     | orjson.OPT_PASSTHROUGH_DATETIME

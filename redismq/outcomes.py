@@ -88,16 +88,17 @@ class Settling:
 
 
 def spend_takeovers(items: Sequence[tuple[Message, Any]]) -> int | str:
-    """The count of takeovers when the earliest of the messages was read ('' when one was
-    not read by the read script: the settle then looks at what the consumer holds).
+    """The count of takeovers the messages were all read with ('' when their counts differ
+    or one was not read by the read script: the settle then looks at what the consumer
+    holds). Not the lowest of the counts: a group made again starts its count anew.
 
     A count serves a message's first settle only: a later one (its reply was lost and it
     is made again beside other messages, or it is settled twice) searches, since the
     settle's all-or-nothing XACK holds only for one call sent again as it was."""
-    seen = [m.takeovers for m, _ in items]
+    seen = {m.takeovers for m, _ in items}
     for m, _ in items:
         m.takeovers = None
-    return "" if None in seen else min(cast(list[int], seen))
+    return "" if len(seen) != 1 or None in seen else cast(int, seen.pop())
 
 
 def grouped(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[T]]:

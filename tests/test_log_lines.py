@@ -69,6 +69,54 @@ def test_lines_made_of_kept_parts_read_as_their_records_would(monkeypatch, fmt):
     handler.close()
 
 
+def _record_text(handler: WorkerHandler, now: float, mid: str) -> str:
+    """The text line a record of a done job made at `now` gives."""
+    text = f"id={mid} task=t attempt=1 duration=0.1 outcome=done"
+    record = logging.LogRecord("redismq.processing", logging.INFO, "", 0, "%s%s", (text, ""), None)
+    record.created, record.msecs = now, int((now - int(now)) * 1000)
+    return handler.format(record) + "\n"
+
+
+@pytest.mark.parametrize("now", [1_790_000_020.2509999, 1_790_000_020.0009999])
+def test_a_line_near_a_millisecond_boundary_reads_as_its_record_would(monkeypatch, now):
+    monkeypatch.setattr("redismq.workers.logs.time.time", lambda: now)
+    handler = WorkerHandler("text")
+    handler.setStream(io.StringIO())
+    handler.done("redismq.processing", "m1", "t", 1, 0.1)
+    handler.flush()
+    assert handler.stream.getvalue() == _record_text(handler, now, "m1")
+    handler.close()
+
+
+def test_a_late_thread_does_not_give_its_moment_to_the_lines_of_others(monkeypatch):
+    """A thread that read the clock, then lost the GIL while it made its line's time stamp,
+    leaves the lines other threads make meanwhile, and after, with their own moment."""
+    late, now = 1_790_000_000.5, 1_790_000_001.302
+    clock = [late]
+    monkeypatch.setattr("redismq.workers.logs.time.time", lambda: clock[0])
+    handler = WorkerHandler("text")
+    handler.setStream(io.StringIO())
+    stamp_of = handler._stamp_of
+    switched = []
+
+    def stamp_then_switch(second: int) -> str:
+        if not switched:  # another thread runs here, at a later moment
+            switched.append(True)
+            clock[0] = now
+            handler.done("redismq.processing", "other", "t", 1, 0.1)
+        return stamp_of(second)
+
+    monkeypatch.setattr(handler, "_stamp_of", stamp_then_switch)
+    handler.done("redismq.processing", "late", "t", 1, 0.1)
+    handler.done("redismq.processing", "after", "t", 1, 0.1)
+    handler.flush()
+    assert handler.stream.getvalue() == "".join(
+        [_record_text(handler, now, "other"), _record_text(handler, late, "late")]
+        + [_record_text(handler, now, "after")]
+    )
+    handler.close()
+
+
 def test_lines_and_records_keep_their_order(monkeypatch):
     handler = WorkerHandler("text")
     handler.setStream(io.StringIO())

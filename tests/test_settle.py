@@ -429,3 +429,33 @@ def test_a_settle_after_its_group_was_deleted_and_made_again_settles_nothing(cli
     assert [p["consumer"] for p in pending] == [b"b"]
     assert b.ack_many(again) == 1
     assert client.meta.xpending(stream, "g")["pending"] == 0
+
+
+def test_a_group_made_again_counts_from_a_random_start_after_a_stale_takeover(client):
+    """A takeover tried by a stale consumer after its group was deleted (its claim fails,
+    the group is gone) must not leave a count that the group made again then continues:
+    a settle of a message read in one version of the group would take the next version's
+    reader's entry as its own."""
+    client.create_topic("remade2", queues=1)
+    client.send_many("remade2", ["hello"])
+    stale = client.consumer("remade2", "g", name="stale", ordered=True)
+
+    def delete_then_stale_takeover() -> None:
+        client.delete_group("remade2", "g", force=True)
+        with pytest.raises(Exception, match="NOGROUP"):
+            stale.rebalance()
+
+    delete_then_stale_takeover()
+    a = client.consumer("remade2", "g", name="a")
+    mine = a.receive(count=1, block=1)
+    assert len(mine) == 1
+    delete_then_stale_takeover()
+    b = client.consumer("remade2", "g", name="b")
+    again = b.receive(count=1, block=1)
+    assert [m.id for m in again] == [m.id for m in mine]
+
+    assert a.ack_many(mine) == 0
+    stream = client.router.queue_keys("remade2", 0).stream
+    pending = client.meta.xpending_range(stream, "g", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b"b"]
+    assert b.ack_many(again) == 1

@@ -38,6 +38,10 @@ class Color(enum.Enum):
     RED = 1
 
 
+class Nothing(enum.Enum):
+    NONE = None
+
+
 @dataclasses.dataclass
 class Point:
     x: int
@@ -148,6 +152,18 @@ class TestEncodeBody:
         the_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
         data, _ = encode_body({"id": the_id, "color": Color.RED})
         assert json.loads(data) == {"id": str(the_id), "color": 1}
+
+    @pytest.mark.parametrize(
+        "rest", [{"parent": None}, {"note": "annulled"}, {"n": 2**70}, {"k": {1: "a"}}]
+    )
+    def test_a_uuid_or_enum_member_is_written_whatever_else_the_body_holds(
+        self, rest: dict
+    ) -> None:
+        the_id = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        data, _ = encode_body({"id": the_id, "color": Color.RED, "none": Nothing.NONE, **rest})
+        assert json.loads(data) == json.loads(
+            json.dumps({"id": str(the_id), "color": 1, "none": None, **rest})
+        )
 
     def test_circular_reference(self) -> None:
         body: list = []

@@ -27,6 +27,8 @@ MAX_PENDING = 1000
 # The text lines' ends after the message id, by (task, attempt, duration), are kept up to
 # this many (fast jobs repeat a few durations; writing a float is a third of a line's cost).
 MAX_ENDS = 4096
+# Time stamps and lines' heads are kept up to this many (a few are in use at a time).
+MAX_KEPT = 64
 _MILLIS = [f"{n:03d}" for n in range(1000)]
 _pid = os.getpid()
 
@@ -77,10 +79,10 @@ class WorkerHandler(logging.StreamHandler):
         self.json = fmt == "json"
         self.setFormatter(JsonFormatter() if self.json else logging.Formatter(TEXT_FORMAT))
         self._pending: collections.deque[str] = collections.deque()
-        self._second = -1
-        self._stamp = ""
-        self._millis = -1
-        self._heads: dict[str, str] = {}  # by logger: the text line up to the message id
+        # Kept parts of lines, by what they depend on only (threads make lines at once):
+        # time stamps by second, text lines' heads by millisecond and logger.
+        self._stamps: dict[int, str] = {}
+        self._heads: dict[tuple[int, str], str] = {}
         self._ends: dict[tuple[str, int, float], str] = {}
         self._flusher: threading.Thread | None = None
         self._done = threading.Event()
@@ -104,13 +106,11 @@ class WorkerHandler(logging.StreamHandler):
         self, now: float, logger: str, message_id: str, task: str, attempt: int, took: float
     ) -> str:
         second = int(now)
-        if second != self._second:
-            self._second, self._stamp = second, self._stamp_of(second)
         millis = _MILLIS[int((now - second) * 1000)]
         message = outcome_text(message_id, task, attempt, took, "done")
         fields = {"id": message_id, "task": task, "attempt": attempt, "duration": took}
         text = (
-            f'{{"time": "{self._stamp}.{millis}Z", "level": "INFO", '
+            f'{{"time": "{self._stamp(second)}.{millis}Z", "level": "INFO", '
             f'"logger": {encode_basestring_ascii(logger)}, '
             f'"message": {encode_basestring_ascii(message)}'
         )
@@ -120,17 +120,25 @@ class WorkerHandler(logging.StreamHandler):
 
     def _head(self, now: float, logger: str) -> str:
         """A text line's start, up to the message id (made once per millisecond)."""
-        millis = int(now * 1000)
-        if millis != self._millis:
-            self._millis, self._heads = millis, {}
-        head = self._heads.get(logger)
+        second = int(now)
+        millis = int((now - second) * 1000)  # as a record's msecs
+        key = (second * 1000 + millis, logger)
+        head = self._heads.get(key)
         if head is None:
-            second = millis // 1000
-            if second != self._second:
-                self._second, self._stamp = second, self._stamp_of(second)
-            head = f"{self._stamp},{_MILLIS[millis % 1000]} INFO {_pid} {logger}: id="
-            self._heads[logger] = head
+            if len(self._heads) >= MAX_KEPT:
+                self._heads.clear()
+            head = f"{self._stamp(second)},{_MILLIS[millis]} INFO {_pid} {logger}: id="
+            self._heads[key] = head
         return head
+
+    def _stamp(self, second: int) -> str:
+        """The time stamp of a second, as the handler's formatter writes it."""
+        stamp = self._stamps.get(second)
+        if stamp is None:
+            if len(self._stamps) >= MAX_KEPT:
+                self._stamps.clear()
+            stamp = self._stamps[second] = self._stamp_of(second)
+        return stamp
 
     def _end(self, task: str, attempt: int, took: float) -> str:
         """A text line's end, after the message id."""

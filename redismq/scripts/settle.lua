@@ -9,7 +9,7 @@
 -- KEYS[#KEYS - 1] the queue's count of takeovers for the group (see below)
 -- KEYS[#KEYS] (last) the group's running zset: settled jobs no longer read running
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] done ttl ms, ARGV[4] result ttl ms,
--- ARGV[5] the count of takeovers when the earliest of the messages was read ('': unknown),
+-- ARGV[5] the count of takeovers all the messages were read with ('': unknown, or not one),
 -- ARGV[6..] per message 4 values: message id, entry id, from retry stream (0/1),
 --   outcome: '' (a plain message), '~' (cancelled), 'N' (a task that returned None: its
 --   outcome is stored only if someone waits for it), else the JSON outcome to store
