@@ -105,6 +105,7 @@ class WorkerHandler(logging.StreamHandler):
     def _json_line(
         self, now: float, logger: str, message_id: str, task: str, attempt: int, took: float
     ) -> str:
+        """A done line as `JsonFormatter` writes its record."""
         second = int(now)
         millis = _MILLIS[int((now - second) * 1000)]
         message = outcome_text(message_id, task, attempt, took, "done")
