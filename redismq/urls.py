@@ -8,6 +8,7 @@ cluster is one broker), or ``clusters://`` for a cluster over TLS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -158,8 +159,47 @@ def driver_info() -> DriverInfo:
     return DriverInfo().add_upstream_driver("redismq", version)
 
 
+def _retryable(error: Exception, is_retryable: Callable[[Exception], bool] | None) -> bool:
+    """Whether a connection error is worth another try: not an answer about the password,
+    which would be the same (redis-py's AuthenticationError is a ConnectionError)."""
+    if isinstance(error, redis.AuthenticationError):
+        return False
+    return is_retryable is None or is_retryable(error)
+
+
+class ConnectionRetry(Retry):
+    """redis-py's Retry, without trying again a refused or missing password."""
+
+    def call_with_retry(
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        return super().call_with_retry(
+            do, fail, lambda error: _retryable(error, is_retryable), with_failure_count
+        )
+
+
+class AsyncConnectionRetry(AsyncRetry):
+    """redis-py's asyncio Retry, without trying again a refused or missing password."""
+
+    async def call_with_retry(
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        return await super().call_with_retry(
+            do, fail, lambda error: _retryable(error, is_retryable), with_failure_count
+        )
+
+
 def connection_options(
-    socket_timeout: float, retry_class: type[Retry] | type[AsyncRetry] = Retry
+    socket_timeout: float,
+    retry_class: type[ConnectionRetry] | type[AsyncConnectionRetry] = ConnectionRetry,
 ) -> dict[str, Any]:
     """The options every redismq connection uses: timeouts and bounded reconnect retries."""
     return {
@@ -223,7 +263,7 @@ def connect(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> redis.Redis:
 def connect_async(url: str, *, socket_timeout: float = SOCKET_TIMEOUT) -> AsyncRedis:
     """A redis.asyncio client for the URL, with the same options as `connect`."""
     check_url(url)
-    common = connection_options(socket_timeout, AsyncRetry)
+    common = connection_options(socket_timeout, AsyncConnectionRetry)
     if url.startswith("sentinel://"):
         addresses, name, opts = _sentinel_parts(url)
         sentinel = AsyncSentinel(addresses, sentinel_kwargs=dict(opts), **opts, **common)

@@ -4,11 +4,13 @@ the same default URL in `App()` and the CLI. Real servers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from redismq import App, BrokerUnavailable, Client
@@ -93,6 +95,32 @@ def test_a_server_that_wants_a_password_says_so_in_one_line(locked, processes):
     with pytest.raises(BrokerUnavailable, match="refused the password"):
         Client(wrong).ping()
     assert "nope" not in str(caught.value)
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+def test_a_missing_or_refused_password_is_not_tried_again(locked, sync):
+    """An answer about the password will not change: the client reports it after one
+    connection, not after its reconnect retries and their back-off."""
+    from redismq.aio import AsyncClient
+
+    admin = redis.Redis(host="127.0.0.1", port=locked.port, password="s3cret")
+
+    def connections() -> int:
+        return int(admin.info("stats")["total_connections_received"])
+
+    async def ping_async(url: str) -> None:
+        async with AsyncClient(url) as client:
+            await client.ping()
+
+    for url in (
+        f"redis://127.0.0.1:{locked.port}/0",
+        f"redis://:nope@127.0.0.1:{locked.port}/0",
+    ):
+        before = connections()
+        with pytest.raises(BrokerUnavailable, match="password"):
+            Client(url).ping() if sync else asyncio.run(ping_async(url))
+        assert connections() - before == 1
+    admin.close()
 
 
 def test_app_and_cli_share_the_default_url(monkeypatch):
