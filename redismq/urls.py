@@ -159,42 +159,31 @@ def driver_info() -> DriverInfo:
     return DriverInfo().add_upstream_driver("redismq", version)
 
 
-def _retryable(error: Exception, is_retryable: Callable[[Exception], bool] | None) -> bool:
-    """Whether a connection error is worth another try: not an answer about the password,
-    which would be the same (redis-py's AuthenticationError is a ConnectionError)."""
-    if isinstance(error, redis.AuthenticationError):
-        return False
-    return is_retryable is None or is_retryable(error)
+def _but_a_password(is_retryable: Callable[[Exception], bool] | None) -> Callable[..., bool]:
+    """`is_retryable` (None: every error redis-py retries), except an answer about the
+    password: it would be the same (redis-py's AuthenticationError is a ConnectionError)."""
+
+    def retryable(error: Exception) -> bool:
+        if isinstance(error, redis.AuthenticationError):
+            return False
+        return is_retryable is None or is_retryable(error)
+
+    return retryable
 
 
 class ConnectionRetry(Retry):
     """redis-py's Retry, without trying again a refused or missing password."""
 
-    def call_with_retry(
-        self,
-        do: Callable[[], Any],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> Any:
-        return super().call_with_retry(
-            do, fail, lambda error: _retryable(error, is_retryable), with_failure_count
-        )
+    # redis-py passes `with_failure_count` by name (in **kw)
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, **kw: Any) -> Any:  # type: ignore[override]
+        return super().call_with_retry(do, fail, _but_a_password(is_retryable), **kw)
 
 
 class AsyncConnectionRetry(AsyncRetry):
     """redis-py's asyncio Retry, without trying again a refused or missing password."""
 
-    async def call_with_retry(
-        self,
-        do: Callable[[], Any],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> Any:
-        return await super().call_with_retry(
-            do, fail, lambda error: _retryable(error, is_retryable), with_failure_count
-        )
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, **kw: Any) -> Any:  # type: ignore[override]
+        return await super().call_with_retry(do, fail, _but_a_password(is_retryable), **kw)
 
 
 def connection_options(
