@@ -55,7 +55,7 @@ def test_every_committed_sign_up_gets_one_email_while_redis_restarts_and_is_down
     system, durable_redis, processes, tmp_path
 ):
     worker = processes.start(
-        "worker", "examples.registration.tasks:app", "--processes", "1", "--concurrency", "8",
+        "worker", "examples.registration.tasks:app", "--processes", "1", "--concurrency", "32",
         "--outbox", f"sqlite:///{tmp_path / 'registration.db'}", "--log-level", "ERROR",
     )  # fmt: skip
     answers: Counter[int] = Counter()
