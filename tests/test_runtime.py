@@ -252,9 +252,9 @@ def test_sigterm_lets_running_jobs_finish_and_hands_the_rest_over_at_once(rt, ur
 @pytest.mark.slow
 def test_long_job_with_short_visibility_timeout_is_never_run_twice(rt, url, db, processes):
     # The job outlives six visibility timeouts while a second worker waits for its message.
-    job = rt.slow.send(18, "long")
+    job = rt.slow.send(9, "long")
     workers = [
-        start_worker(processes, url, "--processes", "1", "--visibility-timeout", "3")
+        start_worker(processes, url, "--processes", "1", "--visibility-timeout", "1.5")
         for _ in range(2)
     ]
     assert job.result(timeout=60) == "long"
