@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 
 from redismq import AsyncClient, Client
 from redismq.routing import queue_for_key
@@ -74,6 +75,8 @@ def drop_first_reply(producer: Any) -> list[Any]:
     dropped: list[Any] = []
 
     def lost(reply: Any) -> Any:
+        if inspect.isawaitable(reply):  # the call would never have reached the server
+            raise TypeError("drop_first_reply: an async client's call was not awaited")
         if not dropped:
             dropped.append(reply)
             raise redis.ConnectionError("Connection closed by server.")
@@ -81,7 +84,9 @@ def drop_first_reply(producer: Any) -> list[Any]:
 
     real_evalsha: Callable[..., Any] = conn.evalsha
     real_pipeline: Callable[..., Any] = conn.pipeline
-    if inspect.iscoroutinefunction(real_evalsha):
+    # redis-py's async client shares the sync one's command methods: `evalsha` is a plain
+    # function that returns a coroutine, so the client's class tells them apart.
+    if isinstance(conn, redis.asyncio.Redis):
 
         async def evalsha_async(*args: Any, **kwargs: Any) -> Any:
             return lost(await real_evalsha(*args, **kwargs))
