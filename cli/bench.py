@@ -48,6 +48,7 @@ from .bench_scenarios import (
     bench_memory,
     bench_raw,
     bench_send,
+    flags_share,
 )
 
 RQ_FORK_JOBS = 500
@@ -79,8 +80,13 @@ def run_bench(
         ("raw redis-py: XADD, pipelined XADD, XREADGROUP + XACK loop", lambda: bench_raw(res, n)),
         ("redismq: Task.send one by one", lambda: bench_send(res, n)),
         ("redismq: send_many, 1 worker process", lambda: bench_drain(res, n, 1)),
-        ("redismq: send_many, --processes 2", lambda: bench_drain(res, n, 2)),
         ("redismq: 1 worker process, default flags", lambda: bench_drain(res, n, 1, True)),
+        (
+            "redismq: 1 worker process, default flags, again",
+            lambda: bench_drain(res, n, 1, True, again=True),
+        ),
+        ("redismq: 1 worker process, again", lambda: bench_drain(res, n, 1, again=True)),
+        ("redismq: send_many, --processes 2", lambda: bench_drain(res, n, 2)),
         (f"redismq: idle-queue latency, {sends} probes", lambda: bench_latency(res, sends)),
         ("redismq: an idle worker, --concurrency 200", lambda: bench_idle(res, idle)),
         *(
@@ -101,6 +107,7 @@ def run_bench(
         if progress is not None:
             progress.print(f"      done in {time.monotonic() - started:.1f}s")
     best_peer(res)
+    flags_share(res)
     res.notes += [
         f"Each scenario runs on a fresh local server. redismq: a topic of {QUEUES} queues, "
         f"worker default --concurrency {CONCURRENCY}, --log-level WARNING; raw redis-py: one "

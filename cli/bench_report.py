@@ -119,7 +119,21 @@ SPECS: tuple[Spec, ...] = (
         RMQ,
         "1 worker process draining, default flags (a log line per job)",
         "tasks/s",
-        ratios=(("worker1_rate", Target(">=", 0.9)), ("best_peer_rate", Target(">=", 15))),
+        ratios=(("worker1_rate", None), ("best_peer_rate", Target(">=", 15))),
+    ),
+    Spec(
+        "default_flags_share",
+        RMQ,
+        "default flags over WARNING: 4 drains in turn (W, default, default, W), rates summed",
+        "×",
+        target=Target(">=", 0.9),
+    ),
+    Spec("worker1_again_rate", RMQ, "  the second drain at WARNING (4th of the 4)", "tasks/s"),
+    Spec(
+        "worker1_default_again_rate",
+        RMQ,
+        "  the second drain with default flags (3rd of the 4)",
+        "tasks/s",
     ),
     Spec(
         "worker1_default_cpu_us",

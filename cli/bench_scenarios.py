@@ -175,11 +175,17 @@ def bench_memory(res: Results, n: int) -> None:
     res.put("worker_peak_rss_mb", fin.peak_rss_mb, n, done)
 
 
-def bench_drain(res: Results, n: int, processes: int, default_flags: bool = False) -> None:
+def bench_drain(
+    res: Results, n: int, processes: int, default_flags: bool = False, again: bool = False
+) -> None:
     """send_many N no-op tasks, then a worker (1 or 2 processes, --burst) drains them,
-    logging at WARNING (or, `default_flags`, with the worker's defaults: a line per job)."""
+    logging at WARNING (or, `default_flags`, with the worker's defaults: a line per job).
+    `again`: the second drain of its kind (see `flags_share`)."""
     from redismq.cli.bench_app import TOPIC, noop
 
+    name = (
+        f"worker{processes}" + ("_default" if default_flags else "") + ("_again" if again else "")
+    )
     with LocalServer() as srv:
         client = _client(srv.url, TOPIC)
         task = bind(noop, client)
@@ -194,25 +200,19 @@ def bench_drain(res: Results, n: int, processes: int, default_flags: bool = Fals
         started = time.monotonic()
         with worker_process(args, srv.url) as proc:
             fin = wait_measured(proc, started, wait_timeout(n, 0.01))
-        if default_flags:
-            window = done_window(client, TOPIC, QUEUES)
-            client.close()
-            rate, cpu_us, steady_cpu = steady(window, fin)
-            res.runs["redismq_worker_default_flags"] = run_record(fin, window, n, steady_cpu)
-            res.put("worker1_default_rate", rate, n, window.completed)
-            res.put("worker1_default_cpu_us", cpu_us, n, window.completed)
-            return
-        check_exit(f"the worker (--processes {processes})", fin)
+        check_exit(f"the worker ({name})", fin)
         drained = ServerStats.take(client.meta)
         calls, server_cpu = drained.since(before)
         drain_cpu = drained.since(sent)[1]
         window = done_window(client, TOPIC, QUEUES)
         client.close()
     rate, cpu_us, steady_cpu = steady(window, fin)
-    res.runs[f"redismq_worker_{processes}"] = run_record(fin, window, n, steady_cpu)
-    res.put(f"worker{processes}_rate", rate, n, window.completed)
-    res.put(f"worker{processes}_cpu_us", cpu_us, n, window.completed)
-    if processes == 1:
+    res.runs[f"redismq_{name}"] = run_record(fin, window, n, steady_cpu)
+    res.put(f"{name}_rate", rate, n, window.completed)
+    if again:
+        return
+    res.put(f"{name}_cpu_us", cpu_us, n, window.completed)
+    if name == "worker1":
         res.put("send_many_rate", send_many)
         res.put("commands_per_task", sum(calls.values()) / max(window.completed, 1))
         res.put("server_us_per_task", server_cpu / max(window.completed, 1) * 1e6)
@@ -220,9 +220,20 @@ def bench_drain(res: Results, n: int, processes: int, default_flags: bool = Fals
         res.commands["redismq"] = per_task(calls, max(window.completed, 1))
     if not steady_cpu:
         res.notes.append(
-            f"worker{processes}_cpu_us counts the whole process (start-up included): "
+            f"{name}_cpu_us counts the whole process (start-up included): "
             "no steady-state CPU samples (is psutil installed?)"
         )
+
+
+def flags_share(res: Results) -> None:
+    """Default flags over --log-level WARNING, from the four drains run in turn (WARNING,
+    default, default, WARNING): the load of the machine drifts over a run, and each kind's
+    two drains sit as far from the middle as the other's."""
+    default = (
+        res.values["worker1_default_rate"].value + res.values["worker1_default_again_rate"].value
+    )
+    warning = res.values["worker1_rate"].value + res.values["worker1_again_rate"].value
+    res.put("default_flags_share", default / warning)
 
 
 def percentile(values: list[float], q: float) -> float:
