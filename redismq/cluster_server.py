@@ -50,6 +50,10 @@ class LocalCluster:
             "0",
             "--cluster-require-full-coverage",
             "no",
+            # CLUSTER SLOTS lists a replica once its replication offset is above 0, which
+            # on an empty master takes its first ping to the replicas (every 10 s by default)
+            "--repl-ping-replica-period",
+            "1",
         ]
         self.node_timeout_ms = node_timeout_ms
 
