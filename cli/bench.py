@@ -25,6 +25,7 @@ bench uses.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +40,15 @@ from redismq import RedisMQError
 
 from .bench_measure import BenchError
 from .bench_peers import best_peer, peer_steps
-from .bench_report import CONCURRENCY, QUEUES, Results, print_report, report, top_commands
+from .bench_report import (
+    CONCURRENCY,
+    QUEUES,
+    Results,
+    bound_of_processes,
+    print_report,
+    report,
+    top_commands,
+)
 from .bench_rq import bench_rq_drain, bench_rq_latency
 from .bench_scenarios import (
     bench_drain,
@@ -108,6 +117,7 @@ def run_bench(
             progress.print(f"      done in {time.monotonic() - started:.1f}s")
     best_peer(res)
     flags_share(res)
+    bound_of_processes(res, os.cpu_count())
     res.notes += [
         f"Each scenario runs on a fresh local server. redismq: a topic of {QUEUES} queues, "
         f"worker default --concurrency {CONCURRENCY}, --log-level WARNING; raw redis-py: one "

@@ -367,6 +367,24 @@ class Results:
         self.values[name] = Measured(value, sent, done)
 
 
+def bound_of_processes(res: Results, cores: int | None) -> None:
+    """Say what bounds `--processes 2` where the machine has no core for each worker
+    process and Redis: the CPU a task takes, worker's and server's, over the cores."""
+    v = res.values
+    names = ("worker1_rate", "worker2_rate", "worker1_cpu_us", "server_drain_us_per_task")
+    if not cores or cores >= 3 or not all(n in v for n in names):
+        return
+    per_task = v["worker1_cpu_us"].value + v["server_drain_us_per_task"].value
+    ceiling = cores / per_task * 1e6
+    res.notes.append(
+        f"--processes 2 on {cores} cores: the worker processes, Redis and this bench share "
+        f"them. A task takes {per_task:.1f} µs of CPU (worker {v['worker1_cpu_us'].value:.1f},"
+        f" Redis {v['server_drain_us_per_task'].value:.1f}): {cores} cores drain at most "
+        f"{ceiling:,.0f} tasks/s, {ceiling / v['worker1_rate'].value:.2f}× one process, "
+        "however many processes run. 1.7× needs a core for each process and one for Redis."
+    )
+
+
 def report(results: Results) -> dict[str, Any]:
     """The JSON-ready report: every figure with its unit, ratios and targets."""
     figures: dict[str, Any] = {}
@@ -479,7 +497,7 @@ def print_report(rep: dict[str, Any], console: Console) -> None:
             fig["unit"],
             counts,
             "\n".join(ratio_lines),
-            "\n".join(target_lines).strip("\n"),
+            "\n".join(target_lines).rstrip("\n"),  # leading blanks keep lines aligned
         )
     console.print(table)
 

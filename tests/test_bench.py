@@ -16,7 +16,14 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from redismq.cli.bench_report import Target, print_report
+from redismq.cli.bench_report import (
+    SPECS,
+    Results,
+    Target,
+    _times,
+    bound_of_processes,
+    print_report,
+)
 from redismq.cli.bench_scenarios import percentile
 from redismq.cli.main import main
 
@@ -204,6 +211,14 @@ def test_the_table_shows_every_figure(quick: dict[str, Any]) -> None:
         assert fig["label"] in text
     assert "500/500" in text and "100/100" in text
     assert "forking Worker drains 100 jobs" in text
+    # a ratio's target is printed on the ratio's own line
+    shorts = {s.name: s.short or s.label for s in SPECS}
+    lines = text.splitlines()
+    for name, fig in quick["figures"].items():
+        for r in fig["ratios"]:
+            if r["target"] is not None:
+                shown = f"{_times(r['ratio'])} {shorts[r['baseline']]}"
+                assert any(shown in line and r["target"] in line for line in lines), (name, r)
 
 
 def test_bad_options_are_one_line_errors() -> None:
@@ -219,3 +234,24 @@ def test_helpers() -> None:
     assert Target(">=", 0.85).met(0.85) and not Target(">=", 0.85).met(0.84)
     assert Target("<", 0.7).met(0.69) and not Target("<", 0.7).met(0.7)
     assert str(Target("<=", 3)) == "≤ 3"
+
+
+def test_what_bounds_two_processes_on_two_cores() -> None:
+    def results() -> Results:
+        res = Results(1000, False, 100, 10)
+        for name, value in (
+            ("worker1_rate", 40_000.0),
+            ("worker2_rate", 44_000.0),
+            ("worker1_cpu_us", 15.0),
+            ("server_drain_us_per_task", 25.0),
+        ):
+            res.put(name, value)
+        return res
+
+    two = results()
+    bound_of_processes(two, 2)
+    # 2 cores / 40 µs of CPU per task: 50,000 tasks/s, 1.25× one process
+    assert any("drain at most 50,000 tasks/s, 1.25× one process" in n for n in two.notes)
+    four = results()
+    bound_of_processes(four, 4)
+    assert four.notes == []
