@@ -145,14 +145,17 @@ def _env(url: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def worker_process(args: list[str], url: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A worker subprocess (stderr to a temporary file), stopped and reaped at the end."""
+def worker_process(
+    args: list[str], url: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker subprocess (stderr to a temporary file; `env` added to its environment),
+    stopped and reaped at the end."""
     parent = os.getpid()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(
             [sys.executable, *args],
             cwd=ROOT,
-            env=_env(url),
+            env={**_env(url), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -4,10 +4,11 @@ Each scenario sends N tasks one by one to a topic of 4 queues, then a worker dra
 with `--burst`. Figures:
 
 - utilization: ideal time (N × job time / (processes × concurrency)) over the measured
-  time from the first start to the last end, as recorded by the tasks themselves;
+  time from the first start to the last end, as recorded by the tasks themselves (lines
+  appended to a file: no Redis call between a job's end and its slot's release);
 - Redis writes per task: write commands the worker sends while it drains (seen by
   MONITOR; a script call counts once, as one atomic write, if it wrote anything, and the
-  commands it runs are not counted again; the tasks' own records are not counted), over N;
+  commands it runs are not counted again), over N;
 - re-appended: XADD calls while the worker drains (messages handed back and written again);
 - worst displacement: how many places after its send position a task started, at most.
 """
@@ -18,6 +19,8 @@ import collections
 import contextlib
 import hashlib
 import json
+import os
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -42,13 +45,12 @@ from .bench_measure import (
 from .bench_report import NAMESPACE, QUEUES
 
 # The write commands a worker may send per task. Left out: XREADGROUP (it writes only the
-# delivery), XGROUP (joining and leaving the group, once per consumer, not per task) and
-# RPUSH (the bench's tasks record themselves with it).
+# delivery) and XGROUP (joining and leaving the group, once per consumer, not per task).
 WRITES = frozenset(
     {
         *("xadd", "xack", "xclaim", "xautoclaim", "xdel", "publish"),
         *("zadd", "zrem", "zremrangebyscore", "hset", "hdel", "hincrby", "sadd", "srem"),
-        *("set", "del", "pexpire", "expire", "incr", "incrby"),
+        *("set", "del", "pexpire", "expire", "incr", "incrby", "rpush"),
     }
 )
 
@@ -128,10 +130,11 @@ QUICK_SCENARIOS = (
 
 def run_slow(sc: SlowScenario) -> dict[str, Any]:
     """Run one scenario on a fresh local server; returns its figures."""
-    from .bench_app import SLOW_LIST, slow, slow_async
+    from .bench_app import SLOW_RECORDS_ENV, slow, slow_async
 
-    with LocalServer() as srv:
+    with LocalServer() as srv, tempfile.TemporaryDirectory() as tmp:
         client = Client(srv.url, namespace=NAMESPACE)
+        path = os.path.join(tmp, "records")
         try:
             task = slow_async if sc.use_async else slow
             client.create_topic(task.topic, queues=QUEUES)
@@ -151,15 +154,22 @@ def run_slow(sc: SlowScenario) -> dict[str, Any]:
             args += ["--topic", task.topic, "--processes", str(sc.processes)]
             args += ["--concurrency", str(sc.concurrency), "--burst", "--log-level", "WARNING"]
             started = time.monotonic()
-            with worker_process(args, srv.url) as proc:
+            with worker_process(args, srv.url, {SLOW_RECORDS_ENV: path}) as proc:
                 fin = wait_measured(proc, started, wait_timeout(sc.jobs, sc.seconds))
             writes_sent = writes.stop()
             check_exit(f"the worker ({sc.name})", fin)
             calls, _ = ServerStats.take(client.meta).since(before)
-            records = [json.loads(r) for r in client.meta.lrange(SLOW_LIST, 0, -1)]
         finally:
             client.close()
+        records = read_records(path)
     return slow_figures(sc, calls, records, fin.wall, writes_sent)
+
+
+def read_records(path: str) -> list[list[float]]:
+    """The tasks' records, one JSON list per line (none: the file was never made)."""
+    with contextlib.suppress(FileNotFoundError), open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+    return []
 
 
 def slow_figures(
