@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import Counter
 
 import pytest
 import redis
@@ -156,10 +157,16 @@ def test_idle_consumers_wait_their_whole_block_but_one(client: Client) -> None:
     for c in consumers:
         c.receive(count=1, block=None)  # set-up and first looks, outside the count
     end = time.monotonic() + 2.0
+    calls: Counter[str] = Counter()
+    errors: list[BaseException] = []
 
     def idle(consumer) -> None:
-        while time.monotonic() < end:
-            assert consumer.receive(count=1, block=1.0) == []
+        try:
+            while time.monotonic() < end:
+                assert consumer.receive(count=1, block=1.0) == []
+                calls[consumer.name] += 1
+        except BaseException as exc:  # noqa: BLE001 - a thread's failure fails the test
+            errors.append(exc)
 
     with round_trips() as trips:
         threads = [threading.Thread(target=idle, args=(c,)) for c in consumers]
@@ -167,8 +174,11 @@ def test_idle_consumers_wait_their_whole_block_but_one(client: Client) -> None:
             t.start()
         for t in threads:
             t.join()
+    assert errors == []
+    assert all(calls[c.name] >= 2 for c in consumers), calls  # 2 s of waits of 1 s or less
     blocking = [t for t in trips if b"\r\nBLOCK\r\n" in t]
     scripts = [t for t in trips if b"\r\nEVALSHA\r\n" in t]
+    assert len(blocking) >= 19 * 2, len(blocking)
     # 19 consumers x 2-3 blocks of 1 s, and the watcher's ~8 blocks of 250 ms (each thread
     # woke every 250 ms before: ~160 blocking reads, and a read script call before each);
     # one read script call each, the first (after a wait that found nothing, they wait again)
