@@ -144,6 +144,7 @@ def test_only_one_of_two_nameservers_acts_and_the_other_takes_over(client, url, 
     assert client.meta.get(lease).decode() == acting.id
 
     running.stop(acting)  # a clean stop gives the lease up
+    assert (client.meta.get(lease) or b"").decode() != acting.id  # gone, or the standby's
 
     assert wait_for(lambda: standby.acting, timeout=3 * acting.lease_ms / 1000)
     assert client.meta.get(lease).decode() == standby.id

@@ -107,7 +107,7 @@ def test_send_raises_as_before_once_its_timeout_passed(producers, keyed):
         error = QueueUnavailable if keyed else BrokerUnavailable
         with pytest.raises(error, match="cannot reach Redis"):
             p.send("away", "lost", key="k" if keyed else None, timeout=0.6)
-        assert time.monotonic() - started >= 0.6
+        assert 0.6 <= time.monotonic() - started < 10  # its own timeout, not the client's 30 s
 
 
 def test_sends_ride_out_a_server_restart(producers, producer_kind):
