@@ -72,6 +72,24 @@ def round_trips() -> Iterator[list[bytes]]:
         redis.connection.AbstractConnection.send_packed_command = sent  # type: ignore[method-assign]
 
 
+def setinfo_rule(admin: redis.Redis) -> list[str]:
+    """`+client|setinfo` where the server knows the command (Redis 7.2+, Valkey; Redis 7.0
+    refuses the rule): redis-py names each connection with it, and a user that may not
+    leaves a refusal in the ACL log at every connection."""
+    try:
+        admin.execute_command("ACL", "SETUSER", "setinfo-probe", "+client|setinfo")
+    except redis.ResponseError:
+        return []
+    admin.execute_command("ACL", "DELUSER", "setinfo-probe")
+    return ["+client|setinfo"]
+
+
+def denied(admin: redis.Redis) -> list[tuple[str, str]]:
+    """(user, command or key) of every refusal in the server's ACL log."""
+    log = admin.execute_command("ACL", "LOG")  # RESP3: each entry a dict
+    return [(e[b"username"].decode(), e[b"object"].decode()) for e in log]
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, every: float = 0.02) -> bool:
     """Poll until the predicate is true; False if it never was within the timeout."""
     deadline = time.monotonic() + timeout

@@ -122,14 +122,16 @@ def test_progress_is_readable_while_the_job_runs(rt, url, db, processes):
     assert job.progress() == (1.0, "step 15")
 
 
-def test_sigkilled_child_is_restarted_and_every_job_completes_once(rt, url, db, processes):
+def test_sigkilled_child_is_restarted_and_every_job_completes_once(rt, client, url, db, processes):
     jobs = [rt.slow.send(0.05, str(i)) for i in range(60)]
     worker = start_worker(
         processes, url, "--processes", "2", "--concurrency", "2", "--visibility-timeout", "1"
     )
     assert wait_for(lambda: len(rows(db, "slow-end")) >= 10, timeout=30)
     victim = rows(db, "slow-start")[-1][1]
+    killed_at = time.time()
     os.kill(victim, signal.SIGKILL)
+    assert wait_for(lambda: restarted_since(client, killed_at), timeout=30)  # a new child
     assert all(j.result(timeout=60) == str(i) for i, j in enumerate(jobs))
     ends = [v for v, _ in rows(db, "slow-end")]
     assert sorted(set(ends)) == sorted(str(i) for i in range(60))

@@ -70,9 +70,17 @@ def test_a_slow_async_job_keeps_its_lease_and_runs_once(client: Client, app: App
 
     for i in range(4):
         long.send(i)
-    counts = Worker(app, concurrency=4, burst=True, visibility_timeout=1.0).run()
+    worker = Worker(app, concurrency=4, burst=True, visibility_timeout=1.0)
+    thread = run_in_thread(worker)
+    assert wait_for(lambda: len(runs) == 4)
+    # Another consumer of the group looks for expired leases all along: it finds none.
+    other = client.consumer(TOPIC, worker.subscriptions[0].group, visibility_timeout=1.0)
+    stolen: list = []
+    while thread.is_alive():
+        stolen += other.receive(count=10, block=0.1)
+    assert stolen == [], "a running job's lease expired"
     assert sorted(runs) == [0, 1, 2, 3]
-    assert counts.processed == 4 and counts.lost == 0
+    assert worker.counts.processed == 4 and worker.counts.lost == 0
 
 
 def test_an_async_job_over_its_limit_is_cancelled_and_its_neighbours_finish(
