@@ -221,8 +221,12 @@ def test_eager_app_fixture_needs_no_server(redismq_eager_app: App) -> None:
 
 
 def test_eager_mode_sends_from_async_code_too() -> None:
+    from tests.conftest import round_trips
+
     with eager_app(app) as bound:
-        job = asyncio.run(send_receipt.send_async(5))
+        with round_trips() as sync_trips:
+            job = asyncio.run(send_receipt.send_async(5))
+        assert sync_trips == []  # sent by the eager async client, not the sync one
         assert run_until_idle(bound).processed == 1
         assert job.result(timeout=1) == "receipt 5"
 
