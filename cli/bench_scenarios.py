@@ -227,8 +227,8 @@ def bench_drain(
 
 def flags_share(res: Results) -> None:
     """Default flags over --log-level WARNING, from the four drains run in turn (WARNING,
-    default, default, WARNING): the load of the machine drifts over a run, and each kind's
-    two drains sit as far from the middle as the other's."""
+    default, default, WARNING): the load of the machine drifts over a run, and both kinds'
+    drains have the same mean moment."""
     default = (
         res.values["worker1_default_rate"].value + res.values["worker1_default_again_rate"].value
     )

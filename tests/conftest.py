@@ -86,8 +86,7 @@ def setinfo_rule(admin: redis.Redis) -> list[str]:
 
 def denied(admin: redis.Redis) -> list[tuple[str, str]]:
     """(user, command or key) of every refusal in the server's ACL log."""
-    log = admin.execute_command("ACL", "LOG")  # RESP3: each entry a dict
-    return [(e[b"username"].decode(), e[b"object"].decode()) for e in log]
+    return [(e["username"], e["object"]) for e in admin.acl_log()]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, every: float = 0.02) -> bool:
