@@ -364,7 +364,7 @@ class AsyncClient:
         sent: Sent | None
         if call is not None:
             keys, args = call
-            sent = script_sent(await broker.scripts.send(keys=keys, args=args), t.name, queue)
+            sent = script_sent(await broker.scripts.send(keys=keys, args=args), msg, t.name, queue)
             if sent is None:
                 return None
         else:
@@ -414,7 +414,7 @@ class AsyncClient:
                     if attempt:
                         raise
                     await broker.redis.script_load(broker.scripts.send.script)
-        sent = script_sent(reply, t.name, queue)
+        sent = script_sent(reply, msg, t.name, queue)
         if sent is None:
             return None
         if acked < 1:

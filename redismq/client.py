@@ -366,7 +366,7 @@ class Client:
                 reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
             else:
                 reply, acked = broker.scripts.send(keys=keys, args=args), 1
-            stored = script_sent(reply, t.name, queue)
+            stored = script_sent(reply, msg, t.name, queue)
             if stored is None:
                 return None
             sent = stored

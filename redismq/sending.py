@@ -136,11 +136,13 @@ def send_script_call(
     delay, the bound of the queue's backlog (which counts the `groups`), and a task's id
     `index` (a key and its value, kept `index_ttl_ms`; only where it shares the queue's
     node)."""
+    guard, retrying = (plan.guard_ms, int(plan.retrying)) if plan is not None else (0, 0)
     if msg.dedup_key is not None:
         record, window, check = keys.dedup(msg.dedup_key), dedup_window_ms, 1
+    elif index is not None and index_ttl_ms >= guard:  # written with the entry, kept as long
+        record, window, check = index[0], 0, retrying
     else:  # a fresh id has no record yet: only a retry looks for one
-        window = plan.guard_ms if plan is not None else 0
-        record, check = keys.sent(msg.id), int(plan is not None and plan.retrying)
+        record, window, check = keys.sent(msg.id), guard, retrying
     index_key, index_value = index if index is not None else (record, "")
     names = list(groups) if bound else []
     script_keys = [keys.stream, keys.delayed, record, keys.counters, index_key]
@@ -172,13 +174,15 @@ def attempt_call(
     return send_script_call(keys, msg, dedup_window_ms, bound, groups, plan, index, index_ttl_ms)
 
 
-def script_sent(reply: list[Any], topic: str, queue: int) -> Sent | None:
-    """Where the `send` script put a message (the first id if it was a duplicate); None
-    when the queue was full."""
-    sent_id, outcome, *entry = reply
+def script_sent(reply: list[Any], msg: Outgoing, topic: str, queue: int) -> Sent | None:
+    """Where the `send` script put a message (for a duplicate of a dedup key, the first
+    message's id); None when the queue was full."""
+    first, outcome, *entry = reply
     if outcome == -1:
         return None
-    return Sent(sent_id.decode(), topic, queue, entry[0].decode() if entry else None)
+    # else than a dedup key's, the record found is this id's own (its value may be the index)
+    sent_id = first.decode() if msg.dedup_key is not None else msg.id
+    return Sent(sent_id, topic, queue, entry[0].decode() if entry else None)
 
 
 def full_message(topic: Topic) -> str:

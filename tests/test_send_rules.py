@@ -9,7 +9,7 @@ import time
 import pytest
 
 from redismq import BrokerUnavailable, Client, QueueUnavailable, TopicFull
-from redismq.keys import QueueKeys
+from redismq.keys import QueueKeys, job_index
 from redismq.server import LocalServer
 from tests.producers import drop_first_reply, key_for
 
@@ -85,15 +85,21 @@ def test_blocked_keyless_send_takes_the_first_queue_that_has_room(producers, cli
 
 
 @pytest.mark.parametrize(
-    ("keyed", "bound"), [(False, 0), (True, 0), (False, 100)], ids=["keyless", "keyed", "bounded"]
+    ("keyed", "bound", "task"),
+    [(False, 0, False), (True, 0, False), (False, 100, False), (False, 0, True), (True, 0, True)],
+    ids=["keyless", "keyed", "bounded", "task", "keyed-task"],
 )
-def test_a_retry_after_a_dropped_reply_does_not_send_twice(producers, client, keyed, bound):
+def test_a_retry_after_a_dropped_reply_does_not_send_twice(producers, client, keyed, bound, task):
     p = producers()
     p.create_topic("once", queues=2, max_backlog=bound)  # bounded: the script writes
     dropped = drop_first_reply(p)
-    sent = p.send_message("once", {"n": 1}, key="k" if keyed else None)
+    index_as = ("workers", "signup") if task else None  # a task's send: indexed by its id
+    sent = p.send_message("once", {"n": 1}, key="k" if keyed else None, index_as=index_as)
     assert dropped, "the first attempt ran on the server"
     assert stored_ids(client.meta, "once", 2) == [sent.id]
+    if task:  # its id index is the record the retry found: no other record of the id
+        assert client.meta.get(job_index("rmq", sent.id)) is not None
+        assert not client.meta.exists(QueueKeys("rmq", "once", sent.queue).sent(sent.id))
 
 
 @pytest.mark.parametrize("keyed", [False, True], ids=["keyless", "keyed"])

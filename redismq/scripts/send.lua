@@ -1,8 +1,9 @@
 -- Send one message with a dedup key (or the record of its id that makes a retry of the send
 -- a no-op), a delay, a bound on the queue's backlog (its definition: _backlog.lua, the same
 -- as redismq/backlog.py) and/or a task's id index, all at once.
--- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] dedup key (or id record), KEYS[4] queue
--- counters hash, KEYS[5] the id index key (with ARGV[6] 0: unused, any key of the queue),
+-- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] dedup key (or the record of the id: its
+-- own key, or the id index, with ARGV[2] 0), KEYS[4] queue counters hash, KEYS[5] the id
+-- index key (with ARGV[6] 0: unused, any key of the queue),
 -- KEYS[6..] per known group: its retry stream, its retry zset
 -- ARGV[1] message id, ARGV[2] how long the dedup key (or id record) is kept, ms (0: none),
 -- ARGV[3] 1: look for it first (a dedup key, or the id record of a send tried before),
@@ -12,7 +13,7 @@
 -- ARGV[8] number of known groups G, ARGV[9..8+G] their names,
 -- ARGV[9+G..] the entry's field/value pairs
 -- Returns {message id, 1, entry id} when sent ({message id, 1} when delayed),
--- {first id, 0} for a duplicate, {'', -1} when full.
+-- {what KEYS[3] holds, 0} for a duplicate (a dedup key's: the first id), {'', -1} when full.
 if ARGV[3] == '1' then
   local first = redis.call('GET', KEYS[3])
   if first then
