@@ -365,7 +365,7 @@ class Client:
             if replicated:
                 reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
             else:
-                reply, acked = broker.scripts.send(keys=keys, args=args), 1
+                reply, acked = broker.scripts.send(keys=keys, args=args, client=broker.sender()), 1
             stored = script_sent(reply, msg, t.name, queue)
             if stored is None:
                 return None
@@ -379,7 +379,7 @@ class Client:
             entry, acked = broker.on_node(qk.stream, fill)
             sent = Sent(msg.id, t.name, queue, entry.decode())
         else:
-            entry = broker.redis.xadd(qk.stream, msg.fields)
+            entry = broker.sender().xadd(qk.stream, msg.fields)
             sent, acked = Sent(msg.id, t.name, queue, cast(bytes, entry).decode()), 1
         if index and not local and sent.id == msg.id:
             broker.redis.set(*index, px=self.result_ttl_ms)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import threading
 import time
 import zlib
@@ -226,11 +227,26 @@ class Broker:
     redis: redis.Redis
     scripts: Scripts
     shard: str | None = None
+    _held: threading.local = field(default_factory=threading.local, repr=False)
 
     @property
     def cluster(self) -> bool:
         """Whether this broker is a Redis Cluster."""
         return cluster.is_cluster(self.redis)
+
+    def sender(self) -> redis.Redis:
+        """The calling thread's own connection to this broker, for sends one at a time.
+
+        It is taken from the pool at the thread's first send and given back when the
+        thread ends (or closed with the client), so that a send does not take a connection
+        and give it back each time: the pool checks every connection it lends for unread
+        data, a system call. On a Redis Cluster, the cluster client itself.
+        """
+        pid, held = getattr(self._held, "client", (0, None))
+        if pid != os.getpid():  # none yet, or the parent's (a forked child must not share it)
+            held = self.redis if self.cluster else self.redis.client()
+            self._held.client = (os.getpid(), held)
+        return held
 
     def pipeline(self) -> Any:
         """A non-transactional pipeline for this broker's keys. On a Redis Cluster Broker of

@@ -13,6 +13,7 @@ import redis
 import redis.asyncio
 
 from redismq import AsyncClient, Client
+from redismq.health import DEFAULT_BROKER
 from redismq.routing import queue_for_key
 
 PRODUCERS = ["sync", "async"]
@@ -68,9 +69,10 @@ def key_for(queue: int, queues: int) -> str:
 
 
 def drop_first_reply(producer: Any) -> list[Any]:
-    """Make the producer's first write on its meta connection (a script call or a MULTI
-    pipeline) run on the server, then fail as if the connection dropped before the reply
-    came. Returns the replies the server gave to the dropped calls."""
+    """Make the producer's first write to the meta Redis (a script call or a MULTI
+    pipeline, on the meta connection or on the calling thread's own connection for sends)
+    run on the server, then fail as if the connection dropped before the reply came.
+    Returns the replies the server gave to the dropped calls."""
     conn = producer.meta
     dropped: list[Any] = []
 
@@ -102,14 +104,22 @@ def drop_first_reply(producer: Any) -> list[Any]:
             return pipe
 
         conn.evalsha, conn.pipeline = evalsha_async, pipeline_async
-    else:
-
-        def pipeline(*args: Any, **kwargs: Any) -> Any:
-            pipe = real_pipeline(*args, **kwargs)
-            execute = pipe.execute
-            pipe.execute = lambda *a, **kw: lost(execute(*a, **kw))
-            return pipe
-
-        conn.evalsha = lambda *args, **kwargs: lost(real_evalsha(*args, **kwargs))
-        conn.pipeline = pipeline
+    else:  # the meta Redis, and this thread's own connection for sends (Broker.sender)
+        for each in (conn, producer.router.broker(DEFAULT_BROKER).sender()):
+            drop_on(each, lost)
     return dropped
+
+
+def drop_on(conn: redis.Redis, lost: Callable[[Any], Any]) -> None:
+    """Pass every reply of `conn`'s script calls and pipelines through `lost`."""
+    real_evalsha: Callable[..., Any] = conn.evalsha
+    real_pipeline: Callable[..., Any] = conn.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        execute = pipe.execute
+        pipe.execute = lambda *a, **kw: lost(execute(*a, **kw))
+        return pipe
+
+    conn.evalsha = lambda *args, **kwargs: lost(real_evalsha(*args, **kwargs))  # type: ignore[method-assign]
+    conn.pipeline = pipeline  # type: ignore[method-assign]
