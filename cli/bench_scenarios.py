@@ -113,17 +113,30 @@ def _client(url: str, topic: str) -> Client:
 
 
 def bench_send(res: Results, n: int) -> None:
-    """redismq `Task.send`, one round trip per message."""
+    """redismq `Task.send`, one round trip per message, and raw redis-py XADDs one by one on
+    the same server in turns with it (raw, send, send, raw: the machine's speed drifts
+    within a run), `n` messages each time."""
     from redismq.cli.bench_app import TOPIC, noop
 
     with LocalServer() as srv:
         client = _client(srv.url, TOPIC)
         task = bind(noop, client)
         task.send()  # connect and load the topic before timing
-        started = time.perf_counter()
-        for _ in range(n):
-            task.send()
-        res.put("send_rate", rate_of(n, time.perf_counter() - started))
+        r = redis.Redis.from_url(srv.url)
+        r.ping()
+        took = {"raw": 0.0, "send": 0.0}
+        for kind in ("raw", "send", "send", "raw"):
+            started = time.perf_counter()
+            if kind == "raw":
+                for _ in range(n):
+                    r.xadd(RAW_STREAM_ONE, RAW_FIELDS)
+            else:
+                for _ in range(n):
+                    task.send()
+            took[kind] += time.perf_counter() - started
+        res.put("send_rate", rate_of(2 * n, took["send"]))
+        res.put("send_raw_xadd_rate", rate_of(2 * n, took["raw"]))
+        r.close()
         client.close()
 
 
