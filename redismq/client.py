@@ -133,6 +133,8 @@ class Client:
             self.meta.ping()
 
     def close(self) -> None:
+        """Close every connection of this client."""
+        self.router.close()
         self.meta.close()
 
     # -- topics ----------------------------------------------------------------------

@@ -415,6 +415,16 @@ class Router:
         with self._lock:
             return self._brokers.setdefault(name, broker)
 
+    def close(self) -> None:
+        """Close the connections to brokers other than the meta Redis (each pool's, with
+        the ones threads hold for their sends)."""
+        with self._lock:
+            brokers, self._brokers = list(self._brokers.values()), {}
+            self._views.clear()
+        for broker in brokers:
+            if broker.redis is not self.meta:
+                broker.redis.close()
+
     def _forget_changed(self, records: dict[bytes, bytes]) -> None:
         """Drop the connections of brokers removed, or registered again with another URL,
         since they were opened: nothing is sent through a stale connection."""

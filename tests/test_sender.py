@@ -10,6 +10,7 @@ import threading
 import redis
 
 from redismq import Client
+from redismq.brokers import add_broker
 from redismq.health import DEFAULT_BROKER
 from redismq.keys import QueueKeys
 from redismq.server import LocalServer
@@ -99,3 +100,32 @@ def test_a_forked_child_sends_on_its_own_connection():
         assert broker.sender().client_id() == parent
         assert client.meta.xlen(QueueKeys("rmq", "mail", 0).stream) == 3
         client.close()
+
+
+def test_closing_the_client_closes_every_broker_s_connections():
+    """As `AsyncClient.aclose` does: the meta Redis's, and those of the other brokers (the
+    pool's and every thread's own)."""
+    with LocalServer() as meta, LocalServer() as other:
+        client = Client(meta.url)
+        add_broker(client, "b1", other.url)
+        client.create_topic("mail", queues=2)
+        sent, closed = threading.Event(), threading.Event()
+
+        def sender() -> None:  # a thread that holds its connections past the close
+            for n in range(4):
+                client.send("mail", n)
+            sent.set()
+            closed.wait(30)
+
+        thread = threading.Thread(target=sender)
+        thread.start()
+        sent.wait(30)
+        admin = redis.Redis.from_url(other.url)
+        assert others(admin) >= 1
+        client.close()
+        try:
+            assert wait_for(lambda: others(admin) == 0), admin.client_list()
+        finally:
+            closed.set()
+            thread.join()
+        admin.close()
