@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis import Redis  # the name `redis` is also a Broker field
 
 from . import cluster
 from .errors import BrokerUnavailable, TopicExists, TopicNotFound
@@ -234,7 +235,7 @@ class Broker:
         """Whether this broker is a Redis Cluster."""
         return cluster.is_cluster(self.redis)
 
-    def sender(self) -> redis.Redis:
+    def sender(self) -> Redis:
         """The calling thread's own connection to this broker, for sends one at a time.
 
         It is taken from the pool at the thread's first send and given back when the
@@ -242,7 +243,7 @@ class Broker:
         and give it back each time: the pool checks every connection it lends for unread
         data, a system call. On a Redis Cluster, the cluster client itself.
         """
-        pid, held = getattr(self._held, "client", (0, None))
+        pid, held = getattr(self._held, "client", (0, self.redis))
         if pid != os.getpid():  # none yet, or the parent's (a forked child must not share it)
             held = self.redis if self.cluster else self.redis.client()
             self._held.client = (os.getpid(), held)
