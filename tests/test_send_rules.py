@@ -290,3 +290,14 @@ def test_a_resend_after_an_expand_finds_the_first_message(producers, client):
     expand_topic(client, "signup", 7)
     fresh = producers()  # reads the expanded topic
     assert {k: fresh.send("signup", {"k": k}, dedup_key=k) for k in keys} == first
+
+
+@pytest.mark.parametrize("task", [False, True], ids=["message", "task"])
+def test_a_send_after_the_server_forgot_its_scripts_loads_them_again(producers, client, task):
+    p = producers()
+    p.create_topic("flushed", queues=2)
+    index_as = ("workers", "signup") if task else None
+    first = p.send_message("flushed", {"n": 1}, index_as=index_as)
+    client.meta.script_flush()  # as after a restart without persistence, or a failover
+    second = p.send_message("flushed", {"n": 2}, index_as=index_as)
+    assert sorted(stored_ids(client.meta, "flushed", 2)) == sorted([first.id, second.id])
