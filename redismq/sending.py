@@ -136,13 +136,16 @@ def send_script_call(
     delay, the bound of the queue's backlog (which counts the `groups`), and a task's id
     `index` (a key and its value, kept `index_ttl_ms`; only where it shares the queue's
     node)."""
-    guard, retrying = (plan.guard_ms, int(plan.retrying)) if plan is not None else (0, 0)
+    # Every call looks for its record first, a first attempt's too: the same call may run
+    # twice (redis-py sends it again on a new connection when the first one broke after
+    # the server ran it), and only the record tells the second run to store nothing.
+    guard = plan.guard_ms if plan is not None else 0
     if msg.dedup_key is not None:
         record, window, check = keys.dedup(msg.dedup_key), dedup_window_ms, 1
     elif index is not None and index_ttl_ms >= guard:  # written with the entry, kept as long
-        record, window, check = index[0], 0, retrying
-    else:  # a fresh id has no record yet: only a retry looks for one
-        record, window, check = keys.sent(msg.id), guard, retrying
+        record, window, check = index[0], 0, 1
+    else:  # no record without a guard (no retries): nothing to look for
+        record, window, check = keys.sent(msg.id), guard, int(guard > 0)
     index_key, index_value = index if index is not None else (record, "")
     names = list(groups) if bound else []
     script_keys = [keys.stream, keys.delayed, record, keys.counters, index_key]
@@ -243,9 +246,9 @@ class Attempts:
     usable broker not yet tried; otherwise the send tries the same queue again, with
     backoff, until `outage` seconds have passed (a keyed message always stays on its
     queue). Every attempt stores a record of the message id with the entry (kept
-    `guard_ms`, in the script that writes the entry), and a retry looks for it first
-    (the `send` script), so that a retry of an attempt that landed before its reply was
-    lost stores nothing.
+    `guard_ms`, in the script that writes the entry; a task's id index where it is kept as
+    long), and every attempt looks for it first (the `send` script), so that an attempt
+    that runs again after its reply was lost (retried here or by redis-py) stores nothing.
     """
 
     def __init__(
@@ -276,12 +279,6 @@ class Attempts:
             self.queue = choose_queue(topic, self.msg, self.usable)
         self.topic = topic
         return topic
-
-    @property
-    def retrying(self) -> bool:
-        """Whether an earlier attempt failed to reach its broker (and may have landed): this
-        one must look for the record of the message id before it writes."""
-        return bool(self.failed)
 
     @property
     def broker(self) -> str:

@@ -12,6 +12,7 @@ from redismq import BrokerUnavailable, Client, QueueUnavailable, TopicFull
 from redismq.keys import QueueKeys, job_index
 from redismq.server import LocalServer
 from tests.producers import drop_first_reply, key_for
+from tests.proxy import ReplyDropper
 
 
 def lengths(client: Client, topic: str, queues: int) -> list[int]:
@@ -301,3 +302,22 @@ def test_a_send_after_the_server_forgot_its_scripts_loads_them_again(producers, 
     client.meta.script_flush()  # as after a restart without persistence, or a failover
     second = p.send_message("flushed", {"n": 2}, index_as=index_as)
     assert sorted(stored_ids(client.meta, "flushed", 2)) == sorted([first.id, second.id])
+
+
+@pytest.mark.parametrize("task", [False, True], ids=["message", "task"])
+def test_a_reply_lost_after_the_send_ran_does_not_store_it_twice(producers, client, url, task):
+    """The connection resets after the server ran the send, before its reply came back:
+    the call made again (by redis-py's reconnect, or by the send's own retry) finds the
+    message and stores nothing more."""
+    proxy = ReplyDropper(int(url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        p = producers(proxy.url())
+        p.create_topic("once", queues=2)
+        p.send("once", "warm")  # the script loaded, the routes cached
+        proxy.drop_reply_to(b"EVALSHA")
+        index_as = ("workers", "signup") if task else None
+        sent = p.send_message("once", {"n": 1}, index_as=index_as)
+        assert proxy.dropped == 1
+        assert stored_ids(client.meta, "once", 2).count(sent.id) == 1
+    finally:
+        proxy.close()

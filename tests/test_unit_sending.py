@@ -60,7 +60,7 @@ def test_an_unreachable_broker_is_tried_again_until_the_deadline():
     plan = Attempts(topic(["a"] * 2), prepare_message(1, key="k"), everywhere, room=None, outage=5)
     queue = plan.queue
     assert plan.when_unreachable(BrokerUnavailable("cannot reach Redis")) > 0
-    assert plan.queue == queue and plan.retrying
+    assert plan.queue == queue and plan.failed == {"a"}
     late = Attempts(topic(["a"] * 2), prepare_message(1, key="k"), everywhere, room=None, outage=0)
     with pytest.raises(QueueUnavailable, match="keyed message stays on its queue"):
         late.when_unreachable(BrokerUnavailable("cannot reach Redis"))
