@@ -4,14 +4,15 @@ connection resets after the server did the work."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
-from typing import Any
+from collections.abc import Callable
 
 
 class ReplyDropper:
-    """Forwards 127.0.0.1:`port` (its own: `self.port`); `drop_reply_to(b"XADD")` loses the
-    reply of the next request that holds those bytes."""
+    """Forwards its own port (`url()`) to 127.0.0.1:`upstream_port`; `drop_reply_to(b"XADD")`
+    loses the reply of the next request that holds those bytes."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
@@ -29,6 +30,12 @@ class ReplyDropper:
     def drop_reply_to(self, marker: bytes) -> None:
         self.marker = marker.upper()
 
+    def close(self) -> None:
+        close(self.listener)
+        with self._lock:
+            for sock in self._open:
+                close(sock)
+
     def _accept(self) -> None:
         while True:
             try:
@@ -38,54 +45,41 @@ class ReplyDropper:
             server = socket.create_connection(self.upstream)
             with self._lock:
                 self._open += [client, server]
-            lose = threading.Event()  # set before the request goes on: its reply is lost
-            threading.Thread(target=self._requests, args=(client, server, lose), daemon=True).start()
-            threading.Thread(target=self._replies, args=(server, client, lose), daemon=True).start()
+            lose = threading.Event()  # set before a request goes on: its reply is lost
 
-    def _requests(self, client: socket.socket, server: socket.socket, lose: threading.Event) -> None:
-        self._pump(client, server, lambda data: self._arm(data, lose))
-
-    def _replies(self, server: socket.socket, client: socket.socket, lose: threading.Event) -> None:
-        def check(data: bytes) -> bool:
-            if not lose.is_set():
+            def request(data: bytes, lose: threading.Event = lose) -> bool:
+                with self._lock:
+                    if self.marker is not None and self.marker in data.upper():
+                        self.marker = None
+                        lose.set()
                 return True
-            self.dropped += 1
-            return False
 
-        self._pump(server, client, check)
+            def reply(data: bytes, lose: threading.Event = lose) -> bool:
+                if lose.is_set():
+                    self.dropped += 1
+                    return False
+                return True
 
-    def _arm(self, data: bytes, lose: threading.Event) -> bool:
-        with self._lock:
-            if self.marker is not None and self.marker in data.upper():
-                self.marker = None
-                lose.set()
-        return True
+            for src, dst, keep in ((client, server, request), (server, client, reply)):
+                threading.Thread(target=pump, args=(src, dst, keep), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, keep: Any) -> None:
-        """Copy src to dst while `keep(data)` says so; then close both."""
-        try:
-            while data := src.recv(65536):
-                if not keep(data):
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                close(s)
 
-    def close(self) -> None:
-        self.listener.close()
-        with self._lock:
-            for s in self._open:
-                close(s)
+def pump(src: socket.socket, dst: socket.socket, keep: Callable[[bytes], bool]) -> None:
+    """Copy src to dst while `keep(data)` says so; then close both."""
+    try:
+        while data := src.recv(65536):
+            if not keep(data):
+                break
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        close(src)
+        close(dst)
 
 
 def close(sock: socket.socket) -> None:
     """Close a socket, waking a thread blocked reading it."""
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()
