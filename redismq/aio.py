@@ -51,9 +51,7 @@ from .sending import (
     is_outage,
     prepare_batch,
     prepare_message,
-    queue_bound,
     script_sent,
-    send_script_call,
 )
 from .urls import connect_async, mask_url
 from .validation import check_choice, check_seconds, check_topic_name, check_topic_shape
@@ -360,16 +358,10 @@ class AsyncClient:
             return await self._write_replicated(broker, t, queue, msg, plan, index, cluster)
         # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
         local = None if cluster else index
-        call = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
-        sent: Sent | None
-        if call is not None:
-            keys, args = call
-            sent = script_sent(await broker.scripts.send(keys=keys, args=args), msg, t.name, queue)
-            if sent is None:
-                return None
-        else:
-            entry = await broker.redis.xadd(qk.stream, msg.fields)
-            sent = Sent(msg.id, t.name, queue, text(entry))
+        keys, args = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
+        sent = script_sent(await broker.scripts.send(keys=keys, args=args), msg, t.name, queue)
+        if sent is None:
+            return None
         if index and not local and sent.id == msg.id:  # a task's: findable by its id (client.job)
             await broker.redis.set(*index, px=self.result_ttl_ms)
         return sent
@@ -393,16 +385,7 @@ class AsyncClient:
                 "with Client, or without durability='replicated'"
             )
         qk = self.router.queue_keys(t.name, queue)
-        keys, args = send_script_call(
-            qk,
-            msg,
-            self.dedup_window_ms,
-            queue_bound(t),
-            t.groups,
-            plan,
-            index,
-            self.result_ttl_ms,
-        )
+        keys, args = attempt_call(qk, t, msg, plan, index, self.dedup_window_ms, self.result_ttl_ms)
         for attempt in range(2):
             async with broker.redis.pipeline(transaction=False) as pipe:
                 pipe.evalsha(broker.scripts.send.sha, len(keys), *keys, *args)

@@ -361,28 +361,14 @@ class Client:
         index = index_entry(self.namespace, t.name, queue, msg)
         # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
         local = None if broker.cluster else index
-        call = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
-        if call is not None:
-            keys, args = call
-            if replicated:
-                reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
-            else:
-                reply, acked = broker.scripts.send(keys=keys, args=args, client=broker.sender()), 1
-            stored = script_sent(reply, msg, t.name, queue)
-            if stored is None:
-                return None
-            sent = stored
-        elif replicated:
-
-            def fill(pipe: Any) -> None:
-                pipe.xadd(qk.stream, msg.fields)
-                pipe.wait(1, self.replica_timeout_ms)
-
-            entry, acked = broker.on_node(qk.stream, fill)
-            sent = Sent(msg.id, t.name, queue, entry.decode())
+        keys, args = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
+        if replicated:
+            reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
         else:
-            entry = broker.sender().xadd(qk.stream, msg.fields)
-            sent, acked = Sent(msg.id, t.name, queue, cast(bytes, entry).decode()), 1
+            reply, acked = broker.scripts.send(keys=keys, args=args, client=broker.sender()), 1
+        sent = script_sent(reply, msg, t.name, queue)
+        if sent is None:
+            return None
         if index and not local and sent.id == msg.id:
             broker.redis.set(*index, px=self.result_ttl_ms)
         if acked < 1:

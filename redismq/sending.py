@@ -30,7 +30,9 @@ from .validation import check_headers, check_key, delay_ms
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
 
-# How long the record that makes a send's retries no-ops outlives the send's deadline.
+# How long the record that makes a send's retries no-ops outlives the send's deadline (a
+# send without one keeps it this long too: redis-py sends a call again on a new connection
+# when the old one broke, and that copy must find it).
 GUARD_SLACK = 5.0
 # Pauses between attempts: waiting for room, and waiting for a broker to come back.
 ROOM_PAUSE = (0.01, 0.2)
@@ -62,11 +64,6 @@ class Outgoing:
     def route_key(self) -> str | None:
         """What picks the queue: the key, else the dedup key (None: round-robin)."""
         return self.key if self.key is not None else self.dedup_key
-
-    @property
-    def needs_script(self) -> bool:
-        """Whether the `send` script must store it (dedup or delay) instead of a plain XADD."""
-        return self.dedup_key is not None or self.delay_ms > 0
 
 
 def prepare_message(
@@ -144,7 +141,7 @@ def send_script_call(
         record, window, check = keys.dedup(msg.dedup_key), dedup_window_ms, 1
     elif index is not None and index_ttl_ms >= guard:  # written with the entry, kept as long
         record, window, check = index[0], 0, 1
-    else:  # no record without a guard (no retries): nothing to look for
+    else:
         record, window, check = keys.sent(msg.id), guard, int(guard > 0)
     index_key, index_value = index if index is not None else (record, "")
     names = list(groups) if bound else []
@@ -166,14 +163,9 @@ def attempt_call(
     index: tuple[str, str] | None,
     dedup_window_ms: int,
     index_ttl_ms: int,
-) -> tuple[list[str], list[Any]] | None:
-    """The `send` script's call for one attempt, or None where a plain XADD does (no dedup
-    key, delay, bound, id record, nor an `index` to write with it; pass None for an index
-    on another node)."""
-    bound = queue_bound(topic)
-    if not (msg.needs_script or bound or plan.guard_ms or index):
-        return None
-    groups = topic.groups
+) -> tuple[list[str], list[Any]]:
+    """The `send` script's call for one attempt (pass None for an `index` on another node)."""
+    bound, groups = queue_bound(topic), topic.groups
     return send_script_call(keys, msg, dedup_window_ms, bound, groups, plan, index, index_ttl_ms)
 
 
@@ -268,7 +260,7 @@ class Attempts:
         start = time.monotonic()
         self.room_until = None if room is None else start + room
         self.outage_until = start + outage
-        self.guard_ms = int((outage + GUARD_SLACK) * 1000) if outage > 0 else 0
+        self.guard_ms = int((max(outage, 0.0) + GUARD_SLACK) * 1000)
         self.full: set[int] = set()
         self.failed: set[str] = set()
         self._pause = 0.0

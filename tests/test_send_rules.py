@@ -304,14 +304,20 @@ def test_a_send_after_the_server_forgot_its_scripts_loads_them_again(producers, 
     assert sorted(stored_ids(client.meta, "flushed", 2)) == sorted([first.id, second.id])
 
 
-@pytest.mark.parametrize("task", [False, True], ids=["message", "task"])
-def test_a_reply_lost_after_the_send_ran_does_not_store_it_twice(producers, client, url, task):
+@pytest.mark.parametrize(
+    ("task", "send_timeout"),
+    [(False, 10), (True, 10), (False, 0)],
+    ids=["message", "task", "no-retries"],
+)
+def test_a_reply_lost_after_the_send_ran_does_not_store_it_twice(
+    producers, client, url, task, send_timeout
+):
     """The connection resets after the server ran the send, before its reply came back:
     the call made again (by redis-py's reconnect, or by the send's own retry) finds the
-    message and stores nothing more."""
+    message and stores nothing more; a send that may not retry (timeout 0) too."""
     proxy = ReplyDropper(int(url.rsplit(":", 1)[1].split("/")[0]))
     try:
-        p = producers(proxy.url())
+        p = producers(proxy.url(), send_timeout=send_timeout)
         p.create_topic("once", queues=2)
         p.send("once", "warm")  # the script loaded, the routes cached
         proxy.drop_reply_to(b"EVALSHA")
