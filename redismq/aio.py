@@ -44,6 +44,7 @@ from .sending import (
     Sent,
     attempt_call,
     batch_by_broker,
+    batch_calls,
     batch_sent,
     check_keyed,
     choose_queue,
@@ -379,24 +380,10 @@ class AsyncClient:
         """The send script and a WAIT on one connection (WAIT counts the replicas that have
         the writes of its own connection: on another one it would confirm nothing)."""
         if cluster:
-            raise RedisMQError(
-                f"AsyncClient cannot yet make replicated sends to the Redis Cluster broker "
-                f"{broker.name!r} (its WAIT would not reach the queue's master): send them "
-                "with Client, or without durability='replicated'"
-            )
+            raise no_replicated_sends(broker)
         qk = self.router.queue_keys(t.name, queue)
         keys, args = attempt_call(qk, t, msg, plan, index, self.dedup_window_ms, self.result_ttl_ms)
-        for attempt in range(2):
-            async with broker.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(broker.scripts.send.sha, len(keys), *keys, *args)
-                pipe.wait(1, self.replica_timeout_ms)
-                try:
-                    reply, acked = await pipe.execute()
-                    break
-                except redis.exceptions.NoScriptError:
-                    if attempt:
-                        raise
-                    await broker.redis.script_load(broker.scripts.send.script)
+        reply, acked = await broker.script_on_node("send", [(keys, args)], self.replica_timeout_ms)
         sent = script_sent(reply, msg, t.name, queue)
         if sent is None:
             return None
@@ -443,21 +430,42 @@ class AsyncClient:
 
         async def to_broker(name: str, indexes: list[int]) -> None:
             broker = await self.router.broker(name)
-            async with broker.redis.pipeline(transaction=False) as pipe:
-                for i in indexes:
-                    pipe.xadd(stream_of[queues[i]], msgs[i].fields)
-                if replicated:
-                    pipe.wait(1, self.replica_timeout_ms)
-                replies = await pipe.execute()
-            if replicated and replies.pop() < 1:
-                raise NotReplicated(msgs[indexes[0]].id, name, self.replica_timeout_ms)
-            for i, entry in zip(indexes, replies, strict=True):
-                entries[i] = entry.decode()
+            if broker.cluster and replicated:
+                raise no_replicated_sends(broker)
+            # a call's keys share a slot: on a Redis Cluster, one call per queue
+            by_queue = {q: [i for i in indexes if queues[i] == q] for q in set(queues)}
+            for part in [p for p in by_queue.values() if p] if broker.cluster else [indexes]:
+
+                def record(j: int, part: list[int] = part) -> str:
+                    i = part[j]
+                    return self.router.queue_keys(topic, queues[i]).sent(msgs[i].id)
+
+                streams = [stream_of[queues[i]] for i in part]
+                calls = batch_calls([msgs[i] for i in part], streams, record)
+                if broker.cluster:
+                    replies = [await broker.scripts.send_batch(keys=k, args=a) for k, a in calls]
+                else:
+                    wait = self.replica_timeout_ms if replicated else -1
+                    replies = await broker.script_on_node("send_batch", calls, wait)
+                    if replicated and replies.pop() < 1:
+                        raise NotReplicated(msgs[part[0]].id, name, self.replica_timeout_ms)
+                stored = [entry for reply in replies for entry in reply]
+                for i, entry in zip(part, stored, strict=True):
+                    entries[i] = entry.decode()
 
         with self.errors():
             groups = batch_by_broker(t, queues)
             await asyncio.gather(*(to_broker(name, idx) for name, idx in groups.items()))
         return batch_sent(topic, msgs, queues, entries)
+
+
+def no_replicated_sends(broker: AsyncBroker) -> RedisMQError:
+    """The refusal of a replicated send to a Redis Cluster broker (see `_write_replicated`)."""
+    return RedisMQError(
+        f"AsyncClient cannot yet make replicated sends to the Redis Cluster broker "
+        f"{broker.name!r} (its WAIT would not reach the queue's master): send them "
+        "with Client, or without durability='replicated'"
+    )
 
 
 __all__ = ["AsyncClient", "AsyncRouter", "AsyncBroker"]

@@ -4,6 +4,7 @@ and cached, by the rules of the sync `Router` (`BrokerHealth`, `RouteCache`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
@@ -12,9 +13,9 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from .cluster import choose_shards, master_ranges
 from .errors import BrokerUnavailable
 from .keys import MetaKeys, QueueKeys
+from .route_cache import RouteCache
 from .routing import (
     BrokerHealth,
-    RouteCache,
     Topic,
     TopicSettings,
     broker_list,
@@ -40,6 +41,31 @@ class AsyncBroker:
     url: str | None
     redis: AsyncRedis
     scripts: Scripts
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.redis, AsyncRedisCluster)
+
+    async def script_on_node(
+        self, name: str, calls: list[tuple[list[str], list[Any]]], wait_ms: int = -1
+    ) -> list[Any]:
+        """Calls of one script, then a WAIT for a replica when `wait_ms` >= 0 (its reply
+        last), in one pipeline on one connection (not on a Redis Cluster); the script is
+        loaded again where the server lacked it (then none of its calls ran)."""
+        script = getattr(self.scripts, name)
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                if wait_ms >= 0:
+                    pipe.wait(1, wait_ms)
+                try:
+                    return await pipe.execute()
+                except redis.exceptions.NoScriptError:
+                    if attempt:
+                        raise
+                    await self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
 
 class AsyncRouter:

@@ -34,6 +34,7 @@ from .sending import (
     Outgoing,
     Sent,
     attempt_call,
+    batch_calls,
     batch_sent,
     check_keyed,
     choose_queue,
@@ -363,7 +364,9 @@ class Client:
         local = None if broker.cluster else index
         keys, args = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
         if replicated:
-            reply, acked = broker.send_and_wait(keys, args, self.replica_timeout_ms)
+            reply, acked = broker.script_on_node(
+                "send", keys[0], [(keys, args)], self.replica_timeout_ms
+            )
         else:
             reply, acked = broker.scripts.send(keys=keys, args=args, client=broker.sender()), 1
         sent = script_sent(reply, msg, t.name, queue)
@@ -423,16 +426,17 @@ class Client:
             for broker, indexes in self.router.brokers_of_batch(t, queues).items():
                 streams = [stream_of[queues[i]] for i in indexes]
 
-                def fill(pipe: Any, streams: list[str] = streams, indexes: list[int] = indexes):
-                    for stream, i in zip(streams, indexes, strict=True):
-                        pipe.xadd(stream, msgs[i].fields)
-                    if replicated:
-                        pipe.wait(1, self.replica_timeout_ms)
+                def record(j: int, indexes: list[int] = indexes) -> str:
+                    i = indexes[j]
+                    return self.router.queue_keys(topic, queues[i]).sent(msgs[i].id)
 
-                replies = broker.on_node(streams[0], fill)
+                calls = batch_calls([msgs[i] for i in indexes], streams, record)
+                wait = self.replica_timeout_ms if replicated else -1
+                replies = broker.script_on_node("send_batch", streams[0], calls, wait)
                 if replicated and replies.pop() < 1:
                     raise NotReplicated(msgs[indexes[0]].id, broker.name, self.replica_timeout_ms)
-                for i, entry in zip(indexes, replies, strict=True):
+                stored = [entry for reply in replies for entry in reply]
+                for i, entry in zip(indexes, stored, strict=True):
                     entries[i] = entry.decode()
         return batch_sent(topic, msgs, queues, entries)
 

@@ -35,6 +35,7 @@ from .health import (  # noqa: F401 - the states and intervals are public here t
     broker_states,
 )
 from .keys import MetaKeys, QueueKeys
+from .route_cache import RouteCache
 from .scripts import Scripts
 from .urls import connect
 
@@ -266,21 +267,25 @@ class Broker:
         fill(pipe)
         return pipe.execute()
 
-    def send_and_wait(self, keys: list[str], args: list[Any], timeout_ms: int) -> tuple[Any, int]:
-        """The `send` script and a WAIT in one pipeline on the master of the queue's slot (a
-        Redis Cluster's WAIT elsewhere would count another master's replicas)."""
-        sha = self.scripts.send.sha
+    def script_on_node(
+        self, name: str, key: str, calls: list[tuple[list[str], list[Any]]], wait_ms: int = -1
+    ) -> list[Any]:
+        """Calls of one script, then a WAIT for a replica when `wait_ms` >= 0 (its reply
+        last), in one pipeline on the master of `key`'s slot (see `on_node`); the script is
+        loaded again where the server lacked it (then none of its calls ran)."""
+        script = getattr(self.scripts, name)
 
         def fill(pipe: Any) -> None:
-            pipe.evalsha(sha, len(keys), *keys, *args)
-            pipe.wait(1, timeout_ms)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            if wait_ms >= 0:
+                pipe.wait(1, wait_ms)
 
         try:
-            reply, acked = self.on_node(keys[0], fill)
+            return self.on_node(key, fill)
         except redis.exceptions.NoScriptError:
-            self.redis.script_load(self.scripts.send.script)
-            reply, acked = self.on_node(keys[0], fill)
-        return reply, acked
+            self.redis.script_load(script.script)
+            return self.on_node(key, fill)
 
 
 @dataclass(slots=True)
@@ -320,68 +325,6 @@ class Topic:
                 return [self.next_queue(up.__getitem__) for _ in range(n)]
         queues = self.queues
         return [i % queues for i in itertools.islice(self._rr, n)]
-
-
-def _version_number(version: bytes | str | None) -> int:
-    return int(version or 0)
-
-
-class RouteCache:
-    """Topics read from the meta Redis, kept until the route version changes.
-
-    The version is re-read at most once per REFRESH_INTERVAL seconds.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._topics: dict[str, Topic] = {}
-        self._version: bytes | str | None = None
-        self._checked = 0.0
-
-    def get(self, name: str) -> Topic | None:
-        """The cached topic, or None (a plain dict read: atomic, no lock needed)."""
-        return self._topics.get(name)
-
-    def put(self, topic: Topic, version: bytes | str | None) -> None:
-        """Remember a topic read at this route version. Every cached topic was read at the
-        same version: a newer one forgets the others, and a topic read at another version
-        than the newest seen is not kept (it may predate a change)."""
-        with self._lock:
-            if version != self._version:
-                if _version_number(version) < _version_number(self._version):
-                    return
-                self._topics.clear()
-                self._version = version
-            self._topics[topic.name] = topic
-
-    def drop(self, name: str) -> None:
-        """Forget one topic."""
-        with self._lock:
-            self._topics.pop(name, None)
-
-    def clear(self) -> None:
-        """Forget every topic."""
-        with self._lock:
-            self._topics.clear()
-
-    def fresh(self) -> bool:
-        """Whether the route version was read within the last REFRESH_INTERVAL seconds."""
-        return time.monotonic() - self._checked < REFRESH_INTERVAL
-
-    def check_due(self) -> bool:
-        """Whether the route version should be read again now (and mark it as read)."""
-        now = time.monotonic()
-        if now - self._checked < REFRESH_INTERVAL:
-            return False
-        self._checked = now
-        return True
-
-    def seen(self, version: bytes | str | None) -> None:
-        """The route version just read: forget every topic if it changed."""
-        with self._lock:
-            if version != self._version:
-                self._topics.clear()
-                self._version = version
 
 
 class Router:

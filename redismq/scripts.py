@@ -25,6 +25,7 @@ NAMES = (
     "step",
     "purge",
     "send",
+    "send_batch",
     "move_due",
     "settle",
     "retry",

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 # send without one keeps it this long too: redis-py sends a call again on a new connection
 # when the old one broke, and that copy must find it).
 GUARD_SLACK = 5.0
+# Messages per call of the `send_batch` script: the server runs nothing else meanwhile.
+BATCH_CALL = 500
 # Pauses between attempts: waiting for room, and waiting for a broker to come back.
 ROOM_PAUSE = (0.01, 0.2)
 OUTAGE_PAUSE = (0.05, 0.5)
@@ -190,6 +192,29 @@ def full_message(topic: Topic) -> str:
 def queue_bound(topic: Topic) -> int:
     """The most unfinished messages one queue of a bounded topic may hold (0: no bound)."""
     return -(-topic.max_backlog // topic.queues) if topic.max_backlog else 0
+
+
+def batch_calls(
+    msgs: list[Outgoing], streams: list[str], record: Callable[[int], str]
+) -> list[tuple[list[str], list[Any]]]:
+    """The `send_batch` script's calls for messages of one node (on a Redis Cluster, of
+    one slot), `streams[j]` the stream of `msgs[j]`, at most BATCH_CALL messages each;
+    `record(j)` names the record of a call whose first message is `msgs[j]`."""
+    calls = []
+    for start in range(0, len(msgs), BATCH_CALL):
+        keys = [record(start)]
+        args: list[Any] = [int(GUARD_SLACK * 1000)]
+        position: dict[str, int] = {}
+        for msg, stream in zip(msgs[start : start + BATCH_CALL], streams[start:], strict=False):
+            at = position.get(stream)
+            if at is None:
+                keys.append(stream)
+                at = position[stream] = len(keys)
+            args += [at, len(msg.fields)]
+            for name, value in msg.fields.items():
+                args += [name, value]
+        calls.append((keys, args))
+    return calls
 
 
 def batch_sent(

@@ -327,3 +327,25 @@ def test_a_reply_lost_after_the_send_ran_does_not_store_it_twice(
         assert stored_ids(client.meta, "once", 2).count(sent.id) == 1
     finally:
         proxy.close()
+
+
+def test_a_batch_whose_reply_was_lost_is_stored_once(producers, client, url):
+    """send_many's reply is lost with its connection after the server stored the batch:
+    redis-py sends the batch again on a new connection, and that copy stores nothing."""
+    proxy = ReplyDropper(int(url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        p = producers(proxy.url())
+        p.create_topic("many", queues=3)
+        warm = p.send("many", "warm")
+        proxy.drop_reply_to(b"lost-reply")  # in the batch's bodies only
+        sent = p.send_many_messages("many", [{"lost-reply": i} for i in range(7)])
+        assert proxy.dropped == 1
+        assert sorted(stored_ids(client.meta, "many", 3)) == sorted([warm, *(s.id for s in sent)])
+        entries = {
+            f[b"id"].decode(): entry.decode()
+            for q in range(3)
+            for entry, f in client.meta.xrange(QueueKeys("rmq", "many", q).stream)
+        }
+        assert [s.entry_id for s in sent] == [entries[s.id] for s in sent]
+    finally:
+        proxy.close()

@@ -46,7 +46,8 @@ def test_trimming_keeps_entries_of_a_group_registered_while_its_workers_were_dow
 
 
 def test_the_route_cache_never_keeps_a_topic_read_before_a_version_bump():
-    from redismq.routing import RouteCache, Topic
+    from redismq.route_cache import RouteCache
+    from redismq.routing import Topic
 
     cache = RouteCache()
     a = Topic("a", 2, 0, 0, placement=["x", "x"])

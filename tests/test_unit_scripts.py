@@ -151,6 +151,24 @@ def test_send_delayed_with_dedup(r: fakeredis.FakeRedis, scripts: Scripts) -> No
     assert r.zcard(DELAYED) == 1
 
 
+# -- send_batch ------------------------------------------------------------------------------
+
+
+def test_send_batch_stores_each_message_once_and_a_second_run_returns_the_first_ids(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    keys = ["rec", "s1", "s2"]
+    # per message: its stream's position in KEYS, its pairs, the pairs
+    args = [5_000, 2, 1, b"id", b"m1", 3, 2, b"id", b"m2", b"h", b"x", 2, 1, b"id", b"m3"]
+    first = scripts.send_batch(keys=keys, args=args)
+    s1, s2 = ([e for e, _ in r.xrange(s)] for s in ("s1", "s2"))
+    assert first == [s1[0], s2[0], s1[1]]  # in the order of the messages
+    assert [f for _, f in r.xrange("s2")] == [{b"id": b"m2", b"h": b"x"}]
+    assert scripts.send_batch(keys=keys, args=args) == first  # made again: nothing stored
+    assert (r.xlen("s1"), r.xlen("s2")) == (2, 1)
+    assert 0 < r.pttl("rec") <= 5_000
+
+
 # -- move_due --------------------------------------------------------------------------------
 
 
