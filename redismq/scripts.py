@@ -118,8 +118,12 @@ class SyncScript(Script):
     one script call, and that import was a tenth of its client time."""
 
     def __call__(  # type: ignore[override]
-        self, keys: Sequence[Any] = (), args: Sequence[Any] = (), client: Any = None
+        self,
+        keys: Sequence[Any] | None = None,
+        args: Sequence[Any] | None = None,
+        client: Any = None,
     ) -> Any:
+        keys, args = keys or (), args or ()
         client = self.registered_client if client is None else client
         # Not isinstance: Pipeline derives from a typing Protocol (see cluster.is_cluster).
         if Pipeline in type(client).__mro__:  # loaded before the pipeline runs

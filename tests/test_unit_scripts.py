@@ -7,7 +7,7 @@ from importlib import resources
 import fakeredis
 import pytest
 
-from redismq.scripts import HELPERS, NAMES, Scripts, source
+from redismq.scripts import HELPERS, NAMES, Scripts, SyncScript, source
 
 STREAM, DELAYED, DEDUP, COUNTERS, INDEX = "s", "d", "dd", "c", "ix"
 SEND_KEYS = [STREAM, DELAYED, DEDUP, COUNTERS, INDEX]
@@ -420,3 +420,11 @@ def test_settle_finds_its_entries_among_many_it_holds(
         args += [f"m{i}", ids[i], 0, ""]
     assert scripts.settle(keys=keys, args=args) == [2, 0, 0, [2]]
     assert r.xpending(STREAM, "g")["pending"] == 148
+
+
+def test_a_script_call_takes_none_for_no_keys_or_arguments_as_redis_pys_does(
+    r: fakeredis.FakeRedis,
+) -> None:
+    script = SyncScript(r, "return #KEYS + #ARGV")
+    assert script(keys=None, args=None) == 0
+    assert script(keys=["k"], args=[1, 2]) == 3
