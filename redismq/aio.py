@@ -54,7 +54,7 @@ from .sending import (
     prepare_message,
     script_sent,
 )
-from .urls import connect_async, mask_url
+from .urls import connect_async, mask_url, no_resend_on_timeout
 from .validation import check_choice, check_seconds, check_topic_name, check_topic_shape
 
 if TYPE_CHECKING:
@@ -274,7 +274,8 @@ class AsyncClient:
             try:
                 broker = await self.router.queue_broker(t, plan.queue)
                 url = broker.url or self.url
-                sent = await self._write(broker, t, plan.queue, msg, replicated, plan)
+                with no_resend_on_timeout():
+                    sent = await self._write(broker, t, plan.queue, msg, replicated, plan)
             except redis.RedisError as exc:
                 if not is_outage(exc):
                     raise converted(url, exc) from None
@@ -455,7 +456,8 @@ class AsyncClient:
 
         with self.errors():
             groups = batch_by_broker(t, queues)
-            await asyncio.gather(*(to_broker(name, idx) for name, idx in groups.items()))
+            with no_resend_on_timeout():  # the tasks gather makes copy this context
+                await asyncio.gather(*(to_broker(name, idx) for name, idx in groups.items()))
         return batch_sent(topic, msgs, queues, entries)
 
 

@@ -44,7 +44,7 @@ from .sending import (
     prepare_message,
     script_sent,
 )
-from .urls import DEFAULT_URL, check_url, connect, mask_url
+from .urls import DEFAULT_URL, check_url, connect, mask_url, no_resend_on_timeout
 from .validation import (  # noqa: F401 - check_key, check_headers and delay_ms: public here too
     check_choice,
     check_headers,
@@ -287,7 +287,8 @@ class Client:
             try:
                 broker = self.router.queue_broker(t, plan.queue)
                 url = broker.url or self.url
-                sent = self._write(broker, t, plan.queue, msg, replicated, plan)
+                with no_resend_on_timeout():
+                    sent = self._write(broker, t, plan.queue, msg, replicated, plan)
             except redis.RedisError as exc:
                 if not is_outage(exc):
                     raise converted(url, exc) from None
@@ -432,7 +433,8 @@ class Client:
 
                 calls = batch_calls([msgs[i] for i in indexes], streams, record)
                 wait = self.replica_timeout_ms if replicated else -1
-                replies = broker.script_on_node("send_batch", streams[0], calls, wait)
+                with no_resend_on_timeout():
+                    replies = broker.script_on_node("send_batch", streams[0], calls, wait)
                 if replicated and replies.pop() < 1:
                     raise NotReplicated(msgs[indexes[0]].id, broker.name, self.replica_timeout_ms)
                 stored = [entry for reply in replies for entry in reply]

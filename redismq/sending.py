@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
 
 # How long the record that makes a send's retries no-ops outlives the send's deadline (a
-# send without one keeps it this long too: redis-py sends a call again on a new connection
-# when the old one broke, and that copy must find it).
-GUARD_SLACK = 5.0
+# send without one keeps it this long too): redis-py sends a call again on a new
+# connection when the old one broke, after up to 3 reconnects of up to 5 s each and their
+# backoff, and that copy must find it.
+GUARD_SLACK = 20.0
 # Messages per call of the `send_batch` script: the server runs nothing else meanwhile.
 BATCH_CALL = 500
 # Pauses between attempts: waiting for room, and waiting for a broker to come back.

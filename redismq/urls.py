@@ -8,7 +8,9 @@ cluster is one broker), or ``clusters://`` for a cluster over TLS.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -159,12 +161,32 @@ def driver_info() -> DriverInfo:
     return DriverInfo().add_upstream_driver("redismq", version)
 
 
+# True while a send's write is in flight (see `no_resend_on_timeout`).
+_SENDING: ContextVar[bool] = ContextVar("redismq_sending", default=False)
+
+
+@contextmanager
+def no_resend_on_timeout() -> Iterator[None]:
+    """Within it, a command whose reply did not come within the socket timeout is raised,
+    not sent again by redis-py: the server may have run it, and a copy sent that late can
+    come after the record that makes it a no-op expired. (After a broken connection
+    redis-py still sends it again at once: the record covers that.)"""
+    token = _SENDING.set(True)
+    try:
+        yield
+    finally:
+        _SENDING.reset(token)
+
+
 def _but_a_password(is_retryable: Callable[[Exception], bool] | None) -> Callable[..., bool]:
     """`is_retryable` (None: every error redis-py retries), except an answer about the
-    password: it would be the same (redis-py's AuthenticationError is a ConnectionError)."""
+    password (it would be the same: redis-py's AuthenticationError is a ConnectionError)
+    and a send's timeout (`no_resend_on_timeout`)."""
 
     def retryable(error: Exception) -> bool:
         if isinstance(error, redis.AuthenticationError):
+            return False
+        if isinstance(error, redis.TimeoutError) and _SENDING.get():
             return False
         return is_retryable is None or is_retryable(error)
 

@@ -7,19 +7,24 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 
 class ReplyDropper:
     """Forwards its own port (`url()`) to 127.0.0.1:`upstream_port`; `drop_reply_to(b"XADD")`
-    loses the reply of the next request that holds those bytes."""
+    loses the reply of the next request that holds those bytes (after holding it `hold`
+    seconds: a reply later than the client's timeout), and counts the requests that hold
+    them (`seen`)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
-        self.marker: bytes | None = None
-        self.dropped = 0
+        self.marker: bytes | None = None  # the next request holding it loses its reply
+        self.watched: bytes | None = None  # requests holding it are counted
+        self.hold = 0.0
+        self.dropped = self.seen = 0
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -27,8 +32,9 @@ class ReplyDropper:
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
-    def drop_reply_to(self, marker: bytes) -> None:
-        self.marker = marker.upper()
+    def drop_reply_to(self, marker: bytes, hold: float = 0.0) -> None:
+        self.marker = self.watched = marker.upper()
+        self.hold = hold
 
     def close(self) -> None:
         close(self.listener)
@@ -49,6 +55,8 @@ class ReplyDropper:
 
             def request(data: bytes, lose: threading.Event = lose) -> bool:
                 with self._lock:
+                    if self.watched is not None and self.watched in data.upper():
+                        self.seen += 1
                     if self.marker is not None and self.marker in data.upper():
                         self.marker = None
                         lose.set()
@@ -56,6 +64,7 @@ class ReplyDropper:
 
             def reply(data: bytes, lose: threading.Event = lose) -> bool:
                 if lose.is_set():
+                    time.sleep(self.hold)
                     self.dropped += 1
                     return False
                 return True

@@ -330,15 +330,16 @@ def test_a_reply_lost_after_the_send_ran_does_not_store_it_twice(
 
 
 def test_a_batch_whose_reply_was_lost_is_stored_once(producers, client, url):
-    """send_many's reply is lost with its connection after the server stored the batch:
-    redis-py sends the batch again on a new connection, and that copy stores nothing."""
+    """send_many's reply is lost with its connection after the server stored the batch
+    (three script calls of one pipeline): redis-py sends the batch again on a new
+    connection, and that copy stores nothing."""
     proxy = ReplyDropper(int(url.rsplit(":", 1)[1].split("/")[0]))
     try:
         p = producers(proxy.url())
         p.create_topic("many", queues=3)
-        warm = p.send("many", "warm")
+        [warm] = p.send_many("many", ["warm"])  # the script loaded: the reply lost is the batch's
         proxy.drop_reply_to(b"lost-reply")  # in the batch's bodies only
-        sent = p.send_many_messages("many", [{"lost-reply": i} for i in range(7)])
+        sent = p.send_many_messages("many", [{"lost-reply": i} for i in range(1_100)])
         assert proxy.dropped == 1
         assert sorted(stored_ids(client.meta, "many", 3)) == sorted([warm, *(s.id for s in sent)])
         entries = {
@@ -347,5 +348,39 @@ def test_a_batch_whose_reply_was_lost_is_stored_once(producers, client, url):
             for entry, f in client.meta.xrange(QueueKeys("rmq", "many", q).stream)
         }
         assert [s.entry_id for s in sent] == [entries[s.id] for s in sent]
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def short_socket_timeout(monkeypatch):
+    """Connections made meanwhile wait 1 s for a reply (30 s by default)."""
+    from redismq import urls
+
+    options = urls.connection_options
+    monkeypatch.setattr(urls, "connection_options", lambda _, *more: options(1.0, *more))
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["send", "send_many"])
+def test_a_send_whose_reply_is_late_is_not_sent_again_by_redis_py(
+    producers, client, url, short_socket_timeout, batch
+):
+    """The server ran the send; its reply comes later than the socket timeout. redis-py would
+    send it again then, possibly after the record that makes the copy a no-op expired: the
+    timeout is raised instead (a send without a deadline does not try again), and the
+    message is stored once."""
+    proxy = ReplyDropper(int(url.rsplit(":", 1)[1].split("/")[0]))
+    try:
+        p = producers(proxy.url(), send_timeout=0)
+        p.create_topic("late", queues=2)
+        p.send_many("late", ["warm"]) if batch else p.send("late", "warm")
+        proxy.drop_reply_to(b"late-reply", hold=2.0)
+        with pytest.raises(BrokerUnavailable):
+            if batch:
+                p.send_many("late", [{"late-reply": i} for i in range(3)])
+            else:
+                p.send("late", {"late-reply": 1})
+        assert proxy.seen == 1  # sent once
+        assert len(stored_ids(client.meta, "late", 2)) == 1 + (3 if batch else 1)
     finally:
         proxy.close()
