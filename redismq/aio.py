@@ -433,9 +433,13 @@ class AsyncClient:
             broker = await self.router.broker(name)
             if broker.cluster and replicated:
                 raise no_replicated_sends(broker)
-            # a call's keys share a slot: on a Redis Cluster, one call per queue
-            by_queue = {q: [i for i in indexes if queues[i] == q] for q in set(queues)}
-            for part in [p for p in by_queue.values() if p] if broker.cluster else [indexes]:
+            parts = [indexes]
+            if broker.cluster:  # a call's keys share a slot: one call per queue
+                by_queue: dict[int, list[int]] = {}
+                for i in indexes:
+                    by_queue.setdefault(queues[i], []).append(i)
+                parts = list(by_queue.values())
+            for part in parts:
 
                 def record(j: int, part: list[int] = part) -> str:
                     i = part[j]
@@ -456,7 +460,7 @@ class AsyncClient:
 
         with self.errors():
             groups = batch_by_broker(t, queues)
-            with no_resend_on_timeout():  # the tasks gather makes copy this context
+            with no_resend_on_timeout():  # gather's tasks copy this context
                 await asyncio.gather(*(to_broker(name, idx) for name, idx in groups.items()))
         return batch_sent(topic, msgs, queues, entries)
 
