@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from .aio_routing import AsyncBroker, AsyncRouter
 from .client import (
@@ -355,11 +354,10 @@ class AsyncClient:
         replica if asked; a task's message is indexed by its id. Raises redis-py's errors."""
         qk = self.router.queue_keys(t.name, queue)
         index = index_entry(self.namespace, t.name, queue, msg)
-        cluster = isinstance(broker.redis, AsyncRedisCluster)
         if replicated:
-            return await self._write_replicated(broker, t, queue, msg, plan, index, cluster)
+            return await self._write_replicated(broker, t, queue, msg, plan, index)
         # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
-        local = None if cluster else index
+        local = None if broker.cluster else index
         keys, args = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
         sent = script_sent(await broker.scripts.send(keys=keys, args=args), msg, t.name, queue)
         if sent is None:
@@ -376,11 +374,10 @@ class AsyncClient:
         msg: Outgoing,
         plan: Attempts,
         index: tuple[str, str] | None,
-        cluster: bool,
     ) -> Sent | None:
         """The send script and a WAIT on one connection (WAIT counts the replicas that have
         the writes of its own connection: on another one it would confirm nothing)."""
-        if cluster:
+        if broker.cluster:
             raise no_replicated_sends(broker)
         qk = self.router.queue_keys(t.name, queue)
         keys, args = attempt_call(qk, t, msg, plan, index, self.dedup_window_ms, self.result_ttl_ms)

@@ -462,3 +462,25 @@ def test_a_worker_follows_a_slot_moved_to_another_master_without_a_restart(
         thread.join(30)
     assert sorted(seen) == list(range(100))
     app.client.close()
+
+
+def test_async_replicated_sends_to_a_cluster_are_refused_and_store_nothing(cluster_url):
+    """AsyncClient's WAIT would not reach a queue's master on a Redis Cluster: a replicated
+    send or send_many is refused before it writes."""
+    import asyncio
+
+    from redismq import AsyncClient
+
+    async def main() -> None:
+        async with AsyncClient(cluster_url) as ac:
+            await ac.create_topic("safe", 3)
+            with pytest.raises(RedisMQError, match="cannot yet make replicated sends"):
+                await ac.send("safe", {"n": 1}, durability="replicated")
+            with pytest.raises(RedisMQError, match="cannot yet make replicated sends"):
+                await ac.send_many("safe", [{"n": 2}], durability="replicated")
+
+    asyncio.run(main())
+    client = Client(cluster_url)
+    streams = [client.router.queue_keys("safe", q).stream for q in range(3)]
+    assert [client.meta.xlen(s) for s in streams] == [0, 0, 0]
+    client.close()
