@@ -62,7 +62,12 @@ from .bench_scenarios import (
 
 RQ_FORK_JOBS = 500
 RQ_FORK_JOBS_QUICK = 100
-DEFAULT_JOBS = 20_000
+# redismq drains ~100,000 tasks/s on a fast machine: a drain of this many lasts about a
+# second, long enough for its rate and its CPU (sampled every 20 ms) to hold still.
+DEFAULT_JOBS = 100_000
+# What is sent or run one at a time (sends one by one, RQ's SimpleWorker, huey, Dramatiq)
+# goes at most 10,000 a second: this many already take seconds.
+ONE_AT_A_TIME_JOBS = 20_000
 QUICK_JOBS = 500
 LATENCY_SENDS = 500
 LATENCY_SENDS_QUICK = 50
@@ -82,12 +87,16 @@ def run_bench(
     n = jobs or (QUICK_JOBS if quick else DEFAULT_JOBS)
     deep = (MEMORY_JOBS_QUICK if quick else MEMORY_JOBS) if memory_jobs is None else memory_jobs
     fork_jobs = min(n, RQ_FORK_JOBS_QUICK if quick else RQ_FORK_JOBS)
+    one = min(n, ONE_AT_A_TIME_JOBS)
     sends = LATENCY_SENDS_QUICK if quick else LATENCY_SENDS
     idle = IDLE_SECONDS_QUICK if quick else IDLE_SECONDS
-    res = Results(n, quick, fork_jobs, sends)
+    res = Results(n, quick, fork_jobs, sends, one)
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("raw redis-py: XADD, pipelined XADD, XREADGROUP + XACK loop", lambda: bench_raw(res, n)),
-        ("redismq: Task.send one by one", lambda: bench_send(res, n)),
+        (
+            "raw redis-py: XADD, pipelined XADD, XREADGROUP + XACK loop",
+            lambda: bench_raw(res, n, one),
+        ),
+        ("redismq: Task.send one by one", lambda: bench_send(res, one)),
         ("redismq: send_many, 1 worker process", lambda: bench_drain(res, n, 1)),
         ("redismq: 1 worker process, default flags", lambda: bench_drain(res, n, 1, True)),
         (
@@ -103,10 +112,10 @@ def run_bench(
             if deep
             else []
         ),
-        ("RQ: enqueue, SimpleWorker", lambda: bench_rq_drain(res, n, "simple")),
+        ("RQ: enqueue, SimpleWorker", lambda: bench_rq_drain(res, one, "simple")),
         (f"RQ: forking Worker, {fork_jobs} jobs", lambda: bench_rq_drain(res, fork_jobs, "fork")),
         (f"RQ: idle-queue latency, {sends} probes", lambda: bench_rq_latency(res, sends)),
-        *peer_steps(res, n),
+        *peer_steps(res, one),
     ]
     for i, (what, step) in enumerate(steps, 1):
         started = time.monotonic()
@@ -128,6 +137,14 @@ def run_bench(
         *(
             [f"RQ's forking Worker drains {fork_jobs:,} jobs (not {n:,}): it forks once per job."]
             if fork_jobs < n
+            else []
+        ),
+        *(
+            [
+                f"Sends one by one, RQ's SimpleWorker, huey and Dramatiq take {one:,} tasks "
+                f"(not {n:,}): one at a time, they already take seconds."
+            ]
+            if one < n
             else []
         ),
         "Redis commands count those run inside Lua scripts; Redis CPU is used_cpu_user + "
@@ -158,7 +175,10 @@ def run_bench(
     "--jobs",
     type=click.IntRange(min=10),
     default=None,
-    help=f"Tasks per throughput scenario [default: {DEFAULT_JOBS:,}; {QUICK_JOBS} with --quick].",
+    help=(
+        f"Tasks per drain [default: {DEFAULT_JOBS:,}; {QUICK_JOBS} with --quick]; sends one "
+        f"by one and the peers' workers take at most {ONE_AT_A_TIME_JOBS:,}."
+    ),
 )
 @click.option(
     "--quick",

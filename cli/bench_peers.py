@@ -165,7 +165,7 @@ __all__ = ["best_peer", "bench_huey_latency", "bench_peer", "peer_steps"]
 
 
 def _main(argv: list[str]) -> Any:  # pragma: no cover - a manual run of one peer
-    res = Results(int(argv[1]), False, 0, 0)
+    res = Results(int(argv[1]), False, 0, 0, int(argv[1]))
     bench_peer(res, int(argv[1]), argv[0])
     return {k: v.value for k, v in res.values.items()}
 

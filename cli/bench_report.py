@@ -361,6 +361,7 @@ class Results:
     quick: bool
     rq_fork_jobs: int
     latency_sends: int
+    one_at_a_time_jobs: int
     values: dict[str, Measured] = field(default_factory=dict)
     commands: dict[str, dict[str, float]] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -433,6 +434,7 @@ def report(results: Results) -> dict[str, Any]:
         "jobs": results.jobs,
         "quick": results.quick,
         "rq_fork_jobs": results.rq_fork_jobs,
+        "one_at_a_time_jobs": results.one_at_a_time_jobs,
         "latency_sends": results.latency_sends,
         "queues": QUEUES,
         "concurrency": CONCURRENCY,
@@ -470,7 +472,7 @@ def print_report(rep: dict[str, Any], console: Console) -> None:
     """The report as one table: figure, value, unit, done/sent, ratio, target."""
     table = Table(
         title=(
-            f"redismq bench: {rep['jobs']:,} jobs per scenario, a topic of {rep['queues']} "
+            f"redismq bench: {rep['jobs']:,} tasks per drain, a topic of {rep['queues']} "
             f"queues, {rep['server']}, Python {rep['python']}, {rep['cpus']} CPUs"
         ),
         caption="\n".join(rep["notes"]),

@@ -51,16 +51,17 @@ RAW_FIELDS: dict[FieldT, EncodableT] = {
 # --- scenarios ----------------------------------------------------------------------
 
 
-def bench_raw(res: Results, n: int) -> None:
-    """XADD one by one, XADD pipelined, and a bare consumer loop, with redis-py alone."""
+def bench_raw(res: Results, n: int, one: int) -> None:
+    """XADD one by one (`one` messages), XADD pipelined, and a bare consumer loop (`n`), with
+    redis-py alone."""
     with LocalServer() as srv:
         res.server = server_name(srv)
         r = redis.Redis.from_url(srv.url)
         r.ping()
         started = time.perf_counter()
-        for _ in range(n):
+        for _ in range(one):
             r.xadd(RAW_STREAM_ONE, RAW_FIELDS)
-        res.put("raw_xadd_rate", rate_of(n, time.perf_counter() - started))
+        res.put("raw_xadd_rate", rate_of(one, time.perf_counter() - started))
 
         before = ServerStats.take(r)
         started = time.perf_counter()

@@ -125,6 +125,7 @@ def test_every_figure_is_positive_and_finite(quick: dict[str, Any]) -> None:
         assert fig["unit"] and fig["label"], name
     assert quick["jobs"] == 500 and quick["quick"] is True
     assert quick["rq_fork_jobs"] == 100 and quick["latency_sends"] == 50
+    assert quick["one_at_a_time_jobs"] == 500
     assert quick["queues"] == 4
 
 
@@ -239,7 +240,7 @@ def test_helpers() -> None:
 
 def test_what_bounds_two_processes() -> None:
     def results(server_us: float) -> Results:
-        res = Results(1000, False, 100, 10)
+        res = Results(1000, False, 100, 10, 1000)
         for name, value in (
             ("worker1_rate", 40_000.0),
             ("worker1_cpu_us", 15.0),
