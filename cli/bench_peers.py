@@ -65,7 +65,9 @@ def watch_drain(
             raise BenchError(f"{n - left} of {n} tasks drained in {timeout:.0f}s")
         time.sleep(POLL_EVERY)
     sampler.sample()
-    fin = Finished(0, time.monotonic() - started, 0.0, sampler, "")
+    # The worker still runs: its CPU so far, as sampled (0 without psutil).
+    cpu = sampler.samples[-1][1] if sampler.samples else 0.0
+    fin = Finished(0, time.monotonic() - started, cpu, sampler, "")
     return Window(first or now, now, n, at_first or n), fin
 
 

@@ -188,6 +188,7 @@ def test_every_task_completed(quick: dict[str, Any]) -> None:
         assert run["exit_code"] == 0, name
         assert run["completed"] == run["sent"], name
         assert 0 < run["tasks_in_window"] <= run["completed"], name
+        assert run["cpu_total_s"] > 0, name  # the peers' too: their workers are still running
 
 
 def test_commands_per_task(quick: dict[str, Any]) -> None:
