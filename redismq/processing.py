@@ -173,13 +173,10 @@ class OutcomeLog(Hooks):
         level = logging.INFO if outcome == "done" else logging.WARNING
         if not log.isEnabledFor(level):
             return
-        name, attempt, took = (
-            task or f"{msg.topic}/{msg.group}",
-            msg.attempt + 1,
-            round(duration, 6),
-        )
+        name = task or f"{msg.topic}/{msg.group}"
+        attempt, took = msg.attempt + 1, round(duration, 6)
         writer = OutcomeLog.writer
-        if writer is not None and outcome == "done":
+        if writer is not None and level == logging.INFO:
             writer.done(log.name, msg.id, name, attempt, took)
             return
         fields = {

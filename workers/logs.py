@@ -82,7 +82,7 @@ class WorkerHandler(logging.StreamHandler):
         # Kept parts of lines, by what they depend on only (threads make lines at once):
         # time stamps by second, text lines' heads by millisecond and logger.
         self._stamps: dict[int, str] = {}
-        self._heads: dict[tuple[int, str], str] = {}
+        self._heads: dict[tuple[int, int, str], str] = {}
         self._ends: dict[tuple[str, int, float], str] = {}
         self._flusher: threading.Thread | None = None
         self._done = threading.Event()
@@ -95,7 +95,11 @@ class WorkerHandler(logging.StreamHandler):
         if self.json:
             text = self._json_line(now, logger, message_id, task, attempt, took)
         else:
-            text = self._head(now, logger) + message_id + self._end(task, attempt, took)
+            second = int(now)
+            at = (second, int((now - second) * 1000), logger)  # a record's msecs
+            head = self._heads.get(at) or self._head(at)
+            end = self._ends.get((task, attempt, took)) or self._end(task, attempt, took)
+            text = head + message_id + end
         self._pending.append(text)
         if len(self._pending) >= MAX_PENDING:
             self.flush()
@@ -119,17 +123,13 @@ class WorkerHandler(logging.StreamHandler):
             text += f", {encode_basestring_ascii(key)}: {_json_value(value)}"
         return text + ', "outcome": "done"}\n'
 
-    def _head(self, now: float, logger: str) -> str:
-        """A text line's start, up to the message id (made once per millisecond)."""
-        second = int(now)
-        millis = int((now - second) * 1000)  # as a record's msecs
-        key = (second * 1000 + millis, logger)
-        head = self._heads.get(key)
-        if head is None:
-            if len(self._heads) >= MAX_KEPT:
-                self._heads.clear()
-            head = f"{self._stamp(second)},{_MILLIS[millis]} INFO {_pid} {logger}: id="
-            self._heads[key] = head
+    def _head(self, at: tuple[int, int, str]) -> str:
+        """A text line's start, up to the message id, at (second, millisecond, logger)."""
+        if len(self._heads) >= MAX_KEPT:
+            self._heads.clear()
+        second, millis, logger = at
+        head = f"{self._stamp(second)},{_MILLIS[millis]} INFO {_pid} {logger}: id="
+        self._heads[at] = head
         return head
 
     def _stamp(self, second: int) -> str:
@@ -143,12 +143,10 @@ class WorkerHandler(logging.StreamHandler):
 
     def _end(self, task: str, attempt: int, took: float) -> str:
         """A text line's end, after the message id."""
-        key = (task, attempt, took)
-        end = self._ends.get(key)
-        if end is None:
-            if len(self._ends) >= MAX_ENDS:
-                self._ends.clear()
-            end = self._ends[key] = f" {outcome_fields(task, attempt, took, 'done')}\n"
+        if len(self._ends) >= MAX_ENDS:
+            self._ends.clear()
+        end = f" {outcome_fields(task, attempt, took, 'done')}\n"
+        self._ends[(task, attempt, took)] = end
         return end
 
     def _stamp_of(self, second: int) -> str:
