@@ -49,6 +49,7 @@ from .sending import (
     choose_queue,
     index_entry,
     is_outage,
+    part_failed,
     prepare_batch,
     prepare_message,
     script_sent,
@@ -425,6 +426,7 @@ class AsyncClient:
         queues = t.next_queues(len(msgs), self.router.usable)
         stream_of = {q: self.router.queue_keys(topic, q).stream for q in set(queues)}
         entries: list[str | None] = [None] * len(msgs)
+        failures: list[BaseException] = []
 
         async def to_broker(name: str, indexes: list[int]) -> None:
             broker = await self.router.broker(name)
@@ -444,22 +446,30 @@ class AsyncClient:
 
                 streams = [stream_of[queues[i]] for i in part]
                 calls = batch_calls([msgs[i] for i in part], streams, record)
-                if broker.cluster:
-                    replies = [await broker.scripts.send_batch(keys=k, args=a) for k, a in calls]
-                else:
-                    wait = self.replica_timeout_ms if replicated else -1
-                    replies = await broker.script_on_node("send_batch", calls, wait)
-                    if replicated and replies.pop() < 1:
-                        raise NotReplicated(msgs[part[0]].id, name, self.replica_timeout_ms)
+                try:
+                    if broker.cluster:
+                        replies = [
+                            await broker.scripts.send_batch(keys=k, args=a) for k, a in calls
+                        ]
+                    else:
+                        wait = self.replica_timeout_ms if replicated else -1
+                        replies = await broker.script_on_node("send_batch", calls, wait)
+                except redis.RedisError as exc:
+                    url = broker.url or self.url
+                    failures.append(part_failed(exc, url, name, self.router.mark_down))
+                    return
+                acked = replies.pop() if replicated else 1  # (refused on a cluster above)
                 stored = [entry for reply in replies for entry in reply]
                 for i, entry in zip(part, stored, strict=True):
                     entries[i] = entry.decode()
+                if acked < 1:
+                    failures.append(NotReplicated(msgs[part[0]].id, name, self.replica_timeout_ms))
 
         with self.errors():
             groups = batch_by_broker(t, queues)
             with no_resend_on_timeout():  # gather's tasks copy this context
                 await asyncio.gather(*(to_broker(name, idx) for name, idx in groups.items()))
-        return batch_sent(topic, msgs, queues, entries)
+        return batch_sent(topic, msgs, queues, entries, failures)
 
 
 def no_replicated_sends(broker: AsyncBroker) -> RedisMQError:

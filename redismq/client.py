@@ -40,6 +40,7 @@ from .sending import (
     choose_queue,
     index_entry,
     is_outage,
+    part_failed,
     prepare_batch,
     prepare_message,
     script_sent,
@@ -422,25 +423,35 @@ class Client:
             return [self._send(t, m, replicated, room, outage) for m in msgs]
         queues = t.next_queues(len(msgs), self.router.usable)
         entries: list[str | None] = [None] * len(msgs)
+        failures: list[BaseException] = []
         with self.errors():
             stream_of = {q: self.router.queue_keys(topic, q).stream for q in set(queues)}
-            for broker, indexes in self.router.brokers_of_batch(t, queues).items():
-                streams = [stream_of[queues[i]] for i in indexes]
+            parts = self.router.brokers_of_batch(t, queues).items()
+        for broker, indexes in parts:
+            streams = [stream_of[queues[i]] for i in indexes]
 
-                def record(j: int, indexes: list[int] = indexes) -> str:
-                    i = indexes[j]
-                    return self.router.queue_keys(topic, queues[i]).sent(msgs[i].id)
+            def record(j: int, indexes: list[int] = indexes) -> str:
+                i = indexes[j]
+                return self.router.queue_keys(topic, queues[i]).sent(msgs[i].id)
 
-                calls = batch_calls([msgs[i] for i in indexes], streams, record)
-                wait = self.replica_timeout_ms if replicated else -1
+            calls = batch_calls([msgs[i] for i in indexes], streams, record)
+            wait = self.replica_timeout_ms if replicated else -1
+            try:
                 with no_resend_on_timeout():
                     replies = broker.script_on_node("send_batch", streams[0], calls, wait)
-                if replicated and replies.pop() < 1:
-                    raise NotReplicated(msgs[indexes[0]].id, broker.name, self.replica_timeout_ms)
-                stored = [entry for reply in replies for entry in reply]
-                for i, entry in zip(indexes, stored, strict=True):
-                    entries[i] = entry.decode()
-        return batch_sent(topic, msgs, queues, entries)
+            except redis.RedisError as exc:
+                url = broker.url or self.url
+                failures.append(part_failed(exc, url, broker.name, self.router.mark_down))
+                continue
+            acked = replies.pop() if replicated else 1
+            stored = [entry for reply in replies for entry in reply]
+            for i, entry in zip(indexes, stored, strict=True):
+                entries[i] = entry.decode()
+            if acked < 1:
+                failures.append(
+                    NotReplicated(msgs[indexes[0]].id, broker.name, self.replica_timeout_ms)
+                )
+        return batch_sent(topic, msgs, queues, entries, failures)
 
     def trim(self, topic: str) -> tuple[int, int]:
         """Trim every queue of a topic by its retention; returns (trimmed, dropped).

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .sending import Sent
+
 
 class RedisMQError(Exception):
-    """Base class of every error redismq raises on purpose."""
+    """Base class of every error redismq raises on purpose.
+
+    The error of a `send_many` that failed part-way has `sent`: where each message went, in
+    the order given (None for one not known stored: send those again).
+    """
+
+    sent: list[Sent | None] | None = None
 
 
 class InvalidURL(RedisMQError, ValueError):

@@ -7,7 +7,7 @@ Both clients do only the I/O; every decision is made here, so that they cannot d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -24,6 +24,7 @@ from .message import (
     new_message_ids,
     now_ms,
 )
+from .redis_errors import converted
 from .routing import DRAINING, Topic, batch_by_broker, queue_for_key  # noqa: F401 - batch_by_broker: shared
 from .validation import check_headers, check_key, delay_ms
 
@@ -218,11 +219,34 @@ def batch_calls(
     return calls
 
 
+def part_failed(
+    exc: redis.RedisError, url: str, broker: str, mark_down: Callable[[str], None]
+) -> BaseException:
+    """The error of a batch's part on `broker` (at `url`), to raise once the other parts
+    are sent; the broker is avoided for a moment if it could not be reached, as after a
+    failed send."""
+    if is_outage(exc):
+        mark_down(broker)
+    return converted(url, exc)
+
+
 def batch_sent(
-    topic: str, msgs: list[Outgoing], queues: list[int], entries: list[str | None]
+    topic: str,
+    msgs: list[Outgoing],
+    queues: list[int],
+    entries: list[str | None],
+    failures: Sequence[BaseException] = (),
 ) -> list[Sent]:
-    """Where each message of a batch went, in the order they were given."""
-    return [Sent(m.id, topic, q, e) for m, q, e in zip(msgs, queues, entries, strict=True)]
+    """Where each message of a batch went, in the order they were given; raises the first
+    of `failures` (its brokers' errors) with `sent`: where each went, None for a message
+    whose broker failed before its entry id came back."""
+    sent = [Sent(m.id, topic, q, e) for m, q, e in zip(msgs, queues, entries, strict=True)]
+    if failures:
+        first = failures[0]
+        if isinstance(first, RedisMQError):
+            first.sent = [s if s.entry_id is not None else None for s in sent]
+        raise first
+    return sent
 
 
 def check_keyed(topic: Topic, msg: Outgoing, state: str) -> None:

@@ -197,13 +197,17 @@ def test_replicated_send_returns_once_a_replica_has_it(url, client, servers):
     assert raised.value.message_id in ids_on(master, "safe", 2)
 
 
-def test_replicated_send_without_a_replica_raises_naming_the_message(client, url):
+def test_replicated_send_without_a_replica_raises_naming_the_message(client, url, server):
     fast = Client(url, replica_timeout=0.2)
     with pytest.raises(NotReplicated, match=r"message [0-9a-f]{32} ") as raised:
         fast.send("lonely", {"n": 1}, durability="replicated")
     assert raised.value.message_id in str(raised.value)
-    with pytest.raises(NotReplicated):
+    with pytest.raises(NotReplicated) as many:
         fast.send_many("lonely", [{"n": 2}, {"n": 3}], durability="replicated")
+    # stored on the master, not confirmed: `sent` says where (sending them again would copy)
+    assert many.value.sent is not None and None not in many.value.sent
+    stored = ids_on(server, "lonely", fast.topic("lonely").queues)
+    assert {s.id for s in many.value.sent} <= set(stored)
     fast.send("lonely", {"n": 4})  # the default durability does not wait
 
 

@@ -3,6 +3,7 @@ runs once per producer): back-pressure per topic, and sends that ride out a shor
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -201,6 +202,40 @@ def test_keyless_sends_skip_a_dead_broker_and_keyed_ones_wait_for_theirs(
     assert {s.id for s in sent} <= stored
     with pytest.raises(QueueUnavailable, match=f"broker '{victim}'"):
         p.send("jobs", {"keyed": 1}, key=key_for(0, 6))
+
+
+def test_a_batch_a_dead_broker_failed_says_which_messages_it_stored(producers, client, brokers):
+    """send_many while a broker is dead and not yet known so: the other brokers' parts are
+    stored, the call raises BrokerUnavailable naming the dead broker, and the error's
+    `sent` tells where each message went (None: not stored), so that sending the rest
+    again stores every message once; the broker is avoided from then on."""
+    topic = client.create_topic("jobs", queues=6)
+    victim = topic.placement[0]
+    p = producers(send_timeout=0.5)
+    warm = set(p.send_many("jobs", [{"warm": i} for i in range(12)]))  # every broker connected
+    brokers[victim].kill()
+    bodies = [{"n": i} for i in range(60)]
+    with pytest.raises(BrokerUnavailable, match=str(brokers[victim].port)) as failed:
+        p.send_many("jobs", bodies)
+    sent = failed.value.sent
+    assert len(sent) == 60
+    unsent = [b for b, s in zip(bodies, sent, strict=True) if s is None]
+    assert len(unsent) == 20  # the victim's 2 of 6 queues, 10 messages each
+    assert all(topic.placement[s.queue] != victim for s in sent if s is not None)
+    live = [s.client() for name, s in brokers.items() if name != victim]
+    stored = {i for conn in live for i in stored_ids(conn, "jobs", 6)} - warm
+    assert stored == {s.id for s in sent if s is not None}
+
+    again = p.send_many_messages("jobs", unsent)
+    assert all(topic.placement[s.queue] != victim for s in again)
+    bodies_stored = [
+        f[b"body"]
+        for conn in live
+        for q in range(6)
+        for _, f in conn.xrange(QueueKeys("rmq", "jobs", q).stream)
+    ]
+    ns = sorted(json.loads(b)["n"] for b in bodies_stored if b"warm" not in b)
+    assert ns == list(range(60))
 
 
 def test_a_removed_broker_in_cached_routes_sends_to_the_queues_new_home(producers, client, brokers):
