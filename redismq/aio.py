@@ -53,6 +53,7 @@ from .sending import (
     prepare_batch,
     prepare_message,
     script_sent,
+    stopped_at,
 )
 from .urls import connect_async, mask_url, no_resend_on_timeout
 from .validation import check_choice, check_seconds, check_topic_name, check_topic_shape
@@ -419,8 +420,13 @@ class AsyncClient:
         t = await self.topic(topic)
         replicated = self._replicated(durability or t.durability)
         if t.max_backlog:  # every message must pass the bound: one checked send each
-            room, outage = self._room(None, None), self.send_timeout
-            return [await self._send(t, m, replicated, room, outage) for m in msgs]
+            room, outage, sent = self._room(None, None), self.send_timeout, []
+            try:
+                for m in msgs:
+                    sent.append(await self._send(t, m, replicated, room, outage))
+            except RedisMQError as exc:
+                raise stopped_at(exc, sent, len(msgs)) from None
+            return sent
         with self.errors():
             await self.router.refresh_states()
         queues = t.next_queues(len(msgs), self.router.usable)

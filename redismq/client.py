@@ -44,6 +44,7 @@ from .sending import (
     prepare_batch,
     prepare_message,
     script_sent,
+    stopped_at,
 )
 from .urls import DEFAULT_URL, check_url, connect, mask_url, no_resend_on_timeout
 from .validation import (  # noqa: F401 - check_key, check_headers and delay_ms: public here too
@@ -419,8 +420,13 @@ class Client:
         t = self.topic(topic)
         replicated = self._replicated(durability or t.durability)
         if t.max_backlog:  # every message must pass the bound: one checked send each
-            room, outage = self._room(None, None), self.send_timeout
-            return [self._send(t, m, replicated, room, outage) for m in msgs]
+            room, outage, sent = self._room(None, None), self.send_timeout, []
+            try:
+                for m in msgs:
+                    sent.append(self._send(t, m, replicated, room, outage))
+            except RedisMQError as exc:
+                raise stopped_at(exc, sent, len(msgs)) from None
+            return sent
         queues = t.next_queues(len(msgs), self.router.usable)
         entries: list[str | None] = [None] * len(msgs)
         failures: list[BaseException] = []

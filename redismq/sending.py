@@ -230,6 +230,13 @@ def part_failed(
     return converted(url, exc)
 
 
+def stopped_at(exc: RedisMQError, sent: list[Sent], total: int) -> RedisMQError:
+    """The error that stopped a batch sent one by one after `sent`: its `sent` gives where
+    those went, None for the `total - len(sent)` messages after them."""
+    exc.sent = [*sent, *[None] * (total - len(sent))]
+    return exc
+
+
 def batch_sent(
     topic: str,
     msgs: list[Outgoing],

@@ -48,6 +48,18 @@ def test_keyless_send_skips_a_full_queue_and_refuses_only_when_all_are_full(prod
     assert lengths(client, "bp", 4) == [2, 2, 2, 2]
 
 
+def test_a_bounded_batch_that_fills_the_topic_says_which_messages_it_stored(producers, client):
+    """send_many to a bounded topic sends one by one; when the topic is full, TopicFull's
+    `sent` gives where the first messages went and None for the rest."""
+    p = producers()
+    p.create_topic("bp", queues=2, max_backlog=4)
+    with pytest.raises(TopicFull) as full:
+        p.send_many("bp", [{"n": i} for i in range(6)])
+    sent = full.value.sent
+    assert [s is None for s in sent] == [False] * 4 + [True] * 2
+    assert sorted(stored_ids(client.meta, "bp", 2)) == sorted(s.id for s in sent[:4])
+
+
 def test_keyed_send_waits_for_its_own_queue_not_another(producers, client):
     p = producers()
     p.create_topic("bp", queues=4, max_backlog=8)
