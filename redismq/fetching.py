@@ -11,6 +11,8 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from redis.exceptions import NoScriptError
+
 from . import cluster
 from .errors import InvalidMessage
 from .job import sweep_due
@@ -162,6 +164,7 @@ class Fetching(Outcomes):
         look for due messages or expired leases: see `Pace`). `settle` goes with the reads
         of its brokers, and is run before any wait."""
         replies: list[Any] = []
+        judged: dict[tuple[int, bool, str], str] = {}
         # After a wait that found nothing, wait again at once (a blocking read returns what
         # came meanwhile at once): an idle fetch thread makes one call per block, not two.
         if not (block_ms and self._waited_empty and len(self._streams) == 1):
@@ -174,22 +177,54 @@ class Fetching(Outcomes):
             broker = next(self._rotation)
             if len(self._streams) > 1:  # one consumer over several brokers: a short wait each
                 block_ms = min(block_ms, MULTI_BROKER_BLOCK_MS)
-            read: dict[Any, Any] = dict.fromkeys(self._streams[broker], ">")
             try:
                 if self._pace.watch():
                     block_ms = min(block_ms, self._until_look_ms())
-                reply = broker.redis.xreadgroup(
-                    self.group, self.name, read, count=1, block=block_ms
-                )
+                replies, judged = self._wait(broker, list(self._streams[broker]), block_ms)
             finally:
                 self._pace.unwatch()
-            replies = cast(list[Any], reply) or []  # RESP2: [[stream, entries], ...]
             self._waited_empty = not replies
         messages = self._decode(replies)
+        for m in messages if judged else ():
+            m.verdict = judged.get((m.queue, m.from_retry, m.entry_id), m.verdict)
         # A blocking read can wake with one entry from each of several streams: what
         # comes beyond `count` is kept for the next receive (it is this consumer's).
         self._extra += messages[count:]
         return messages[:count]
+
+    def _wait(
+        self, broker: Broker, streams: list[str], block_ms: int
+    ) -> tuple[list[Any], dict[tuple[int, bool, str], str]]:
+        """A blocking read of the streams (an entry each at most), with the `woken` script
+        sent behind it in the same pipeline: the reply (RESP2: [[stream, entries], ...])
+        and the verdicts the script gave, by queue, retry stream or not, and entry id. What
+        it did not judge (a Redis Cluster, where the two go apart; an error) `_check` will."""
+        read: dict[Any, Any] = dict.fromkeys(streams, ">")
+        if broker.cluster:
+            reply = broker.redis.xreadgroup(self.group, self.name, read, count=1, block=block_ms)
+            return cast(list[Any], reply) or [], {}
+        keys: list[str] = list(streams)
+        args: list[Any] = [self.group, self.name, int(self.marks_running)]
+        for stream in streams:
+            k = self._by_stream[stream.encode()][0].keys
+            running = k.running(self.group)
+            keys += [k.done(self.group), k.cancelled, running]
+            sweep = self.marks_running and sweep_due(running, now_ms())
+            args.append(self.client.result_ttl_ms if sweep else 0)
+        pipe = broker.redis.pipeline(transaction=False)
+        pipe.xreadgroup(self.group, self.name, read, count=1, block=block_ms)
+        pipe.evalsha(broker.scripts.woken.sha, len(keys), *keys, *args)
+        reply, got = pipe.execute(raise_on_error=False)
+        if isinstance(reply, Exception):
+            raise reply
+        if isinstance(got, NoScriptError):  # the server lost its scripts: for the next wait
+            broker.scripts.load("woken")
+        judged = {}
+        for stream, one in zip(streams, got if isinstance(got, list) else (), strict=False):
+            if one:
+                q, from_retry = self._by_stream[stream.encode()]
+                judged[(q.index, from_retry, one[0].decode())] = VERDICTS[one[1][0]]
+        return cast(list[Any], reply) or [], judged
 
     def _until_look_ms(self) -> int:
         """Milliseconds until the next look for due messages or expired leases is due."""

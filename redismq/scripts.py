@@ -41,6 +41,7 @@ NAMES = (
     "backlog",
     "read",
     "check",
+    "woken",
 )
 # Scripts that use a shared helper besides _pack.lua (put in front of their text).
 HELPERS = {
@@ -49,6 +50,7 @@ HELPERS = {
     "settle": ("_ids", "_sliced"),
     "read": ("_sliced", "_verdicts"),
     "check": ("_sliced", "_verdicts"),
+    "woken": ("_sliced", "_verdicts"),
     "trim": ("_ids",),
 }
 
@@ -93,7 +95,7 @@ class Scripts:
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
                 for name in {calls[i][0] for i in missing}:
-                    self.client.script_load(source(name))
+                    self.load(name)
                 again = self._pipeline([calls[i] for i in missing])
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
@@ -101,6 +103,10 @@ class Scripts:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    def load(self, name: str) -> None:
+        """Load a script the server does not know (a restart, SCRIPT FLUSH)."""
+        self.client.script_load(source(name))
 
     def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         pipe = cast(redis.Redis, self.client).pipeline(transaction=False)  # run() is sync only
