@@ -10,19 +10,42 @@ import hashlib
 import threading
 from typing import Any
 
+import pytest
+
 from redismq.consumer import Consumer
 from redismq.processing import BatchRunner
 from redismq.scripts import source
 from tests.conftest import round_trips, wait_for
 
 
-def blocked(client: Any) -> bool:
-    return int(client.meta.info("clients")["blocked_clients"]) > 0
+@pytest.fixture
+def work(client: Any, app: Any) -> Any:
+    """A task of the topic "woken" (one queue) that records what it ran in `work.ran`."""
+    ran: list[int] = []
+
+    @app.task(topic="woken")
+    def work(n: int) -> int:
+        ran.append(n)
+        return n
+
+    client.create_topic("woken", queues=1)
+    work.ran = ran
+    return work
+
+
+def waiting(client: Any) -> tuple[Consumer, list[Any]]:
+    """A marking consumer of "woken" that took what was queued and then waited for nothing
+    (so that its next read waits at once): it and what it took."""
+    consumer = client.consumer("woken", "workers", create=True)
+    consumer.marks_running = True
+    held = consumer.receive(count=10, block=None)
+    assert consumer.receive(count=1, block=0.05) == []
+    return consumer, held
 
 
 def receive_woken(client: Any, consumer: Consumer, wake: Any) -> tuple[list[Any], list[bytes]]:
     """`consumer.receive` blocked on an empty topic, woken by `wake()`: what it returned and
-    the round trips of its thread."""
+    the round trips made meanwhile."""
     got: list[Any] = []
 
     def run() -> None:
@@ -31,7 +54,7 @@ def receive_woken(client: Any, consumer: Consumer, wake: Any) -> tuple[list[Any]
     with round_trips() as trips:
         thread = threading.Thread(target=run)
         thread.start()
-        assert wait_for(lambda: blocked(client))
+        assert wait_for(lambda: int(client.meta.info("clients")["blocked_clients"]) > 0)
         wake()
         thread.join(10)
     assert not thread.is_alive()
@@ -44,91 +67,65 @@ def check_calls(trips: list[bytes]) -> list[bytes]:
     return [t for t in trips if sha in t]
 
 
-def test_a_job_woken_by_a_blocking_read_is_judged_and_marked_in_its_round_trip(client, app):
-    @app.task(topic="woken")
-    def work(n):
-        return n
+def run(app: Any, consumer: Consumer, messages: list[Any]) -> None:
+    BatchRunner(consumer, app.subscriptions[("woken", "workers")]).run(messages, marked=True)
 
-    client.create_topic("woken", queues=1)
-    consumer = client.consumer("woken", "workers", create=True)
-    consumer.marks_running = True
-    assert consumer.receive(count=1, block=0.05) == []  # the next read waits at once
+
+def running(client: Any, consumer: Consumer) -> list[str]:
+    key = consumer.queues[0].keys.running("workers")
+    return sorted(m.decode() for m in client.meta.zrange(key, 0, -1))
+
+
+def test_a_job_woken_by_a_blocking_read_is_judged_and_marked_in_its_round_trip(client, app, work):
+    consumer, _ = waiting(client)
     jobs: list[Any] = []
     got, trips = receive_woken(client, consumer, lambda: jobs.append(work.send(1)))
     assert [m.id for m in got] == [jobs[0].id] and got[0].verdict == ""
     assert len([t for t in trips if b"\r\nBLOCK\r\n" in t]) == 1
     assert check_calls(trips) == []  # judged behind the read, not after it
-    running = client.meta.zrange(consumer.queues[0].keys.running("workers"), 0, -1)
-    assert [m.decode() for m in running] == [jobs[0].id]
-    BatchRunner(consumer, app.subscriptions[("woken", "workers")]).run(got, marked=True)
+    assert running(client, consumer) == [jobs[0].id]
+    run(app, consumer, got)
     assert jobs[0].status() == "done"
 
 
-def test_a_done_message_woken_by_a_blocking_read_is_settled_without_a_run(client, app):
-    ran = []
-
-    @app.task(topic="woken")
-    def work(n):
-        ran.append(n)
-
-    client.create_topic("woken", queues=1)
+def test_a_done_message_woken_by_a_blocking_read_is_settled_without_a_run(client, app, work):
     done_before = work.send(0)
-    sub = app.subscriptions[("woken", "workers")]
-    first = client.consumer("woken", "workers", create=True)
-    BatchRunner(first, sub).run(first.receive(count=1, block=1))
-    assert ran == [0] and done_before.status() == "done"
+    first, taken = waiting(client)
+    run(app, first, taken)
+    assert work.ran == [0] and done_before.status() == "done"
     stream = client.router.queue_keys("woken", 0).stream
     [(_, fields)] = client.meta.xrange(stream)
-    waiting = client.consumer("woken", "workers")
-    waiting.marks_running = True
-    assert waiting.receive(count=1, block=0.05) == []
+    consumer, _ = waiting(client)
     # the completed message, sent again under its id while the consumer waits
-    got, trips = receive_woken(client, waiting, lambda: client.meta.xadd(stream, fields))
+    got, trips = receive_woken(client, consumer, lambda: client.meta.xadd(stream, fields))
     assert got == [] and check_calls(trips) == []
     assert client.meta.xpending(stream, "workers")["pending"] == 0  # settled, not run
-    assert ran == [0]
+    assert work.ran == [0]
 
 
-def test_a_consumer_holding_other_entries_has_what_it_wakes_with_checked_after(client, app):
+def test_a_consumer_holding_other_entries_has_what_it_wakes_with_checked_after(client, app, work):
     """The consumer holds an entry of the stream (received, not yet settled): the script
     cannot tell which is new and leaves it to the check, which judges it as before."""
-
-    @app.task(topic="woken")
-    def work(n):
-        return n
-
-    client.create_topic("woken", queues=1)
-    consumer = client.consumer("woken", "workers", create=True)
-    consumer.marks_running = True
     held_job = work.send(0)
-    held = consumer.receive(count=1, block=1)
+    consumer, held = waiting(client)
     assert [m.id for m in held] == [held_job.id]
-    assert consumer.receive(count=1, block=0.05) == []
     jobs: list[Any] = []
     got, trips = receive_woken(client, consumer, lambda: jobs.append(work.send(1)))
     assert [m.id for m in got] == [jobs[0].id] and got[0].verdict == ""
     assert check_calls(trips)  # judged after the read
-    running = client.meta.zrange(consumer.queues[0].keys.running("workers"), 0, -1)
-    assert sorted(m.decode() for m in running) == sorted([held_job.id, jobs[0].id])
-    BatchRunner(consumer, app.subscriptions[("woken", "workers")]).run(held + got, marked=True)
+    assert running(client, consumer) == sorted([held_job.id, jobs[0].id])
+    run(app, consumer, held + got)
     assert held_job.status() == jobs[0].status() == "done"
 
 
-def test_a_wake_after_the_server_forgot_its_scripts_is_checked_after(client, app):
-    @app.task(topic="woken")
-    def work(n):
-        return n
-
-    client.create_topic("woken", queues=1)
-    consumer = client.consumer("woken", "workers", create=True)
-    consumer.marks_running = True
-    assert consumer.receive(count=1, block=0.05) == []
+def test_a_wake_after_the_server_forgot_its_scripts_is_checked_after(client, app, work):
+    consumer, _ = waiting(client)
     client.meta.script_flush()
     jobs: list[Any] = []
     got, trips = receive_woken(client, consumer, lambda: jobs.append(work.send(1)))
     assert [m.id for m in got] == [jobs[0].id] and got[0].verdict == ""
     assert check_calls(trips)  # judged after the read
-    BatchRunner(consumer, app.subscriptions[("woken", "workers")]).run(got, marked=True)
+    run(app, consumer, got)
     assert jobs[0].status() == "done"
     # loaded again: the next wake is judged behind its read
     assert consumer.receive(count=1, block=0.05) == []
