@@ -16,7 +16,7 @@ from redis.exceptions import NoScriptError
 from . import cluster
 from .errors import InvalidMessage
 from .job import sweep_due
-from .keys import turn
+from .keys import QueueKeys, turn
 from .message import Message, decode_entry, decode_flat, entry_dict, now_ms
 from .outcomes import CANCELLED, NO_RESULT, Outcomes, Settling, grouped
 from .routing import Broker, Topic
@@ -206,10 +206,9 @@ class Fetching(Outcomes):
         keys: list[str] = list(streams)
         args: list[Any] = [self.group, self.name, int(self.marks_running)]
         for stream in streams:
-            k = self._by_stream[stream.encode()][0].keys
-            running = k.running(self.group)
-            keys += [k.done(self.group), k.cancelled, running]
-            sweep = self.marks_running and sweep_due(running, now_ms())
+            side = self._verdict_keys(self._keys(stream))
+            keys += side
+            sweep = self.marks_running and sweep_due(side[2], now_ms())
             args.append(self.client.result_ttl_ms if sweep else 0)
         pipe = broker.redis.pipeline(transaction=False)
         pipe.xreadgroup(self.group, self.name, read, count=1, block=block_ms)
@@ -247,7 +246,7 @@ class Fetching(Outcomes):
         keys = self._read_keys(streams)
         args: list[Any] = [self.group, self.name, count, 0, 0]
         if self.marks_running:  # swept at most once a minute, throttled by one of the zsets
-            swept = self._by_stream[streams[0].encode()][0].keys.running(self.group)
+            swept = self._keys(streams[0]).running(self.group)
             args[3:] = [1, self.client.result_ttl_ms if sweep_due(swept, now_ms()) else 0]
         if settle is not None and broker in settle.calls:
             calls = [*settle.calls[broker][0], ("read", keys, args)]
@@ -270,14 +269,17 @@ class Fetching(Outcomes):
         the count of their takeovers."""
         keys = [turn(streams[0], self.group), *streams]
         for stream in streams:
-            k = self._by_stream[stream.encode()][0].keys
-            keys += [
-                k.done(self.group),
-                k.cancelled,
-                k.running(self.group),
-                k.takeovers(self.group),
-            ]
+            k = self._keys(stream)
+            keys += [*self._verdict_keys(k), k.takeovers(self.group)]
         return keys
+
+    def _verdict_keys(self, k: QueueKeys) -> list[str]:
+        """What a message of the queue is judged by: its group's done records, its queue's
+        cancel marks, its group's running jobs (see scripts/_verdicts.lua)."""
+        return [k.done(self.group), k.cancelled, k.running(self.group)]
+
+    def _keys(self, stream: str) -> QueueKeys:
+        return self._by_stream[stream.encode()][0].keys
 
     def _claim(self, count: int) -> list[Message]:
         """Take over up to `count` entries whose lease expired (their consumer died or
@@ -427,13 +429,13 @@ class Fetching(Outcomes):
         for broker, queues in self._by_broker(self.queues[i] for i in by_queue).items():
             calls = []
             for q in queues:
-                running = q.keys.running(self.group)
+                keys = self._verdict_keys(q.keys)
                 args: list[Any] = [0, 0]
                 if self.marks_running:
-                    args = [1, self.client.result_ttl_ms if sweep_due(running, now_ms()) else 0]
+                    args = [1, self.client.result_ttl_ms if sweep_due(keys[2], now_ms()) else 0]
                 for m in by_queue[q.index]:
                     args += [m.id, m.attempt]
-                calls.append(("check", [q.keys.done(self.group), q.keys.cancelled, running], args))
+                calls.append(("check", keys, args))
             for q, verdicts in zip(queues, broker.scripts.run(calls), strict=True):
                 for m, verdict in zip(by_queue[q.index], verdicts, strict=True):
                     m.verdict = VERDICTS[verdict]
