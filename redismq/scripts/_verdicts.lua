@@ -45,3 +45,16 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
   end
   return table.concat(out)
 end
+
+-- The message id (false: none) and attempt of a stream entry, from its field/value list.
+local function id_and_attempt(fields)
+  local id, attempt = false, 0
+  for x = 1, #fields - 1, 2 do
+    if fields[x] == 'id' then
+      id = fields[x + 1]
+    elseif fields[x] == 'attempt' then
+      attempt = tonumber(fields[x + 1]) or 0
+    end
+  end
+  return id, attempt
+end

@@ -46,15 +46,7 @@ local function entry_verdicts(i, entries)
   local base = side_keys(i)
   local ids, attempts = {}, {}
   for j, entry in ipairs(entries) do
-    local fields = entry[2]
-    ids[j], attempts[j] = false, 0
-    for x = 1, #fields - 1, 2 do
-      if fields[x] == 'id' then
-        ids[j] = fields[x + 1]
-      elseif fields[x] == 'attempt' then
-        attempts[j] = tonumber(fields[x + 1]) or 0
-      end
-    end
+    ids[j], attempts[j] = id_and_attempt(entry[2])
   end
   return verdicts(KEYS[base], KEYS[base + 1], KEYS[base + 2], ids, attempts, #entries, marks,
     horizon)

@@ -20,15 +20,7 @@ for i = 1, n do
     local entry_id = pending[1][1]
     local found = redis.call('XRANGE', KEYS[i], entry_id, entry_id)
     if #found == 1 then
-      local fields = found[1][2]
-      local id, attempt = false, 0
-      for x = 1, #fields - 1, 2 do
-        if fields[x] == 'id' then
-          id = fields[x + 1]
-        elseif fields[x] == 'attempt' then
-          attempt = tonumber(fields[x + 1]) or 0
-        end
-      end
+      local id, attempt = id_and_attempt(found[1][2])
       local base = n + 3 * (i - 1)
       out[i] = {entry_id, verdicts(KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], {id},
         {attempt}, 1, marks, tonumber(ARGV[3 + i]))}
