@@ -56,6 +56,7 @@ F_CREATED = b"created"
 F_ATTEMPT = b"attempt"
 F_KEY = b"key"
 F_HEADERS = b"headers"
+F_DEDUP = b"dedup"
 ENC_RAW = b"raw"
 
 # A stream entry as XRANGE/XREADGROUP return it on our connections (decode_responses off).
@@ -121,6 +122,7 @@ def entry_fields(
     headers: dict[str, str] | None = None,
     created: int | None = None,
     attempt: int = 0,
+    dedup_key: str | None = None,
 ) -> dict[FieldT, EncodableT]:
     """The fields of the stream entry that carries one message."""
     fields: dict[FieldT, EncodableT] = {F_ID: message_id, F_BODY: data}
@@ -133,6 +135,8 @@ def entry_fields(
         fields[F_KEY] = key
     if headers:
         fields[F_HEADERS] = json.dumps(headers, separators=(",", ":"))
+    if dedup_key is not None:
+        fields[F_DEDUP] = dedup_key
     return fields
 
 
@@ -160,6 +164,7 @@ class Message:
     # The count of takeovers of its queue's group when the read script read it (None: read
     # otherwise, or spent by its first settle); see `QueueKeys.takeovers`.
     takeovers: int | None = None
+    dedup_key: str | None = None  # what it was sent with: its steps' keys are made of it
 
     def fields(self, attempt: int | None = None) -> dict[FieldT, EncodableT]:
         """The stream entry fields that re-create this message (for retry or replay)."""
@@ -172,6 +177,7 @@ class Message:
             headers=self.headers,
             created=self.created,
             attempt=self.attempt if attempt is None else attempt,
+            dedup_key=self.dedup_key,
         )
 
 
@@ -248,6 +254,7 @@ def decode_entry(
         attempt = int(fields.get(F_ATTEMPT, 0))
         key = fields[F_KEY].decode() if F_KEY in fields else None
         headers = json.loads(fields[F_HEADERS]) if F_HEADERS in fields else {}
+        dedup_key = fields[F_DEDUP].decode() if F_DEDUP in fields else None
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidMessage(f"message {mid}: malformed metadata ({exc})") from None
     if not isinstance(headers, dict):
@@ -263,4 +270,5 @@ def decode_entry(
         headers=headers,
         entry_id=eid,
         raw=raw,
+        dedup_key=dedup_key,
     )

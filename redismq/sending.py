@@ -87,7 +87,7 @@ def prepare_message(
     check_key("key", key)
     check_key("dedup_key", dedup_key)
     mid = new_message_id()
-    fields = entry_fields(mid, data, raw, key=key, headers=headers)
+    fields = entry_fields(mid, data, raw, key=key, headers=headers, dedup_key=dedup_key)
     return Outgoing(mid, fields, key, dedup_key, due, index_as)
 
 

@@ -15,8 +15,9 @@ after it finished.
 
 What no lock can promise: a run paused past its lease between its claim and its effect,
 or killed between its effect and the done mark, lets a later run do the effect again.
-`step.key` is the answer: the same in every run of this message's step, it is what the
-external side checks (an SMTP Message-ID, a payment API's Idempotency-Key).
+`step.key` is the answer: the same in every run of this message's step (and of a message
+sent with the same dedup key, stored again under a new id), it is what the external side
+checks (an SMTP Message-ID, a payment API's Idempotency-Key).
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ log = logging.getLogger("redismq.steps")
 DONE_RETRY_EXTRA = 30.0
 
 
-def step_key(topic: str, group: str, message_id: str, name: str) -> str:
+def step_key(topic: str, group: str, message_id: str, name: str, dedup_key: str | None) -> str:
     """The idempotency key of one step of one message in one group: 32 hex characters,
-    the same in every run."""
-    text = "\0".join((topic, group, message_id, name))
+    the same in every run, and in every message sent with the same dedup key."""
+    # A message id is hex: "dedup:" cannot begin one.
+    identity = message_id if dedup_key is None else "dedup:" + dedup_key
+    text = "\0".join((topic, group, identity, name))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -57,7 +60,7 @@ class Step:
         self.message = message
         self.name = name
         group = consumer.group if consumer is not None else message.group
-        self.key = step_key(message.topic, group, message.id, name)
+        self.key = step_key(message.topic, group, message.id, name, message.dedup_key)
         self.token = os.urandom(6).hex()
         self.needed = True
         self.lost = False

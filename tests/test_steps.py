@@ -147,6 +147,43 @@ def run_all(client, app, topic: str, group: str = "workers") -> None:
     assert consumer.backlog() == 0
 
 
+def test_a_resend_after_its_dedup_record_was_lost_keeps_the_step_key(client):
+    """A message whose send raised NotReplicated can run, then be lost in a failover with
+    its dedup record (tests/fault/soak.py met it); sent again with its dedup key, it is
+    stored under a new id. The step's key is the first run's, through a retry too, so the
+    external side drops the repeat."""
+    app = App(client)
+    runs: list[tuple[str, int, str]] = []
+
+    @app.task(topic="mail", max_retries=1, backoff=0.01)
+    def welcome(user: int) -> None:
+        job = current_job()
+        with job.once("smtp-send") as step:
+            runs.append((job.id, job.attempt, step.key))
+        if job.attempt == 0 and len(runs) == 1:
+            raise RuntimeError("the SMTP server is down")
+
+    first = welcome.send_with_options([7], dedup_key="user-7")
+    run_all(client, app, "mail")
+    lost = client.router.queue_keys("mail", first.queue).dedup("user-7")
+    broker = client.router.queue_broker(client.router.topic("mail"), first.queue)
+    assert broker.redis.delete(lost) == 1  # what the failover took with the message
+    again = welcome.send_with_options([7], dedup_key="user-7")
+    assert again.id != first.id
+    run_all(client, app, "mail")
+    assert [(mid, attempt) for mid, attempt, _ in runs] == [
+        (first.id, 0),
+        (first.id, 1),
+        (again.id, 0),
+    ]
+    assert len({key for _, _, key in runs}) == 1
+    other = welcome.send_with_options([8], dedup_key="user-8")
+    plain = welcome.send(7)
+    run_all(client, app, "mail")
+    assert [mid for mid, _, _ in runs[3:]] == [other.id, plain.id]
+    assert len({key for _, _, key in runs}) == 3  # another dedup key, or none: another key
+
+
 def test_replayed_dead_letters_skip_their_done_steps_after_the_done_window(url):
     """The issue's repro: the e-mail is sent inside a step, then the task fails and is
     dead-lettered; the dead letters are replayed after the done window."""

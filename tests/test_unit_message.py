@@ -20,6 +20,7 @@ from redismq.message import (
     F_ATTEMPT,
     F_BODY,
     F_CREATED,
+    F_DEDUP,
     F_ENC,
     F_HEADERS,
     F_ID,
@@ -221,7 +222,14 @@ CREATED = st.integers(min_value=0, max_value=2**48)
 
 class TestRoundTrip:
     @settings(max_examples=100, deadline=None, database=None)
-    @given(body=JSON_VALUES, key=KEYS, headers=HEADERS, attempt=ATTEMPTS, created=CREATED)
+    @given(
+        body=JSON_VALUES,
+        key=KEYS,
+        headers=HEADERS,
+        attempt=ATTEMPTS,
+        created=CREATED,
+        dedup=KEYS,
+    )
     def test_json_bodies(
         self,
         body: object,
@@ -229,11 +237,19 @@ class TestRoundTrip:
         headers: dict | None,
         attempt: int,
         created: int,
+        dedup: str | None,
     ) -> None:
         mid = new_message_id()
         data, raw = encode_body(body)
         fields = entry_fields(
-            mid, data, raw, key=key, headers=headers, created=created, attempt=attempt
+            mid,
+            data,
+            raw,
+            key=key,
+            headers=headers,
+            created=created,
+            attempt=attempt,
+            dedup_key=dedup,
         )
         msg = decode_entry("topic", 3, b"1-1", as_redis(fields))
         assert msg.id == mid
@@ -242,6 +258,7 @@ class TestRoundTrip:
         assert msg.headers == (headers or {})
         assert msg.attempt == attempt
         assert msg.created == created
+        assert msg.dedup_key == dedup
         assert (msg.topic, msg.queue, msg.entry_id) == ("topic", 3, "1-1")
         assert msg.raw == data
         assert F_ENC not in fields
@@ -266,16 +283,16 @@ class TestRoundTrip:
         self, body: object, headers: dict | None, attempt: int
     ) -> None:
         data, raw = encode_body(body)
-        first = decode_entry(
-            "t", 0, b"1-0", as_redis(entry_fields("m", data, raw, key="k", headers=headers))
-        )
+        fields = entry_fields("m", data, raw, key="k", headers=headers, dedup_key="user-7")
+        first = decode_entry("t", 0, b"1-0", as_redis(fields))
         again = decode_entry("t", 0, b"2-0", as_redis(first.fields(attempt=attempt)))
         assert again.body == first.body
-        assert (again.id, again.key, again.headers, again.created) == (
+        assert (again.id, again.key, again.headers, again.created, again.dedup_key) == (
             first.id,
             first.key,
             first.headers,
             first.created,
+            "user-7",
         )
         assert again.attempt == attempt
         # Without an explicit attempt the message's own attempt is kept.
@@ -286,9 +303,10 @@ class TestRoundTrip:
         assert F_ATTEMPT not in fields
         assert F_KEY not in fields
         assert F_HEADERS not in fields
+        assert F_DEDUP not in fields
         assert isinstance(fields[F_CREATED], int)
         msg = decode_entry("t", 0, b"1-0", as_redis(fields))
-        assert (msg.attempt, msg.key, msg.headers) == (0, None, {})
+        assert (msg.attempt, msg.key, msg.headers, msg.dedup_key) == (0, None, {}, None)
 
     def test_empty_key_is_kept(self) -> None:
         msg = decode_entry("t", 0, b"1-0", as_redis(entry_fields("m", b"1", False, key="")))
@@ -356,6 +374,10 @@ class TestBadEntries:
     def test_non_integer_attempt(self, attempt: bytes) -> None:
         with pytest.raises(InvalidMessage, match=r"message m1: malformed metadata"):
             decode_entry("t", 0, b"7-0", good_entry() | {F_ATTEMPT: attempt})
+
+    def test_dedup_key_not_utf8(self) -> None:
+        with pytest.raises(InvalidMessage, match=r"message m1: malformed metadata"):
+            decode_entry("t", 0, b"7-0", good_entry() | {F_DEDUP: b"\xff"})
 
     def test_non_integer_created(self) -> None:
         with pytest.raises(InvalidMessage, match=r"message m1: malformed metadata"):

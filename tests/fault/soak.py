@@ -53,7 +53,9 @@ Known limits, measured and explained rather than hidden:
   the done record are plain writes. A master SIGKILLed while a task is between its step
   claim and its done mark (the mark then fails with the broker), or just after a done mark
   it had not yet replicated, leaves a new master without the mark: the task runs again and
-  repeats its effect.
+  repeats its effect. A send the replica did not confirm (`NotReplicated`: sent again) can
+  run before the failover loses it with its dedup record; the resend stores it again under
+  a new id and it runs again, its step.key made of the dedup key as the first's was.
 
 Every repeated effect is attributed to one of these windows from what the thread that wrote
 the first effect did next and what was killed or stopped around then (`Soak._cause`), or
@@ -120,11 +122,19 @@ FAILOVER_UNREPLICATED = "master SIGKILL: the step's done mark was not replicated
 LATE_MARK = "the step's claim expired before its done mark (a run slower than the timeout)"
 PAUSED = "worker SIGSTOP past its lease inside the step (between its claim and its done mark)"
 CONCURRENT = "two runs at once: the first run outlived its lease and its step claim"
+RESENT = "a copy stored again under a new id (the failover lost the first with its dedup record)"
 UNEXPLAINED = "unexplained"
 # The windows README "Guarantees" names: each repeat there reaches the external side with the
 # same step.key, which drops it (the soak's `effects` table checks the key like an API).
-DOCUMENTED = (WORKER_KILL, FAILOVER_UNWRITTEN, FAILOVER_UNREPLICATED, PAUSED, CONCURRENT)
+DOCUMENTED = (WORKER_KILL, FAILOVER_UNWRITTEN, FAILOVER_UNREPLICATED, PAUSED, CONCURRENT, RESENT)
 EXPLANATIONS = {
+    RESENT: (
+        "the task's first copy ran on the failed-over broker, whose failover then lost it "
+        "with its dedup record (its send had raised NotReplicated, or the replica had not "
+        "synced); the producer sent it again with the same dedup key and the new copy, "
+        "stored under a new message id, ran too. Its step.key is made of the dedup key, so "
+        "the external side drops the repeat (README, Guarantees: production)."
+    ),
     WORKER_KILL: (
         "the worker process died after the effect was written and before the step's done "
         "mark reached Redis; the redelivered task found the step unclaimed and did the "
@@ -1020,11 +1030,17 @@ class Soak:
         """Which window made a task's effect happen twice: what the thread that wrote the
         first effect did next, and what was killed around then."""
         first = rows[0]
+        failover = faults.failover
+        if (
+            failover
+            and placement[first["queue"]] == failover["broker"]
+            and any(row["message"] != first["message"] for row in rows)
+        ):
+            return RESENT
         next_at = first["next_at"]  # the thread's next row after the effect (None: none)
         killed = faults.killed_pids.get(first["pid"])
         if killed is not None and next_at is None and 0 <= killed - first["at"] <= KILL_WINDOW:
             return WORKER_KILL
-        failover = faults.failover
         if failover and placement[first["queue"]] == failover["broker"]:
             # the step was claimed on the old master (before it was killed; the reply may
             # come a moment later) and the effect written around the kill
