@@ -13,11 +13,25 @@ import signal
 
 import pytest
 
-from redismq.workers.logs import WorkerHandler
+from redismq.workers.logs import WorkerHandler, whole_lines
 from tests.conftest import wait_for
 
 FIELDS = {"id": "0190f3c2a1b2", "task": "naps.nap", "attempt": 2, "duration": 1.2e-05}
 TEXT = "id=0190f3c2a1b2 task=naps.nap attempt=2 duration=1.2e-05 outcome=done"
+
+
+def test_a_batch_is_cut_into_whole_lines_of_at_most_pipe_buf_bytes():
+    lines = [f"{i:03d}" + "x" * 20 + "\n" for i in range(100)]  # 24 bytes each
+    chunks = list(whole_lines("".join(lines), 100))
+    assert "".join(chunks) == "".join(lines)
+    assert [len(c) for c in chunks] == [96] * 25  # four whole lines each
+    # counted in bytes: 48 + 61 bytes do not fit in 100, though 48 + 31 characters do
+    assert list(whole_lines("a" * 47 + "\n" + "é" * 30 + "\n", 100)) == [
+        "a" * 47 + "\n",
+        "é" * 30 + "\n",
+    ]
+    long = "z" * 300 + "\n"
+    assert list(whole_lines("a\n" + long + "b\n", 100)) == ["a\n", long, "b\n"]  # alone
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
@@ -132,16 +146,18 @@ def test_lines_and_records_keep_their_order(monkeypatch):
     ]
 
 
+TEXT_DONE = (
+    r"^\S+ \S+ INFO \d+ redismq.processing: id=(\S+) task=(\S+) attempt=(\d+) "
+    r"duration=(\S+) outcome=done$"
+)
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+
+
 def _done_lines(output: str, fmt: str) -> list[dict]:
     if fmt == "json":
         records = [json.loads(x) for x in output.splitlines() if x.startswith("{")]
         return [r for r in records if r.get("outcome") == "done"]
-    found = re.findall(
-        r"^\S+ \S+ INFO \d+ redismq.processing: id=(\S+) task=(\S+) attempt=(\d+) "
-        r"duration=(\S+) outcome=done$",
-        output,
-        re.M,
-    )
+    found = re.findall(TEXT_DONE, output, re.M)
     return [
         {"id": i, "task": t, "attempt": int(a), "duration": float(d), "outcome": "done"}
         for i, t, a, d in found
@@ -189,3 +205,34 @@ def test_after_sigterm_every_finished_jobs_line_is_in_the_output(client, url, pr
     logged = {r["id"] for r in _done_lines(output, "text")}
     assert len(finished) < 2000  # stopped midway: lines were still being written
     assert finished <= logged, f"{len(finished - logged)} finished jobs have no line"
+
+
+def test_two_processes_lines_stay_whole_when_their_shared_pipe_is_full(client, url, processes):
+    """The pool's processes write their batched lines to one pipe (their parent's stderr).
+    A write of more than PIPE_BUF bytes to a full pipe goes in parts, which the kernel may
+    interleave with the other process's: a slow reader (a log shipper) got broken lines."""
+    client.create_topic("naps", queues=1)
+    client.send_many("naps", [{"task": "naps.nap", "args": [0], "kwargs": {}}] * 4000)
+    proc = processes.start(
+        "worker", "tests.apps.loglines_app:app", "--url", url, "--processes", "2"
+    )
+    seen: list[int] = []
+
+    def stalled() -> bool:  # nobody reads: the pipe fills and both processes wait to write
+        seen.append(len(_done_ids(client, "naps")))
+        return len(seen) > 10 and seen[-1] == seen[-11] > 0
+
+    assert wait_for(stalled, timeout=60, every=0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output[-2000:]
+    finished = _done_ids(client, "naps")
+    broken = [
+        x
+        for x in output.splitlines()
+        if len(re.findall(STAMP, x)) != 1
+        or ("redismq.processing" in x and not re.fullmatch(TEXT_DONE, x))
+    ]
+    assert not broken, broken[:3]
+    assert len(finished) > 1000  # the pipe (64 KiB) was full
+    assert finished <= {r["id"] for r in _done_lines(output, "text")}

@@ -3,6 +3,8 @@
 The one line per finished job (`redismq.processing.OutcomeLog`) is the bulk of a busy
 worker's output: it skips `logging`'s per-record work (a record, a lock, a write and a
 flush each) and is written in batches by `WorkerHandler`, in the same format as a record.
+A batch goes in writes of whole lines of at most PIPE_BUF bytes: a pool's processes share
+their parent's stderr, and a pipe keeps such a write whole among the other processes'.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import json
 import logging
 import math
 import os
+import select
 import threading
 import time
+from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, AnyStr
 
 from redismq.processing import OutcomeLog, outcome_fields, outcome_text
 
@@ -27,6 +31,9 @@ MAX_PENDING = 1000
 # The text lines' ends after the message id, by (task, attempt, duration), are kept up to
 # this many (fast jobs repeat a few durations; writing a float is a third of a line's cost).
 MAX_ENDS = 4096
+# A write of at most this many bytes to a pipe is never split, nor interleaved with another
+# process's write (POSIX; 4096 on Linux).
+PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 # Time stamps and lines' heads are kept up to this many (a few are in use at a time).
 MAX_KEPT = 64
 _MILLIS = [f"{n:03d}" for n in range(1000)]
@@ -181,7 +188,9 @@ class WorkerHandler(logging.StreamHandler):
         if not lines:
             return
         try:
-            self.stream.write("".join(lines))
+            for chunk in whole_lines("".join(lines), PIPE_BUF):
+                self.stream.write(chunk)
+                self.stream.flush()
         except Exception:  # as a record's write failure: reported, never raised
             self.handleError(logging.makeLogRecord({"msg": lines[0].rstrip("\n")}))
 
@@ -199,6 +208,27 @@ class WorkerHandler(logging.StreamHandler):
         self._done.set()
         self.flush()
         super().close()
+
+
+def whole_lines(text: str, most: int) -> Iterator[str]:
+    """`text` (whole lines) in pieces of whole lines of at most `most` bytes in UTF-8 (a
+    longer line alone)."""
+    if text.isascii():
+        yield from _cut(text, "\n", most)
+    else:  # cut its bytes: a newline is never a part of another character's bytes
+        yield from (piece.decode() for piece in _cut(text.encode(), b"\n", most))
+
+
+def _cut(text: AnyStr, newline: AnyStr, most: int) -> Iterator[AnyStr]:
+    start, end = 0, len(text)
+    while end - start > most:
+        cut = text.rfind(newline, start, start + most) + 1
+        if cut == 0:  # no line ends within `most`: the line goes alone
+            cut = text.find(newline, start + most) + 1 or end
+        yield text[start:cut]
+        start = cut
+    if start < end:
+        yield text[start:]
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
