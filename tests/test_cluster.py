@@ -16,6 +16,7 @@ from redismq import Client, InvalidURL, NotReplicated, RedisMQError
 from redismq.brokers import add_broker
 from redismq.cluster import master_of_tag, slot_of, topology
 from redismq.cluster_server import LocalCluster
+from redismq.routing import queue_for_key
 from redismq.urls import check_url, connect, mask_url
 
 # Tasks the producer sends in the killed-master test: it must still be sending after the
@@ -254,6 +255,22 @@ class Producer(threading.Thread):
         self.client.close()
 
 
+def all_settled(client: Client, keys: set[str]) -> bool:
+    """Whether the message of each of these tasks (sent with its key as dedup key) is in its
+    group's done record: its run's settle reached its master."""
+    topic = client.topic(TOPIC, create=False)
+    by_queue: dict[int, list[str]] = {}
+    for key in keys:
+        by_queue.setdefault(queue_for_key(key, topic.queues), []).append(key)
+    for q, group_keys in by_queue.items():
+        qk = client.router.queue_keys(TOPIC, q)
+        redis = client.router.queue_broker(topic, q).redis
+        ids = redis.mget([qk.dedup(k) for k in group_keys])  # one slot: the queue's tag
+        if None in ids or None in redis.zmscore(qk.done("workers"), ids):
+            return False
+    return True
+
+
 @pytest.mark.fault
 def test_a_killed_master_loses_no_acknowledged_task(tmp_path, processes):
     """4,000 tasks through a 3-master cluster (meta store and broker) while the master of
@@ -292,8 +309,11 @@ def test_a_killed_master_loses_no_acknowledged_task(tmp_path, processes):
         try:
             # kill in the steady state: the worker runs, the producer is well under way
             assert wait_for(lambda: sideeffects.count(db, TASK) >= 200, timeout=120)
-            # run well before the master dies: settled and replicated by then
-            settled_before, snapped = set(sideeffects.runs(db, TASK)), time.monotonic()
+            # run well before the master dies: settled (a batch's runs are settled after
+            # its last) and replicated by then
+            settled_before = set(sideeffects.runs(db, TASK))
+            assert wait_for(lambda: all_settled(client, settled_before), timeout=60)
+            snapped = time.monotonic()
             assert wait_for(lambda: len(producer.acked) >= 1000, timeout=120)
             time.sleep(max(0.0, snapped + 0.5 - time.monotonic()))
             # sent and not yet run when the master dies (a loaded machine's worker lags)

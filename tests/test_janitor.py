@@ -138,21 +138,22 @@ def test_ids_of_waiters_that_died_are_pruned(rt, client, url):
     finally:
         proc.kill()
         proc.wait(10)
-    time.sleep(1.5)
-    # A live waiter on the same queue (for a job that does not finish while we look).
+    time.sleep(2.5)  # past the waiter timeout below: the dead waiter's place is stale
+    # A live waiter on the same queue (for a job that does not finish while we look), whose
+    # place is fresh: a loaded machine may take a second or so before the janitor looks.
     other = Job(client, "not-finishing", "rt", job.queue, "workers")
     waited: list[BaseException] = []
 
     def wait_for_other() -> None:
         try:
-            other.result(3)
+            other.result(6)
         except BaseException as exc:  # noqa: BLE001 - checked below
             waited.append(exc)
 
     waiter = threading.Thread(target=wait_for_other)
     waiter.start()
     assert wait_for(lambda: r.zscore(waiting, other.id) is not None, timeout=5)
-    janitor(client, waiter_timeout=1.0).tick()
+    janitor(client, waiter_timeout=2.0).tick()
     assert r.zscore(waiting, job.id) is None
     assert r.zscore(waiting, other.id) is not None
     waiter.join()

@@ -230,31 +230,37 @@ def test_worker_serves_the_exact_counts(ma, client, url, processes, tmp_path, po
     with pytest.raises(JobFailed, match="boom"):
         bad.result(timeout=30)
 
-    def settled() -> bool:
-        s = scrape(port)
-        return (
-            s is not None
-            and value(s, "redismq_jobs_dead_lettered_total", **BOOM) == 1
-            and value(s, "redismq_jobs_processed_total", **EVENTS) == 5
-            and value(s, "redismq_queue_lag", topic="metrics", group="workers", default=-1) == 0
-            # one tick sets the topics' lags one after the other: wait for the second too
-            and value(s, "redismq_queue_lag", topic="metrics-events", group="listeners", default=-1)
-            == 0
-        )
+    expected = [
+        ("redismq_jobs_processed_total", LABELS, 20),
+        ("redismq_job_duration_seconds_count", LABELS, 20),
+        ("redismq_jobs_failed_total", LABELS, 0),
+        ("redismq_jobs_processed_total", BOOM, 0),
+        ("redismq_jobs_failed_total", BOOM, 2),  # the first try and one retry
+        ("redismq_jobs_retried_total", BOOM, 1),
+        ("redismq_jobs_dead_lettered_total", BOOM, 1),
+        ("redismq_job_duration_seconds_count", BOOM, 2),
+        ("redismq_jobs_processed_total", EVENTS, 5),
+        ("redismq_job_duration_seconds_count", EVENTS, 5),
+        ("redismq_queue_lag", {"topic": "metrics", "group": "workers"}, 0),
+        ("redismq_queue_lag", {"topic": "metrics-events", "group": "listeners"}, 0),
+    ]
 
-    assert wait_for(settled, timeout=30), worker.poll()
+    def read(s: dict) -> list[tuple[str, dict, float | None]]:
+        # a counter not yet made is 0; a lag gauge not yet set is not
+        return [
+            (name, labels, value(s, name, default=-1 if "lag" in name else 0, **labels))
+            for name, labels, _ in expected
+        ]
+
+    def settled() -> bool:
+        # The counts of a job's outcome, its settle and the lag gauges (set one topic after
+        # the other) come at different moments: wait for each value asserted.
+        s = scrape(port)
+        in_flight = [v for (name, _), v in (s or {}).items() if name == "redismq_jobs_in_flight"]
+        return s is not None and read(s) == expected and in_flight and not any(in_flight)
+
+    assert wait_for(settled, timeout=30), (worker.poll(), read(scrape(port) or {}))
     s = scrape(port)
-    assert value(s, "redismq_jobs_processed_total", **LABELS) == 20
-    assert value(s, "redismq_job_duration_seconds_count", **LABELS) == 20
-    assert value(s, "redismq_jobs_failed_total", **LABELS) == 0
-    assert value(s, "redismq_jobs_processed_total", **BOOM) == 0
-    assert value(s, "redismq_jobs_failed_total", **BOOM) == 2  # the first try and one retry
-    assert value(s, "redismq_jobs_retried_total", **BOOM) == 1
-    assert value(s, "redismq_jobs_dead_lettered_total", **BOOM) == 1
-    assert value(s, "redismq_job_duration_seconds_count", **BOOM) == 2
-    assert value(s, "redismq_job_duration_seconds_count", **EVENTS) == 5
-    in_flight = [v for (name, _), v in s.items() if name == "redismq_jobs_in_flight"]
-    assert in_flight and all(v == 0 for v in in_flight)
     assert sum(v for (name, _), v in s.items() if name.endswith("_cancelled_total")) == 0
     assert sum(v for (name, _), v in s.items() if name.startswith("redismq_duplicates")) == 0
     if pool == "2":

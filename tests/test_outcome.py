@@ -66,10 +66,10 @@ def test_redelivered_done_message_is_acked_not_rerun(client, app):
 
 def test_failure_retries_with_backoff_then_dead_letters_with_the_error(client, app, monkeypatch):
     attempts = []
-    # No jitter: the backoffs are 0.2 s, then 0.4 s, further apart than a poll (0.1 s).
+    # No jitter: the backoffs are 0.5 s, then 1 s: a retry may start up to 0.5 s late.
     monkeypatch.setattr("redismq.outcomes.random.uniform", lambda low, high: high)
 
-    @app.task(topic="flaky", max_retries=2, backoff=0.2)
+    @app.task(topic="flaky", max_retries=2, backoff=0.5)
     def boom(n):
         attempts.append(time.monotonic())
         raise ValueError(f"bad {n}")
@@ -78,7 +78,7 @@ def test_failure_retries_with_backoff_then_dead_letters_with_the_error(client, a
     run_until_idle(client, app, "flaky")
     assert len(attempts) == 3
     gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
-    assert 0.2 <= gaps[0] < 0.4 and gaps[1] >= 0.4, gaps  # 0.2·2^attempt, not 0.2 each
+    assert 0.5 <= gaps[0] < 1.0 and gaps[1] >= 1.0, gaps  # 0.5·2^attempt, not 0.5 each
     assert job.status() == "dead"
     with pytest.raises(JobFailed, match="ValueError: bad 7"):
         job.result(timeout=1)

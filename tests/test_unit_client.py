@@ -417,13 +417,15 @@ def test_ack_many_counts_new_completions(fclient: Client) -> None:
 def test_expired_lease_is_claimed_and_renew_reports_loss(fclient: Client) -> None:
     fclient.create_topic("lease", 1)
     slow = fclient.consumer("lease", "g", name="slow")
-    fast = fclient.consumer("lease", "g", name="fast", visibility_timeout=0.02)
+    # A lease of 0.2 s: expired after 0.2 s idle, taken at once only after 2 s (ten leases:
+    # a dead process's), so a stalled test thread has 1.7 s before the first look.
+    fast = fclient.consumer("lease", "g", name="fast", visibility_timeout=0.2)
     mid = fclient.send("lease", "x")
     [held] = receive(slow)
     assert slow.renew([held]) == []
-    time.sleep(0.05)
+    time.sleep(0.3)
     assert receive(fast) == []  # seen expired once: taken at a second look
-    time.sleep(0.6)  # past a renewal interval and the margin
+    time.sleep(0.7)  # past a renewal interval and the margin (0.57 s)
     [taken] = receive(fast)
     assert (taken.id, taken.entry_id) == (mid, held.entry_id)
     assert slow.renew([held]) == [held]
