@@ -69,6 +69,21 @@ class TimeLimitExceeded(Exception):
     """A job ran longer than its task's time limit."""
 
 
+# What a job raises to end a program, not itself (sys.exit, argparse on bad input): it fails
+# the job instead of ending the thread or event loop that runs the others.
+EXITS = (SystemExit, KeyboardInterrupt)
+
+
+def as_failure(exc: BaseException) -> BaseException:
+    """The error a job failed with: a SystemExit or KeyboardInterrupt as a RuntimeError
+    caused by it (its traceback kept), anything else as it is."""
+    if not isinstance(exc, EXITS):
+        return exc
+    failure = RuntimeError(f"the job raised {type(exc).__name__}")
+    failure.__cause__ = exc
+    return failure
+
+
 def call_handler(
     fn: Callable[..., Any], args: tuple, kwargs: dict, running: Running | None = None
 ) -> Any:
@@ -333,9 +348,9 @@ class BatchRunner:
             self.running = running = self.begin(call)
             try:
                 result = self.call(call, running)
-            except (asyncio.CancelledError, Exception) as exc:
+            except (asyncio.CancelledError, Exception, *EXITS) as exc:
                 self.running = None
-                return self.ended(call, running, None, exc, counts)
+                return self.ended(call, running, None, as_failure(exc), counts)
             self.running = None
             if result is STARTED:
                 return "started"

@@ -224,3 +224,20 @@ def test_hand_written_stream_entries_are_dead_lettered_and_the_worker_keeps_goin
     assert len(dead) == 5
     assert all(d.reason for d in dead), [d.reason for d in dead]
     assert any("no.such.task" in d.reason for d in dead), [d.reason for d in dead]
+
+
+def test_a_job_that_calls_sys_exit_fails_and_the_worker_goes_on(client, url, db, processes):
+    """A task that calls sys.exit (a CLI's code, argparse on bad input) fails like any other
+    error: dead-lettered with its traceback, and the thread that ran it runs the next job.
+    SystemExit is not an Exception: it ended the fetch thread, silently, and the worker
+    (at --concurrency 1, its only thread gone) exited 0 with the next job never run."""
+    client.create_topic("work", queues=1)
+    bad = client.send("work", task("work.exits", 3))
+    good = [client.send("work", task("work.record", i)) for i in range(3)]
+    proc = start_worker(processes, url, db, "--concurrency", "1")
+    assert wait_for(lambda: group_row(client, "work")["done"] == 3, timeout=30), proc.poll()
+    assert proc.poll() is None  # still running
+    [dead] = client.dead_letters("work", GROUP)
+    assert dead.id == bad and "SystemExit: 3" in dead.traceback
+    assert "the job raised SystemExit" in dead.reason
+    assert sideeffects.runs(db, "work") == {"0": 1, "1": 1, "2": 1} and good

@@ -24,12 +24,14 @@ from redismq import BrokerUnavailable, Consumer, Message, Subscription
 from redismq.context import reset_current, set_current
 from redismq.hooks import Hooks
 from redismq.processing import (
+    EXITS,
     STARTED,
     BatchRunner,
     Call,
     Counts,
     Running,
     TimeLimitExceeded,
+    as_failure,
     limited,
 )
 
@@ -241,8 +243,8 @@ async def contained(coro: Any, limit: float | None) -> Any:
     fails the job instead of stopping the event loop that runs the others."""
     try:
         return await limited(coro, limit)
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise RuntimeError(f"the job raised {type(exc).__name__}") from exc
+    except EXITS as exc:
+        raise as_failure(exc) from exc
 
 
 def _given_up(running: Running) -> BaseException:

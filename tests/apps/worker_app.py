@@ -7,6 +7,7 @@ given explicitly so that a test can name them without importing this module.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 from redismq import App, Message, current_job
@@ -30,6 +31,13 @@ def flaky(i: int) -> int:
     if current_job().attempt == 0:
         raise RuntimeError("first attempt fails on purpose")
     return i
+
+
+@app.task(topic="work", name="work.exits", max_retries=0)
+def exits(code: int) -> None:
+    """Calls sys.exit, as code written for a command line does (argparse on bad input)."""
+    record("exits", code)
+    sys.exit(code)
 
 
 @app.task(topic="slow", name="slow.run")
