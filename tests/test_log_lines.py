@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -236,3 +237,29 @@ def test_two_processes_lines_stay_whole_when_their_shared_pipe_is_full(client, u
     assert not broken, broken[:3]
     assert len(finished) > 1000  # the pipe (64 KiB) was full
     assert finished <= {r["id"] for r in _done_lines(output, "text")}
+
+
+def test_a_second_sigterm_exits_at_once_while_the_output_pipe_is_full(client, url, processes):
+    """The signal handlers logged before they acted: with stderr's pipe full (a stalled
+    log reader) the first SIGTERM waited for the handler's lock before it stopped anything,
+    and the second one, to exit at once, never got to exit."""
+    client.create_topic("naps", queues=1)
+    client.send_many("naps", [{"task": "naps.nap", "args": [0], "kwargs": {}}] * 4000)
+    proc = processes.start(
+        "worker", "tests.apps.loglines_app:app", "--url", url, "--processes", "1"
+    )
+    seen: list[int] = []
+
+    def stalled() -> bool:  # nobody reads: the pipe fills and the worker waits to write
+        seen.append(len(_done_ids(client, "naps")))
+        return len(seen) > 10 and seen[-1] == seen[-11] > 0
+
+    assert wait_for(stalled, timeout=60, every=0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        code = proc.wait(10)  # the pipe still unread
+    finally:
+        proc.communicate(timeout=60)
+    assert code == 1

@@ -160,6 +160,7 @@ class Supervisor:
         self.children: list[multiprocessing.process.BaseProcess | None] = [None] * processes
         self.stopping = False
         self.forced = False
+        self.signal = 0  # the signal that stopped it (logged by the main loop, not the handler)
         self._context = multiprocessing.get_context("spawn")
         self._delay = [RESTART_DELAY_MIN] * processes
         self._started = [0.0] * processes
@@ -198,6 +199,8 @@ class Supervisor:
                     self._restart_at[slot] = None
                     self._start(slot)
             time.sleep(0.1)
+        if self.signal:
+            log.info("signal %d: stopping %d worker processes", self.signal, self.processes)
         return self._shutdown()
 
     def _start(self, slot: int) -> None:
@@ -264,12 +267,13 @@ class Supervisor:
             )
 
     def _install_signal_handlers(self) -> None:
+        # The handler logs nothing: the code it interrupts may be writing to stderr.
         def handle(signum: int, frame: Any) -> None:
             if self.stopping:
                 self.forced = True
                 self._signal_children(signal.SIGKILL)
                 return
-            log.info("signal %d: stopping %d worker processes", signum, self.processes)
+            self.signal = signum
             self.stopping = True
             # Not the signal itself: a child may have received that too (systemd,
             # `kill -TERM -PGID`), and would take a second one as "exit now".

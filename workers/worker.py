@@ -24,6 +24,7 @@ from .housekeeping import Component, Housekeeper, PerBroker, safely
 from .janitor import Janitor
 from .leases import LeaseBalancer, LeaseKeeper
 from .limits import Canceller, Watchdog
+from .logs import say_at_once
 from .loop import Loop
 from .routes import RouteWatcher
 from .scheduler import Scheduler
@@ -81,6 +82,7 @@ class Worker:
         self.replaced = False
         # Set when a signal asked this process to stop: then it is not started again.
         self.signalled = False
+        self.stop_reason = ""  # what a signal handler would log (logged once stopping)
         self.stopping = threading.Event()
         self.id = f"{socket.gethostname()}:{os.getpid()}"
         self.visibility_timeout = visibility_timeout
@@ -204,6 +206,8 @@ class Worker:
                 return
             if deadline is None and self.stopping.is_set():
                 deadline = time.monotonic() + self.grace
+                if self.stop_reason:
+                    log.info("%s", self.stop_reason)
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("grace period over: leaving unfinished jobs to lease expiry")
                 return
@@ -242,22 +246,25 @@ class Worker:
         STOP_SIGNAL, which a supervisor sends, only ever stops gracefully: under systemd or
         `kill -TERM -PGID` a child gets both the signal and its supervisor's, and that is
         one stop, not two (the supervisor forces with SIGKILL).
+
+        The handlers act and log nothing (the stop is logged by `_join`): the log's lock
+        may be held by the code they interrupt, or by a thread blocked on a full pipe.
         """
         received: list[int] = []
 
         def handle(signum: int, frame: Any) -> None:
             if received:
-                log.warning("second signal: exiting now")
+                say_at_once("second signal: exiting now")
                 os._exit(1)
             received.append(signum)
             self.signalled = True
-            log.info("signal %d: finishing running work, then exiting", signum)
+            self.stop_reason = f"signal {signum}: finishing running work, then exiting"
             self.stop()
 
         def handle_stop(signum: int, frame: Any) -> None:
             self.signalled = True
             if not self.stopping.is_set():
-                log.info("stop requested by the supervisor: finishing running work")
+                self.stop_reason = "stop requested by the supervisor: finishing running work"
             self.stop()
 
         signal.signal(signal.SIGTERM, handle)
