@@ -4,6 +4,7 @@ the output even when the worker is stopped by SIGTERM, failures with their trace
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -263,3 +264,27 @@ def test_a_second_sigterm_exits_at_once_while_the_output_pipe_is_full(client, ur
     finally:
         proc.communicate(timeout=60)
     assert code == 1
+
+
+def test_a_reader_gone_loses_the_lines_but_never_fails_a_job(monkeypatch):
+    """stderr's reader died (`| tee` stopped, a log shipper restarted): every write fails
+    with EPIPE. The lines are lost, as a record's would be, but nothing raises into the
+    job that made them and the thread that writes every 100 ms keeps going. Before, the
+    buffer's flush raised: the writing thread died and every thousandth line raised into
+    a job's outcome."""
+    read, write = os.pipe()
+    os.close(read)
+    stream = open(write, "w", buffering=1)  # noqa: SIM115 - closed below
+    handler = WorkerHandler("text")
+    handler.setStream(stream)
+    monkeypatch.setattr(handler, "handleError", lambda record: None)  # reported, elsewhere
+    try:
+        for i in range(2500):
+            handler.done("redismq.processing", f"{i:032x}", "naps.nap", 1, 0.001)
+        handler.flush()
+        time.sleep(0.3)  # the writing thread's turns
+        assert handler._flusher is not None and handler._flusher.is_alive()
+    finally:
+        handler._done.set()
+        with contextlib.suppress(OSError):
+            stream.close()

@@ -203,7 +203,10 @@ class WorkerHandler(logging.StreamHandler):
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             self._write_pending()
-            super().flush()
+            try:
+                super().flush()
+            except Exception:  # a reader gone (EPIPE): reported as a record's, never raised
+                self.handleError(logging.makeLogRecord({"msg": "flushing the log"}))
 
     def close(self) -> None:
         self._done.set()
