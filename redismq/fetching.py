@@ -147,8 +147,13 @@ class Fetching(Outcomes):
                     self.run_settling(settle)
                 return self._drop_done(messages)
             except BaseException:
-                self._extra[:0] = messages  # delivered to this consumer: not to be lost
+                self.keep(messages)
                 raise
+
+    def keep(self, messages: Sequence[Message]) -> None:
+        """Keep messages delivered to this consumer and not finished, for the next receive
+        to return first (not to be lost to a lease left to lapse)."""
+        self._extra[:0] = messages
 
     def kept(self) -> list[Message]:
         """Messages fetched and kept for the next receive (their leases must stay fresh)."""

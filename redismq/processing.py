@@ -259,15 +259,34 @@ class BatchRunner:
         them: `Consumer.marks_running`). `settle_later`: the jobs that finished last are
         left for `settling()` (held meanwhile), to settle with the next receive."""
         counts = Counts()
+        self._batch, self._pos = messages, 0
+        try:
+            if not self._run(messages, stop, counts, marked):
+                return counts  # abandoned: its thread was given up on
+        except BaseException:
+            # A broker lost mid-batch (a settle, a retry): what did not finish stays this
+            # consumer's, received again first, instead of left to lapse and be charged an
+            # attempt as if its worker had died.
+            self.consumer.keep(messages[self._pos :])
+            self._batch = ()
+            raise
+        if not settle_later:
+            self._flush(counts)
+        self._batch = ()
+        return counts
+
+    def _run(
+        self, messages: Sequence[Message], stop: Callable[[], bool], counts: Counts, marked: bool
+    ) -> bool:
+        """`run`'s loop; False if it was abandoned."""
         last_flush = time.monotonic()
-        self._batch = messages
         if self.subscription.handler is None and not marked:  # tasks: they read running now
             # (settling, retrying and handing back take a job off the running set)
             mark_running(self.consumer, messages)
         for i, msg in enumerate(messages):
             self._pos = i
             if self.abandoned:
-                return counts
+                return False
             if self.consumer.is_lost(msg):  # taken over by another consumer: not ours to run
                 # Let go of it: hands it back if it is ours after all; an ordered consumer
                 # stops counting it as fetched (its queue can change hands).
@@ -293,10 +312,7 @@ class BatchRunner:
             if time.monotonic() - last_flush > FLUSH_EVERY:
                 self._flush(counts)
                 last_flush = time.monotonic()
-        if not settle_later:
-            self._flush(counts)
-        self._batch = ()
-        return counts
+        return True
 
     def settling(self, counts: Counts) -> Settling | None:
         """The finished jobs not settled yet, made ready to settle (None: there are none).

@@ -443,3 +443,43 @@ def test_a_settle_after_its_group_was_deleted_and_made_again_settles_nothing(
     assert [p["consumer"] for p in pending] == [b"b"]
     assert b.ack_many(again) == 1
     assert client.meta.xpending(stream, "g")["pending"] == 0
+
+
+def test_a_batch_stopped_by_a_lost_broker_keeps_its_unfinished_messages(client, app, monkeypatch):
+    """A broker lost mid-batch (here: the failed job's retry cannot be written) ends the
+    batch with BrokerUnavailable. The job that failed and the ones not started stay this
+    consumer's: kept (so renewed) and received first once the broker is back. Before,
+    the next batch replaced them in what the runner held: nobody renewed their leases,
+    and after the visibility timeout they were taken over and each charged an attempt
+    as if its worker had died."""
+    from redismq import BrokerUnavailable
+    from redismq.processing import BatchRunner
+
+    runs = []
+
+    @app.consumer("stranded", group="g", max_retries=3)
+    def handle(msg):
+        runs.append(msg.body)
+        if msg.body == 0:
+            raise RuntimeError("fails: its retry is written at once")
+
+    client.create_topic("stranded", queues=1)
+    ids = client.send_many("stranded", [0, 1, 2, 3])
+    consumer = client.consumer("stranded", "g")
+    batch = consumer.receive(count=10, block=1)
+
+    def broker_gone(*args, **kwargs):
+        raise BrokerUnavailable("redis://127.0.0.1:1: the broker went away")
+
+    monkeypatch.setattr(consumer, "retry", broker_gone)
+    runner = BatchRunner(consumer, app.subscriptions[("stranded", "g")])
+    with pytest.raises(BrokerUnavailable):
+        runner.run(batch)
+    assert runs == [0]
+    assert [m.id for m in consumer.kept()] == ids  # renewed by the worker's lease keeper
+    monkeypatch.undo()
+    again = consumer.receive(count=10, block=0.1)  # the broker is back
+    assert [m.id for m in again] == ids
+    counts = runner.run(again)
+    assert runs == [0, 0, 1, 2, 3]
+    assert (counts.processed, counts.retried) == (3, 1)
