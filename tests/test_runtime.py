@@ -385,3 +385,37 @@ def test_messages_of_a_killed_child_run_again_well_before_the_visibility_timeout
         assert worker.wait(30) == 0
     finally:
         kill_group(worker.pid, signal.SIGKILL)
+
+
+def test_a_stop_signal_that_comes_while_the_pool_starts_reaches_every_child(monkeypatch):
+    """SIGTERM while the supervisor starts its processes (each spawn takes a moment): the
+    handler told the children started so far to stop, the loop went on starting the rest,
+    and those, never told, ran and took jobs until the grace period's SIGKILL. No real
+    processes: a fake one lets the signal come exactly while the second one starts."""
+    from types import SimpleNamespace
+
+    from redismq.workers import supervisor as sup
+
+    pool = sup.Supervisor(sup.WorkerOptions(app="tests.apps.runtime_app:app"), processes=3)
+    handlers: dict[int, object] = {}
+    monkeypatch.setattr(sup.signal, "signal", lambda signum, fn: handlers.setdefault(signum, fn))
+    signalled: list[tuple[int, int]] = []
+    monkeypatch.setattr(sup.os, "kill", lambda pid, signum: signalled.append((pid, signum)))
+    started: list[int] = []
+
+    class Child:
+        exitcode = None
+
+        def __init__(self, **kwargs: object) -> None:
+            self.pid = 1000 + len(started)
+
+        def start(self) -> None:
+            started.append(self.pid)
+            if len(started) == 2:  # SIGTERM arrives while the second process starts
+                handlers[signal.SIGTERM](signal.SIGTERM, None)
+
+    pool._context = SimpleNamespace(Process=Child)
+    pool._install_signal_handlers()
+    pool._start_all()
+    assert started == [1000, 1001]  # no third one
+    assert sorted(signalled) == [(1000, sup.STOP_SIGNAL), (1001, sup.STOP_SIGNAL)]

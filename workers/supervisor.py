@@ -186,8 +186,7 @@ class Supervisor:
 
     def _supervise(self) -> int:
         self.reaper = self._make_reaper()
-        for slot in range(self.processes):
-            self._start(slot)
+        self._start_all()
         while not self.stopping:
             if self.options.burst and all(c is not None and c.exitcode == 0 for c in self.children):
                 return 0
@@ -203,6 +202,12 @@ class Supervisor:
             log.info("signal %d: stopping %d worker processes", self.signal, self.processes)
         return self._shutdown()
 
+    def _start_all(self) -> None:
+        for slot in range(self.processes):
+            if self.stopping:  # a signal came meanwhile: start no more
+                return
+            self._start(slot)
+
     def _start(self, slot: int) -> None:
         options = asdict(self.options)
         options["outbox"] = self.options.outbox if slot == 0 else None  # one relay per pool
@@ -213,6 +218,8 @@ class Supervisor:
         self.children[slot] = child
         self._started[slot] = time.monotonic()
         log.info("started worker process %d (pid %d)", slot, child.pid)
+        if self.stopping:  # the signal came while it started: the handler did not see it
+            self._signal(child, STOP_SIGNAL)
 
     def _replace(self, slot: int, child: multiprocessing.process.BaseProcess) -> None:
         if self.options.burst and child.exitcode == 0:
@@ -284,9 +291,14 @@ class Supervisor:
 
     def _signal_children(self, signum: int) -> None:
         for child in self.children:
-            if child is not None and child.pid and child.exitcode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signum)
+            if child is not None:
+                self._signal(child, signum)
+
+    @staticmethod
+    def _signal(child: multiprocessing.process.BaseProcess, signum: int) -> None:
+        if child.pid and child.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signum)
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + self.options.grace + 5
