@@ -502,11 +502,12 @@ class BatchRunner:
 
     def _cancelled(self, msg: Message, task: str | None, counts: Counts, took: float) -> None:
         self._flush(counts)
-        if self.consumer.settle_many([msg], [CANCELLED]).lost:
+        lost = bool(self.consumer.settle_many([msg], [CANCELLED]).lost)
+        if lost:
             counts.lost += 1
-            return
-        counts.cancelled += 1
-        self._after(msg, task, "cancelled", took, None)
+        else:
+            counts.cancelled += 1
+        self._after(msg, task, "lost" if lost else "cancelled", took, None)
 
     def now_running(self) -> list[Running]:
         """The jobs running now (called from other threads)."""

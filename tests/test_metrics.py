@@ -139,6 +139,38 @@ def test_a_failing_hook_is_logged_once_and_never_raises(metrics, registry, caplo
 # -- queue lag, against a real server --------------------------------------------------
 
 
+def test_a_cancelled_run_whose_message_was_taken_over_leaves_nothing_in_flight(
+    client, app, metrics, registry
+):
+    """A run stopped by a cancel whose message another consumer took over meanwhile (its
+    settle finds the lease lost): it is counted as lost, as the other lost runs are, and
+    leaves the in-flight gauge. Before, its hooks were not told it ended: one job in
+    flight for the life of the process. Real server."""
+    import asyncio
+    import time
+
+    from redismq.processing import BatchRunner
+
+    @app.consumer("taken", group="g")
+    def handle(msg):
+        raise asyncio.CancelledError  # what a cancel makes the run end with
+
+    client.create_topic("taken", queues=1)
+    client.send("taken", 1)
+    mine = client.consumer("taken", "g", name="a", visibility_timeout=0.2)
+    other = client.consumer("taken", "g", name="b", visibility_timeout=0.2)
+    batch = mine.receive(count=1, block=1)
+    taken: list = []
+    deadline = time.monotonic() + 15
+    while not taken and time.monotonic() < deadline:  # at its second look
+        taken += other.receive(count=1, block=0.2)
+    assert len(taken) == 1
+    counts = BatchRunner(mine, app.subscriptions[("taken", "g")], [metrics]).run(batch)
+    assert (counts.lost, counts.cancelled) == (1, 0)
+    labels = {"task": "taken/g", "topic": "taken", "group": "g"}
+    assert sample(registry, "redismq_jobs_in_flight", **labels) == 0
+
+
 def test_lag_collector_sets_the_exact_lag_of_its_own_groups(client, metrics, registry):
     client.create_topic("lagged", queues=2)
     mine = client.consumer("lagged", "mine", create=True)
