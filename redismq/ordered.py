@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .consumer import Consumer, Settling, backoff_delay
+from .errors import BrokerUnavailable
 from .message import Message
 
 if TYPE_CHECKING:
@@ -66,28 +67,48 @@ class OrderedConsumer(Consumer):
     def rebalance(self) -> None:
         """Renew held leases, take free ones up to a fair share, and mark extra ones to be
         given back: they are read no more, and the fetching thread gives each back once
-        every message it fetched from it is settled or released."""
+        every message it fetched from it is settled or released.
+
+        The leases are renewed first, on their brokers: with the meta Redis down (where
+        the share is counted) they are still renewed, and nothing is taken or given."""
         with self.errors():
-            meta = self.client.meta
-            now = time.time()
-            pipe = meta.pipeline(transaction=False)
-            pipe.zadd(self.members_key, {self.name: now})
-            pipe.zremrangebyscore(self.members_key, "-inf", now - 3 * self.visibility_timeout)
-            pipe.zcard(self.members_key)
-            live = max(1, pipe.execute()[-1])
-            fair = math.ceil(len(self.queues) / live)
             held = {q for q in self.leased if self._lease("renew", q)}
-            retiring = set(sorted(held, reverse=True)[: max(0, len(held) - fair)])
-            free = [q for q in self.queues if q not in held]
-            random.shuffle(free)
-            taken = []
-            for q in free:
-                if len(held) >= fair:
-                    break
-                if self._lease("take", q):
-                    held.add(q)
-                    taken.append(q)
-            backlog = [m for q in taken for m in self._take_over(q)]
+        try:
+            with self.errors():
+                fair = math.ceil(len(self.queues) / self._members())
+                retiring = set(sorted(held, reverse=True)[: max(0, len(held) - fair)])
+                taken = self._take_free(held, fair)
+                backlog = [m for q in taken for m in self._take_over(q)]
+        except BrokerUnavailable:
+            self._hold(held, self._retiring & held, [])
+            raise
+        self._hold(held | set(taken), retiring, backlog)
+
+    def _members(self) -> int:
+        """How many consumers of the group share its queues (this one counted in)."""
+        meta = self.client.meta
+        now = time.time()
+        pipe = meta.pipeline(transaction=False)
+        pipe.zadd(self.members_key, {self.name: now})
+        pipe.zremrangebyscore(self.members_key, "-inf", now - 3 * self.visibility_timeout)
+        pipe.zcard(self.members_key)
+        return max(1, pipe.execute()[-1])
+
+    def _take_free(self, held: set[int], fair: int) -> list[int]:
+        """Take the leases of free queues, in random order, up to a fair share."""
+        free = [q for q in self.queues if q not in held]
+        random.shuffle(free)
+        taken: list[int] = []
+        for q in free:
+            if len(held) + len(taken) >= fair:
+                break
+            if self._lease("take", q):
+                taken.append(q)
+        return taken
+
+    def _hold(self, held: set[int], retiring: set[int], backlog: list[Message]) -> None:
+        """Read these queues from now on (under the lock); forget what was fetched from
+        those whose lease was lost."""
         with self._lock:
             lost = self.leased - held
             if lost:

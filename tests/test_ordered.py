@@ -293,3 +293,47 @@ def test_a_holder_that_reads_while_its_successor_takes_over_settles_nothing_take
     pending = client.meta.xpending_range(stream, "ledger", "-", "+", 10)
     assert [p["consumer"] for p in pending] == [b.name.encode()] * 3
     assert b.ack_many(taken) == 3
+
+
+def test_a_holder_renews_its_leases_while_the_meta_redis_is_down():
+    """The leases of an ordered group live on the queues' brokers; which consumers share
+    them is counted in the meta Redis. With the meta Redis down, `rebalance` made no call:
+    the leases lapsed after the visibility timeout although their holder and brokers were
+    fine, and once the meta came back another consumer took the queues over while their
+    jobs still ran (twice, out of order). Real servers: a meta and a broker."""
+    import time
+
+    import pytest
+
+    from redismq import BrokerUnavailable, Client
+    from redismq.brokers import add_broker
+    from tests.sentinels import Servers
+
+    servers = Servers()
+    try:
+        meta, broker = servers.start(), servers.start()
+        client = Client(meta.url)
+        add_broker(client, "b0", broker.url)
+        client.create_topic("ledger", queues=2)
+        holder = client.consumer("ledger", "books", ordered=True, visibility_timeout=2)
+        holder.rebalance()
+        assert holder.leased == {0, 1}
+        on_broker = broker.client()
+
+        def ttls() -> list[int]:
+            return [on_broker.pttl(holder.queues[q].keys.lease("books")) for q in (0, 1)]
+
+        time.sleep(0.6)
+        meta.stop()
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            holder.rebalance()
+        took_ms = (time.monotonic() - started) * 1000
+        # renewed to 2 s during the call (the meta's connection takes a while to fail);
+        # unrenewed they would be 0.6 s shorter still
+        assert all(ttl >= 2000 - took_ms - 200 for ttl in ttls()), (ttls(), took_ms)
+        assert holder.leased == {0, 1}
+        on_broker.close()
+        client.close()
+    finally:
+        servers.stop_all()
