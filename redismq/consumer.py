@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from .outcomes import (
     job_error,
     storable_text,
 )
+from .process import process_id
 from .redis_errors import redis_errors
 from .routing import Broker, Topic
 from .validation import check_topic_name
@@ -48,7 +48,7 @@ def renew_interval(visibility_timeout: float) -> float:
 
 def consumer_name() -> str:
     """A consumer name unique on this host: `host:pid:n`."""
-    return f"{socket.gethostname()}:{os.getpid()}:{next(_consumer_numbers)}"
+    return f"{process_id()}:{next(_consumer_numbers)}"
 
 
 @dataclass(slots=True)

@@ -8,8 +8,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,7 @@ from redis.exceptions import RedisClusterException
 from .brokers import BrokerInfo, list_brokers
 from .cluster import topology
 from .errors import RedisMQError
+from .process import process_id
 from .routing import routes_changed
 from .urls import connect, is_cluster_url, mask_url
 
@@ -73,7 +72,7 @@ class NameServer:
         self.client = client
         self.interval = interval
         # unique per instance, so that two NameServers in one process do not share a lease
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{next(_numbers)}"
+        self.id = f"{process_id()}:{next(_numbers)}"
         self.lease_ms = int(max(3.0, interval * 3) * 1000)
         self.acting = False
         self._conns: dict[str, redis.Redis] = {}

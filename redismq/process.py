@@ -1,13 +1,39 @@
-"""Process lifetime helpers shared by the local servers and the worker pool."""
+"""Process helpers shared by the local servers and the worker pool: how long a process
+lives, and what names it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
+# The host's own pid namespace (PROC_PID_INIT_INO), as /proc/self/ns/pid names it.
+_HOST_PID_NAMESPACE = "pid:[4026531836]"
+
+
+@functools.cache
+def host_id() -> str:
+    """The host part of the names a process goes by (`host:pid`): the hostname, and its pid
+    namespace where that is not the host's own. Containers on the host's network (Docker's
+    `--network host`, Kubernetes' hostNetwork) share its hostname but number their pids
+    themselves, each from 1: without it, two of them could go by one name."""
+    name = socket.gethostname()
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux, or no /proc
+        return name
+    if namespace == _HOST_PID_NAMESPACE or not namespace.startswith("pid:["):
+        return name
+    return f"{name}/{namespace[5:-1]}"
+
+
+def process_id() -> str:
+    """This process's name among the workers, consumers and NameServers (`host:pid`)."""
+    return f"{host_id()}:{os.getpid()}"
 
 
 def _load_prctl() -> Callable[..., int] | None:

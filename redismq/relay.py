@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .errors import BrokerUnavailable, QueueUnavailable, RedisMQError
+from .process import process_id
 from .sending import Outgoing, choose_queue
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ class Relay:
         self.keep_sent = keep_sent
         self.report_every = report_every
         self.on_lag = on_lag
-        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self.id = process_id()
         self.sent = 0
         self.trouble: str | None = None  # the error of the current streak of failures
         self._after = 0  # the next pass looks at rows after this id (0: from the oldest)

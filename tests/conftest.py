@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -105,9 +105,16 @@ class Processes:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    def start(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        **kwargs,
+    ) -> subprocess.Popen:
+        """`redismq ARGS` as a process (run by `prefix`, a command that runs another)."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "redismq.cli.main", *args],
+            [*prefix, sys.executable, "-m", "redismq.cli.main", *args],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
             # (a long-running process whose output nobody reads passes stdout=DEVNULL or a

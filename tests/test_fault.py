@@ -8,7 +8,6 @@ repeats only for tasks the dead worker held (fetched, maybe run, not yet acknowl
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from collections import Counter
 
@@ -18,6 +17,7 @@ from apps.fault_app import ASYNC_TASK, ASYNC_TOPIC, TASK, TOPIC
 from conftest import wait_for
 
 from redismq import Client
+from redismq.process import host_id
 from redismq.status import topic_status
 
 pytestmark = pytest.mark.fault
@@ -34,7 +34,7 @@ def held_by(client: Client, topic: str, group: str, pid: int) -> dict[str, str]:
     Entry ids are per stream (two queues can hold the same one), so each pending entry is
     looked up by the message id it carries.
     """
-    prefix = f"{socket.gethostname()}:{pid}:"
+    prefix = f"{host_id()}:{pid}:"
     t = client.topic(topic, create=False)
     held: dict[str, str] = {}
     for q in range(t.queues):

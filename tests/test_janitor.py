@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ import pytest
 
 from redismq.errors import JobTimeout
 from redismq.job import Job
+from redismq.process import host_id
 from redismq.status import live_workers
 from redismq.workers.janitor import Janitor
 from tests.apps import runtime_app
@@ -62,7 +62,7 @@ def test_a_killed_workers_record_and_consumers_are_pruned_once_they_hold_nothing
 ):
     job = rt.slow_retried.send(30.0, "held")
     worker = start_worker(processes, url, "--processes", "1", "--topic", "rt")
-    dead = f"{socket.gethostname()}:{worker.pid}"
+    dead = f"{host_id()}:{worker.pid}"
     assert wait_for(
         lambda: rows(db, "slow-start") and client.meta.hexists(client.router.keys.workers, dead),
         timeout=30,

@@ -177,3 +177,28 @@ def test_check_headers() -> None:
     for bad in ([("a", "b")], {1: "x"}, "a=b"):
         with pytest.raises(InvalidMessage, match="headers must be a dict of strings to strings"):
             check_headers(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("link", "expected"),
+    [
+        ("pid:[4026531836]", "box"),  # the host's own pid namespace
+        ("pid:[4026532178]", "box/4026532178"),  # a container's
+        (OSError("no /proc"), "box"),  # not Linux
+    ],
+)
+def test_a_process_is_named_by_host_and_pid_namespace(monkeypatch, link, expected):
+    from redismq import process
+
+    def readlink(path: str) -> str:
+        assert path == "/proc/self/ns/pid"
+        if isinstance(link, OSError):
+            raise link
+        return link
+
+    monkeypatch.setattr(process.socket, "gethostname", lambda: "box")
+    monkeypatch.setattr(process.os, "readlink", readlink)
+    try:
+        assert process.host_id.__wrapped__() == expected
+    finally:
+        process.host_id.cache_clear()

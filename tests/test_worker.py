@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -17,9 +16,10 @@ from pathlib import Path
 import pytest
 import redis
 from apps import sideeffects
-from conftest import wait_for
+from conftest import skip_unless_ci, wait_for
 
 from redismq import Client
+from redismq.process import host_id
 from redismq.status import topic_status
 
 APP = "tests.apps.worker_app:app"
@@ -33,7 +33,7 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
-def start_worker(processes, url: str, db: Path, *args: str):
+def start_worker(processes, url: str, db: Path, *args: str, prefix: tuple[str, ...] = ()):
     """One worker process (no supervisor: the process we signal is the one that consumes)."""
     return processes.start(
         "worker",
@@ -46,6 +46,7 @@ def start_worker(processes, url: str, db: Path, *args: str):
         "WARNING",
         *args,
         env={sideeffects.ENV_DB: str(db)},
+        prefix=prefix,
     )
 
 
@@ -120,7 +121,7 @@ def test_long_job_is_run_once_while_its_lease_is_renewed(client, url, db, proces
     client.create_topic("slow", queues=2)
     args = ("--topic", "slow", "--visibility-timeout", "1")
     workers = [start_worker(processes, url, db, *args) for _ in range(2)]
-    host = socket.gethostname()
+    host = host_id()
     assert wait_for(
         lambda: all(
             any(n.startswith(f"{host}:{w.pid}:") for n in consumer_names(client, "slow"))
@@ -191,7 +192,7 @@ def test_message_handler_and_async_task_run_with_consumers_named_host_pid_n(
     )
     assert sideeffects.runs(db, "event") == expected
     assert sideeffects.runs(db, "async") == expected
-    pattern = re.compile(rf"{re.escape(socket.gethostname())}:{worker.pid}:\d+")
+    pattern = re.compile(rf"{re.escape(host_id())}:{worker.pid}:\d+")
     names = consumer_names(client, "events", "handlers") | consumer_names(client, "async")
     assert names, "the worker registered no consumer"
     assert all(pattern.fullmatch(n) for n in names), names
@@ -241,3 +242,27 @@ def test_a_job_that_calls_sys_exit_fails_and_the_worker_goes_on(client, url, db,
     assert dead.id == bad and "SystemExit: 3" in dead.traceback
     assert "the job raised SystemExit" in dead.reason
     assert sideeffects.runs(db, "work") == {"0": 1, "1": 1, "2": 1} and good
+
+
+def test_workers_in_containers_that_share_the_host_name_keep_apart(client, url, db, processes):
+    """Containers on the host's network (`docker --network host`, Kubernetes'
+    hostNetwork) share its hostname but each has its own pids, so two workers can both be
+    pid 1: their ids (`host:pid`) and consumer names were the same, and Redis took them
+    for one worker and one consumer (one heartbeat record, one pending list for both).
+    Real processes, each the first of a pid namespace of its own (`unshare`, as root)."""
+    try:
+        subprocess.run(["unshare", "--pid", "--fork", "true"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        skip_unless_ci(f"cannot make a pid namespace here: {exc}")
+    client.create_topic("work", queues=2)
+    ids = [client.send("work", task("work.record", i)) for i in range(200)]
+    prefix = ["unshare", "--pid", "--fork", "--kill-child=SIGKILL"]
+    workers = [start_worker(processes, url, db, prefix=prefix) for _ in range(2)]
+    workers_key = client.router.keys.workers
+    assert wait_for(lambda: client.meta.hlen(workers_key) == 2, timeout=30), [
+        w.poll() for w in workers
+    ]
+    assert all(text.endswith(":1") for text in map(bytes.decode, client.meta.hkeys(workers_key)))
+    assert wait_for(lambda: group_row(client, "work")["done"] == 200, timeout=60)
+    assert len(consumer_names(client, "work")) == 2 * 8  # 8 fetch threads each
+    assert sideeffects.runs(db, "work") == {str(i): 1 for i in range(200)} and ids

@@ -6,7 +6,6 @@ consumers leave their groups once they hold nothing, and its heartbeat record go
 from __future__ import annotations
 
 import logging
-import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 from redismq import Client, Subscription
 from redismq.keys import QueueKeys
+from redismq.process import host_id
 from redismq.routing import Broker
 
 log = logging.getLogger("redismq.supervisor")
@@ -88,7 +88,7 @@ class Reaper:
     def __init__(self, client: Client, subscriptions: Iterable[Subscription]) -> None:
         self.client = client
         self.subscriptions = list(subscriptions)
-        self.host = socket.gethostname()
+        self.host = host_id()
 
     def reap(self, pid: int) -> Retired:
         """Free what process `pid` left (its consumers are named `host:pid:n`)."""

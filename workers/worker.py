@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -17,6 +16,7 @@ from redismq import App, BrokerUnavailable, Consumer, Subscription
 from redismq.brokers import warn_if_evicting
 from redismq.hooks import Hooks
 from redismq.middleware import middleware_hooks
+from redismq.process import process_id
 from redismq.processing import Counts
 
 from .heartbeat import Heartbeat
@@ -84,7 +84,7 @@ class Worker:
         self.signalled = False
         self.stop_reason = ""  # what a signal handler would log (logged once stopping)
         self.stopping = threading.Event()
-        self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self.id = process_id()
         self.visibility_timeout = visibility_timeout
         self.concurrency = concurrency
         self.count = count
