@@ -209,22 +209,28 @@ def test_after_sigterm_every_finished_jobs_line_is_in_the_output(client, url, pr
     assert finished <= logged, f"{len(finished - logged)} finished jobs have no line"
 
 
+def _stalled_on_its_output(client, url: str, processes, pool: str):
+    """A worker of `pool` processes whose output pipe nobody reads, once that pipe is full
+    and the worker waits to write (its count of finished jobs stopped for a second)."""
+    client.create_topic("naps", queues=1)
+    client.send_many("naps", [{"task": "naps.nap", "args": [0], "kwargs": {}}] * 4000)
+    app = "tests.apps.loglines_app:app"
+    proc = processes.start("worker", app, "--url", url, "--processes", pool)
+    seen: list[int] = []
+
+    def stalled() -> bool:
+        seen.append(len(_done_ids(client, "naps")))
+        return len(seen) > 10 and seen[-1] == seen[-11] > 0
+
+    assert wait_for(stalled, timeout=60, every=0.1), proc.poll()
+    return proc
+
+
 def test_two_processes_lines_stay_whole_when_their_shared_pipe_is_full(client, url, processes):
     """The pool's processes write their batched lines to one pipe (their parent's stderr).
     A write of more than PIPE_BUF bytes to a full pipe goes in parts, which the kernel may
     interleave with the other process's: a slow reader (a log shipper) got broken lines."""
-    client.create_topic("naps", queues=1)
-    client.send_many("naps", [{"task": "naps.nap", "args": [0], "kwargs": {}}] * 4000)
-    proc = processes.start(
-        "worker", "tests.apps.loglines_app:app", "--url", url, "--processes", "2"
-    )
-    seen: list[int] = []
-
-    def stalled() -> bool:  # nobody reads: the pipe fills and both processes wait to write
-        seen.append(len(_done_ids(client, "naps")))
-        return len(seen) > 10 and seen[-1] == seen[-11] > 0
-
-    assert wait_for(stalled, timeout=60, every=0.1)
+    proc = _stalled_on_its_output(client, url, processes, "2")
     os.kill(proc.pid, signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output[-2000:]
@@ -244,18 +250,7 @@ def test_a_second_sigterm_exits_at_once_while_the_output_pipe_is_full(client, ur
     """The signal handlers logged before they acted: with stderr's pipe full (a stalled
     log reader) the first SIGTERM waited for the handler's lock before it stopped anything,
     and the second one, to exit at once, never got to exit."""
-    client.create_topic("naps", queues=1)
-    client.send_many("naps", [{"task": "naps.nap", "args": [0], "kwargs": {}}] * 4000)
-    proc = processes.start(
-        "worker", "tests.apps.loglines_app:app", "--url", url, "--processes", "1"
-    )
-    seen: list[int] = []
-
-    def stalled() -> bool:  # nobody reads: the pipe fills and the worker waits to write
-        seen.append(len(_done_ids(client, "naps")))
-        return len(seen) > 10 and seen[-1] == seen[-11] > 0
-
-    assert wait_for(stalled, timeout=60, every=0.1)
+    proc = _stalled_on_its_output(client, url, processes, "1")
     os.kill(proc.pid, signal.SIGTERM)
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGTERM)
