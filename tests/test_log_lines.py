@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import time
+from collections import Counter
 
 import pytest
 
@@ -283,3 +284,22 @@ def test_a_reader_gone_loses_the_lines_but_never_fails_a_job(monkeypatch):
         handler._done.set()
         with contextlib.suppress(OSError):
             stream.close()
+
+
+def test_a_job_that_forks_gives_its_child_none_of_the_workers_lines(client, url, processes):
+    """A job that forks (multiprocessing's default on Linux) gave its child the worker's
+    queued done lines: the child's first log line wrote them again, so finished jobs had
+    two lines. The child now starts with none, and the fork waits for a write in progress
+    (a child would otherwise inherit stderr's buffer locked)."""
+    client.create_topic("naps", queues=1)
+    quick = client.send_many("naps", [{"task": "naps.nap", "args": [0], "kwargs": {}}] * 50)
+    client.send("naps", {"task": "naps.fork", "args": [], "kwargs": {}})
+    app = "tests.apps.loglines_app:app"
+    proc = processes.start("worker", app, "--url", url, "--burst", "--concurrency", "1")
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output[-2000:]
+    assert "the forked child logs" in output
+    ids = [r["id"] for r in _done_lines(output, "text")]
+    assert sorted(set(quick) - set(ids)) == [] and len(ids) == len(set(ids)) == 51, Counter(
+        ids
+    ).most_common(3)

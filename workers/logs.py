@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -208,6 +209,14 @@ class WorkerHandler(logging.StreamHandler):
             except Exception:  # a reader gone (EPIPE): reported as a record's, never raised
                 self.handleError(logging.makeLogRecord({"msg": "flushing the log"}))
 
+    def forked(self) -> None:
+        """In a process forked from this one: none of its queued lines (they are its own to
+        write), no thread writing them, a lock of its own."""
+        self.createLock()
+        self._pending = collections.deque()
+        self._flusher = None
+        self._done = threading.Event()
+
     def close(self) -> None:
         self._done.set()
         self.flush()
@@ -254,6 +263,32 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     OutcomeLog.writer = handler
+    _follow_forks()
+
+
+@functools.cache
+def _follow_forks() -> None:
+    """Keep a job's fork (multiprocessing's default on Linux) apart from the worker's log:
+    the fork waits for a write in progress (a child must not inherit stderr's buffer
+    locked), and the child starts with none of the worker's queued lines."""
+
+    def writer() -> WorkerHandler | None:
+        handler = OutcomeLog.writer
+        return handler if isinstance(handler, WorkerHandler) else None
+
+    def before() -> None:
+        if (handler := writer()) is not None:
+            handler.acquire()
+
+    def in_parent() -> None:
+        if (handler := writer()) is not None:
+            handler.release()
+
+    def in_child() -> None:
+        if (handler := writer()) is not None:
+            handler.forked()
+
+    os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)
 
 
 def flush_logs() -> None:
