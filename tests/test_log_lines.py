@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 from collections import Counter
 
@@ -303,3 +304,31 @@ def test_a_job_that_forks_gives_its_child_none_of_the_workers_lines(client, url,
     assert sorted(set(quick) - set(ids)) == [] and len(ids) == len(set(ids)) == 51, Counter(
         ids
     ).most_common(3)
+
+
+def test_a_record_never_waits_for_another_threads_write():
+    """While one thread writes (here: holds the handler's lock, as the line writer does
+    when stderr's pipe is full), another thread's record is queued behind the lines and
+    written by the writer, instead of waiting: the lease keeper, the heartbeat and the
+    balancer log their errors, and a stalled log reader parked them on the lock until
+    leases lapsed."""
+    handler = WorkerHandler("text")
+    handler.setStream(io.StringIO())
+    logger = logging.getLogger("redismq.test.blocked")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        handler.done("redismq.processing", "a" * 32, "naps.nap", 1, 0.001)
+        with handler.lock:  # another thread's write in progress
+            logging_thread = threading.Thread(
+                target=logger.warning, args=("cannot renew leases: broker down",)
+            )
+            logging_thread.start()
+            logging_thread.join(5)
+            assert not logging_thread.is_alive()
+        assert wait_for(lambda: "cannot renew" in handler.stream.getvalue(), timeout=5)
+        written = handler.stream.getvalue().splitlines()
+        assert [("a" * 32) in written[0], "cannot renew" in written[1]] == [True, True]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

@@ -94,6 +94,7 @@ class WorkerHandler(logging.StreamHandler):
         self._heads: dict[tuple[int, int, str], str] = {}
         self._ends: dict[tuple[str, int, float], str] = {}
         self._flusher: threading.Thread | None = None
+        self._starting = threading.Lock()
         self._done = threading.Event()
 
     # -- lines without a record ----------------------------------------------------------
@@ -164,7 +165,7 @@ class WorkerHandler(logging.StreamHandler):
         return time.strftime(logging.Formatter.default_time_format, time.localtime(second))
 
     def _start_flusher(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
+        with self._starting:  # not the write lock: a thread may hold that, writing
             if self._flusher is not None:
                 return
             self._flusher = threading.Thread(
@@ -197,6 +198,28 @@ class WorkerHandler(logging.StreamHandler):
             self.handleError(logging.makeLogRecord({"msg": lines[0].rstrip("\n")}))
 
     # -- the StreamHandler's part ---------------------------------------------------------
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Write a record now, or, while another thread writes (a full pipe can keep it
+        there), queue it behind the lines for the writing thread: no thread waits for
+        another's write to log (the lease keeper's errors among them)."""
+        passed = self.filter(record)
+        if isinstance(passed, logging.LogRecord):  # Python 3.12+: a filter may replace it
+            record = passed
+        if not passed:
+            return False
+        if self.lock.acquire(blocking=False):  # type: ignore[union-attr]
+            try:
+                self.emit(record)
+            finally:
+                self.lock.release()  # type: ignore[union-attr]
+            return True
+        try:
+            self._pending.append(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+        self._start_flusher()
+        return True
+
     def emit(self, record: logging.LogRecord) -> None:
         self._write_pending()  # the lines queued before this record come first
         super().emit(record)
@@ -211,10 +234,11 @@ class WorkerHandler(logging.StreamHandler):
 
     def forked(self) -> None:
         """In a process forked from this one: none of its queued lines (they are its own to
-        write), no thread writing them, a lock of its own."""
+        write), no thread writing them, locks of its own."""
         self.createLock()
         self._pending = collections.deque()
         self._flusher = None
+        self._starting = threading.Lock()
         self._done = threading.Event()
 
     def close(self) -> None:
