@@ -75,7 +75,7 @@ class _Batch:
     result: Pass
     sent: list[tuple[int, str]] = field(default_factory=list)
     away: set[str] = field(default_factory=set)  # brokers that failed in this pass
-    failures: int = 0  # sends that failed for want of a broker
+    failures: int = 0  # brokers that failed (a send whose broker is unknown: each counts)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -203,7 +203,9 @@ class Relay:
         except (BrokerUnavailable, QueueUnavailable, redis.RedisError, OSError) as exc:
             with batch.lock:  # for want of a broker: after MAX_FAILURES, the pass ends
                 batch.result.failed += 1
-                batch.failures += 1
+                # a broker's failures count once: rows sent to it at once all fail
+                if broker is None or broker not in batch.away:
+                    batch.failures += 1
                 if broker is not None:
                     batch.away.add(broker)
             self._troubled(str(exc))
