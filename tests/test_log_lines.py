@@ -209,6 +209,11 @@ def test_after_sigterm_every_finished_jobs_line_is_in_the_output(client, url, pr
     logged = {r["id"] for r in _done_lines(output, "text")}
     assert len(finished) < 2000  # stopped midway: lines were still being written
     assert finished <= logged, f"{len(finished - logged)} finished jobs have no line"
+    # the stop is logged by the main loops (a signal handler logs nothing)
+    pool = re.search(rf"signal {int(signal.SIGTERM)}: stopping (\d+) worker processes", output)
+    assert pool, output[-2000:]
+    stops = output.count("stop requested by the supervisor: finishing running work")
+    assert stops == int(pool.group(1))
 
 
 def _stalled_on_its_output(client, url: str, processes, pool: str):

@@ -197,6 +197,10 @@ class Worker:
         """Wait for the fetch threads; after a stop, at most `grace` seconds more."""
         deadline = None
         while True:
+            if deadline is None and self.stopping.is_set():
+                deadline = time.monotonic() + self.grace
+                if self.stop_reason:
+                    log.info("%s", self.stop_reason)
             alive = [
                 loop.thread
                 for loop in list(self.loops)
@@ -204,10 +208,6 @@ class Worker:
             ]
             if not alive:
                 return
-            if deadline is None and self.stopping.is_set():
-                deadline = time.monotonic() + self.grace
-                if self.stop_reason:
-                    log.info("%s", self.stop_reason)
             if deadline is not None and time.monotonic() > deadline:
                 log.warning("grace period over: leaving unfinished jobs to lease expiry")
                 return
