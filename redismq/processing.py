@@ -266,8 +266,9 @@ class BatchRunner:
         except BaseException:
             # A broker lost mid-batch (a settle, a retry): what did not finish stays this
             # consumer's, received again first, instead of left to lapse and be charged an
-            # attempt as if its worker had died.
-            self.consumer.keep(messages[self._pos :])
+            # attempt as if its worker had died (what finished is held until settled).
+            finished = {id(m) for m in self._done}
+            self.consumer.keep([m for m in messages[self._pos :] if id(m) not in finished])
             self._batch = ()
             raise
         if not settle_later:

@@ -483,3 +483,35 @@ def test_a_batch_stopped_by_a_lost_broker_keeps_its_unfinished_messages(client, 
     counts = runner.run(again)
     assert runs == [0, 0, 1, 2, 3]
     assert (counts.processed, counts.retried) == (3, 1)
+
+
+def test_a_batch_stopped_after_a_job_finished_does_not_keep_that_job_to_run_again(client, app):
+    """What stops a batch after a job's outcome was recorded (here a hook that raises after
+    a success) keeps the jobs not run, not the one that finished: it is settled as done,
+    not received and run again."""
+    from redismq.hooks import Hooks
+    from redismq.processing import BatchRunner
+
+    runs = []
+
+    class Breaks(Hooks):
+        def after_process(self, msg, task, outcome, duration, error, **kwargs):
+            raise RuntimeError("a hook that breaks")
+
+    @app.consumer("stopped", group="g")
+    def handle(msg):
+        runs.append(msg.body)
+
+    client.create_topic("stopped", queues=1)
+    ids = client.send_many("stopped", [0, 1, 2])
+    consumer = client.consumer("stopped", "g")
+    runner = BatchRunner(consumer, app.subscriptions[("stopped", "g")], [Breaks()])
+    with pytest.raises(RuntimeError, match="a hook that breaks"):
+        runner.run(consumer.receive(count=10, block=1))
+    assert runs == [0]
+    assert [m.id for m in consumer.kept()] == ids[1:]
+    assert [m.id for m in runner.held()] == ids[:1]  # finished: held until settled
+    runner.hooks.pop()
+    counts = runner.run(consumer.receive(count=10, block=0.1))
+    assert runs == [0, 1, 2] and counts.processed == 3  # the first settled with them
+    assert client.meta.xpending("rmq:{stopped#0}:stream", "g")["pending"] == 0
