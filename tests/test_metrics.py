@@ -3,11 +3,13 @@ server, and `redismq worker --metrics-port` with one and with several processes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -16,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from redismq import JobFailed, Message
+from redismq.processing import BatchRunner
 from redismq.workers.metrics import LagCollector, Metrics
 from tests.apps import metrics_app
 from tests.conftest import wait_for
@@ -146,10 +149,6 @@ def test_a_cancelled_run_whose_message_was_taken_over_leaves_nothing_in_flight(
     settle finds the lease lost): it is counted as lost, as the other lost runs are, and
     leaves the in-flight gauge. Before, its hooks were not told it ended: one job in
     flight for the life of the process. Real server."""
-    import asyncio
-    import time
-
-    from redismq.processing import BatchRunner
 
     @app.consumer("taken", group="g")
     def handle(msg):

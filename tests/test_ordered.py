@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 
-from redismq import App
+import pytest
+
+from redismq import App, BrokerUnavailable, Client
+from redismq.brokers import add_broker
 from redismq.processing import BatchRunner
 from redismq.routing import queue_for_key
 from tests.conftest import wait_for
+from tests.sentinels import Servers
 
 
 def test_queues_are_shared_evenly_and_taken_over_when_a_consumer_leaves(client):
@@ -301,14 +306,6 @@ def test_a_holder_renews_its_leases_while_the_meta_redis_is_down():
     the leases lapsed after the visibility timeout although their holder and brokers were
     fine, and once the meta came back another consumer took the queues over while their
     jobs still ran (twice, out of order). Real servers: a meta and a broker."""
-    import time
-
-    import pytest
-
-    from redismq import BrokerUnavailable, Client
-    from redismq.brokers import add_broker
-    from tests.sentinels import Servers
-
     servers = Servers()
     try:
         meta, broker = servers.start(), servers.start()

@@ -160,7 +160,7 @@ class Supervisor:
         self.children: list[multiprocessing.process.BaseProcess | None] = [None] * processes
         self.stopping = False
         self.forced = False
-        self.signal = 0  # the signal that stopped it (logged by the main loop, not the handler)
+        self.signalled_with = 0  # the stop's signal (logged by the main loop, not the handler)
         self._context = multiprocessing.get_context("spawn")
         self._delay = [RESTART_DELAY_MIN] * processes
         self._started = [0.0] * processes
@@ -198,8 +198,8 @@ class Supervisor:
                     self._restart_at[slot] = None
                     self._start(slot)
             time.sleep(0.1)
-        if self.signal:
-            log.info("signal %d: stopping %d worker processes", self.signal, self.processes)
+        if self.signalled_with:
+            log.info("signal %d: stopping %d worker processes", self.signalled_with, self.processes)
         return self._shutdown()
 
     def _start_all(self) -> None:
@@ -280,7 +280,7 @@ class Supervisor:
                 self.forced = True
                 self._signal_children(signal.SIGKILL)
                 return
-            self.signal = signum
+            self.signalled_with = signum
             self.stopping = True
             # Not the signal itself: a child may have received that too (systemd,
             # `kill -TERM -PGID`), and would take a second one as "exit now".
