@@ -18,6 +18,7 @@ import redis
 from redis.asyncio import Redis as AsyncRedis
 
 from .aio_routing import AsyncBroker, AsyncRouter
+from .batching import BatchSend, Part, prepare_batch, stopped_at
 from .client import (
     DEFAULT_QUEUES,
     DEFAULT_RETENTION,
@@ -42,18 +43,12 @@ from .sending import (
     Outgoing,
     Sent,
     attempt_call,
-    batch_by_broker,
-    batch_calls,
-    batch_sent,
     check_keyed,
     choose_queue,
     index_entry,
     is_outage,
-    part_failed,
-    prepare_batch,
     prepare_message,
     script_sent,
-    stopped_at,
 )
 from .urls import connect_async, mask_url, no_resend_on_timeout
 from .validation import check_choice, check_seconds, check_topic_name, check_topic_shape
@@ -398,12 +393,15 @@ class AsyncClient:
         *,
         headers: dict[str, str] | None = None,
         durability: str | None = None,
+        timeout: float | None = None,
     ) -> list[str]:
         """Send many messages round-robin over the topic's queues in one pipeline per broker.
 
         Returns their ids in the order of `bodies`.
         """
-        sent = await self.send_many_messages(topic, bodies, headers=headers, durability=durability)
+        sent = await self.send_many_messages(
+            topic, bodies, headers=headers, durability=durability, timeout=timeout
+        )
         return [s.id for s in sent]
 
     async def send_many_messages(
@@ -413,14 +411,16 @@ class AsyncClient:
         *,
         headers: dict[str, str] | None = None,
         durability: str | None = None,
+        timeout: float | None = None,
     ) -> list[Sent]:
         """Send many messages round-robin in one pipeline per broker; returns where they went
         (see `Client.send_many_messages`)."""
         msgs = prepare_batch(bodies, headers, self.max_body)
-        t = await self.topic(topic)
+        outage = self.send_timeout if timeout is None else check_seconds("timeout", timeout)
+        t = await self._send_topic(topic, outage)
         replicated = self._replicated(durability or t.durability)
         if t.max_backlog:  # every message must pass the bound: one checked send each
-            room, outage, sent = self._room(None, None), self.send_timeout, []
+            room, sent = self._room(None, None), []
             try:
                 for m in msgs:
                     sent.append(await self._send(t, m, replicated, room, outage))
@@ -429,53 +429,40 @@ class AsyncClient:
             return sent
         with self.errors():
             await self.router.refresh_states()
-        queues = t.next_queues(len(msgs), self.router.usable)
-        stream_of = {q: self.router.queue_keys(topic, q).stream for q in set(queues)}
-        entries: list[str | None] = [None] * len(msgs)
-        failures: list[BaseException] = []
+            brokers = {b: await self.router.broker(b) for b in set(t.placement)}
+        if replicated and (clustered := [b for b in brokers.values() if b.cluster]):
+            raise no_replicated_sends(clustered[0])
+        plan = BatchSend(
+            t,
+            msgs,
+            lambda q: self.router.queue_keys(topic, q),
+            self.router.usable,
+            {name: b.cluster for name, b in brokers.items()},
+            outage=outage,
+            replica_timeout_ms=self.replica_timeout_ms if replicated else None,
+        )
 
-        async def to_broker(name: str, indexes: list[int]) -> None:
-            broker = await self.router.broker(name)
-            if broker.cluster and replicated:
-                raise no_replicated_sends(broker)
-            parts = [indexes]
-            if broker.cluster:  # a call's keys share a slot: one call per queue
-                by_queue: dict[int, list[int]] = {}
-                for i in indexes:
-                    by_queue.setdefault(queues[i], []).append(i)
-                parts = list(by_queue.values())
-            for part in parts:
+        async def send(part: Part) -> None:
+            broker = brokers[part.broker]
+            try:
+                if broker.cluster:  # one slot: its calls one by one
+                    replies = [
+                        await broker.scripts.send_batch(keys=k, args=a) for k, a in part.calls
+                    ]
+                else:
+                    replies = await broker.script_on_node("send_batch", part.calls, plan.wait_ms)
+            except redis.RedisError as exc:
+                plan.failed(part, exc, broker.url or self.url, self.router.mark_down)
+            else:
+                plan.stored(part, replies)
 
-                def record(j: int, part: list[int] = part) -> str:
-                    i = part[j]
-                    return self.router.queue_keys(topic, queues[i]).sent(msgs[i].id)
-
-                streams = [stream_of[queues[i]] for i in part]
-                calls = batch_calls([msgs[i] for i in part], streams, record)
-                try:
-                    if broker.cluster:
-                        replies = [
-                            await broker.scripts.send_batch(keys=k, args=a) for k, a in calls
-                        ]
-                    else:
-                        wait = self.replica_timeout_ms if replicated else -1
-                        replies = await broker.script_on_node("send_batch", calls, wait)
-                except redis.RedisError as exc:
-                    url = broker.url or self.url
-                    failures.append(part_failed(exc, url, name, self.router.mark_down))
-                    return
-                acked = replies.pop() if replicated else 1  # (refused on a cluster above)
-                stored = [entry for reply in replies for entry in reply]
-                for i, entry in zip(part, stored, strict=True):
-                    entries[i] = entry.decode()
-                if acked < 1:
-                    failures.append(NotReplicated(msgs[part[0]].id, name, self.replica_timeout_ms))
-
-        with self.errors():
-            groups = batch_by_broker(t, queues)
+        while True:
             with no_resend_on_timeout():  # gather's tasks copy this context
-                await asyncio.gather(*(to_broker(name, idx) for name, idx in groups.items()))
-        return batch_sent(topic, msgs, queues, entries, failures)
+                await asyncio.gather(*(send(part) for part in plan.parts()))
+            pause = plan.pause()
+            if pause is None:
+                return plan.result()
+            await asyncio.sleep(pause)
 
 
 def no_replicated_sends(broker: AsyncBroker) -> RedisMQError:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
+from .batching import BatchSend, prepare_batch, stopped_at
 from .errors import (
     BrokerUnavailable,
     NotReplicated,
@@ -34,17 +35,12 @@ from .sending import (
     Outgoing,
     Sent,
     attempt_call,
-    batch_calls,
-    batch_sent,
     check_keyed,
     choose_queue,
     index_entry,
     is_outage,
-    part_failed,
-    prepare_batch,
     prepare_message,
     script_sent,
-    stopped_at,
 )
 from .urls import DEFAULT_URL, check_url, connect, mask_url, no_resend_on_timeout
 from .validation import (  # noqa: F401 - check_key, check_headers and delay_ms: public here too
@@ -396,12 +392,13 @@ class Client:
         *,
         headers: dict[str, str] | None = None,
         durability: str | None = None,
+        timeout: float | None = None,
     ) -> list[str]:
         """Send many messages round-robin over the topic's queues in one pipeline per broker."""
-        return [
-            s.id
-            for s in self.send_many_messages(topic, bodies, headers=headers, durability=durability)
-        ]
+        sent = self.send_many_messages(
+            topic, bodies, headers=headers, durability=durability, timeout=timeout
+        )
+        return [s.id for s in sent]
 
     def send_many_messages(
         self,
@@ -410,54 +407,54 @@ class Client:
         *,
         headers: dict[str, str] | None = None,
         durability: str | None = None,
+        timeout: float | None = None,
     ) -> list[Sent]:
         """Send many messages round-robin in one pipeline per broker; returns where they went.
 
-        Queues on brokers known to be down or draining are skipped. In a bounded topic each
-        message is sent on its own, by the rules of `send_message`.
+        Queues on brokers known to be down or draining are skipped; the part of a broker
+        that cannot be reached goes to the others, else is tried again for up to `timeout`
+        seconds (default: the client's `send_timeout`), by the rules of `BatchSend`. In a
+        bounded topic each message is sent on its own, by the rules of `send_message`.
         """
         msgs = prepare_batch(bodies, headers, self.max_body)
-        t = self.topic(topic)
+        outage = self.send_timeout if timeout is None else check_seconds("timeout", timeout)
+        t = self._send_topic(topic, outage)
         replicated = self._replicated(durability or t.durability)
         if t.max_backlog:  # every message must pass the bound: one checked send each
-            room, outage, sent = self._room(None, None), self.send_timeout, []
+            room, sent = self._room(None, None), []
             try:
                 for m in msgs:
                     sent.append(self._send(t, m, replicated, room, outage))
             except RedisMQError as exc:
                 raise stopped_at(exc, sent, len(msgs)) from None
             return sent
-        queues = t.next_queues(len(msgs), self.router.usable)
-        entries: list[str | None] = [None] * len(msgs)
-        failures: list[BaseException] = []
         with self.errors():
-            stream_of = {q: self.router.queue_keys(topic, q).stream for q in set(queues)}
-            parts = self.router.brokers_of_batch(t, queues).items()
-        for broker, indexes in parts:
-            streams = [stream_of[queues[i]] for i in indexes]
-
-            def record(j: int, indexes: list[int] = indexes) -> str:
-                i = indexes[j]
-                return self.router.queue_keys(topic, queues[i]).sent(msgs[i].id)
-
-            calls = batch_calls([msgs[i] for i in indexes], streams, record)
-            wait = self.replica_timeout_ms if replicated else -1
-            try:
-                with no_resend_on_timeout():
-                    replies = broker.script_on_node("send_batch", streams[0], calls, wait)
-            except redis.RedisError as exc:
-                url = broker.url or self.url
-                failures.append(part_failed(exc, url, broker.name, self.router.mark_down))
-                continue
-            acked = replies.pop() if replicated else 1
-            stored = [entry for reply in replies for entry in reply]
-            for i, entry in zip(indexes, stored, strict=True):
-                entries[i] = entry.decode()
-            if acked < 1:
-                failures.append(
-                    NotReplicated(msgs[indexes[0]].id, broker.name, self.replica_timeout_ms)
-                )
-        return batch_sent(topic, msgs, queues, entries, failures)
+            cluster = {b: self.router.broker(b).cluster for b in set(t.placement)}
+        plan = BatchSend(
+            t,
+            msgs,
+            lambda q: self.router.queue_keys(topic, q),
+            self.router.usable,
+            cluster,
+            outage=outage,
+            replica_timeout_ms=self.replica_timeout_ms if replicated else None,
+        )
+        while True:
+            for part in plan.parts():
+                broker = self.router.queue_broker(t, plan.queues[part.indexes[0]])
+                try:
+                    with no_resend_on_timeout():
+                        replies = broker.script_on_node(
+                            "send_batch", part.key, part.calls, plan.wait_ms
+                        )
+                except redis.RedisError as exc:
+                    plan.failed(part, exc, broker.url or self.url, self.router.mark_down)
+                else:
+                    plan.stored(part, replies)
+            pause = plan.pause()
+            if pause is None:
+                return plan.result()
+            time.sleep(pause)
 
     def trim(self, topic: str) -> tuple[int, int]:
         """Trim every queue of a topic by its retention; returns (trimmed, dropped).

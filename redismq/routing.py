@@ -516,18 +516,6 @@ class Router:
                 self._views[(broker.name, shard)] = view
             return view
 
-    def brokers_of_batch(self, t: Topic, queues: list[int]) -> dict[Broker, list[int]]:
-        """The positions of a batch's messages grouped by the broker of their queue (on a
-        Redis Cluster: by the queue's hash tag, one slot), in order."""
-        groups: dict[Broker, list[int]] = {}
-        for name, indexes in batch_by_broker(t, queues).items():
-            if not self.broker(name).cluster:
-                groups[self.broker(name)] = indexes
-                continue
-            for i in indexes:
-                groups.setdefault(self.queue_broker(t, queues[i]), []).append(i)
-        return groups
-
     # -- groups ----------------------------------------------------------------------
     def add_group(self, topic: str, group: str) -> None:
         """Remember that a group consumes a topic (for status, trimming and bounds); a new

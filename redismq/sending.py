@@ -7,7 +7,7 @@ Both clients do only the I/O; every decision is made here, so that they cannot d
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -21,11 +21,8 @@ from .message import (
     encode_body,
     entry_fields,
     new_message_id,
-    new_message_ids,
-    now_ms,
 )
-from .redis_errors import converted
-from .routing import DRAINING, Topic, batch_by_broker, queue_for_key  # noqa: F401 - batch_by_broker: shared
+from .routing import DRAINING, Topic, queue_for_key
 from .validation import check_headers, check_key, delay_ms
 
 if TYPE_CHECKING:
@@ -36,8 +33,6 @@ if TYPE_CHECKING:
 # connection when the old one broke, after up to 3 reconnects of up to 5 s each and their
 # backoff, and that copy must find it.
 GUARD_SLACK = 20.0
-# Messages per call of the `send_batch` script: the server runs nothing else meanwhile.
-BATCH_CALL = 500
 # Pauses between attempts: waiting for room, and waiting for a broker to come back.
 ROOM_PAUSE = (0.01, 0.2)
 OUTAGE_PAUSE = (0.05, 0.5)
@@ -98,19 +93,6 @@ def index_entry(namespace: str, topic: str, queue: int, msg: Outgoing) -> tuple[
     from .job import index_value
 
     return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as)
-
-
-def prepare_batch(
-    bodies: Iterable[Any], headers: dict[str, str] | None, max_body: int = DEFAULT_MAX_BODY
-) -> list[Outgoing]:
-    """Check and encode many plain messages (no key, delay or dedup) sharing headers."""
-    check_headers(headers)
-    encoded = [encode_body(body, max_body) for body in bodies]
-    created = now_ms()
-    return [
-        Outgoing(mid, entry_fields(mid, data, raw, headers=headers, created=created))
-        for mid, (data, raw) in zip(new_message_ids(len(encoded)), encoded, strict=True)
-    ]
 
 
 def choose_queue(topic: Topic, msg: Outgoing, usable: Callable[[str], bool] | None = None) -> int:
@@ -194,66 +176,6 @@ def full_message(topic: Topic) -> str:
 def queue_bound(topic: Topic) -> int:
     """The most unfinished messages one queue of a bounded topic may hold (0: no bound)."""
     return -(-topic.max_backlog // topic.queues) if topic.max_backlog else 0
-
-
-def batch_calls(
-    msgs: list[Outgoing], streams: list[str], record: Callable[[int], str]
-) -> list[tuple[list[str], list[Any]]]:
-    """The `send_batch` script's calls for messages of one node (on a Redis Cluster, of
-    one slot), `streams[j]` the stream of `msgs[j]`, at most BATCH_CALL messages each;
-    `record(j)` names the record of a call whose first message is `msgs[j]`."""
-    calls = []
-    for start in range(0, len(msgs), BATCH_CALL):
-        keys = [record(start)]
-        args: list[Any] = [int(GUARD_SLACK * 1000)]
-        position: dict[str, int] = {}
-        for msg, stream in zip(msgs[start : start + BATCH_CALL], streams[start:], strict=False):
-            at = position.get(stream)
-            if at is None:
-                keys.append(stream)
-                at = position[stream] = len(keys)
-            args += [at, len(msg.fields)]
-            for name, value in msg.fields.items():
-                args += [name, value]
-        calls.append((keys, args))
-    return calls
-
-
-def part_failed(
-    exc: redis.RedisError, url: str, broker: str, mark_down: Callable[[str], None]
-) -> BaseException:
-    """The error of a batch's part on `broker` (at `url`), to raise once the other parts
-    are sent; the broker is avoided for a moment if it could not be reached, as after a
-    failed send."""
-    if is_outage(exc):
-        mark_down(broker)
-    return converted(url, exc)
-
-
-def stopped_at(exc: RedisMQError, sent: list[Sent], total: int) -> RedisMQError:
-    """The error that stopped a batch sent one by one after `sent`: its `sent` gives where
-    those went, None for the `total - len(sent)` messages after them."""
-    exc.sent = [*sent, *[None] * (total - len(sent))]
-    return exc
-
-
-def batch_sent(
-    topic: str,
-    msgs: list[Outgoing],
-    queues: list[int],
-    entries: list[str | None],
-    failures: Sequence[BaseException] = (),
-) -> list[Sent]:
-    """Where each message of a batch went, in the order they were given; raises the first
-    of `failures` (its brokers' errors) with `sent`: where each went, None for a message
-    whose broker failed before its entry id came back."""
-    sent = [Sent(m.id, topic, q, e) for m, q, e in zip(msgs, queues, entries, strict=True)]
-    if failures:
-        first = failures[0]
-        if isinstance(first, RedisMQError):
-            first.sent = [s if s.entry_id is not None else None for s in sent]
-        raise first
-    return sent
 
 
 def check_keyed(topic: Topic, msg: Outgoing, state: str) -> None:
@@ -380,4 +302,4 @@ class Attempts:
         return max(0.0, min(self._pause, until - time.monotonic()))
 
 
-__all__ = ["Attempts", "Outgoing", "Sent", "prepare_message", "prepare_batch"]
+__all__ = ["Attempts", "Outgoing", "Sent", "prepare_message"]

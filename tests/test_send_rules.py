@@ -130,9 +130,25 @@ def test_send_raises_as_before_once_its_timeout_passed(producers, keyed):
         assert 0.6 <= time.monotonic() - started < 10  # its own timeout, not the client's 30 s
 
 
-def test_sends_ride_out_a_server_restart(producers, producer_kind):
-    """Sends run while the server is killed and started again a second later: no send
-    raises, none is stored twice, none is lost."""
+def test_a_batch_raises_once_its_timeout_passed_saying_nothing_was_stored(producers):
+    """send_many to a broker that stays away tries again until its timeout, then raises
+    with `sent` None for every message."""
+    with LocalServer() as srv:
+        p = producers(srv.url, send_timeout=30)
+        p.create_topic("away", queues=2)
+        p.send_many("away", ["warm"])
+        srv.kill()
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="cannot reach Redis") as raised:
+            p.send_many("away", ["lost", "too"], timeout=0.6)
+        assert 0.6 <= time.monotonic() - started < 10
+        assert raised.value.sent == [None, None]
+
+
+@pytest.mark.parametrize("batch", [1, 5], ids=["send", "send_many"])
+def test_sends_ride_out_a_server_restart(producers, producer_kind, batch):
+    """Sends (one by one, or five at a time with send_many) run while the server is killed
+    and started again a second later: no send raises, none is stored twice, none is lost."""
     # appendfsync always: what the server acknowledged survives SIGKILL
     with LocalServer(persistence=True, extra_args=["--appendfsync", "always"]) as srv:
         p = producers(srv.url, send_timeout=15)
@@ -142,10 +158,13 @@ def test_sends_ride_out_a_server_restart(producers, producer_kind):
         started = threading.Event()
 
         def produce(n: int, each: int) -> None:
-            for i in range(each):
+            for i in range(0, each, batch):
                 try:
-                    key = f"user-{i % 7}" if i % 2 else None
-                    sent.append(p.send("signup", {"p": n, "i": i}, key=key))
+                    if batch > 1:
+                        sent.extend(p.send_many("signup", [{"p": n, "i": i + j} for j in range(5)]))
+                    else:
+                        key = f"user-{i % 7}" if i % 2 else None
+                        sent.append(p.send("signup", {"p": n, "i": i}, key=key))
                 except BaseException as exc:  # noqa: BLE001 - counted and reported
                     errors.append(exc)
                 started.set()
@@ -216,30 +235,21 @@ def test_keyless_sends_skip_a_dead_broker_and_keyed_ones_wait_for_theirs(
         p.send("jobs", {"keyed": 1}, key=key_for(0, 6))
 
 
-def test_a_batch_a_dead_broker_failed_says_which_messages_it_stored(producers, client, brokers):
-    """send_many while a broker is dead and not yet known so: the other brokers' parts are
-    stored, the call raises BrokerUnavailable naming the dead broker, and the error's
-    `sent` tells where each message went (None: not stored), so that sending the rest
-    again stores every message once; the broker is avoided from then on."""
+def test_a_batch_part_a_dead_broker_failed_goes_to_the_live_brokers(producers, client, brokers):
+    """send_many while a broker is dead and not yet known so: the dead broker's part moves to
+    the other brokers' queues, as a single keyless send does; every message is stored once,
+    and `send_many` returns where each went."""
     topic = client.create_topic("jobs", queues=6)
     victim = topic.placement[0]
-    p = producers(send_timeout=0.5)
+    p = producers(send_timeout=5)
     warm = set(p.send_many("jobs", [{"warm": i} for i in range(12)]))  # every broker connected
     brokers[victim].kill()
-    bodies = [{"n": i} for i in range(60)]
-    with pytest.raises(BrokerUnavailable, match=str(brokers[victim].port)) as failed:
-        p.send_many("jobs", bodies)
-    sent = failed.value.sent
-    assert len(sent) == 60
-    unsent = [b for b, s in zip(bodies, sent, strict=True) if s is None]
-    assert len(unsent) == 20  # the victim's 2 of 6 queues, 10 messages each
-    assert all(topic.placement[s.queue] != victim for s in sent if s is not None)
+    sent = p.send_many_messages("jobs", [{"n": i} for i in range(60)])
+    assert len(sent) == 60 and all(s.entry_id is not None for s in sent)
+    assert all(topic.placement[s.queue] != victim for s in sent)
     live = [s.client() for name, s in brokers.items() if name != victim]
-    stored = {i for conn in live for i in stored_ids(conn, "jobs", 6)} - warm
-    assert stored == {s.id for s in sent if s is not None}
-
-    again = p.send_many_messages("jobs", unsent)
-    assert all(topic.placement[s.queue] != victim for s in again)
+    stored = [i for conn in live for i in stored_ids(conn, "jobs", 6) if i not in warm]
+    assert sorted(stored) == sorted(s.id for s in sent)
     bodies_stored = [
         f[b"body"]
         for conn in live
@@ -408,26 +418,30 @@ def short_socket_timeout(monkeypatch):
     monkeypatch.setattr(urls, "connection_options", lambda _, *more: options(1.0, *more))
 
 
+@pytest.mark.parametrize("deadline", [0, 10], ids=["no-deadline", "deadline"])
 @pytest.mark.parametrize("batch", [False, True], ids=["send", "send_many"])
-def test_a_send_whose_reply_is_late_is_not_sent_again_by_redis_py(
-    producers, client, url, short_socket_timeout, batch
+def test_a_send_whose_reply_is_late_is_sent_again_only_by_its_own_attempts(
+    producers, client, url, short_socket_timeout, batch, deadline
 ):
     """The server ran the send; its reply comes later than the socket timeout. redis-py would
-    send it again then, possibly after the record that makes the copy a no-op expired: the
-    timeout is raised instead (a send without a deadline does not try again), and the
-    message is stored once."""
+    send it again then, possibly after the record that makes the copy a no-op expired: it
+    does not. A send without a deadline raises the timeout; within its deadline, the send
+    is made again on the same broker, finds the record of the first call, and returns.
+    Either way the message is stored once."""
     proxy = ReplyDropper(int(url.rsplit(":", 1)[1].split("/")[0]))
     try:
-        p = producers(proxy.url(), send_timeout=0)
+        p = producers(proxy.url(), send_timeout=deadline)
         p.create_topic("late", queues=2)
         p.send_many("late", ["warm"]) if batch else p.send("late", "warm")
         proxy.drop_reply_to(b"late-reply", hold=2.0)
-        with pytest.raises(BrokerUnavailable):
-            if batch:
-                p.send_many("late", [{"late-reply": i} for i in range(3)])
-            else:
-                p.send("late", {"late-reply": 1})
-        assert proxy.seen == 1  # sent once
-        assert len(stored_ids(client.meta, "late", 2)) == 1 + (3 if batch else 1)
+        bodies = [{"late-reply": i} for i in range(3 if batch else 1)]
+        try:
+            ids = p.send_many("late", bodies) if batch else [p.send("late", bodies[0])]
+        except BrokerUnavailable:
+            assert not deadline
+        else:
+            assert deadline and len(ids) == len(bodies)
+        assert proxy.seen == (2 if deadline else 1)  # sent twice only by the send's attempts
+        assert len(stored_ids(client.meta, "late", 2)) == 1 + len(bodies)
     finally:
         proxy.close()

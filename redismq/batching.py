@@ -1,0 +1,208 @@
+"""The rules of one `send_many`, shared by `Client` and `AsyncClient`: the checked messages,
+which of them go in which call to which broker, and what a part whose broker could not be
+reached does next. Both clients do only the I/O."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import redis
+
+from .errors import NotReplicated, RedisMQError
+from .keys import QueueKeys
+from .message import DEFAULT_MAX_BODY, encode_body, entry_fields, new_message_ids, now_ms
+from .redis_errors import converted
+from .routing import Topic
+from .sending import GUARD_SLACK, OUTAGE_PAUSE, Outgoing, Sent, is_outage
+from .validation import check_headers
+
+# Messages per call of the `send_batch` script: the server runs nothing else meanwhile.
+BATCH_CALL = 500
+
+Call = tuple[list[str], list[Any]]
+
+
+def prepare_batch(
+    bodies: Iterable[Any], headers: dict[str, str] | None, max_body: int = DEFAULT_MAX_BODY
+) -> list[Outgoing]:
+    """Check and encode many plain messages (no key, delay or dedup) sharing headers."""
+    check_headers(headers)
+    encoded = [encode_body(body, max_body) for body in bodies]
+    created = now_ms()
+    return [
+        Outgoing(mid, entry_fields(mid, data, raw, headers=headers, created=created))
+        for mid, (data, raw) in zip(new_message_ids(len(encoded)), encoded, strict=True)
+    ]
+
+
+class Part(NamedTuple):
+    """The messages of a batch that go to one broker (on a Redis Cluster, to one hash tag)
+    in one pipeline: their positions in the batch, and the `send_batch` script's calls."""
+
+    broker: str
+    indexes: list[int]
+    calls: list[Call]
+
+    @property
+    def key(self) -> str:
+        """A stream key of the part (on a Redis Cluster, its slot's)."""
+        return self.calls[0][0][1]
+
+
+class BatchSend:
+    """One send of plain messages round-robin over a topic's queues on usable brokers, in
+    one pipeline of `send_batch` calls per broker (on a Redis Cluster, per hash tag).
+
+    A part whose broker could not be reached moves at once to the queues of the topic's
+    other usable brokers, as a keyless send does. With none left, it is sent again as it
+    was, with backoff, until `outage` seconds have passed: each call's record (named by its
+    first message, kept for the deadline and GUARD_SLACK) makes a copy of a call that the
+    server ran already return what it stored. Another error, or a deadline passed, is the
+    part's failure: once every part had its chance, `result` raises the first failure with
+    `sent`, None for each message not known stored.
+
+    Use: `parts()` to send, `stored` or `failed` for each, `pause()` until it returns None,
+    sleeping that long in between, then `result()`.
+    """
+
+    def __init__(
+        self,
+        topic: Topic,
+        msgs: list[Outgoing],
+        queue_keys: Callable[[int], QueueKeys],
+        usable: Callable[[str], bool],
+        cluster: dict[str, bool],
+        *,
+        outage: float,
+        replica_timeout_ms: int | None,
+    ) -> None:
+        self.topic = topic
+        self.msgs = msgs
+        self.queue_keys = queue_keys
+        self.usable = usable
+        self.cluster = cluster
+        self.wait_ms = -1 if replica_timeout_ms is None else replica_timeout_ms
+        self.guard_ms = int((max(outage, 0.0) + GUARD_SLACK) * 1000)
+        self.outage_until = time.monotonic() + outage
+        self.queues = [0] * len(msgs)
+        self.entries: list[str | None] = [None] * len(msgs)
+        self.failures: list[BaseException] = []
+        self.away: set[str] = set()
+        self.waiting: list[tuple[Part, BaseException]] = []
+        self._pause = 0.0
+        self.todo = self._place(list(range(len(msgs))), usable)
+
+    def parts(self) -> list[Part]:
+        """The parts to send now."""
+        todo, self.todo = self.todo, []
+        return todo
+
+    def stored(self, part: Part, replies: list[Any]) -> None:
+        """A part's pipeline replied: its calls' entry ids, then WAIT's count if asked."""
+        acked = replies.pop() if self.wait_ms >= 0 else 1
+        entries = [entry for reply in replies for entry in reply]
+        for i, entry in zip(part.indexes, entries, strict=True):
+            self.entries[i] = entry.decode()
+        if acked < 1:
+            first = self.msgs[part.indexes[0]].id
+            self.failures.append(NotReplicated(first, part.broker, self.wait_ms))
+
+    def failed(
+        self, part: Part, exc: redis.RedisError, url: str, mark_down: Callable[[str], None]
+    ) -> None:
+        """A part's pipeline raised `exc` (the broker at `url`): move it, keep it to send
+        again, or record the failure."""
+        error = converted(url, exc)
+        if not is_outage(exc):
+            self.failures.append(error)
+            return
+        mark_down(part.broker)
+        self.away.add(part.broker)
+        if any(self._open(b) for b in set(self.topic.placement)):
+            self.todo += self._place(part.indexes, self._open)
+        else:
+            self.waiting.append((part, error))
+
+    def pause(self) -> float | None:
+        """After the parts were sent: how long to wait before the next `parts()` (None:
+        the batch is done)."""
+        if self.todo:
+            return 0.0
+        if not self.waiting:
+            return None
+        if time.monotonic() >= self.outage_until:
+            self.failures += [error for _, error in self.waiting]
+            self.waiting = []
+            return None
+        self.todo, self.waiting = [part for part, _ in self.waiting], []
+        first, most = OUTAGE_PAUSE
+        self._pause = first if not self._pause else min(most, self._pause * 2)
+        return max(0.0, min(self._pause, self.outage_until - time.monotonic()))
+
+    def result(self) -> list[Sent]:
+        """Where each message went, in the order given; raises the first failure."""
+        return batch_sent(self.topic.name, self.msgs, self.queues, self.entries, self.failures)
+
+    def _open(self, broker: str) -> bool:
+        return broker not in self.away and self.usable(broker)
+
+    def _place(self, indexes: list[int], usable: Callable[[str], bool]) -> list[Part]:
+        """Queues for the messages at `indexes`, and the parts that send them."""
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for i, q in zip(indexes, self.topic.next_queues(len(indexes), usable), strict=True):
+            self.queues[i] = q
+            broker = self.topic.placement[q]
+            shard = self.topic.shards.get(q) if self.cluster.get(broker) else None
+            groups.setdefault((broker, shard), []).append(i)
+        return [Part(broker, part, self._calls(part)) for (broker, _), part in groups.items()]
+
+    def _calls(self, part: list[int]) -> list[Call]:
+        """The `send_batch` calls of a part, at most BATCH_CALL messages each; each call's
+        record is named by its first message."""
+        calls = []
+        stream_of = {q: self.queue_keys(q).stream for q in {self.queues[i] for i in part}}
+        for start in range(0, len(part), BATCH_CALL):
+            chunk = part[start : start + BATCH_CALL]
+            first = chunk[0]
+            keys = [self.queue_keys(self.queues[first]).sent(self.msgs[first].id)]
+            args: list[Any] = [self.guard_ms]
+            position: dict[str, int] = {}
+            for i in chunk:
+                stream = stream_of[self.queues[i]]
+                at = position.get(stream)
+                if at is None:
+                    keys.append(stream)
+                    at = position[stream] = len(keys)
+                fields = self.msgs[i].fields
+                args += [at, len(fields)]
+                for name, value in fields.items():
+                    args += [name, value]
+            calls.append((keys, args))
+        return calls
+
+
+def stopped_at(exc: RedisMQError, sent: list[Sent], total: int) -> RedisMQError:
+    """The error that stopped a batch sent one by one after `sent`: its `sent` gives where
+    those went, None for the `total - len(sent)` messages after them."""
+    exc.sent = [*sent, *[None] * (total - len(sent))]
+    return exc
+
+
+def batch_sent(
+    topic: str,
+    msgs: list[Outgoing],
+    queues: list[int],
+    entries: list[str | None],
+    failures: list[BaseException],
+) -> list[Sent]:
+    """Where each message of a batch went, in the order they were given; raises the first
+    of `failures` with `sent`: where each went, None for a message not known stored."""
+    sent = [Sent(m.id, topic, q, e) for m, q, e in zip(msgs, queues, entries, strict=True)]
+    if failures:
+        first = failures[0]
+        if isinstance(first, RedisMQError):
+            first.sent = [s if s.entry_id is not None else None for s in sent]
+        raise first
+    return sent
