@@ -429,21 +429,19 @@ class AsyncClient:
             return sent
         with self.errors():
             await self.router.refresh_states()
-            brokers = {b: await self.router.broker(b) for b in set(t.placement)}
-        if replicated and (clustered := [b for b in brokers.values() if b.cluster]):
-            raise no_replicated_sends(clustered[0])
         plan = BatchSend(
             t,
             msgs,
             lambda q: self.router.queue_keys(topic, q),
             self.router.usable,
-            {name: b.cluster for name, b in brokers.items()},
             outage=outage,
             replica_timeout_ms=self.replica_timeout_ms if replicated else None,
         )
 
         async def send(part: Part) -> None:
-            broker = brokers[part.broker]
+            broker = await self.router.broker(part.broker)
+            if broker.cluster and replicated:
+                raise no_replicated_sends(broker)
             try:
                 if broker.cluster:  # one slot: its calls one by one
                     replies = [
@@ -457,7 +455,7 @@ class AsyncClient:
                 plan.stored(part, replies)
 
         while True:
-            with no_resend_on_timeout():  # gather's tasks copy this context
+            with self.errors(), no_resend_on_timeout():  # gather's tasks copy this context
                 await asyncio.gather(*(send(part) for part in plan.parts()))
             pause = plan.pause()
             if pause is None:

@@ -73,7 +73,6 @@ class BatchSend:
         msgs: list[Outgoing],
         queue_keys: Callable[[int], QueueKeys],
         usable: Callable[[str], bool],
-        cluster: dict[str, bool],
         *,
         outage: float,
         replica_timeout_ms: int | None,
@@ -82,7 +81,6 @@ class BatchSend:
         self.msgs = msgs
         self.queue_keys = queue_keys
         self.usable = usable
-        self.cluster = cluster
         self.wait_ms = -1 if replica_timeout_ms is None else replica_timeout_ms
         self.guard_ms = int((max(outage, 0.0) + GUARD_SLACK) * 1000)
         self.outage_until = time.monotonic() + outage
@@ -153,9 +151,8 @@ class BatchSend:
         groups: dict[tuple[str, str | None], list[int]] = {}
         for i, q in zip(indexes, self.topic.next_queues(len(indexes), usable), strict=True):
             self.queues[i] = q
-            broker = self.topic.placement[q]
-            shard = self.topic.shards.get(q) if self.cluster.get(broker) else None
-            groups.setdefault((broker, shard), []).append(i)
+            # only queues on a Redis Cluster broker have a shard (a hash tag)
+            groups.setdefault((self.topic.placement[q], self.topic.shards.get(q)), []).append(i)
         return [Part(broker, part, self._calls(part)) for (broker, _), part in groups.items()]
 
     def _calls(self, part: list[int]) -> list[Call]:

@@ -428,20 +428,18 @@ class Client:
             except RedisMQError as exc:
                 raise stopped_at(exc, sent, len(msgs)) from None
             return sent
-        with self.errors():
-            cluster = {b: self.router.broker(b).cluster for b in set(t.placement)}
         plan = BatchSend(
             t,
             msgs,
             lambda q: self.router.queue_keys(topic, q),
             self.router.usable,
-            cluster,
             outage=outage,
             replica_timeout_ms=self.replica_timeout_ms if replicated else None,
         )
         while True:
             for part in plan.parts():
-                broker = self.router.queue_broker(t, plan.queues[part.indexes[0]])
+                with self.errors():
+                    broker = self.router.queue_broker(t, plan.queues[part.indexes[0]])
                 try:
                     with no_resend_on_timeout():
                         replies = broker.script_on_node(
