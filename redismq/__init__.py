@@ -24,13 +24,14 @@ from .errors import (
     TopicNotFound,
     UnknownTask,
 )
-from .job import Job
+from .job import AsyncJob, Job
 from .message import Message
 from .middleware import Middleware
 
 __all__ = [
     "App",
     "AsyncClient",
+    "AsyncJob",
     "BrokerUnavailable",
     "Client",
     "Consumer",

@@ -14,7 +14,7 @@ from .aio import AsyncClient
 from .arguments import decode_arguments, encode_arguments, may_be_tagged
 from .client import Client, Sent
 from .errors import InvalidMessage, RedisMQError, Retry, UnknownTask
-from .job import Job
+from .job import AsyncJob, Job
 from .message import Message, now_ms
 from .middleware import Middleware
 from .schedule import Schedule
@@ -101,8 +101,9 @@ class Task:
         """Queue a run of the task with these arguments."""
         return self.send_with_options(args=args, kwargs=kwargs)
 
-    async def send_async(self, *args: Any, **kwargs: Any) -> Job:
-        """Queue a run of the task with these arguments from async code (no blocking I/O)."""
+    async def send_async(self, *args: Any, **kwargs: Any) -> AsyncJob:
+        """Queue a run of the task with these arguments from async code (no blocking I/O);
+        the job's methods are awaited."""
         return await self.send_with_options_async(args=args, kwargs=kwargs)
 
     async def send_with_options_async(
@@ -119,8 +120,9 @@ class Task:
         time_limit: float | None = None,
         durability: str | None = None,
         timeout: float | None = None,
-    ) -> Job:
-        """`send_with_options` for async code (no blocking I/O)."""
+    ) -> AsyncJob:
+        """`send_with_options` for async code (no blocking I/O); the job's methods are
+        awaited."""
         to, wait, extra = self._per_send(delay, eta, topic, time_limit, headers)
         sent = await self.app.async_client.send_message(
             to,
@@ -133,7 +135,10 @@ class Task:
             index_as=(self.group, self.name),
             timeout=timeout,
         )
-        return self._job(sent)
+        client = self.app.async_client
+        return AsyncJob(
+            client, sent.id, sent.topic, sent.queue, self.group, self.name, sent.entry_id
+        )
 
     def send_with_options(
         self,

@@ -368,7 +368,14 @@ class AsyncJob:
     """A sent task seen from async code: `Job` with awaitable methods."""
 
     def __init__(
-        self, client: AsyncClient, id: str, topic: str, queue: int, group: str, task: str | None
+        self,
+        client: AsyncClient,
+        id: str,
+        topic: str,
+        queue: int,
+        group: str,
+        task: str | None,
+        entry_id: str | None = None,
     ) -> None:
         self.client = client
         self.id = id
@@ -376,7 +383,7 @@ class AsyncJob:
         self.queue = queue
         self.group = group
         self.task = task
-        self.entry_id = None
+        self.entry_id = entry_id
 
     def __repr__(self) -> str:
         return f"AsyncJob(id={self.id!r}, topic={self.topic!r}, queue={self.queue})"
@@ -402,6 +409,9 @@ class AsyncJob:
                 pipe.hget(self.keys.job(self.id), "status")
                 pipe.zscore(self.keys.done(self.group), self.id)
                 pipe.zscore(self.keys.running(self.group), self.id)
+                if self.entry_id:
+                    stream, entry = self.keys.stream, self.entry_id
+                    pipe.xpending_range(stream, self.group, entry, entry, 1)
                 replies = await pipe.execute(raise_on_error=False)
         return status_of(*replies)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 
 import pytest
 
 from redismq import (
     AsyncClient,
+    AsyncJob,
     BrokerUnavailable,
     Client,
     InvalidMessage,
@@ -220,9 +222,45 @@ def test_task_send_async_runs_on_a_sync_worker(client, app):
         job = asyncio.run(main())
     assert sync_trips == []  # sent by the async client, not through the blocking sync one
     assert (app.async_client.url, app.async_client.namespace) == (client.url, client.namespace)
+    job = client.job(job.id)  # read from sync code: by its id
     assert job.status() == "queued"
     run_until_idle(client, app, "math")
     assert job.result(timeout=5) == 5
+
+
+def test_a_job_sent_from_async_code_is_awaited_without_blocking_the_loop(client, app):
+    """`await task.send_async(...)` gives an AsyncJob: `await job.result()` waits for the
+    worker (here a thread) while the event loop goes on."""
+
+    @app.task(topic="math")
+    def add(x, y):
+        return x + y
+
+    async def main():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        try:
+            job = await add.send_async(2, 3)
+            assert isinstance(job, AsyncJob)
+            worker = threading.Timer(0.5, run_until_idle, (client, app, "math"))
+            worker.start()
+            result = await job.result(timeout=10)
+            worker.join()
+            return result, ticks, await job.status()
+        finally:
+            ticker.cancel()
+            await app.async_client.aclose()
+
+    result, ticks, status = asyncio.run(main())
+    assert (result, status) == (5, "done")
+    assert ticks >= 10  # the loop ran while the job waited for its worker
 
 
 def test_send_with_options_async_keeps_the_options(client):
@@ -249,4 +287,4 @@ def test_send_with_options_async_keeps_the_options(client):
     assert sync_trips == []  # sent by the async client, not through the blocking sync one
     assert first.id == again.id
     run_until_idle(client, app, "aio-opts")
-    assert first.result(timeout=5) == 12
+    assert client.job(first.id).result(timeout=5) == 12

@@ -228,7 +228,7 @@ def test_eager_mode_sends_from_async_code_too() -> None:
             job = asyncio.run(send_receipt.send_async(5))
         assert sync_trips == []  # sent by the eager async client, not the sync one
         assert run_until_idle(bound).processed == 1
-        assert job.result(timeout=1) == "receipt 5"
+        assert bound.job(job.id).result(timeout=1) == "receipt 5"
 
 
 def test_each_eager_app_has_its_own_data() -> None:
