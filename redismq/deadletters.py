@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .keys import QueueKeys
 from .message import StreamEntry, stream_entries
-from .routing import Broker, Topic
+from .routing import Topic
 
 if TYPE_CHECKING:
     from .client import Client
@@ -76,15 +75,31 @@ def read_dead_letters(client: Client, topic: Topic, group: str, count: int) -> l
 
 
 def replay(client: Client, topic: Topic, group: str, ids: Iterable[str] | None, count: int) -> int:
-    """Put dead letters back on the group's retry streams; returns how many."""
-
-    def call(keys: QueueKeys, broker: Broker, entries: list[str]) -> int:
-        return broker.scripts.replay(
-            keys=[keys.dead(group), keys.retry_stream(group), keys.stats(group)],
-            args=[count, *entries],
+    """Put dead letters back on the group's retry streams (those of the wanted message
+    ids, else up to `count` per queue, oldest first); returns how many."""
+    wanted = set(ids) if ids is not None else None
+    total = 0
+    for q in range(topic.queues):
+        keys = client.router.queue_keys(topic.name, q)
+        broker = client.router.queue_broker(topic, q)
+        dead = keys.dead(group)
+        if wanted is None:
+            rows = stream_entries(broker.redis.xrange(dead, count=count))
+        else:
+            rows = [
+                row for row in stream_entries(broker.redis.xrange(dead)) if _wanted(row, wanted)
+            ]
+        if not rows:
+            continue
+        jobs = []
+        for _, f in rows:
+            message_id = _text(f.get(b"id"))
+            jobs += [keys.job(message_id), keys.outcome(message_id)]
+        total += broker.scripts.replay(
+            keys=[dead, keys.retry_stream(group), keys.stats(group), *jobs],
+            args=[entry_id.decode() for entry_id, _ in rows],
         )
-
-    return _each_queue(client, topic, group, ids, call)
+    return total
 
 
 def purge(client: Client, topic: Topic, group: str, ids: Iterable[str] | None) -> int:
@@ -103,9 +118,7 @@ def purge(client: Client, topic: Topic, group: str, ids: Iterable[str] | None) -
                 break
             start = "(" + rows[-1][0].decode()
             if wanted is not None:
-                rows = [
-                    (e, f) for e, f in rows if _text(f.get(b"id")) in wanted or e.decode() in wanted
-                ]
+                rows = [row for row in rows if _wanted(row, wanted)]
             if not rows:
                 continue
             steps = [keys.steps(group, _text(f[b"id"])) for _, f in rows if f.get(b"id")]
@@ -116,33 +129,7 @@ def purge(client: Client, topic: Topic, group: str, ids: Iterable[str] | None) -
     return total
 
 
-def _each_queue(
-    client: Client,
-    topic: Topic,
-    group: str,
-    ids: Iterable[str] | None,
-    call: Callable[[QueueKeys, Broker, list[str]], int],
-) -> int:
-    """Run `call` on every queue's dead letters (all of them, or the entries of the wanted
-    message ids) and add up what it returns."""
-    wanted = set(ids) if ids is not None else None
-    total = 0
-    for q in range(topic.queues):
-        keys = client.router.queue_keys(topic.name, q)
-        broker = client.router.queue_broker(topic, q)
-        entries: list[str] = []
-        if wanted is not None:
-            entries = _matching(stream_entries(broker.redis.xrange(keys.dead(group))), wanted)
-            if not entries:
-                continue
-        total += call(keys, broker, entries)
-    return total
-
-
-def _matching(rows: list[StreamEntry], wanted: set[str]) -> list[str]:
-    """Entry ids of dead letters whose message id (or entry id) is wanted."""
-    return [
-        entry_id.decode()
-        for entry_id, f in rows
-        if _text(f.get(b"id")) in wanted or entry_id.decode() in wanted
-    ]
+def _wanted(row: StreamEntry, wanted: set[str]) -> bool:
+    """Whether a dead letter's message id (or entry id) is wanted."""
+    entry_id, f = row
+    return _text(f.get(b"id")) in wanted or entry_id.decode() in wanted

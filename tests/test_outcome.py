@@ -134,6 +134,34 @@ def test_replayed_dead_letters_run_again_for_their_group_only(client, app):
     assert group_row(client, "replay", "g")["done"] == 2
 
 
+def test_a_replayed_dead_job_reads_as_its_new_run_does(client, app):
+    """A task dead-lettered, then replayed: it is queued again (cancel can stop it), and
+    once it succeeds its status is done and its result is the new run's value, not the
+    old failure."""
+    state = {"fail": True}
+
+    @app.task(topic="fix", max_retries=0)
+    def charge(n):
+        if state["fail"]:
+            raise RuntimeError("card declined")
+        return n * 2
+
+    first, second = charge.send(1), charge.send(2)
+    run_until_idle(client, app, "fix")
+    assert first.status() == "dead" and second.status() == "dead"
+    state["fail"] = False
+    assert client.replay_dead_letters("fix", "workers") == 2
+    assert first.status() == "queued"
+    assert second.cancel() is True
+    run_until_idle(client, app, "fix")
+    assert first.status() == "done"
+    assert first.result(timeout=1) == 2
+    assert first.describe()["result"] == 2
+    assert second.status() == "cancelled"
+    with pytest.raises(JobFailed, match="cancelled"):
+        second.result(timeout=1)
+
+
 @pytest.mark.parametrize(
     "fields, reason",
     [
