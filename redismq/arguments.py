@@ -24,6 +24,7 @@ _TYPES: list[tuple[str, type, Callable[[Any], str], Callable[[str], Any]]] = [
 _DECODERS = {tag: decode for tag, _, _, decode in _TYPES}
 _PLAIN = (str, int, bool, type(None))
 _DOLLAR = ord("$")
+_KEY = ": a dict key"
 INSTEAD = (
     "pass JSON values (str, int, float, bool, None, lists, dicts with str keys) or a "
     "datetime, date, time, UUID or Decimal instead, e.g. the object's id"
@@ -33,44 +34,52 @@ INSTEAD = (
 def encode_arguments(args: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """Args and kwargs in their JSON form; raises InvalidMessage naming the first value
     that cannot be sent (`kwargs['user']: User`)."""
-    return [_encode(a, f"args[{i}]") for i, a in enumerate(args)], {
-        k: _encode(v, f"kwargs[{k!r}]") for k, v in kwargs.items()
+    return [encode_value(a, f"args[{i}]") for i, a in enumerate(args)], {
+        k: encode_value(v, f"kwargs[{k!r}]") for k, v in kwargs.items()
     }
 
 
-def _encode(value: Any, where: str) -> Any:
+def refuse(value: Any, where: str) -> Any:
+    """What `encode_value` does by default with a value JSON cannot carry: refuse it."""
+    if where.endswith(_KEY):
+        kind = type(value).__name__
+        raise InvalidMessage(f"cannot send {where} {value!r} ({kind}) is not a string; {INSTEAD}")
+    if isinstance(value, float):
+        raise InvalidMessage(f"cannot send {where}: {value!r} is not a JSON number; {INSTEAD}")
+    raise InvalidMessage(f"cannot send {where}: {type(value).__name__} is not JSON; {INSTEAD}")
+
+
+def encode_value(value: Any, where: str, instead: Callable[[Any, str], Any] = refuse) -> Any:
+    """A value in its JSON form (`where` names it); what JSON cannot carry (a dict key
+    included) is replaced by what `instead` returns for it."""
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidMessage(f"cannot send {where}: {value!r} is not a JSON number; {INSTEAD}")
-        return value
+        return value if math.isfinite(value) else instead(value, where)
     if isinstance(value, list | tuple):
-        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [encode_value(v, f"{where}[{i}]", instead) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise InvalidMessage(
-                    f"cannot send {where}: a dict key {k!r} ({type(k).__name__}) is not a "
-                    f"string; {INSTEAD}"
-                )
-            out[k] = _encode(v, f"{where}[{k!r}]")
-        return out
+        return {
+            k if isinstance(k, str) else instead(k, where + _KEY): encode_value(
+                v, f"{where}[{k!r}]", instead
+            )
+            for k, v in value.items()
+        }
     for tag, kind, to_text, _ in _TYPES:
         if isinstance(value, kind):
             return {tag: to_text(value)}
-    raise InvalidMessage(f"cannot send {where}: {type(value).__name__} is not JSON; {INSTEAD}")
+    return instead(value, where)
 
 
 def decode_arguments(args: list[Any], kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
     """Args and kwargs with their tagged values turned back into their types."""
-    return tuple(_decode(a) for a in args), {k: _decode(v) for k, v in kwargs.items()}
+    return tuple(decode_value(a) for a in args), {k: decode_value(v) for k, v in kwargs.items()}
 
 
-def _decode(value: Any) -> Any:
+def decode_value(value: Any) -> Any:
+    """A value with its tagged parts turned back into their types."""
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [decode_value(v) for v in value]
     if not isinstance(value, dict):
         return value
     if len(value) == 1:
@@ -81,7 +90,7 @@ def _decode(value: Any) -> Any:
                 return decode(text)
             except (ValueError, InvalidOperation):
                 return value  # a plain dict that only looks tagged
-    return {k: _decode(v) for k, v in value.items()}
+    return {k: decode_value(v) for k, v in value.items()}
 
 
 def may_be_tagged(raw: bytes) -> bool:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .arguments import decode_value, may_be_tagged
 from .errors import BrokerUnavailable, JobFailed, JobNotFound, JobTimeout, RedisMQError
 from .keys import QueueKeys, job_index
 from .message import Message, now_ms
@@ -50,6 +51,15 @@ def status_of(
     if text == "failed":
         return "retrying"
     return "queued"
+
+
+def parse_outcome(raw: bytes) -> dict[str, Any]:
+    """A stored outcome, its result's tagged values (datetime, Decimal, ...) turned back
+    into their types."""
+    outcome = json.loads(raw)
+    if "result" in outcome and may_be_tagged(raw):
+        outcome["result"] = decode_value(outcome["result"])
+    return outcome
 
 
 def final_result(job_id: str, outcome: dict[str, Any], error: str | None) -> Any:
@@ -284,7 +294,7 @@ class Job:
                     pipe.zscore(k.done(self.group), self.id)
                     _, outcome, done = pipe.execute()
                     if outcome is not None:
-                        return self._final(json.loads(outcome))
+                        return self._final(parse_outcome(outcome))
                     if done is not None:
                         return None  # completed before anyone waited: it returned None
                     left = WAIT_STEP if deadline is None else deadline - time.monotonic()
@@ -447,7 +457,7 @@ class AsyncJob:
                         pipe.zscore(k.done(self.group), self.id)
                         _, outcome, done = await pipe.execute()
                     if outcome is not None:
-                        parsed = json.loads(outcome)
+                        parsed = parse_outcome(outcome)
                         error = (await self.info()).get("error")
                         return final_result(self.id, parsed, error)
                     if done is not None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from .arguments import encode_value
 from .errors import ResultNotStorable
 from .failures import format_traceback
 from .message import Message, now_ms
@@ -171,7 +172,9 @@ class Outcomes:
         unstorable: list[tuple[Message, ResultNotStorable]] = []
         for m, r in zip(messages, stored, strict=True):
             try:
-                by_queue[m.queue].append((m, r if isinstance(r, Encoded) else encode_outcome(r)))
+                by_queue[m.queue].append(
+                    (m, r if isinstance(r, Encoded) else encode_outcome(r, m.id))
+                )
             except ResultNotStorable as exc:
                 unstorable.append((m, exc))
         for m, error in unstorable:  # fails alone: the others settle
@@ -413,7 +416,7 @@ class Encoded(bytes):
 _NOTHING, _CANCELLED, _NONE = Encoded(b""), Encoded(b"~"), Encoded(b"N")
 
 
-def encode_outcome(result: Any) -> Encoded:
+def encode_outcome(result: Any, job_id: str = "") -> Encoded:
     """What the settle script stores for a result: b'' for none (NO_RESULT), b'~' for a
     cancelled job, b'N' for None, else the done outcome as UTF-8 JSON.
 
@@ -426,7 +429,7 @@ def encode_outcome(result: Any) -> Encoded:
     if result is None:
         return _NONE
     try:
-        return Encoded(f'{{"status":"done","result":{encode_result(result)}}}'.encode())
+        return Encoded(f'{{"status":"done","result":{encode_result(result, job_id)}}}'.encode())
     except UnicodeEncodeError:
         raise ResultNotStorable(
             "the task's result cannot be stored: it holds text that is not valid Unicode "
@@ -439,12 +442,30 @@ def encode_outcome(result: Any) -> Encoded:
         ) from None
 
 
-def encode_result(result: Any) -> str:
-    """A task's return value as JSON text (its repr when it is not JSON-serialisable)."""
+def encode_result(result: Any, job_id: str = "") -> str:
+    """A task's return value as JSON text: datetime, date, time, UUID and Decimal in the
+    tagged form task arguments use (`Job.result` gives them back as such); any other part
+    JSON cannot carry as its repr, with a warning (the job ran: it is not run again)."""
     try:
         return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError):
-        return json.dumps(repr(result))
+        pass
+    replaced: list[str] = []
+
+    def as_repr(value: Any, where: str) -> str:
+        replaced.append(f"{where} ({type(value).__name__})")
+        return repr(value)
+
+    text = json.dumps(
+        encode_value(result, "the result", as_repr), separators=(",", ":"), ensure_ascii=False
+    )
+    if replaced:
+        log.warning(
+            "job %s: its result holds what JSON cannot carry, stored as its repr: %s",
+            job_id or "?",
+            ", ".join(replaced),
+        )
+    return text
 
 
 def job_error(error: str, traceback: str = "", attempt: int = 0) -> str:

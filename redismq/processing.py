@@ -418,7 +418,7 @@ class BatchRunner:
         took = (running.ended or time.monotonic()) - running.started
         if exc is None:
             try:
-                stored = NO_RESULT if task is None else encode_outcome(result)
+                stored = NO_RESULT if task is None else encode_outcome(result, msg.id)
             except ResultNotStorable as error:
                 return self.fail(msg, error, task, counts, took)
             self._done.append(msg)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from uuid import UUID
 
 import pytest
 
@@ -279,3 +282,36 @@ def test_a_message_back_after_its_done_window_does_not_complete_twice(url):
     )
     assert int(stats[b"done"]) == 2  # one completion each, not three
     client.close()
+
+
+def test_a_result_of_dates_decimals_and_uuids_comes_back_as_the_same_types(client, app):
+    at = datetime(2026, 12, 3, 8, 30, tzinfo=UTC)
+    key = UUID("12345678-1234-5678-1234-567812345678")
+
+    @app.task(topic="invoices")
+    def total():
+        return {"at": at, "day": at.date(), "amount": Decimal("10.10"), "keys": (key,)}
+
+    job = total.send()
+    run_until_idle(client, app, "invoices")
+    got = job.result(timeout=1)
+    assert got == {"at": at, "day": at.date(), "amount": Decimal("10.10"), "keys": [key]}
+    assert isinstance(got["amount"], Decimal)
+
+
+def test_a_result_json_cannot_carry_is_stored_as_its_repr_with_a_warning(client, app, caplog):
+    runs = []
+
+    @app.task(topic="sets", max_retries=3)
+    def tags():
+        runs.append(1)
+        return {"tags": {"a"}}
+
+    job = tags.send()
+    with caplog.at_level("WARNING", logger="redismq"):
+        run_until_idle(client, app, "sets")
+    # The task ran and did its work: it is done, not run again, and says what was stored.
+    assert runs == [1] and job.status() == "done"
+    assert job.result(timeout=1) == {"tags": "{'a'}"}
+    [line] = [r.getMessage() for r in caplog.records if job.id in r.getMessage()]
+    assert "set" in line and "repr" in line
