@@ -46,6 +46,7 @@ from .sending import (
     check_keyed,
     choose_queue,
     index_entry,
+    index_ttl_ms,
     is_outage,
     prepare_message,
     script_sent,
@@ -84,10 +85,12 @@ class AsyncClient:
         full_timeout: float = 30.0,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         result_ttl: float = 86_400.0,
+        done_ttl: float = 86_400.0,
         connection: AsyncRedis | None = None,
     ) -> None:
         self.url, self.namespace = client_settings(url, namespace)
         self.result_ttl_ms = int(result_ttl * 1000)
+        self.done_ttl_ms = int(done_ttl * 1000)
         self.auto_create_topics = auto_create_topics
         self.default_queues = default_queues
         self.max_body = max_body
@@ -117,6 +120,7 @@ class AsyncClient:
             full_timeout=client.full_timeout,
             send_timeout=client.send_timeout,
             result_ttl=client.result_ttl_ms / 1000,
+            done_ttl=client.done_ttl_ms / 1000,
         )
 
     def __repr__(self) -> str:
@@ -360,7 +364,7 @@ class AsyncClient:
         if sent is None:
             return None
         if index and not local and sent.id == msg.id:  # a task's: findable by its id (client.job)
-            await broker.redis.set(*index, px=self.result_ttl_ms)
+            await broker.redis.set(*index, px=index_ttl_ms(self.result_ttl_ms, msg))
         return sent
 
     async def _write_replicated(

@@ -38,6 +38,7 @@ from .sending import (
     check_keyed,
     choose_queue,
     index_entry,
+    index_ttl_ms,
     is_outage,
     prepare_message,
     script_sent,
@@ -372,7 +373,7 @@ class Client:
         if sent is None:
             return None
         if index and not local and sent.id == msg.id:
-            broker.redis.set(*index, px=self.result_ttl_ms)
+            broker.redis.set(*index, px=index_ttl_ms(self.result_ttl_ms, msg))
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent

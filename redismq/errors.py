@@ -108,6 +108,18 @@ class JobNotFound(RedisMQError, LookupError):
         self.job_id = job_id
 
 
+class ResultExpired(JobNotFound):
+    """A job finished longer ago than the result_ttl: its result is gone."""
+
+    def __init__(self, job_id: str) -> None:
+        RedisMQError.__init__(
+            self,
+            f"the result of job {job_id!r} expired: it finished more than the client's "
+            f"result_ttl ago",
+        )
+        self.job_id = job_id
+
+
 class JobTimeout(RedisMQError, TimeoutError):
     """A job's result did not arrive in time."""
 

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .arguments import decode_value, may_be_tagged
-from .errors import BrokerUnavailable, JobFailed, JobNotFound, JobTimeout, RedisMQError
+from .errors import (
+    BrokerUnavailable,
+    JobFailed,
+    JobNotFound,
+    JobTimeout,
+    RedisMQError,
+    ResultExpired,
+)
 from .keys import QueueKeys, job_index
 from .message import Message, now_ms
 
@@ -75,27 +82,57 @@ def final_result(job_id: str, outcome: dict[str, Any], error: str | None) -> Any
 
 
 def cancel_args(
-    client: Client | AsyncClient, keys: QueueKeys, job_id: str, group: str
+    client: Client | AsyncClient, keys: QueueKeys, job_id: str, group: str, index: Any
 ) -> tuple[list[str], list[Any]]:
-    """Keys and arguments of the cancel script for a job. Its mark, honoured by every
-    group, lasts as long as the job's records (the longer of the result and done TTLs)."""
-    ttl = max(client.result_ttl_ms, getattr(client, "done_ttl_ms", 0))
+    """Keys and arguments of the cancel script for a job (`index`: its id index entry, if
+    any). Its mark, honoured by every group, lasts as long as the job's records (the longer
+    of the result and done TTLs); for a delayed job, that long past its due time."""
+    due = parse_index(job_id, index)["due"] if index is not None else 0
+    wait = max(0, due - now_ms())
     return (
         [keys.job(job_id), keys.outcome(job_id), keys.cancelled, keys.done(group)],
-        [job_id, client.result_ttl_ms, ttl],
+        [job_id, client.result_ttl_ms + wait, max(client.result_ttl_ms, client.done_ttl_ms) + wait],
     )
 
 
+def finished_outcome(
+    job_id: str, outcome: bytes | None, done: float | None, indexed: int, result_ttl_ms: int
+) -> dict[str, Any] | None:
+    """A finished job's outcome from what `result()` read (its stored outcome, done record
+    and whether its id index is there); None while it has not finished. Raises
+    ResultExpired for one done longer than result_ttl ago, JobNotFound when all its records
+    expired."""
+    if outcome is not None:
+        return parse_outcome(outcome)
+    if done is not None:
+        if now_ms() - done > result_ttl_ms:
+            raise ResultExpired(job_id)
+        return {"status": "done", "result": None}  # done before anyone waited: it returned None
+    if not indexed:
+        raise JobNotFound(job_id)
+    return None
+
+
+def index_value(topic: str, queue: int, group: str, task: str, due_ms: int = 0) -> str:
+    """The id index entry of a task's job (JSON: it reads well in redis-cli); `due_ms`:
+    when a delayed one is due (ms since the epoch)."""
+    if not due_ms:
+        return _index_value(topic, queue, group, task)
+    where = {"topic": topic, "queue": queue, "group": group, "task": task, "due": due_ms}
+    return json.dumps(where)
+
+
 @functools.lru_cache(maxsize=1024)  # a few per task: made once, not at every send
-def index_value(topic: str, queue: int, group: str, task: str) -> str:
-    """The id index entry of a task's job (JSON: it reads well in redis-cli)."""
+def _index_value(topic: str, queue: int, group: str, task: str) -> str:
     return json.dumps({"topic": topic, "queue": queue, "group": group, "task": task})
 
 
 def parse_index(message_id: str, raw: bytes | str) -> dict[str, Any]:
     try:
         where = json.loads(raw)
-        return {k: where[k] for k in ("topic", "queue", "group", "task")}
+        return {k: where[k] for k in ("topic", "queue", "group", "task")} | {
+            "due": where.get("due", 0)
+        }
     except (ValueError, KeyError, TypeError):
         raise RedisMQError(f"the index entry of job {message_id!r} is malformed") from None
 
@@ -244,9 +281,10 @@ class Job:
         one is stopped as a time limit would stop it. Returns False (and changes nothing) if
         it had already finished. A job that finishes while the cancel reaches its worker
         keeps its result and reads done."""
-        keys, args = cancel_args(self.client, self.keys, self.id, self.group)
         with self.client.errors():
             broker = self.client.router.queue_broker(self.client.topic(self.topic), self.queue)
+            index = broker.redis.get(job_index(self.client.namespace, self.id))
+            keys, args = cancel_args(self.client, self.keys, self.id, self.group, index)
             return bool(broker.scripts.cancel(keys=keys, args=args))
 
     def progress(self) -> tuple[float, str] | None:
@@ -280,7 +318,8 @@ class Job:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         k = self.keys
-        key = k.outcome(self.id)
+        key, index = k.outcome(self.id), job_index(self.client.namespace, self.id)
+        ttl = self.client.result_ttl_ms
         with self.client.errors():
             r = self._redis()
             try:
@@ -292,11 +331,11 @@ class Job:
                     pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
                     pipe.lindex(key, 0)
                     pipe.zscore(k.done(self.group), self.id)
-                    _, outcome, done = pipe.execute()
+                    pipe.exists(index)
+                    _, stored, done, indexed = pipe.execute()
+                    outcome = finished_outcome(self.id, stored, done, indexed, ttl)
                     if outcome is not None:
-                        return self._final(parse_outcome(outcome))
-                    if done is not None:
-                        return None  # completed before anyone waited: it returned None
+                        return self._final(outcome)
                     left = WAIT_STEP if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         raise JobTimeout(
@@ -435,10 +474,11 @@ class AsyncJob:
 
     async def cancel(self) -> bool:
         """Stop the job (see `Job.cancel`)."""
-        keys, args = cancel_args(self.client, self.keys, self.id, self.group)
         with self.client.errors():
             topic = await self.client.topic(self.topic, create=False)
             broker = await self.client.router.queue_broker(topic, self.queue)
+            index = await broker.redis.get(job_index(self.client.namespace, self.id))
+            keys, args = cancel_args(self.client, self.keys, self.id, self.group, index)
             return bool(await broker.scripts.cancel(keys=keys, args=args))
 
     async def result(self, timeout: float | None = None) -> Any:
@@ -446,7 +486,8 @@ class AsyncJob:
         the event loop; raises JobFailed or JobTimeout as `Job.result` does."""
         deadline = None if timeout is None else time.monotonic() + timeout
         k = self.keys
-        key = k.outcome(self.id)
+        key, index = k.outcome(self.id), job_index(self.client.namespace, self.id)
+        ttl = self.client.result_ttl_ms
         with self.client.errors():
             r = await self._redis()
             try:
@@ -455,13 +496,16 @@ class AsyncJob:
                         pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
                         pipe.lindex(key, 0)
                         pipe.zscore(k.done(self.group), self.id)
-                        _, outcome, done = await pipe.execute()
+                        pipe.exists(index)
+                        _, stored, done, indexed = await pipe.execute()
+                    outcome = finished_outcome(self.id, stored, done, indexed, ttl)
                     if outcome is not None:
-                        parsed = parse_outcome(outcome)
-                        error = (await self.info()).get("error")
-                        return final_result(self.id, parsed, error)
-                    if done is not None:
-                        return None
+                        error = (
+                            (await self.info()).get("error")
+                            if outcome["status"] == "dead"
+                            else None
+                        )
+                        return final_result(self.id, outcome, error)
                     left = WAIT_STEP if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         raise JobTimeout(

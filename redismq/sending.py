@@ -21,6 +21,7 @@ from .message import (
     encode_body,
     entry_fields,
     new_message_id,
+    now_ms,
 )
 from .routing import DRAINING, Topic, queue_for_key
 from .validation import check_headers, check_key, delay_ms
@@ -92,7 +93,13 @@ def index_entry(namespace: str, topic: str, queue: int, msg: Outgoing) -> tuple[
         return None
     from .job import index_value
 
-    return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as)
+    due = now_ms() + msg.delay_ms if msg.delay_ms else 0
+    return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as, due)
+
+
+def index_ttl_ms(result_ttl_ms: int, msg: Outgoing) -> int:
+    """How long a task's id index lasts: result_ttl past the time the task is due."""
+    return result_ttl_ms + msg.delay_ms
 
 
 def choose_queue(topic: Topic, msg: Outgoing, usable: Callable[[str], bool] | None = None) -> int:
@@ -148,11 +155,12 @@ def attempt_call(
     plan: Attempts,
     index: tuple[str, str] | None,
     dedup_window_ms: int,
-    index_ttl_ms: int,
+    result_ttl_ms: int,
 ) -> tuple[list[str], list[Any]]:
     """The `send` script's call for one attempt (pass None for an `index` on another node)."""
     bound, groups = queue_bound(topic), topic.groups
-    return send_script_call(keys, msg, dedup_window_ms, bound, groups, plan, index, index_ttl_ms)
+    index_ttl = index_ttl_ms(result_ttl_ms, msg)
+    return send_script_call(keys, msg, dedup_window_ms, bound, groups, plan, index, index_ttl)
 
 
 def script_sent(reply: list[Any], msg: Outgoing, topic: str, queue: int) -> Sent | None:
