@@ -298,16 +298,10 @@ class Job:
     def describe(self) -> dict[str, Any]:
         """Everything known about the job: where it is, status, attempts, progress, times
         (milliseconds since the epoch), error, traceback and stored result."""
-        k = self.keys
         with self.client.errors():
             pipe = self._redis().pipeline(transaction=False)
-            pipe.hgetall(k.job(self.id))
-            pipe.zscore(k.done(self.group), self.id)
-            pipe.zscore(k.running(self.group), self.id)
-            pipe.lindex(k.outcome(self.id), 0)
-            raw, done, running, outcome = pipe.execute()
-        info = {a.decode(): b.decode() for a, b in raw.items()}
-        return describe(self, info, done, running, outcome)
+            describe_reads(pipe, self)
+            return describe(self, *pipe.execute())
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait up to `timeout` seconds (None: forever) for the result.
@@ -351,11 +345,19 @@ class Job:
         return final_result(self.id, outcome, error)
 
 
-def describe(
-    job: Job | AsyncJob, info: dict[str, str], done: Any, running: Any, outcome: Any
-) -> dict:
+def describe_reads(pipe: Any, job: Job | AsyncJob) -> None:
+    """Add to a pipeline the reads `describe` takes."""
+    k = job.keys
+    pipe.hgetall(k.job(job.id))
+    pipe.zscore(k.done(job.group), job.id)
+    pipe.zscore(k.running(job.group), job.id)
+    pipe.lindex(k.outcome(job.id), 0)
+
+
+def describe(job: Job | AsyncJob, raw: dict, done: Any, running: Any, outcome: Any) -> dict:
     """The record `describe()` returns, from the job hash, the done and running records and
-    the outcome."""
+    the outcome (as `describe_reads` read them)."""
+    info = {a.decode(): b.decode() for a, b in raw.items()}
     error = json.loads(info.get("error") or "null")
     progress = json.loads(info["progress"]) if "progress" in info else None
     status = status_of(info.get("status", "").encode() or None, done, running)
@@ -463,6 +465,13 @@ class AsyncJob:
                     pipe.xpending_range(stream, self.group, entry, entry, 1)
                 replies = await pipe.execute(raise_on_error=False)
         return status_of(*replies)
+
+    async def describe(self) -> dict[str, Any]:
+        """Everything known about the job (see `Job.describe`)."""
+        with self.client.errors():
+            async with (await self._redis()).pipeline(transaction=False) as pipe:
+                describe_reads(pipe, self)
+                return describe(self, *await pipe.execute())
 
     async def progress(self) -> tuple[float, str] | None:
         """The last progress the running task reported: (fraction, text), or None."""

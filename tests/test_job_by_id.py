@@ -228,3 +228,24 @@ def test_a_job_handed_back_unstarted_reads_queued_again(client, app):
     ran = []
     runner.run(batch, stop=lambda: bool(ran) or bool(ran.append(1)))  # stops after the first
     assert [j.status() for j in jobs] == ["done", "queued", "queued"]
+
+
+def test_async_job_describe_is_the_sync_record(client, app, url):
+    @app.task(topic="reports", max_retries=0)
+    def build(n):
+        if n:
+            raise ValueError("broken report")
+        return {"rows": 3}
+
+    sent = [build.send(0), build.send(1)]
+    run_until_idle(app)
+
+    async def describe() -> list[dict]:
+        async with AsyncClient(url) as aclient:
+            return [await (await aclient.job(job.id)).describe() for job in sent]
+
+    records = asyncio.run(describe())
+    assert records == [job.describe() for job in sent]
+    assert [r["status"] for r in records] == ["done", "dead"]
+    assert records[0]["result"] == {"rows": 3}
+    assert records[1]["error"] == {"type": "ValueError", "message": "broken report"}
