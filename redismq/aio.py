@@ -433,14 +433,8 @@ class AsyncClient:
             return sent
         with self.errors():
             await self.router.refresh_states()
-        plan = BatchSend(
-            t,
-            msgs,
-            lambda q: self.router.queue_keys(topic, q),
-            self.router.usable,
-            outage=outage,
-            replica_timeout_ms=self.replica_timeout_ms if replicated else None,
-        )
+        wait = self.replica_timeout_ms if replicated else None
+        plan = BatchSend(t, msgs, self.router, outage=outage, replica_timeout_ms=wait)
 
         async def send(part: Part) -> None:
             broker = await self.router.broker(part.broker)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import redis
 
@@ -51,6 +51,14 @@ class Part(NamedTuple):
         return self.calls[0][0][1]
 
 
+class Routes(Protocol):
+    """What a batch needs of a client's router (sync or async)."""
+
+    def queue_keys(self, topic: str, queue: int) -> QueueKeys: ...
+
+    def usable(self, name: str) -> bool: ...
+
+
 class BatchSend:
     """One send of plain messages round-robin over a topic's queues on usable brokers, in
     one pipeline of `send_batch` calls per broker (on a Redis Cluster, per hash tag).
@@ -71,16 +79,14 @@ class BatchSend:
         self,
         topic: Topic,
         msgs: list[Outgoing],
-        queue_keys: Callable[[int], QueueKeys],
-        usable: Callable[[str], bool],
+        routes: Routes,
         *,
         outage: float,
         replica_timeout_ms: int | None,
     ) -> None:
         self.topic = topic
         self.msgs = msgs
-        self.queue_keys = queue_keys
-        self.usable = usable
+        self.routes = routes
         self.wait_ms = -1 if replica_timeout_ms is None else replica_timeout_ms
         self.guard_ms = int((max(outage, 0.0) + GUARD_SLACK) * 1000)
         self.outage_until = time.monotonic() + outage
@@ -90,7 +96,10 @@ class BatchSend:
         self.away: set[str] = set()
         self.waiting: list[tuple[Part, BaseException]] = []
         self._pause = 0.0
-        self.todo = self._place(list(range(len(msgs))), usable)
+        self.todo = self._place(list(range(len(msgs))), routes.usable)
+
+    def _keys(self, queue: int) -> QueueKeys:
+        return self.routes.queue_keys(self.topic.name, queue)
 
     def parts(self) -> list[Part]:
         """The parts to send now."""
@@ -144,7 +153,7 @@ class BatchSend:
         return batch_sent(self.topic.name, self.msgs, self.queues, self.entries, self.failures)
 
     def _open(self, broker: str) -> bool:
-        return broker not in self.away and self.usable(broker)
+        return broker not in self.away and self.routes.usable(broker)
 
     def _place(self, indexes: list[int], usable: Callable[[str], bool]) -> list[Part]:
         """Queues for the messages at `indexes`, and the parts that send them."""
@@ -159,11 +168,11 @@ class BatchSend:
         """The `send_batch` calls of a part, at most BATCH_CALL messages each; each call's
         record is named by its first message."""
         calls = []
-        stream_of = {q: self.queue_keys(q).stream for q in {self.queues[i] for i in part}}
+        stream_of = {q: self._keys(q).stream for q in {self.queues[i] for i in part}}
         for start in range(0, len(part), BATCH_CALL):
             chunk = part[start : start + BATCH_CALL]
             first = chunk[0]
-            keys = [self.queue_keys(self.queues[first]).sent(self.msgs[first].id)]
+            keys = [self._keys(self.queues[first]).sent(self.msgs[first].id)]
             args: list[Any] = [self.guard_ms]
             position: dict[str, int] = {}
             for i in chunk:

@@ -429,14 +429,8 @@ class Client:
             except RedisMQError as exc:
                 raise stopped_at(exc, sent, len(msgs)) from None
             return sent
-        plan = BatchSend(
-            t,
-            msgs,
-            lambda q: self.router.queue_keys(topic, q),
-            self.router.usable,
-            outage=outage,
-            replica_timeout_ms=self.replica_timeout_ms if replicated else None,
-        )
+        wait = self.replica_timeout_ms if replicated else None
+        plan = BatchSend(t, msgs, self.router, outage=outage, replica_timeout_ms=wait)
         while True:
             for part in plan.parts():
                 with self.errors():
