@@ -24,7 +24,7 @@ _TYPES: list[tuple[str, type, Callable[[Any], str], Callable[[str], Any]]] = [
 _DECODERS = {tag: decode for tag, _, _, decode in _TYPES}
 _PLAIN = (str, int, bool, type(None))
 _DOLLAR = ord("$")
-_KEY = ": a dict key"
+KEY = ": a dict key"
 INSTEAD = (
     "pass JSON values (str, int, float, bool, None, lists, dicts with str keys) or a "
     "datetime, date, time, UUID or Decimal instead, e.g. the object's id"
@@ -41,7 +41,7 @@ def encode_arguments(args: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict
 
 def refuse(value: Any, where: str) -> Any:
     """What `encode_value` does by default with a value JSON cannot carry: refuse it."""
-    if where.endswith(_KEY):
+    if where.endswith(KEY):
         kind = type(value).__name__
         raise InvalidMessage(f"cannot send {where} {value!r} ({kind}) is not a string; {INSTEAD}")
     if isinstance(value, float):
@@ -60,7 +60,7 @@ def encode_value(value: Any, where: str, instead: Callable[[Any, str], Any] = re
         return [encode_value(v, f"{where}[{i}]", instead) for i, v in enumerate(value)]
     if isinstance(value, dict):
         return {
-            k if isinstance(k, str) else instead(k, where + _KEY): encode_value(
+            k if isinstance(k, str) else instead(k, where + KEY): encode_value(
                 v, f"{where}[{k!r}]", instead
             )
             for k, v in value.items()

@@ -96,21 +96,18 @@ def cancel_args(
 
 
 def finished_outcome(
-    job_id: str, outcome: bytes | None, done: float | None, indexed: int, result_ttl_ms: int
+    job_id: str, outcome: bytes | None, done: float | None, result_ttl_ms: int
 ) -> dict[str, Any] | None:
-    """A finished job's outcome from what `result()` read (its stored outcome, done record
-    and whether its id index is there); None while it has not finished. Raises
-    ResultExpired for one done longer than result_ttl ago, JobNotFound when all its records
-    expired."""
+    """A finished job's outcome from what `result()` read (its stored outcome and done
+    record); None while it has not finished. Raises ResultExpired for one done longer than
+    result_ttl ago (the reader's: the worker's should be the same) without an outcome."""
     if outcome is not None:
         return parse_outcome(outcome)
-    if done is not None:
-        if now_ms() - done > result_ttl_ms:
-            raise ResultExpired(job_id)
-        return {"status": "done", "result": None}  # done before anyone waited: it returned None
-    if not indexed:
-        raise JobNotFound(job_id)
-    return None
+    if done is None:
+        return None
+    if now_ms() - done > result_ttl_ms:
+        raise ResultExpired(job_id)
+    return {"status": "done", "result": None}  # done before anyone waited: it returned None
 
 
 def index_value(topic: str, queue: int, group: str, task: str, due_ms: int = 0) -> str:
@@ -312,8 +309,7 @@ class Job:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         k = self.keys
-        key, index = k.outcome(self.id), job_index(self.client.namespace, self.id)
-        ttl = self.client.result_ttl_ms
+        key, ttl = k.outcome(self.id), self.client.result_ttl_ms
         with self.client.errors():
             r = self._redis()
             try:
@@ -325,9 +321,8 @@ class Job:
                     pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
                     pipe.lindex(key, 0)
                     pipe.zscore(k.done(self.group), self.id)
-                    pipe.exists(index)
-                    _, stored, done, indexed = pipe.execute()
-                    outcome = finished_outcome(self.id, stored, done, indexed, ttl)
+                    _, stored, done = pipe.execute()
+                    outcome = finished_outcome(self.id, stored, done, ttl)
                     if outcome is not None:
                         return self._final(outcome)
                     left = WAIT_STEP if deadline is None else deadline - time.monotonic()
@@ -495,8 +490,7 @@ class AsyncJob:
         the event loop; raises JobFailed or JobTimeout as `Job.result` does."""
         deadline = None if timeout is None else time.monotonic() + timeout
         k = self.keys
-        key, index = k.outcome(self.id), job_index(self.client.namespace, self.id)
-        ttl = self.client.result_ttl_ms
+        key, ttl = k.outcome(self.id), self.client.result_ttl_ms
         with self.client.errors():
             r = await self._redis()
             try:
@@ -505,9 +499,8 @@ class AsyncJob:
                         pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
                         pipe.lindex(key, 0)
                         pipe.zscore(k.done(self.group), self.id)
-                        pipe.exists(index)
-                        _, stored, done, indexed = await pipe.execute()
-                    outcome = finished_outcome(self.id, stored, done, indexed, ttl)
+                        _, stored, done = await pipe.execute()
+                    outcome = finished_outcome(self.id, stored, done, ttl)
                     if outcome is not None:
                         error = (
                             (await self.info()).get("error")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .arguments import encode_value
+from .arguments import KEY, encode_value
 from .errors import ResultNotStorable
 from .failures import format_traceback
 from .message import Message, now_ms
@@ -453,12 +453,16 @@ def encode_result(result: Any, job_id: str = "") -> str:
     replaced: list[str] = []
 
     def as_repr(value: Any, where: str) -> str:
+        if where.endswith(KEY) and isinstance(value, int | float | None):
+            return json.dumps(value)  # a key JSON writes as text: as json.dumps does
         replaced.append(f"{where} ({type(value).__name__})")
         return repr(value)
 
-    text = json.dumps(
-        encode_value(result, "the result", as_repr), separators=(",", ":"), ensure_ascii=False
-    )
+    try:
+        form = encode_value(result, "the result", as_repr)
+    except RecursionError:  # it holds itself (or is nested too deeply)
+        form, replaced = repr(result), ["the result (circular)"]
+    text = json.dumps(form, separators=(",", ":"), ensure_ascii=False)
     if replaced:
         log.warning(
             "job %s: its result holds what JSON cannot carry, stored as its repr: %s",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -165,6 +165,30 @@ def test_a_replayed_dead_job_reads_as_its_new_run_does(client, app):
         second.result(timeout=1)
 
 
+def test_replaying_another_groups_dead_letters_leaves_the_tasks_job_alone(client, app):
+    """A handler of another group on the task's topic fails and is replayed: the task's
+    job keeps its result (done) and, when dead in its own group, stays dead."""
+
+    @app.task(topic="orders", max_retries=0)
+    def charge(n):
+        if n < 0:
+            raise ValueError("negative")
+        return n * 2
+
+    @app.consumer("orders", group="audit", max_retries=0)
+    def audit(msg):
+        raise RuntimeError("audit store down")
+
+    paid, refused = charge.send(21), charge.send(-1)
+    run_until_idle(client, app, "orders")
+    run_until_idle(client, app, "orders", "audit")
+    assert client.replay_dead_letters("orders", "audit") == 2
+    assert paid.status() == "done" and paid.result(timeout=1) == 42
+    assert refused.status() == "dead"
+    with pytest.raises(JobFailed, match="negative"):
+        refused.result(timeout=1)
+
+
 @pytest.mark.parametrize(
     "fields, reason",
     [
@@ -315,3 +339,36 @@ def test_a_result_json_cannot_carry_is_stored_as_its_repr_with_a_warning(client,
     assert job.result(timeout=1) == {"tags": "{'a'}"}
     [line] = [r.getMessage() for r in caplog.records if job.id in r.getMessage()]
     assert "set" in line and "repr" in line
+
+
+def test_a_result_that_holds_itself_is_stored_as_its_repr_not_run_again(client, app):
+    runs = []
+
+    @app.task(topic="loops", max_retries=3)
+    def loop():
+        runs.append(1)
+        node: dict = {"at": datetime(2026, 12, 3, tzinfo=UTC)}
+        node["self"] = node
+        return node
+
+    job = loop.send()
+    run_until_idle(client, app, "loops")
+    assert runs == [1] and job.status() == "done"
+    assert "'self': {...}" in job.result(timeout=1)
+
+
+def test_a_result_with_a_date_keeps_json_keys_as_json_writes_them(client, app, caplog):
+    @app.task(topic="keys")
+    def counts():
+        return {1: "one", False: "no", None: "none", "at": date(2026, 12, 3)}
+
+    job = counts.send()
+    with caplog.at_level("WARNING", logger="redismq"):
+        run_until_idle(client, app, "keys")
+    assert job.result(timeout=1) == {
+        "1": "one",
+        "false": "no",
+        "null": "none",
+        "at": date(2026, 12, 3),
+    }
+    assert not [r for r in caplog.records if job.id in r.getMessage()]

@@ -8,7 +8,8 @@
 -- ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id, ARGV[4] source is the retry stream (0/1),
 -- ARGV[5] track job (0/1), ARGV[6] result ttl ms, ARGV[7] error text,
 -- ARGV[8] message id ('' when unknown: an entry that cannot be decoded),
--- ARGV[9..] field/value pairs of the dead-letter entry
+-- ARGV[9..] field/value pairs of the dead-letter entry (a tracked job's gains dead_job=1:
+-- replaying it makes the job live again, see replay.lua)
 -- Returns 1 if dead-lettered, 2 if acknowledged as a duplicate, 0 if the entry is not the
 -- consumer's
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
@@ -20,9 +21,11 @@ if ARGV[8] ~= '' and redis.call('ZSCORE', KEYS[6], ARGV[8]) then
   redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
   return 2
 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 9))
 redis.call('HINCRBY', KEYS[3], 'dead', 1)
-if ARGV[5] == '1' then
+if ARGV[5] ~= '1' then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 9))
+else
+  redis.call('XADD', KEYS[2], '*', 'dead_job', '1', unpack(ARGV, 9))
   redis.call('HSET', KEYS[4], 'status', 'dead', 'error', ARGV[7])
   redis.call('PEXPIRE', KEYS[4], ARGV[6])
   redis.call('RPUSH', KEYS[5], '{"status":"dead"}')

@@ -1,5 +1,6 @@
 -- Put dead letters back for their group (only) with a fresh attempt count; a task's job
--- reads queued again (its dead status and outcome go; its last error stays).
+-- dead-lettered by its own group (dead_job, see dead.lua) reads queued again (its dead
+-- status and outcome go; its last error stays). Another group's leave the job alone.
 -- KEYS[1] dead-letter stream, KEYS[2] group's retry stream, KEYS[3] stats hash,
 -- then for the i-th entry id, KEYS[2 + 2i] its job hash and KEYS[3 + 2i] its outcome list
 -- (named by the message id the caller read in it)
@@ -12,7 +13,7 @@ for i = 1, #ARGV do
     local out, f, tracked = {}, e[1][2], false
     for j = 1, #f, 2 do
       local name = f[j]
-      if name == 'id' then tracked = true end
+      if name == 'dead_job' then tracked = true end
       if string.sub(name, 1, 5) ~= 'dead_' and name ~= 'attempt' then
         out[#out + 1] = name
         out[#out + 1] = f[j + 1]
