@@ -21,9 +21,9 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from .errors import InvalidURL, RedisMQError
+from .errors import InvalidMessage, InvalidURL, RedisMQError
 from .message import DEFAULT_MAX_BODY, encode_body, new_message_id
 from .validation import check_headers, check_key, check_topic_name
 
@@ -91,6 +91,8 @@ def mask_db_url(url: URL) -> str:
 def outbox_table(name: str = DEFAULT_TABLE) -> Table:
     """The outbox table's definition (in a MetaData of its own)."""
     sa = _sqlalchemy()
+    from sqlalchemy.dialects.mysql import LONGBLOB
+
     return sa.Table(
         name,
         sa.MetaData(),
@@ -106,13 +108,23 @@ def outbox_table(name: str = DEFAULT_TABLE) -> Table:
         sa.Column("topic", sa.String(200), nullable=False),
         sa.Column("msg_key", sa.Text()),
         sa.Column("dedup_key", sa.Text()),
-        sa.Column("body", sa.LargeBinary(), nullable=False),
+        # LONGBLOB on MySQL: its BLOB holds 64 KB, a body may be up to max_body (1 MiB).
+        sa.Column("body", sa.LargeBinary().with_variant(LONGBLOB(), "mysql"), nullable=False),
         sa.Column("raw", sa.Boolean(), nullable=False),
         sa.Column("headers", sa.Text()),
         sa.Column("created_at", sa.Double(), nullable=False),
         sa.Column("sent_at", sa.Double()),
         sa.Column("message_id", sa.String(32)),
         sa.Index(f"{name}_pending", "sent_at", "id"),
+        # The oldest waiting row of a key (`earlier_waiting`) without reading every one.
+        sa.Index(
+            f"{name}_keyed",
+            "msg_key",
+            "id",
+            postgresql_where=sa.text("sent_at IS NULL"),
+            sqlite_where=sa.text("sent_at IS NULL"),
+            mysql_length={"msg_key": 191},
+        ),
         sqlite_autoincrement=True,  # ids never reused: the order rows were written in
     )
 
@@ -128,7 +140,7 @@ class OutboxRow:
     dedup_key: str | None
     body: bytes
     raw: bool
-    headers: dict[str, str] | None
+    headers_text: str | None  # as stored: read by `message_headers`
     created_at: float
 
     @property
@@ -138,8 +150,26 @@ class OutboxRow:
         return self.dedup_key or f"{ROW_DEDUP_PREFIX}{self.uid}"
 
     def message_body(self) -> Any:
-        """The body as the app gave it (bytes, or the decoded JSON)."""
-        return self.body if self.raw else json.loads(self.body)
+        """The body as the app gave it (bytes, or the decoded JSON); raises InvalidMessage
+        for a body that is not JSON (a row written another way than by `send_message`)."""
+        if self.raw:
+            return self.body
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise InvalidMessage(f"its body is not valid JSON ({exc})") from None
+
+    def message_headers(self) -> dict[str, str] | None:
+        """The headers (None: none); raises InvalidMessage when they are not a JSON object
+        of strings."""
+        if not self.headers_text:
+            return None
+        try:
+            headers = json.loads(self.headers_text)
+            check_headers(headers)
+        except (ValueError, InvalidMessage) as exc:
+            raise InvalidMessage(f"its headers are not a JSON object of strings ({exc})") from None
+        return cast(dict[str, str], headers)
 
     @classmethod
     def of(cls, row: Any) -> OutboxRow:
@@ -152,7 +182,7 @@ class OutboxRow:
             m["dedup_key"],
             bytes(m["body"]),
             bool(m["raw"]),
-            json.loads(m["headers"]) if m["headers"] else None,
+            m["headers"],
             float(m["created_at"]),
         )
 
@@ -396,10 +426,14 @@ class Outbox:
         """Rows waiting to be sent and the creation time of the oldest."""
         sa = _sqlalchemy()
         t = self.table
+        unsent = t.c.sent_at.is_(None)
         with self.errors(), self.engine.connect() as conn:
-            waiting, oldest = conn.execute(
-                sa.select(sa.func.count(), sa.func.min(t.c.created_at)).where(t.c.sent_at.is_(None))
-            ).one()
+            waiting = conn.execute(sa.select(sa.func.count()).where(unsent)).scalar_one()
+            # The first row by id (the pending index's order), not min(created_at), which
+            # would read every waiting row from the table.
+            oldest = conn.execute(
+                sa.select(t.c.created_at).where(unsent).order_by(t.c.id).limit(1)
+            ).scalar()
         return Lag(int(waiting), None if oldest is None else float(oldest))
 
     def delete_sent(self, older_than: float) -> int:

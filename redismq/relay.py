@@ -61,6 +61,7 @@ class Pass:
     sent: int = 0
     held: int = 0  # left for a later pass: their key's older row, or their broker, is away
     failed: int = 0  # sends that raised
+    stopped: bool = False  # ended early: likely every broker is away (see MAX_FAILURES)
 
     @property
     def stuck(self) -> bool:
@@ -112,6 +113,8 @@ class Relay:
         self.sent = 0
         self.trouble: str | None = None  # the error of the current streak of failures
         self._after = 0  # the next pass looks at rows after this id (0: from the oldest)
+        self._swept = 0  # rows sent since the relay last started from the oldest
+        self._backoff = 0.0  # the last pause for trouble (0: none since a row was sent)
         self._logged: set[int] = set()  # rows whose own error was logged
         self._next_report = 0.0
         self._next_cleanup = 0.0
@@ -124,7 +127,7 @@ class Relay:
     def relay_once(self) -> Pass:
         """Send one batch of waiting rows and mark those sent; raises OutboxError when the
         database cannot be used (a broker that is away is not an error: its rows wait)."""
-        ob = self.outbox
+        ob, started_after = self.outbox, self._after
         with ob.errors():
             if ob.locks_rows:  # rows stay locked until marked: other relays skip them
                 with ob.engine.begin() as conn:
@@ -141,9 +144,11 @@ class Relay:
                         ob.mark_sent(conn, sent)
         self.sent += result.sent
         # Rows left behind are looked past (other brokers' rows still go), until the end
-        # of the table sends the relay back to the oldest.
-        full = len(rows) >= self.batch
+        # of the table sends the relay back to the oldest. A pass that ended for want of
+        # every broker starts from the oldest again: they go first once brokers are back.
+        full = len(rows) >= self.batch and not result.stopped
         self._after = rows[-1].id if full and (result.held or result.failed) else 0
+        self._swept = result.sent + (self._swept if started_after else 0)
         return result
 
     def _send(
@@ -164,7 +169,16 @@ class Relay:
         else:
             for lane in lanes.values():
                 self._send_lane(lane, batch)
+        batch.result.stopped = batch.stopped or (batch.result.stuck and self._all_away(rows, batch))
         return batch.result, sorted(batch.sent)
+
+    def _all_away(self, rows: Sequence[OutboxRow], batch: _Batch) -> bool:
+        """Whether every broker of the rows' topics failed in this pass."""
+        try:
+            topics = [self.client.topic(name) for name in {row.topic for row in rows}]
+        except (RedisMQError, redis.RedisError, OSError):
+            return True  # not even the meta Redis answers
+        return all(set(t.placement) <= batch.away for t in topics)
 
     @cached_property
     def _pool(self) -> ThreadPoolExecutor:
@@ -197,7 +211,7 @@ class Relay:
                 row.message_body(),
                 key=row.key,
                 dedup_key=row.send_dedup_key,
-                headers=row.headers,
+                headers=row.message_headers(),
                 timeout=SEND_TIMEOUT,
             )
         except (BrokerUnavailable, QueueUnavailable, redis.RedisError, OSError) as exc:
@@ -239,23 +253,34 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         """Relay until `stop` is set: a full batch is followed at once by the next, an
         idle outbox is looked at every `interval`, trouble backs off up to 5 s."""
-        pause = self.interval
         while not stop.is_set():
             result: Pass | None = None
             try:
                 result = self.relay_once()
             except Exception as exc:  # the database: logged once per streak, retried
                 self._troubled(str(exc))
-            if result is not None and (result.sent or not result.failed):
+            if result is not None and not result.failed:
                 self._recovered()
             self.maintain()
-            if result is not None and not result.stuck:
-                pause = self.interval
-                if result.rows >= self.batch and (result.sent or self._after):
-                    continue
-            else:
-                pause = min(BACKOFF_MAX, max(pause, 0.05) * 2)
-            stop.wait(pause)
+            pause = self._pause(result)
+            if pause is not None:
+                stop.wait(pause)
+
+    def _pause(self, result: Pass | None) -> float | None:
+        """How long to wait before the next pass (None: go on at once), after the last
+        one's `result`. A full batch is followed at once by the next, as is a batch left
+        behind before the table's end; trouble (a pass that sent nothing for its failures,
+        or a look over the table that only found rows held behind an older one of their
+        key) backs off, doubling up to BACKOFF_MAX until a row is sent
+        or a pass finds nothing wrong."""
+        if result is None or result.stuck or (result.held and not (self._after or self._swept)):
+            self._backoff = min(BACKOFF_MAX, max(self._backoff, 0.05) * 2)
+            return self._backoff
+        if result.sent or not (result.failed or result.held):
+            self._backoff = 0.0
+        if result.rows >= self.batch and (result.sent or self._after):
+            return None
+        return self.interval
 
     def _troubled(self, error: str) -> None:
         if self.trouble is None:

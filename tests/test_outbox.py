@@ -146,6 +146,30 @@ def test_send_message_checks_the_message_before_writing_the_row(outbox, db_url):
     assert outbox.lag().waiting == 1
 
 
+@pytest.mark.parametrize("column, value", [("body", b"{not json"), ("headers", "oops")])
+def test_a_row_someone_spoiled_is_one_warning_and_the_others_go(
+    outbox, outbox_app, db_url, caplog, column, value
+):
+    """A row whose body or headers were written by hand (or by another service) and cannot
+    be read: it waits, named once in the log; the rows around it are sent."""
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        uids = [outbox.send_message(conn, TOPIC, {"n": n}) for n in range(3)]
+        t = outbox.table
+        conn.execute(sa.update(t).where(t.c.uid == uids[1]).values({column: value}))
+        [bad] = conn.execute(sa.select(t.c.id).where(t.c.uid == uids[1])).scalars()
+    engine.dispose()
+    relay = Relay(outbox)
+    with caplog.at_level("WARNING", logger="redismq"):
+        first, again = relay.relay_once(), relay.relay_once()
+    relay.close()
+    assert (first.sent, again.sent) == (2, 0)
+    assert sorted(m["body"]["n"] for m in queued(outbox_app.client)) == [0, 2]
+    assert outbox.lag().waiting == 1
+    [line] = [r.getMessage() for r in caplog.records if f"row {bad} " in r.getMessage()]
+    assert column in line
+
+
 def test_keyed_rows_reach_their_queue_in_the_order_they_were_written(outbox, outbox_app, db_url):
     engine = sa.create_engine(db_url)
     with engine.begin() as conn:
@@ -257,6 +281,19 @@ def test_a_missing_table_is_one_clear_error(outbox_app, tmp_path):
     with pytest.raises(OutboxError, match="redismq outbox create"):
         Relay(ob).relay_once()
     ob.close()
+
+
+def test_the_table_indexes_waiting_rows_by_key_and_holds_a_large_body_on_mysql():
+    """The relay looks up the oldest waiting row of each key of a batch: an index of
+    waiting rows by key keeps that from reading every waiting row (partial where the
+    database has them). On MySQL a BLOB holds 64 KB: the body is a LONGBLOB there."""
+    pg = Outbox(None, "postgresql://app@db/app").sql()
+    assert "ON redismq_outbox (msg_key, id) WHERE sent_at IS NULL" in pg
+    assert (
+        "ON redismq_outbox (msg_key, id) WHERE sent_at IS NULL" in Outbox(None, "sqlite:///x").sql()
+    )
+    mysql = Outbox(None, "mysql+pymysql://app@db/app").sql()
+    assert "body LONGBLOB NOT NULL" in mysql and "(msg_key(191), id)" in mysql
 
 
 def test_cli_shows_and_creates_the_table_and_refuses_a_bad_url(tmp_path):
@@ -387,3 +424,81 @@ def test_rows_of_one_away_broker_sent_at_once_do_not_end_the_pass_for_the_others
         on_up.close()
         ob.close()
         client.close()
+
+
+def test_a_row_that_cannot_go_among_flowing_rows_is_logged_once(outbox, outbox_app, db_url, caplog):
+    """A spoiled row stays while new rows keep flowing: the relay says so once (its own
+    line, and one 'retrying'), not at every pass that also sent something."""
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        uid = outbox.send_message(conn, TOPIC, {"n": -1})
+        t = outbox.table
+        conn.execute(sa.update(t).where(t.c.uid == uid).values(body=b"{oops"))
+    relay, stop = Relay(outbox, interval=0.02), threading.Event()
+    runner = threading.Thread(target=relay.run, args=(stop,))
+    with caplog.at_level("INFO", logger="redismq.outbox"):
+        runner.start()
+        for n in range(10):
+            with engine.begin() as conn:
+                outbox.send_message(conn, TOPIC, {"n": n})
+            assert wait_for(lambda n=n: relay.sent == n + 1)
+        stop.set()
+        runner.join()
+    relay.close()
+    engine.dispose()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([line for line in lines if "retrying" in line]) == 1, lines
+    assert len([line for line in lines if "not sent" in line]) == 1, lines
+    assert not [line for line in lines if "sending again" in line], lines
+
+
+def test_after_an_outage_the_oldest_rows_go_first(tmp_path):
+    with LocalServer() as meta, LocalServer(persistence=True) as broker:
+        from redismq.brokers import add_broker
+
+        client = Client(meta.url)
+        add_broker(client, "b", broker.url)
+        client.create_topic(TOPIC, queues=1)
+        ob = Outbox(client, f"sqlite:///{tmp_path}/app.db")
+        ob.create_table()
+        with ob.engine.begin() as conn:
+            for n in range(250):
+                ob.send_message(conn, TOPIC, {"n": n})
+        broker.kill()
+        relay = Relay(ob)
+        assert [relay.relay_once().sent for _ in range(2)] == [0, 0]
+        broker.restart()
+        assert relay.relay_once().sent == 100
+        assert sorted(m["body"]["n"] for m in queued(client)) == list(range(100))
+        relay.close()
+        ob.close()
+        client.close()
+
+
+def test_rows_held_behind_a_row_that_cannot_go_are_looked_at_with_backoff(
+    outbox, outbox_app, db_url, monkeypatch
+):
+    """A spoiled keyed row holds every later row of its key (their order). The relay looks
+    over them again with backoff, not in back-to-back passes for as long as it runs."""
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        uid = outbox.send_message(conn, TOPIC, {"n": -1}, key="k")
+        t = outbox.table
+        conn.execute(sa.update(t).where(t.c.uid == uid).values(body=b"{oops"))
+        for n in range(250):
+            outbox.send_message(conn, TOPIC, {"n": n}, key="k")
+    engine.dispose()
+    relay, stop = Relay(outbox, interval=0.01), threading.Event()
+    passes = []
+    once = relay.relay_once
+    monkeypatch.setattr(relay, "relay_once", lambda: passes.append(1) or once())
+    runner = threading.Thread(target=relay.run, args=(stop,))
+    runner.start()
+    stop.wait(2.5)
+    stop.set()
+    runner.join()
+    relay.close()
+    # Backing off (0.1 s, then doubling up to the next row sent), 2.5 s hold about 7
+    # passes (3 looks over the table's 3 batches); back to back, 60 or more.
+    assert 3 <= len(passes) <= 24, len(passes)
+    assert relay.sent == 0 and outbox.lag().waiting == 251
