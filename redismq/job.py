@@ -3,7 +3,6 @@ the `Job` its send returned or from its id alone (`client.job(id)`)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -96,15 +95,13 @@ def cancel_args(
 
 
 def finished_outcome(
-    job_id: str, outcome: bytes | None, done: float | None, result_ttl_ms: int
-) -> dict[str, Any] | None:
-    """A finished job's outcome from what `result()` read (its stored outcome and done
-    record); None while it has not finished. Raises ResultExpired for one done longer than
-    result_ttl ago (the reader's: the worker's should be the same) without an outcome."""
+    job_id: str, outcome: bytes | None, done: float, result_ttl_ms: int
+) -> dict[str, Any]:
+    """A finished job's outcome from what `result()` read: its stored outcome, else its
+    done record. Raises ResultExpired for one done longer than result_ttl ago (the
+    reader's: the worker's should be the same) without an outcome."""
     if outcome is not None:
         return parse_outcome(outcome)
-    if done is None:
-        return None
     if now_ms() - done > result_ttl_ms:
         raise ResultExpired(job_id)
     return {"status": "done", "result": None}  # done before anyone waited: it returned None
@@ -312,28 +309,24 @@ class Job:
         key, ttl = k.outcome(self.id), self.client.result_ttl_ms
         with self.client.errors():
             r = self._redis()
-            try:
-                while True:
-                    pipe = r.pipeline(transaction=False)
-                    # Registered (and renewed) before looking, so that a task finishing now
-                    # stores its outcome even when it returned None (those are stored only
-                    # for someone waiting).
-                    pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
-                    pipe.lindex(key, 0)
-                    pipe.zscore(k.done(self.group), self.id)
-                    _, stored, done = pipe.execute()
-                    outcome = finished_outcome(self.id, stored, done, ttl)
-                    if outcome is not None:
-                        return self._final(outcome)
-                    left = WAIT_STEP if deadline is None else deadline - time.monotonic()
-                    if left <= 0:
-                        raise JobTimeout(
-                            f"job {self.id} has not finished (status: {self.status()})"
-                        )
-                    # BLMOVE onto itself: wakes every waiter and leaves the element.
-                    r.blmove(key, key, min(left, WAIT_STEP), "LEFT", "RIGHT")
-            finally:
-                r.zrem(k.waiting, self.id)
+            while True:
+                pipe = r.pipeline(transaction=False)
+                # Registered (and renewed) before looking, so that a task finishing now
+                # stores its outcome even when it returned None (those are stored only for
+                # someone waiting). The place is shared by all the job's waiters: one that
+                # gives up leaves it (the janitor forgets it after WAITER_TIMEOUT).
+                pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
+                pipe.lindex(key, 0)
+                pipe.zscore(k.done(self.group), self.id)
+                _, stored, done = pipe.execute()
+                if stored is not None or done is not None:  # finished: no one need wait
+                    r.zrem(k.waiting, self.id)
+                    return self._final(finished_outcome(self.id, stored, done, ttl))
+                left = WAIT_STEP if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise JobTimeout(f"job {self.id} has not finished (status: {self.status()})")
+                # BLMOVE onto itself: wakes every waiter and leaves the element.
+                r.blmove(key, key, min(left, WAIT_STEP), "LEFT", "RIGHT")
 
     def _final(self, outcome: dict[str, Any]) -> Any:
         error = self.info().get("error") if outcome["status"] == "dead" else None
@@ -493,29 +486,24 @@ class AsyncJob:
         key, ttl = k.outcome(self.id), self.client.result_ttl_ms
         with self.client.errors():
             r = await self._redis()
-            try:
-                while True:
-                    async with r.pipeline(transaction=False) as pipe:
-                        pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})
-                        pipe.lindex(key, 0)
-                        pipe.zscore(k.done(self.group), self.id)
-                        _, stored, done = await pipe.execute()
+            while True:
+                async with r.pipeline(transaction=False) as pipe:
+                    pipe.zadd(k.waiting, {self.id: int(time.time() * 1000)})  # see Job.result
+                    pipe.lindex(key, 0)
+                    pipe.zscore(k.done(self.group), self.id)
+                    _, stored, done = await pipe.execute()
+                if stored is not None or done is not None:
+                    await r.zrem(k.waiting, self.id)
                     outcome = finished_outcome(self.id, stored, done, ttl)
-                    if outcome is not None:
-                        error = (
-                            (await self.info()).get("error")
-                            if outcome["status"] == "dead"
-                            else None
-                        )
-                        return final_result(self.id, outcome, error)
-                    left = WAIT_STEP if deadline is None else deadline - time.monotonic()
-                    if left <= 0:
-                        raise JobTimeout(
-                            f"job {self.id} has not finished (status: {await self.status()})"
-                        )
-                    await r.blmove(key, key, min(left, WAIT_STEP), "LEFT", "RIGHT")
-            finally:
-                await asyncio.shield(r.zrem(k.waiting, self.id))
+                    dead = outcome["status"] == "dead"
+                    error = (await self.info()).get("error") if dead else None
+                    return final_result(self.id, outcome, error)
+                left = WAIT_STEP if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise JobTimeout(
+                        f"job {self.id} has not finished (status: {await self.status()})"
+                    )
+                await r.blmove(key, key, min(left, WAIT_STEP), "LEFT", "RIGHT")
 
 
 async def find_async_job(client: AsyncClient, message_id: str) -> AsyncJob:

@@ -158,6 +158,11 @@ def test_ids_of_waiters_that_died_are_pruned(rt, client, url):
     assert r.zscore(waiting, other.id) is not None
     waiter.join()
     assert [type(e) for e in waited] == [JobTimeout]
+    # A waiter that gives up leaves the place (the job's other waiters share it) ...
+    assert r.zscore(waiting, other.id) is not None
+    # ... for the janitor, once it is stale (renewed last as the waiter gave up).
+    time.sleep(0.6)
+    janitor(client, waiter_timeout=0.5).tick()
     assert r.zcard(waiting) == 0
 
 

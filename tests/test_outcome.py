@@ -372,3 +372,29 @@ def test_a_result_with_a_date_keeps_json_keys_as_json_writes_them(client, app, c
         "at": date(2026, 12, 3),
     }
     assert not [r for r in caplog.records if job.id in r.getMessage()]
+
+
+def test_a_waiter_that_gives_up_leaves_the_other_waiters_registered(client, app):
+    """Two processes wait for one job; one gives up first. The other is still registered,
+    so the job's None is stored for it (it is woken at once, not at its next look)."""
+    import threading
+
+    from redismq import JobTimeout
+
+    @app.task(topic="shared")
+    def nothing():
+        return None
+
+    job = nothing.send()
+    other = type(job)(client, job.id, job.topic, job.queue, job.group)
+    got = []
+    patient = threading.Thread(target=lambda: got.append(other.result(timeout=20)))
+    patient.start()
+    assert wait_for_member(client, job)
+    with pytest.raises(JobTimeout):
+        job.result(timeout=0.3)
+    assert client.meta.zscore(job.keys.waiting, job.id) is not None
+    run_until_idle(client, app, "shared")
+    assert client.meta.exists(job.keys.outcome(job.id)) == 1
+    patient.join()
+    assert got == [None]
