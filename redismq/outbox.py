@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 DEFAULT_TABLE = "redismq_outbox"
 # The dedup key of a row sent without one of its own: `outbox-<uid>`.
 ROW_DEDUP_PREFIX = "outbox-"
+# A task's row's header naming its group and task (JSON [group, task]); the relay indexes
+# the job by it and does not send it.
+JOB_HEADER = "redismq-outbox-job"
 # The columns the app writes (the others are the relay's, or the database's).
 INSERTED = ["uid", "topic", "msg_key", "dedup_key", "body", "raw", "headers", "created_at"]
 
@@ -160,16 +163,31 @@ class OutboxRow:
             raise InvalidMessage(f"its body is not valid JSON ({exc})") from None
 
     def message_headers(self) -> dict[str, str] | None:
-        """The headers (None: none); raises InvalidMessage when they are not a JSON object
-        of strings."""
-        if not self.headers_text:
+        """The message's headers (None: none); raises InvalidMessage when the row's are
+        not a JSON object of strings."""
+        headers = {k: v for k, v in self._headers().items() if k != JOB_HEADER}
+        return headers or None
+
+    def index_as(self) -> tuple[str, str] | None:
+        """(group, task) of a task's row, by which its job is found once sent."""
+        job = self._headers().get(JOB_HEADER)
+        if job is None:
             return None
+        try:
+            group, task = json.loads(job)
+            return str(group), str(task)
+        except (ValueError, TypeError):
+            raise InvalidMessage(f"its {JOB_HEADER} header is not [group, task]") from None
+
+    def _headers(self) -> dict[str, str]:
+        if not self.headers_text:
+            return {}
         try:
             headers = json.loads(self.headers_text)
             check_headers(headers)
         except (ValueError, InvalidMessage) as exc:
             raise InvalidMessage(f"its headers are not a JSON object of strings ({exc})") from None
-        return cast(dict[str, str], headers)
+        return cast(dict[str, str], headers or {})
 
     @classmethod
     def of(cls, row: Any) -> OutboxRow:
@@ -278,13 +296,16 @@ class Outbox:
         headers: dict[str, str] | None = None,
     ) -> str:
         """`send` with an ordering key, a dedup key or headers."""
+        check_headers(headers)
+        # The row's own header, kept off the message: the relay indexes the job by it.
+        job = {JOB_HEADER: json.dumps([task.group, task.name])}
         return self.send_message(
             conn,
             task.topic,
             task.body(tuple(args), kwargs),
             key=key,
             dedup_key=dedup_key,
-            headers=headers,
+            headers={**(headers or {}), **job},
         )
 
     def send_message(
@@ -298,7 +319,8 @@ class Outbox:
         headers: dict[str, str] | None = None,
     ) -> str:
         """Write one message for `topic` into the outbox, in `conn`'s transaction (a DB-API
-        connection, a SQLAlchemy Connection or Session); returns the row's uid.
+        connection, a SQLAlchemy Connection or Session); returns the row's uid, the id the
+        message is sent under (a task's job is found by it once the relay sent it).
 
         Checked here (InvalidMessage), so that a row the relay could never send is not
         written. `dedup_key` as in Client.send; without one, the row gets its own.

@@ -213,6 +213,8 @@ class Relay:
                 dedup_key=row.send_dedup_key,
                 headers=row.message_headers(),
                 timeout=SEND_TIMEOUT,
+                index_as=row.index_as(),
+                message_id=row.uid,
             )
         except (BrokerUnavailable, QueueUnavailable, redis.RedisError, OSError) as exc:
             with batch.lock:  # for want of a broker: after MAX_FAILURES, the pass ends

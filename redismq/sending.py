@@ -75,14 +75,17 @@ def prepare_message(
     headers: dict[str, str] | None = None,
     max_body: int = DEFAULT_MAX_BODY,
     index_as: tuple[str, str] | None = None,
+    message_id: str | None = None,
 ) -> Outgoing:
-    """Check and encode one message; raises InvalidMessage before anything is sent."""
+    """Check and encode one message (`message_id`: its id, else a new one); raises
+    InvalidMessage before anything is sent."""
     due = delay_ms(delay)
     data, raw = encode_body(body, max_body)
     check_headers(headers)
     check_key("key", key)
     check_key("dedup_key", dedup_key)
-    mid = new_message_id()
+    check_key("message_id", message_id)
+    mid = message_id or new_message_id()
     fields = entry_fields(mid, data, raw, key=key, headers=headers, dedup_key=dedup_key)
     return Outgoing(mid, fields, key, dedup_key, due, index_as)
 

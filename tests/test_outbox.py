@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from conftest import wait_for
 from sqlalchemy.orm import Session
 
-from redismq import App, Client, InvalidMessage
+from redismq import App, Client, InvalidMessage, JobNotFound
 from redismq.cli.main import main
 from redismq.outbox import Outbox, OutboxError
 from redismq.relay import Relay
@@ -502,3 +502,24 @@ def test_rows_held_behind_a_row_that_cannot_go_are_looked_at_with_backoff(
     # passes (3 looks over the table's 3 batches); back to back, 60 or more.
     assert 3 <= len(passes) <= 24, len(passes)
     assert relay.sent == 0 and outbox.lag().waiting == 251
+
+
+def test_the_id_outbox_send_returns_is_the_jobs_once_the_relay_sent_it(
+    outbox, outbox_app, db_url, url
+):
+    from redismq.testing import run_until_idle
+
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:
+        job_id = outbox.send(conn, outbox_app.tasks["welcome"], 7, dedup_key="user-7")
+        plain = outbox.send_message(conn, TOPIC, {"task": "welcome", "args": [8], "kwargs": {}})
+    engine.dispose()
+    assert relay_all(Outbox(Client(url), db_url)) == 2  # as `redismq outbox relay` does
+    [message] = [m for m in queued(outbox_app.client) if m["body"]["args"] == [7]]
+    assert "redismq-outbox-job" not in json.dumps(message)  # the row's own header stays
+    job = outbox_app.job(job_id)
+    assert (job.id, job.task, job.status()) == (job_id, "welcome", "queued")
+    run_until_idle(outbox_app)
+    assert job.result(timeout=5) == 7
+    with pytest.raises(JobNotFound):  # a plain message has no job
+        outbox_app.job(plain)
