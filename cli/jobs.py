@@ -15,7 +15,7 @@ from redismq.cli.common import friendly, iso, out, url_option, when
 
 @click.group()
 def job() -> None:
-    """Look at a task's job by its id (what `task.send()` returned as `job.id`).
+    """Look at or cancel a task's job by its id (what `task.send()` returned as `job.id`).
 
     Example: redismq job show 01a2184e91cf93b4e1238c211c8c2567
     """
@@ -41,6 +41,24 @@ def job_show(job_id: str, url: str, as_json: bool) -> None:
     out.print(job_table(record))
     if record["traceback"]:
         out.print(Text(record["traceback"]), soft_wrap=True)
+
+
+@job.command("cancel")
+@click.argument("job_id", metavar="ID")
+@url_option
+@friendly
+def job_cancel(job_id: str, url: str) -> None:
+    """Cancel a job: a queued one never runs, a running one is stopped (as its time limit
+    would stop it), in every group. Exits 1, changing nothing, for a job that had finished.
+
+    Example: redismq job cancel 01a2184e91cf93b4e1238c211c8c2567
+    """
+    found = Client(url).job(job_id)
+    if found.cancel():
+        click.echo(f"job {job_id}: cancelled")
+        return
+    click.echo(f"job {job_id}: not cancelled, it had finished ({found.status()})")
+    raise SystemExit(1)
 
 
 def job_table(r: dict[str, Any]) -> Table:

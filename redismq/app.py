@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class Task:
         self.group = group
         self.options = options
         self.is_async = asyncio.iscoroutinefunction(fn)
+        self._signature = signature_of(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
 
@@ -217,9 +219,22 @@ class Task:
     ) -> dict[str, Any]:
         """The message body that names this task and its arguments (datetime, date, time,
         UUID and Decimal in their tagged form); raises InvalidMessage for an argument JSON
-        cannot carry."""
+        cannot carry, or for arguments the task's function could not be called with."""
+        if self._signature is not None:
+            try:
+                self._signature.bind(*args, **(kwargs or {}))
+            except TypeError as exc:
+                raise InvalidMessage(f"cannot send {self.name}: {exc}") from None
         encoded_args, encoded_kwargs = encode_arguments(args, dict(kwargs or {}))
         return {"task": self.name, "args": encoded_args, "kwargs": encoded_kwargs}
+
+
+def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature sends are checked against (None: one Python cannot tell)."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
 
 
 def delay_until(eta: datetime) -> float:

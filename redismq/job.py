@@ -365,12 +365,21 @@ def describe(job: Job | AsyncJob, raw: dict, done: Any, running: Any, outcome: A
         "progress": progress and {"fraction": progress["fraction"], "text": progress["text"]},
         "sent_at": sent_at_ms(job.id),
         "started_at": started,
-        "finished_at": int(done) if isinstance(done, float) else None,
+        "finished_at": finished_at(status, done, error),
         "retry_at": int(info["retry_at"]) if status == "retrying" and "retry_at" in info else None,
         "error": error and {"type": error.get("type"), "message": error.get("message")},
         "traceback": (error or {}).get("traceback"),
         "result": stored.get("result"),
     }
+
+
+def finished_at(status: str, done: Any, error: dict | None) -> int | None:
+    """When a job finished (ms): its done record's time, or its last failure's if dead."""
+    if isinstance(done, float):
+        return int(done)
+    if status == "dead" and error:
+        return error.get("at")
+    return None
 
 
 def find_job(client: Client, message_id: str) -> Job:

@@ -473,10 +473,10 @@ def encode_result(result: Any, job_id: str = "") -> str:
 
 
 def job_error(error: str, traceback: str = "", attempt: int = 0) -> str:
-    """The error stored with a job: its type, message, (if known) traceback and the number
-    of the attempt that failed, as JSON."""
+    """The error stored with a job: its type, message, when (ms), (if known) traceback and
+    the number of the attempt that failed, as JSON."""
     kind, _, text = error.partition(": ")
-    record: dict[str, Any] = {"type": kind, "message": text}
+    record: dict[str, Any] = {"type": kind, "message": text, "at": now_ms()}
     if attempt:
         record["attempt"] = attempt
     if traceback:

@@ -159,6 +159,8 @@ def test_job_show_prints_status_attempts_timings_error_and_traceback(client, app
     as_json = CliRunner().invoke(main, ["job", "show", sent.id, "--json", "--url", url])
     record = json.loads(as_json.output)
     assert record["status"] == "dead" and record["attempts"] == 2
+    assert record["finished_at"] is not None  # when it was dead-lettered
+    assert record["finished_at"] >= record["sent_at"]
     assert "in build" in record["traceback"]
 
 
@@ -166,6 +168,27 @@ def test_job_show_of_an_unknown_id_is_one_error_line(url):
     result = CliRunner().invoke(main, ["job", "show", "0123", "--url", url])
     assert result.exit_code == 1
     assert result.output.startswith("error: no job with the id '0123'")
+
+
+def test_job_cancel_by_id_from_the_command_line(client, app, url):
+    runs = []
+
+    @app.task(topic="reports")
+    def build(n):
+        runs.append(n)
+
+    stuck, done = build.send(1), build.send(2)
+    client.consumer("reports", "workers")  # the group exists, nothing received yet
+    cancelled = CliRunner().invoke(main, ["job", "cancel", stuck.id, "--url", url])
+    assert cancelled.exit_code == 0, cancelled.output
+    assert cancelled.output.strip() == f"job {stuck.id}: cancelled"
+    run_until_idle(app)
+    assert runs == [2] and stuck.status() == "cancelled"
+    late = CliRunner().invoke(main, ["job", "cancel", done.id, "--url", url])
+    assert late.exit_code == 1
+    assert late.output.strip() == f"job {done.id}: not cancelled, it had finished (done)"
+    unknown = CliRunner().invoke(main, ["job", "cancel", "0123", "--url", url])
+    assert unknown.exit_code == 1 and unknown.output.startswith("error: no job with the id")
 
 
 @pytest.fixture

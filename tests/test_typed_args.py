@@ -120,3 +120,28 @@ def test_a_plain_dict_that_looks_tagged_but_is_not_stays_a_dict(app):
     assert sorted(map(str, seen)) == sorted(
         map(str, [{"$date": "not a date"}, {"$date": "2026-01-01", "other": 1}])
     )
+
+
+def test_a_send_whose_arguments_do_not_fit_the_task_is_refused_before_sending(app, client):
+    """As Celery's .delay does: a call the function could never take is one clear error at
+    the send, not four failed runs and a dead letter later."""
+
+    @app.task(topic="fit")
+    def add(x, y, *, scale=1):
+        return (x + y) * scale
+
+    @app.task(topic="fit")
+    def anything(*args, **kwargs):
+        return len(args) + len(kwargs)
+
+    for args, kwargs, why in [
+        ((1,), {}, "missing a required argument: 'y'"),
+        ((1, 2, 3), {}, "too many positional arguments"),
+        ((1, 2), {"scale": 2, "offset": 1}, "unexpected keyword argument 'offset'"),
+    ]:
+        with pytest.raises(InvalidMessage, match=f"cannot send .*add: .*{why}"):
+            add.send(*args, **kwargs)
+    jobs = [add.send(1, 2, scale=3), anything.send(1, 2, k=3)]
+    counts = run_until_idle(app)
+    assert (counts.processed, counts.failed) == (2, 0)  # the refused sends queued nothing
+    assert [j.result(timeout=1) for j in jobs] == [9, 3]

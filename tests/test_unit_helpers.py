@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import timedelta
 from unittest import mock
@@ -84,7 +85,9 @@ def test_describe_custom_exception() -> None:
 
 
 def test_job_error_splits_type_and_message() -> None:
-    assert job_error("ValueError: bad: worse") == '{"type": "ValueError", "message": "bad: worse"}'
+    record = json.loads(job_error("ValueError: bad: worse"))
+    assert record.pop("at") > 1_700_000_000_000  # when, in ms
+    assert record == {"type": "ValueError", "message": "bad: worse"}
 
 
 def test_encode_result() -> None:
