@@ -253,10 +253,12 @@ def workers_table(data: dict[str, Any], wide: bool, limit: int | None = None) ->
     return table
 
 
-def dead_letters_table(data: dict[str, Any], wide: bool, width: int = 80) -> Table:
+def dead_letters_table(
+    data: dict[str, Any], wide: bool, width: int = 80, full_ids: bool = False
+) -> Table:
     """The latest dead letters; the error takes the width the other columns leave (full
-    message ids from 160 columns, else their last 10 characters)."""
-    full_ids = width >= 160
+    message ids from 160 columns or when asked, else their last 10 characters)."""
+    full_ids = full_ids or width >= 160
     cols = ["topic/group", "id", "task", ">tries", "error"]
     if wide:
         cols += [">age"]
@@ -315,9 +317,11 @@ def render(
     *,
     interval: float | None = None,
     max_workers: int | None = None,
+    full_ids: bool = False,
 ) -> RenderableType:
     """The dashboard for `width` columns: one column of tables below SIDE_BY_SIDE columns
-    (with extra columns from WIDE), two columns of narrower tables above.
+    (with extra columns from WIDE), two columns of narrower tables above. Dead letters'
+    ids are cut below 160 columns unless `full_ids` (printed once: to paste).
 
     `previous` is only needed when `data` carries no rates (computed here then).
     """
@@ -329,7 +333,9 @@ def render(
         half = (width - 2) // 2
         left = Group(brokers_table(data, False), gap, topics_table(data, False))
         right = Group(
-            workers_table(data, False, max_workers), gap, dead_letters_table(data, False, half)
+            workers_table(data, False, max_workers),
+            gap,
+            dead_letters_table(data, False, half, full_ids),
         )
         grid = Table.grid(padding=(0, 2))
         grid.add_column(width=half)
@@ -348,7 +354,7 @@ def render(
         gap,
         workers_table(data, wide, max_workers),
         gap,
-        dead_letters_table(data, wide, width),
+        dead_letters_table(data, wide, width, full_ids),
         *outboxes(data, wide),
     )
 

@@ -17,6 +17,8 @@ from redismq.cli.common import friendly, iso, out, url_option, when
 SHOWN = ("id", "body", "dead_reason", "dead_attempts", "dead_at", "dead_traceback")
 # Stream entry fields that hold a time in milliseconds.
 TIMES = ("created",)
+# A terminal at least this wide shows `dlq list` as a table (the reason gets 40 columns).
+WIDE = 130
 
 
 @click.group()
@@ -76,6 +78,12 @@ def dlq_list(topic: str, group: str, url: str, count: int, as_json: bool) -> Non
     found = Client(url).dead_letters(topic, group, count=count)
     if as_json:
         click.echo(json.dumps([public(d) for d in found], indent=2))
+        return
+    if not out.is_terminal or out.width < WIDE:  # piped, or narrow: a line each, unfolded
+        click.echo(f"Dead letters of {topic}/{group}: {len(found)}")
+        for d in found:
+            tries = f"{d.attempts} attempt{'s' if d.attempts != 1 else ''}"
+            click.echo(f"{d.id}  queue {d.queue}  {tries}  {when(d.failed_at)}  {d.reason}")
         return
     table = Table(title=f"Dead letters of {topic}/{group}")
     table.add_column("id", no_wrap=True, min_width=max((len(d.id) for d in found), default=2))

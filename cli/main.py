@@ -147,7 +147,7 @@ def print_status(client: Client) -> None:
     from redismq.cli.dashboard_view import render
 
     client.ping()
-    out.print(render(gather(client), width=out.width))
+    out.print(render(gather(client), width=out.width, full_ids=True))
 
 
 @main.command()

@@ -58,6 +58,9 @@ def test_dlq_list_piped_never_cuts_an_id_and_shows_dates(client, url, processes)
     for mid in ids:
         assert mid in output, output
     assert DATE.search(output) and not re.search(r"\b1\d{12}\b(?!-)", output)
+    # One line per dead letter, its reason whole (it was folded 3 characters wide).
+    lines = [line for line in output.splitlines() if any(mid in line for mid in ids)]
+    assert len(lines) == 3 and all(LONG_REASON.strip() in line for line in lines), output
 
 
 def test_dlq_show_takes_ids_as_arguments_and_shows_dates(client, url):

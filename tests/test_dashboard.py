@@ -254,10 +254,13 @@ def test_status_prints_the_dashboard_tables_once(client, url, processes):
     assert result.exit_code == 0, result.output
     for section in SECTIONS:
         assert section in result.output
-    proc = processes.start("status", "--url", url, env={"COLUMNS": "80"})
-    output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, output
-    assert max(len(line) for line in output.splitlines()) <= 80
+    [dead] = client.dead_letters("emails", "mailer")
+    for columns in ("80", "200"):  # one table below the other; side by side
+        proc = processes.start("status", "--url", url, env={"COLUMNS": columns})
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, output
+        assert max(len(line) for line in output.splitlines()) <= int(columns)
+        assert dead.id in output, output  # ids in full, to paste into `dlq show`
 
 
 def controlling_terminal() -> None:
