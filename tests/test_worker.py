@@ -266,3 +266,18 @@ def test_workers_in_containers_that_share_the_host_name_keep_apart(client, url, 
     assert wait_for(lambda: group_row(client, "work")["done"] == 200, timeout=60)
     assert len(consumer_names(client, "work")) == 2 * 8  # 8 fetch threads each
     assert sideeffects.runs(db, "work") == {str(i): 1 for i in range(200)} and ids
+
+
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ("tests.apps.runtime_app:nope", "module 'tests.apps.runtime_app' has no attribute 'nope'"),
+        ("tests.apps.runtime_app:os", "'tests.apps.runtime_app:os' is a module, not a redismq App"),
+        ("no_such_module_here:app", "cannot import 'no_such_module_here'"),
+    ],
+)
+def test_an_app_spec_that_names_no_app_says_what_it_found(spec, says):
+    from redismq.workers.loader import AppNotFound, load_app
+
+    with pytest.raises(AppNotFound, match=re.escape(says)):
+        load_app(spec)

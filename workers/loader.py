@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import types
 
 from redismq import App
 
@@ -24,7 +25,11 @@ def load_app(spec: str) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise AppNotFound(f"cannot import {module_name!r}: {exc}") from None
-    app = getattr(module, attr or "app", None)
+    name = attr or "app"
+    if not hasattr(module, name):
+        raise AppNotFound(f"module {module_name!r} has no attribute {name!r}")
+    app = getattr(module, name)
     if not isinstance(app, App):
-        raise AppNotFound(f"{spec!r} is not a redismq App")
+        kind = "a module" if isinstance(app, types.ModuleType) else f"a {type(app).__name__}"
+        raise AppNotFound(f"{spec!r} is {kind}, not a redismq App")
     return app
