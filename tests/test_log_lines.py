@@ -195,6 +195,7 @@ def test_worker_writes_one_line_per_outcome_with_its_fields(client, url, process
         after = output[output.index(f"id={failed} task=naps.fail") :]
         assert "outcome=dead error=" in after.splitlines()[0]
         assert "Traceback (most recent call last)" in after and "in fail" in after
+        assert "stopped: 30 done, 1 failed (0 retried, 1 dead-lettered)" in output, output
 
 
 def test_after_sigterm_every_finished_jobs_line_is_in_the_output(client, url, processes):

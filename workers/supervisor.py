@@ -120,7 +120,12 @@ def run_worker(options: WorkerOptions, serve_metrics: bool = True) -> int:
             server.close()
         flush_logs()  # the done lines still queued
     log.info(
-        "worker %s stopped: %d processed, %d failed", worker.id, counts.processed, counts.failed
+        "worker %s stopped: %d done, %d failed (%d retried, %d dead-lettered)",
+        worker.id,
+        counts.processed,
+        counts.failed,
+        counts.retried,
+        counts.dead,
     )
     return EXIT_REPLACE if worker.replaced and not worker.signalled else 0
 
