@@ -270,6 +270,7 @@ def eager_client(**options: Any) -> Client:
     server = fakeredis.FakeServer()
     conn = fakeredis.FakeRedis(server=server)
     client = Client(EAGER_URL, connection=conn, **options)
+    client.announce_created_topics = False
     _eager_servers[client] = server
     return client
 

@@ -290,3 +290,18 @@ def test_a_project_without_any_conftest_gets_the_fixtures(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
+
+
+def test_an_eager_app_creates_its_topics_without_a_warning(caplog):
+    """The topic-created warning is for a real server (where the default queue count may
+    not be what was meant); in memory, for a unit test, it is noise."""
+    with caplog.at_level("WARNING", logger="redismq"), eager_app() as app:
+
+        @app.task(topic="quiet")
+        def echo(x):
+            return x
+
+        job = echo.send(1)
+        run_until_idle(app)
+        assert job.result(timeout=1) == 1
+    assert not [r for r in caplog.records if "did not exist" in r.getMessage()]
