@@ -85,6 +85,16 @@ def relay_all(ob: Outbox, **options: Any) -> int:
     return total
 
 
+def sqlite_outbox(client: Client, tmp_path: Any, rows: int) -> Outbox:
+    """An outbox in a new SQLite file holding `rows` messages {"n": 0..rows-1} for TOPIC."""
+    ob = Outbox(client, f"sqlite:///{tmp_path}/app.db")
+    ob.create_table()
+    with ob.engine.begin() as conn:
+        for n in range(rows):
+            ob.send_message(conn, TOPIC, {"n": n})
+    return ob
+
+
 def args_of(messages: list[dict[str, Any]]) -> list[Any]:
     return sorted(m["body"]["args"][0] for m in messages)
 
@@ -361,11 +371,7 @@ def test_rows_for_a_broker_that_is_away_wait_while_the_others_go(tmp_path):
         add_broker(client, "away", away.url)
         client.create_topic(TOPIC, queues=4)
         assert set(client.topic(TOPIC).placement) == {"up", "away"}
-        ob = Outbox(client, f"sqlite:///{tmp_path}/app.db")
-        ob.create_table()
-        with ob.engine.begin() as conn:
-            for n in range(40):
-                ob.send_message(conn, TOPIC, {"n": n})
+        ob = sqlite_outbox(client, tmp_path, rows=40)
         away.kill()
 
         first = Relay(ob).relay_once()
@@ -459,11 +465,7 @@ def test_after_an_outage_the_oldest_rows_go_first(tmp_path):
         client = Client(meta.url)
         add_broker(client, "b", broker.url)
         client.create_topic(TOPIC, queues=1)
-        ob = Outbox(client, f"sqlite:///{tmp_path}/app.db")
-        ob.create_table()
-        with ob.engine.begin() as conn:
-            for n in range(250):
-                ob.send_message(conn, TOPIC, {"n": n})
+        ob = sqlite_outbox(client, tmp_path, rows=250)
         broker.kill()
         relay = Relay(ob)
         assert [relay.relay_once().sent for _ in range(2)] == [0, 0]
