@@ -49,7 +49,8 @@ def job_show(job_id: str, url: str, as_json: bool) -> None:
 @friendly
 def job_cancel(job_id: str, url: str) -> None:
     """Cancel a job: a queued one never runs, a running one is stopped (as its time limit
-    would stop it), in every group. Exits 1, changing nothing, for a job that had finished.
+    would stop it), in every group. Exits 1, changing nothing, for a job that had finished
+    (done or dead).
 
     Example: redismq job cancel 01a2184e91cf93b4e1238c211c8c2567
     """
@@ -57,7 +58,11 @@ def job_cancel(job_id: str, url: str) -> None:
     if found.cancel():
         click.echo(f"job {job_id}: cancelled")
         return
-    click.echo(f"job {job_id}: not cancelled, it had finished ({found.status()})")
+    status = found.status()
+    if status == "cancelled":
+        click.echo(f"job {job_id}: cancelled already")
+        return
+    click.echo(f"job {job_id}: not cancelled, it had finished ({status})")
     raise SystemExit(1)
 
 

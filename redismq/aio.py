@@ -229,7 +229,6 @@ class AsyncClient:
         on_full: str | None = None,
         timeout: float | None = None,
         index_as: tuple[str, str] | None = None,
-        message_id: str | None = None,
     ) -> Sent:
         """Send one message; returns where it went (see `Client.send_message`)."""
         msg = prepare_message(
@@ -240,7 +239,6 @@ class AsyncClient:
             headers=headers,
             max_body=self.max_body,
             index_as=index_as,
-            message_id=message_id,
         )
         room = self._room(on_full, timeout)
         outage = self.send_timeout if timeout is None else check_seconds("timeout", timeout)

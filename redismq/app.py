@@ -220,19 +220,29 @@ class Task:
         """The message body that names this task and its arguments (datetime, date, time,
         UUID and Decimal in their tagged form); raises InvalidMessage for an argument JSON
         cannot carry, or for arguments the task's function could not be called with."""
-        if self._signature is not None:
-            try:
-                self._signature.bind(*args, **(kwargs or {}))
-            except TypeError as exc:
-                raise InvalidMessage(f"cannot send {self.name}: {exc}") from None
+        check_call(self.name, self._signature, args, kwargs)
         encoded_args, encoded_kwargs = encode_arguments(args, dict(kwargs or {}))
         return {"task": self.name, "args": encoded_args, "kwargs": encoded_kwargs}
 
 
-def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
-    """The signature sends are checked against (None: one Python cannot tell)."""
+def check_call(
+    name: str, signature: inspect.Signature | None, args: Any, kwargs: dict[str, Any] | None
+) -> None:
+    """Raise InvalidMessage unless a function of this signature takes these arguments."""
+    if signature is None:
+        return
     try:
-        return inspect.signature(fn)
+        signature.bind(*args, **(kwargs or {}))
+    except TypeError as exc:
+        raise InvalidMessage(f"cannot send {name}: {exc}") from None
+
+
+def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature sends are checked against (None: one Python cannot tell). A
+    decorated function's is its wrapper's, not the one it wraps: a decorator may supply
+    arguments."""
+    try:
+        return inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):
         return None
 
@@ -463,6 +473,9 @@ class App:
         schedule = Schedule.of(cron, every)
 
         def register(f: Callable[..., Any]) -> Task:
+            # arguments that could never be sent are refused now, not at every tick
+            check_call(getattr(f, "__name__", "the task"), signature_of(f), args, kwargs)
+            encode_arguments(args, dict(kwargs or {}))
             task = self.task(f, **task_options)
             self.periodics.append(Periodic(task, schedule, tuple(args), dict(kwargs or {})))
             return task

@@ -245,7 +245,6 @@ class Client:
         on_full: str | None = None,
         timeout: float | None = None,
         index_as: tuple[str, str] | None = None,
-        message_id: str | None = None,
     ) -> Sent:
         """Send one message; returns where it went (id, queue and stream entry).
 
@@ -253,8 +252,7 @@ class Client:
         are full or on a broker that is down or draining. A keyed message stays on its
         queue (moving it would break its order): it waits for room and for its broker.
         A retry of an attempt whose reply was lost stores nothing twice.
-        `index_as=(group, task)` (tasks do it) lets `job(id)` find it. `message_id`: the
-        id to send it under, else a new one (the outbox relay sends a row under its own).
+        `index_as=(group, task)` (tasks do it) lets `job(id)` find it.
         """
         msg = prepare_message(
             body,
@@ -264,8 +262,19 @@ class Client:
             headers=headers,
             max_body=self.max_body,
             index_as=index_as,
-            message_id=message_id,
         )
+        return self.send_outgoing(topic, msg, durability, on_full, timeout)
+
+    def send_outgoing(
+        self,
+        topic: str,
+        msg: Outgoing,
+        durability: str | None = None,
+        on_full: str | None = None,
+        timeout: float | None = None,
+    ) -> Sent:
+        """Send a message `prepare_message` made (as `send_message` does): for the outbox
+        relay, which sends a row under the row's own id."""
         room = self._room(on_full, timeout)
         outage = self.send_timeout if timeout is None else check_seconds("timeout", timeout)
         t = self._send_topic(topic, outage)

@@ -44,6 +44,14 @@ JOB_HEADER = "redismq-outbox-job"
 INSERTED = ["uid", "topic", "msg_key", "dedup_key", "body", "raw", "headers", "created_at"]
 
 
+def check_row_headers(headers: dict[str, str] | None) -> None:
+    """Raise InvalidMessage unless the headers are a dict of strings to strings without
+    the row's own (JOB_HEADER)."""
+    check_headers(headers)
+    if headers and JOB_HEADER in headers:
+        raise InvalidMessage(f"the header {JOB_HEADER!r} is the outbox's own")
+
+
 class OutboxError(RedisMQError):
     """The outbox cannot be used as asked (a bad URL, a missing table or driver, a `conn`
     of an unknown kind)."""
@@ -296,17 +304,11 @@ class Outbox:
         headers: dict[str, str] | None = None,
     ) -> str:
         """`send` with an ordering key, a dedup key or headers."""
-        check_headers(headers)
+        check_row_headers(headers)
         # The row's own header, kept off the message: the relay indexes the job by it.
         job = {JOB_HEADER: json.dumps([task.group, task.name])}
-        return self.send_message(
-            conn,
-            task.topic,
-            task.body(tuple(args), kwargs),
-            key=key,
-            dedup_key=dedup_key,
-            headers={**(headers or {}), **job},
-        )
+        body = task.body(tuple(args), kwargs)
+        return self._write(conn, task.topic, body, key, dedup_key, {**(headers or {}), **job})
 
     def send_message(
         self,
@@ -325,10 +327,21 @@ class Outbox:
         Checked here (InvalidMessage), so that a row the relay could never send is not
         written. `dedup_key` as in Client.send; without one, the row gets its own.
         """
+        check_row_headers(headers)
+        return self._write(conn, topic, body, key, dedup_key, headers)
+
+    def _write(
+        self,
+        conn: Any,
+        topic: str,
+        body: Any,
+        key: str | None,
+        dedup_key: str | None,
+        headers: dict[str, str] | None,
+    ) -> str:
         check_topic_name(topic)
         check_key("key", key)
         check_key("dedup_key", dedup_key)
-        check_headers(headers)
         data, raw = encode_body(body, self.max_body)
         uid = new_message_id()
         values = {

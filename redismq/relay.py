@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from .errors import BrokerUnavailable, QueueUnavailable, RedisMQError
+from .errors import BrokerUnavailable, QueueUnavailable, RedisMQError, TopicNotFound
 from .process import process_id
-from .sending import Outgoing, choose_queue
+from .sending import Outgoing, choose_queue, prepare_message
 
 if TYPE_CHECKING:
     from .client import Client
@@ -61,7 +61,7 @@ class Pass:
     sent: int = 0
     held: int = 0  # left for a later pass: their key's older row, or their broker, is away
     failed: int = 0  # sends that raised
-    stopped: bool = False  # ended early: likely every broker is away (see MAX_FAILURES)
+    stopped: bool = False  # nothing could go: every broker of its rows' topics is away
 
     @property
     def stuck(self) -> bool:
@@ -169,16 +169,21 @@ class Relay:
         else:
             for lane in lanes.values():
                 self._send_lane(lane, batch)
-        batch.result.stopped = batch.stopped or (batch.result.stuck and self._all_away(rows, batch))
+        batch.result.stopped = batch.result.stuck and self._all_away(rows, batch)
         return batch.result, sorted(batch.sent)
 
     def _all_away(self, rows: Sequence[OutboxRow], batch: _Batch) -> bool:
-        """Whether every broker of the rows' topics failed in this pass."""
-        try:
-            topics = [self.client.topic(name) for name in {row.topic for row in rows}]
-        except (RedisMQError, redis.RedisError, OSError):
-            return True  # not even the meta Redis answers
-        return all(set(t.placement) <= batch.away for t in topics)
+        """Whether every broker of the rows' topics failed in this pass (a topic that no
+        longer exists fails for its own reason: not counted)."""
+        topics = []
+        for name in {row.topic for row in rows}:
+            try:
+                topics.append(self.client.topic(name))
+            except TopicNotFound:
+                continue
+            except (BrokerUnavailable, redis.RedisError, OSError):
+                return True  # not even the meta Redis answers
+        return bool(topics) and all(set(t.placement) <= batch.away for t in topics)
 
     @cached_property
     def _pool(self) -> ThreadPoolExecutor:
@@ -206,16 +211,16 @@ class Relay:
                 with batch.lock:
                     batch.result.held += 1
                 return False
-            message = self.client.send_message(
-                row.topic,
+            outgoing = prepare_message(
                 row.message_body(),
                 key=row.key,
                 dedup_key=row.send_dedup_key,
                 headers=row.message_headers(),
-                timeout=SEND_TIMEOUT,
+                max_body=self.client.max_body,
                 index_as=row.index_as(),
-                message_id=row.uid,
+                message_id=row.uid,  # the id outbox.send returned
             )
+            message = self.client.send_outgoing(row.topic, outgoing, timeout=SEND_TIMEOUT)
         except (BrokerUnavailable, QueueUnavailable, redis.RedisError, OSError) as exc:
             with batch.lock:  # for want of a broker: after MAX_FAILURES, the pass ends
                 batch.result.failed += 1

@@ -184,6 +184,8 @@ def test_job_cancel_by_id_from_the_command_line(client, app, url):
     assert cancelled.output.strip() == f"job {stuck.id}: cancelled"
     run_until_idle(app)
     assert runs == [2] and stuck.status() == "cancelled"
+    again = CliRunner().invoke(main, ["job", "cancel", stuck.id, "--url", url])
+    assert (again.exit_code, again.output.strip()) == (0, f"job {stuck.id}: cancelled already")
     late = CliRunner().invoke(main, ["job", "cancel", done.id, "--url", url])
     assert late.exit_code == 1
     assert late.output.strip() == f"job {done.id}: not cancelled, it had finished (done)"

@@ -151,6 +151,8 @@ def test_send_message_checks_the_message_before_writing_the_row(outbox, db_url):
             outbox.send_message(conn, "bad topic", {})
         with pytest.raises(OutboxError, match="DB-API connection"):
             outbox.send_message(object(), TOPIC, {})
+        with pytest.raises(InvalidMessage, match="the outbox's own"):
+            outbox.send_message(conn, TOPIC, {}, headers={"redismq-outbox-job": "[]"})
         outbox.send_message(conn, TOPIC, b"\x00raw bytes", key="k", headers={"h": "v"})
     engine.dispose()
     assert outbox.lag().waiting == 1
@@ -525,3 +527,25 @@ def test_the_id_outbox_send_returns_is_the_jobs_once_the_relay_sent_it(
     assert job.result(timeout=5) == 7
     with pytest.raises(JobNotFound):  # a plain message has no job
         outbox_app.job(plain)
+
+
+def test_a_full_batch_of_rows_that_cannot_go_does_not_hold_the_rows_after_it(tmp_path, url):
+    """A batch whose every row fails for its own reason (here: a topic deleted, topics not
+    created on send) is looked past; only an outage of every broker sends the relay back
+    to the oldest rows."""
+    client = Client(url, auto_create_topics=False)
+    client.create_topic("gone", queues=1)
+    client.create_topic(TOPIC, queues=1)
+    ob = Outbox(client, f"sqlite:///{tmp_path}/app.db")
+    ob.create_table()
+    with ob.engine.begin() as conn:
+        for n in range(100):
+            ob.send_message(conn, "gone", {"n": n})
+        ob.send_message(conn, TOPIC, {"n": 100})
+    client.delete_topic("gone")
+    relay = Relay(ob)
+    sent = [relay.relay_once().sent for _ in range(3)]
+    relay.close()
+    assert sum(sent) == 1 and [m["body"]["n"] for m in queued(client)] == [100]
+    ob.close()
+    client.close()

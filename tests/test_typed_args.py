@@ -145,3 +145,33 @@ def test_a_send_whose_arguments_do_not_fit_the_task_is_refused_before_sending(ap
     counts = run_until_idle(app)
     assert (counts.processed, counts.failed) == (2, 0)  # the refused sends queued nothing
     assert [j.result(timeout=1) for j in jobs] == [9, 3]
+
+
+def test_a_decorated_task_is_checked_against_what_its_wrapper_takes(app):
+    """A decorator that supplies an argument (with functools.wraps) keeps the call the
+    wrapper takes: the send is not refused for the argument it will add."""
+    import functools
+
+    def with_db(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            return fn("db", *args, **kwargs)
+
+        return wrapper
+
+    @app.task(topic="wrapped")
+    @with_db
+    def save(db, x):
+        return f"{db}:{x}"
+
+    job = save.send(1)
+    run_until_idle(app)
+    assert job.result(timeout=1) == "db:1"
+
+
+def test_a_periodic_task_whose_arguments_do_not_fit_is_refused_when_registered(app):
+    with pytest.raises(InvalidMessage, match="missing a required argument: 'x'"):
+
+        @app.periodic(every=60, topic="ticks")
+        def needs(x):
+            return x
