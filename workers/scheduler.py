@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from redismq import Client
+from redismq import Client, RedisMQError
 from redismq.app import Periodic
 
 from .housekeeping import Component
@@ -26,6 +26,7 @@ class Scheduler(Component):
         self.client = client
         self.periodics = list(periodics)
         self.sent: dict[str, float] = {}
+        self.failed: dict[str, float] = {}  # the tick whose failure to send was logged
 
     def tick(self) -> None:
         now = time.time()
@@ -34,11 +35,23 @@ class Scheduler(Component):
             if self.sent.get(p.task.name) == tick or now - tick > MISFIRE_GRACE:
                 continue
             stamp = f"{tick:.3f}"
-            sent = self.client.send_message(
-                p.task.topic,
-                p.task.body(p.args, p.kwargs),
-                dedup_key=f"periodic:{p.task.name}:{stamp}",
-                headers={"periodic-tick": stamp},
-            )
+            try:
+                sent = self.client.send_message(
+                    p.task.topic,
+                    p.task.body(p.args, p.kwargs),
+                    dedup_key=f"periodic:{p.task.name}:{stamp}",
+                    headers={"periodic-tick": stamp},
+                )
+            except RedisMQError as exc:  # this one waits for the next look; the others go
+                if self.failed.get(p.task.name) != tick:
+                    self.failed[p.task.name] = tick
+                    log.warning(
+                        "periodic %s (topic %s) tick %s not sent yet: %s",
+                        p.task.name,
+                        p.task.topic,
+                        stamp,
+                        exc,
+                    )
+                continue
             self.sent[p.task.name] = tick
             log.debug("periodic %s tick %s -> %s", p.task.name, stamp, sent.id)
