@@ -191,10 +191,7 @@ class Task:
         headers: dict[str, str] | None,
     ) -> tuple[str, float | timedelta | None, dict[str, str] | None]:
         """The topic, delay and headers of one send with these options (checked)."""
-        if eta is not None:
-            if delay is not None:
-                raise InvalidMessage("give a delay or an eta, not both")
-            delay = delay_until(eta)
+        delay = due_in(delay, eta)
         to = self.topic if topic is None else topic
         if to != self.topic and (to, self.group) not in self.app.subscriptions:
             raise InvalidMessage(
@@ -221,8 +218,13 @@ class Task:
         UUID and Decimal in their tagged form); raises InvalidMessage for an argument JSON
         cannot carry, or for arguments the task's function could not be called with."""
         check_call(self.name, self._signature, args, kwargs)
-        encoded_args, encoded_kwargs = encode_arguments(args, dict(kwargs or {}))
-        return {"task": self.name, "args": encoded_args, "kwargs": encoded_kwargs}
+        return task_body(self.name, args, kwargs)
+
+
+def task_body(name: str, args: Any, kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The message body that names a task and its arguments (see `Task.body`)."""
+    encoded_args, encoded_kwargs = encode_arguments(args, dict(kwargs or {}))
+    return {"task": name, "args": encoded_args, "kwargs": encoded_kwargs}
 
 
 def check_call(
@@ -245,6 +247,15 @@ def signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
         return inspect.signature(fn, follow_wrapped=False)
     except (TypeError, ValueError):
         return None
+
+
+def due_in(delay: float | timedelta | None, eta: datetime | None) -> float | timedelta | None:
+    """The delay of a send given a `delay` or an `eta` (not both)."""
+    if eta is None:
+        return delay
+    if delay is not None:
+        raise InvalidMessage("give a delay or an eta, not both")
+    return delay_until(eta)
 
 
 def delay_until(eta: datetime) -> float:
@@ -378,6 +389,37 @@ class App:
     def job(self, message_id: str) -> Job:
         """A task's job by its message id alone (see `Client.job`)."""
         return self.client.job(message_id)
+
+    def send_task(
+        self,
+        name: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        group: str = DEFAULT_GROUP,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        key: str | None = None,
+        dedup_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Queue a run of the task `name` that this app does not define (its code lives
+        with the workers', which register it under that name on `topic` for `group`): a
+        producer that does not import it. Its arguments are not checked against the
+        function here; the options are those of `Task.send_with_options`."""
+        sent = self.client.send_message(
+            topic,
+            task_body(name, args, kwargs),
+            key=key,
+            delay=due_in(delay, eta),
+            dedup_key=dedup_key,
+            headers=headers,
+            index_as=(group, name),
+            timeout=timeout,
+        )
+        return Job(self.client, sent.id, sent.topic, sent.queue, group, sent.entry_id, name)
 
     def _subscription(self, topic: str, group: str, ordered: bool = False) -> Subscription:
         sub = self.subscriptions.setdefault(

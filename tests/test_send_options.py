@@ -118,3 +118,24 @@ def test_durability_per_send_waits_for_a_replica(url):
         post.send_with_options(durability="replicated")
     with pytest.raises(InvalidMessage, match="durability"):
         post.send_with_options(durability="everywhere")
+
+
+def test_a_producer_without_the_tasks_code_sends_it_by_name(client, url):
+    """A web app that does not import the workers' code (Celery's send_task): it names the
+    task, its topic and group; the job is found by id and waited for as any other."""
+    workers = App(client)
+
+    @workers.task(topic="reports", name="reports.build")
+    def build(n, *, title="r"):
+        return f"{title}{n}"
+
+    web = App(Client(url))
+    job = web.send_task("reports.build", args=[3], kwargs={"title": "q"}, topic="reports")
+    later = web.send_task("reports.build", args=[4], topic="reports", delay=30)
+    assert (job.task, job.topic, job.group) == ("reports.build", "reports", "workers")
+    assert web.job(job.id).status() == "queued" and later.status() == "queued"
+    run_until_idle(workers)
+    assert job.result(timeout=5) == "q3" and later.result(timeout=5) == "r4"
+    with pytest.raises(InvalidMessage, match="not both"):
+        web.send_task("reports.build", topic="reports", delay=1, eta=datetime.now(UTC))
+    web.client.close()
