@@ -421,6 +421,25 @@ class App:
         )
         return Job(self.client, sent.id, sent.topic, sent.queue, group, sent.entry_id, name)
 
+    async def send_task_async(
+        self,
+        name: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        group: str = DEFAULT_GROUP,
+        delay: float | timedelta | None = None,
+        eta: datetime | None = None,
+        **options: Any,
+    ) -> AsyncJob:
+        """`send_task` for async code (no blocking I/O); `options`: key, dedup_key,
+        headers, timeout."""
+        client = self.async_client
+        body, due = task_body(name, args, kwargs), due_in(delay, eta)
+        sent = await client.send_message(topic, body, delay=due, index_as=(group, name), **options)
+        return AsyncJob(client, sent.id, sent.topic, sent.queue, group, name, sent.entry_id)
+
     def _subscription(self, topic: str, group: str, ordered: bool = False) -> Subscription:
         sub = self.subscriptions.setdefault(
             (topic, group), Subscription(topic, group, ordered=ordered, app_tasks=self.tasks)

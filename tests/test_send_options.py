@@ -139,3 +139,22 @@ def test_a_producer_without_the_tasks_code_sends_it_by_name(client, url):
     with pytest.raises(InvalidMessage, match="not both"):
         web.send_task("reports.build", topic="reports", delay=1, eta=datetime.now(UTC))
     web.client.close()
+
+
+def test_send_task_from_async_code(client):
+    workers = App(client)
+
+    @workers.task(topic="reports", name="reports.total")
+    def total(*numbers):
+        return sum(numbers)
+
+    async def send() -> tuple[str, object]:
+        web = App(client)
+        job = await web.send_task_async("reports.total", args=[1, 2, 3], topic="reports")
+        await asyncio.to_thread(run_until_idle, workers)
+        result = await job.result(timeout=5)
+        await web.async_client.aclose()
+        return job.id, result
+
+    job_id, result = asyncio.run(send())
+    assert result == 6 and client.job(job_id).status() == "done"
