@@ -227,6 +227,29 @@ def task_body(name: str, args: Any, kwargs: dict[str, Any] | None) -> dict[str, 
     return {"task": name, "args": encoded_args, "kwargs": encoded_kwargs}
 
 
+def by_name(
+    name: str,
+    args: tuple[Any, ...] | list[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    topic: str = DEFAULT_TOPIC,
+    group: str = DEFAULT_GROUP,
+    delay: float | timedelta | None = None,
+    eta: datetime | None = None,
+    **send: Any,
+) -> tuple[str, str, dict[str, Any]]:
+    """(topic, group, the rest of `send_message`'s arguments) of a send of the task
+    `name` by name, whose workers register it on `topic` for `group`. Its arguments are
+    not checked against the function here; `send`: key, dedup_key, headers, timeout, as in
+    `Task.send_with_options`."""
+    body = task_body(name, args, kwargs)
+    return (
+        topic,
+        group,
+        {"body": body, "delay": due_in(delay, eta), "index_as": (group, name)} | send,
+    )
+
+
 def check_call(
     name: str, signature: inspect.Signature | None, args: Any, kwargs: dict[str, Any] | None
 ) -> None:
@@ -390,54 +413,18 @@ class App:
         """A task's job by its message id alone (see `Client.job`)."""
         return self.client.job(message_id)
 
-    def send_task(
-        self,
-        name: str,
-        args: tuple[Any, ...] | list[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        topic: str = DEFAULT_TOPIC,
-        group: str = DEFAULT_GROUP,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        key: str | None = None,
-        dedup_key: str | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Job:
-        """Queue a run of the task `name` that this app does not define (its code lives
-        with the workers', which register it under that name on `topic` for `group`): a
-        producer that does not import it. Its arguments are not checked against the
-        function here; the options are those of `Task.send_with_options`."""
-        sent = self.client.send_message(
-            topic,
-            task_body(name, args, kwargs),
-            key=key,
-            delay=due_in(delay, eta),
-            dedup_key=dedup_key,
-            headers=headers,
-            index_as=(group, name),
-            timeout=timeout,
-        )
+    def send_task(self, name: str, *args: Any, **options: Any) -> Job:
+        """Queue a run of the task `name` that this app does not define: a producer that
+        does not import the workers' code (see `by_name` for the arguments)."""
+        topic, group, send = by_name(name, *args, **options)
+        sent = self.client.send_message(topic, **send)
         return Job(self.client, sent.id, sent.topic, sent.queue, group, sent.entry_id, name)
 
-    async def send_task_async(
-        self,
-        name: str,
-        args: tuple[Any, ...] | list[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        *,
-        topic: str = DEFAULT_TOPIC,
-        group: str = DEFAULT_GROUP,
-        delay: float | timedelta | None = None,
-        eta: datetime | None = None,
-        **options: Any,
-    ) -> AsyncJob:
-        """`send_task` for async code (no blocking I/O); `options`: key, dedup_key,
-        headers, timeout."""
+    async def send_task_async(self, name: str, *args: Any, **options: Any) -> AsyncJob:
+        """`send_task` for async code (no blocking I/O)."""
         client = self.async_client
-        body, due = task_body(name, args, kwargs), due_in(delay, eta)
-        sent = await client.send_message(topic, body, delay=due, index_as=(group, name), **options)
+        topic, group, send = by_name(name, *args, **options)
+        sent = await client.send_message(topic, **send)
         return AsyncJob(client, sent.id, sent.topic, sent.queue, group, name, sent.entry_id)
 
     def _subscription(self, topic: str, group: str, ordered: bool = False) -> Subscription:

@@ -24,7 +24,6 @@ _TYPES: list[tuple[str, type, Callable[[Any], str], Callable[[str], Any]]] = [
 _DECODERS = {tag: decode for tag, _, _, decode in _TYPES}
 _PLAIN = (str, int, bool, type(None))
 _DOLLAR = ord("$")
-KEY = ": a dict key"
 INSTEAD = (
     "pass JSON values (str, int, float, bool, None, lists, dicts with str keys) or a "
     "datetime, date, time, UUID or Decimal instead, e.g. the object's id"
@@ -39,28 +38,31 @@ def encode_arguments(args: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict
     }
 
 
-def refuse(value: Any, where: str) -> Any:
-    """What `encode_value` does by default with a value JSON cannot carry: refuse it."""
-    if where.endswith(KEY):
+def refuse(value: Any, where: str, key: bool) -> Any:
+    """What `encode_value` does by default with a value JSON cannot carry (`key`: as a
+    dict key): refuse it."""
+    if key:
         kind = type(value).__name__
-        raise InvalidMessage(f"cannot send {where} {value!r} ({kind}) is not a string; {INSTEAD}")
+        raise InvalidMessage(
+            f"cannot send {where}: a dict key {value!r} ({kind}) is not a string; {INSTEAD}"
+        )
     if isinstance(value, float):
         raise InvalidMessage(f"cannot send {where}: {value!r} is not a JSON number; {INSTEAD}")
     raise InvalidMessage(f"cannot send {where}: {type(value).__name__} is not JSON; {INSTEAD}")
 
 
-def encode_value(value: Any, where: str, instead: Callable[[Any, str], Any] = refuse) -> Any:
-    """A value in its JSON form (`where` names it); what JSON cannot carry (a dict key
-    included) is replaced by what `instead` returns for it."""
+def encode_value(value: Any, where: str, instead: Callable[[Any, str, bool], Any] = refuse) -> Any:
+    """A value in its JSON form (`where` names it); what JSON cannot carry is replaced by
+    what `instead(part, where, is_dict_key)` returns for it."""
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else instead(value, where)
+        return value if math.isfinite(value) else instead(value, where, False)
     if isinstance(value, list | tuple):
         return [encode_value(v, f"{where}[{i}]", instead) for i, v in enumerate(value)]
     if isinstance(value, dict):
         return {
-            k if isinstance(k, str) else instead(k, where + KEY): encode_value(
+            k if isinstance(k, str) else instead(k, where, True): encode_value(
                 v, f"{where}[{k!r}]", instead
             )
             for k, v in value.items()
@@ -68,7 +70,7 @@ def encode_value(value: Any, where: str, instead: Callable[[Any, str], Any] = re
     for tag, kind, to_text, _ in _TYPES:
         if isinstance(value, kind):
             return {tag: to_text(value)}
-    return instead(value, where)
+    return instead(value, where, False)
 
 
 def decode_arguments(args: list[Any], kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:

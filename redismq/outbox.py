@@ -170,32 +170,26 @@ class OutboxRow:
         except ValueError as exc:
             raise InvalidMessage(f"its body is not valid JSON ({exc})") from None
 
-    def message_headers(self) -> dict[str, str] | None:
-        """The message's headers (None: none); raises InvalidMessage when the row's are
-        not a JSON object of strings."""
-        headers = {k: v for k, v in self._headers().items() if k != JOB_HEADER}
-        return headers or None
-
-    def index_as(self) -> tuple[str, str] | None:
-        """(group, task) of a task's row, by which its job is found once sent."""
-        job = self._headers().get(JOB_HEADER)
-        if job is None:
-            return None
-        try:
-            group, task = json.loads(job)
-            return str(group), str(task)
-        except (ValueError, TypeError):
-            raise InvalidMessage(f"its {JOB_HEADER} header is not [group, task]") from None
-
-    def _headers(self) -> dict[str, str]:
+    def message_headers(self) -> tuple[dict[str, str] | None, tuple[str, str] | None]:
+        """The message's headers (None: none) and, for a task's row, the (group, task) by
+        which its job is found once sent; raises InvalidMessage for headers that are not a
+        JSON object of strings."""
         if not self.headers_text:
-            return {}
+            return None, None
         try:
             headers = json.loads(self.headers_text)
             check_headers(headers)
         except (ValueError, InvalidMessage) as exc:
             raise InvalidMessage(f"its headers are not a JSON object of strings ({exc})") from None
-        return cast(dict[str, str], headers or {})
+        headers = cast(dict[str, str], headers or {})
+        job = headers.pop(JOB_HEADER, None)
+        if job is None:
+            return headers or None, None
+        try:
+            group, task = json.loads(job)
+            return headers or None, (str(group), str(task))
+        except (ValueError, TypeError):
+            raise InvalidMessage(f"its {JOB_HEADER} header is not [group, task]") from None
 
     @classmethod
     def of(cls, row: Any) -> OutboxRow:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .arguments import KEY, encode_value
+from .arguments import encode_value
 from .errors import ResultNotStorable
 from .failures import format_traceback
 from .message import Message, now_ms
@@ -452,10 +452,10 @@ def encode_result(result: Any, job_id: str = "") -> str:
         pass
     replaced: list[str] = []
 
-    def as_repr(value: Any, where: str) -> str:
-        if where.endswith(KEY) and isinstance(value, int | float | None):
+    def as_repr(value: Any, where: str, key: bool) -> str:
+        if key and isinstance(value, int | float | None):
             return json.dumps(value)  # a key JSON writes as text: as json.dumps does
-        replaced.append(f"{where} ({type(value).__name__})")
+        replaced.append(f"{where}{': a dict key' if key else ''} ({type(value).__name__})")
         return repr(value)
 
     try:

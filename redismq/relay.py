@@ -211,13 +211,14 @@ class Relay:
                 with batch.lock:
                     batch.result.held += 1
                 return False
+            headers, index_as = row.message_headers()
             outgoing = prepare_message(
                 row.message_body(),
                 key=row.key,
                 dedup_key=row.send_dedup_key,
-                headers=row.message_headers(),
+                headers=headers,
                 max_body=self.client.max_body,
-                index_as=row.index_as(),
+                index_as=index_as,
                 message_id=row.uid,  # the id outbox.send returned
             )
             message = self.client.send_outgoing(row.topic, outgoing, timeout=SEND_TIMEOUT)
