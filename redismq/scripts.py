@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from typing import Any, cast
 
 import redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
+from redis.connection import Connection
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
@@ -134,8 +135,24 @@ class SyncScript(Script):
         # Not isinstance: Pipeline derives from a typing Protocol (see cluster.is_cluster).
         if Pipeline in type(client).__mro__:  # loaded before the pipeline runs
             client.scripts.add(self)
+            held = None
+        else:  # a single-connection client's (Broker.sender), else None
+            held = getattr(client, "connection", None)
+        call = client.evalsha if held is None else partial(self._on, held)
         try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            return call(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             self.sha = client.script_load(self.script)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
+            return call(self.sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def _on(connection: Connection, *command: Any) -> Any:
+        """An EVALSHA on one held connection without the client's per-command steps (its
+        lock, its observability records, its events): a tenth of a send's time. The
+        connection's own retry still sends it again on a new connection when it broke."""
+
+        def attempt() -> Any:
+            connection.send_command("EVALSHA", *command)
+            return connection.read_response()
+
+        return connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())

@@ -111,7 +111,14 @@ def drop_first_reply(producer: Any) -> list[Any]:
 
 
 def drop_on(conn: redis.Redis, lost: Callable[[Any], Any]) -> None:
-    """Pass every reply of `conn`'s script calls and pipelines through `lost`."""
+    """Pass every reply of `conn`'s script calls and pipelines through `lost`; on a
+    single-connection client (a sender), every reply its connection reads, since its script
+    calls skip the client's command methods."""
+    held = getattr(conn, "connection", None)
+    if held is not None:
+        real_read: Callable[..., Any] = held.read_response
+        held.read_response = lambda *args, **kwargs: lost(real_read(*args, **kwargs))
+        return
     real_evalsha: Callable[..., Any] = conn.evalsha
     real_pipeline: Callable[..., Any] = conn.pipeline
 

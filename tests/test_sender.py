@@ -4,8 +4,10 @@ thread ends, never shared with a forked child, closed with the client."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
+import time
 
 import redis
 
@@ -128,4 +130,28 @@ def test_closing_the_client_closes_every_broker_s_connections():
         finally:
             closed.set()
             thread.join()
+        admin.close()
+
+
+def test_a_send_after_its_connection_was_closed_goes_on_a_new_one_at_once(caplog):
+    """A send's script call skips the client's per-command steps but not the connection's
+    retry: a held connection the server closed (a restart, its idle timeout, CLIENT KILL)
+    is connected again and the call sent once more, with no outage to ride out."""
+    with LocalServer() as srv:
+        admin = redis.Redis.from_url(srv.url)
+        client = Client(srv.url)
+        client.create_topic("mail", queues=1)
+        client.send("mail", "before")
+        sender = client.router.broker(DEFAULT_BROKER).sender()
+        before = sender.client_id()
+        admin.client_kill_filter(_id=before)
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="redismq"):
+            client.send("mail", "after")
+        assert time.monotonic() - started < 1.0  # not an outage's backoff
+        assert not [r for r in caplog.records if "trying again" in r.getMessage()]
+        assert client.router.usable(DEFAULT_BROKER)
+        assert sender.client_id() != before
+        assert client.meta.xlen(QueueKeys("rmq", "mail", 0).stream) == 2
+        client.close()
         admin.close()
