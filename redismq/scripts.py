@@ -10,8 +10,8 @@ from typing import Any, cast
 import redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
-from redis.connection import Connection
 from redis.commands.core import Script
+from redis.connection import Connection
 from redis.exceptions import NoScriptError
 
 from . import cluster
