@@ -1,7 +1,7 @@
 """redismq: a distributed task and message queue on Redis Streams."""
 
 from .aio import AsyncClient
-from .app import App, Subscription, Task
+from .app import App, Subscription
 from .client import Client
 from .consumer import Consumer
 from .context import current_job
@@ -28,6 +28,7 @@ from .errors import (
 from .job import AsyncJob, Job
 from .message import Message
 from .middleware import Middleware
+from .tasks import Task
 
 __all__ = [
     "App",

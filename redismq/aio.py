@@ -416,10 +416,11 @@ class AsyncClient:
         headers: dict[str, str] | None = None,
         durability: str | None = None,
         timeout: float | None = None,
+        index_as: tuple[str, str] | None = None,
     ) -> list[Sent]:
         """Send many messages round-robin in one pipeline per broker; returns where they went
         (see `Client.send_many_messages`)."""
-        msgs = prepare_batch(bodies, headers, self.max_body)
+        msgs = prepare_batch(bodies, headers, self.max_body, index_as)
         outage = self.send_timeout if timeout is None else check_seconds("timeout", timeout)
         t = await self._send_topic(topic, outage)
         replicated = self._replicated(durability or t.durability)
@@ -434,7 +435,10 @@ class AsyncClient:
         with self.errors():
             await self.router.refresh_states()
         wait = self.replica_timeout_ms if replicated else None
-        plan = BatchSend(t, msgs, self.router, outage=outage, replica_timeout_ms=wait)
+        index_ms = self.result_ttl_ms if index_as else 0
+        plan = BatchSend(
+            t, msgs, self.router, outage=outage, replica_timeout_ms=wait, index_ttl_ms=index_ms
+        )
 
         async def send(part: Part) -> None:
             broker = await self.router.broker(part.broker)
@@ -447,6 +451,11 @@ class AsyncClient:
                     ]
                 else:
                     replies = await broker.script_on_node("send_batch", part.calls, plan.wait_ms)
+                if part.late_indexes:
+                    pipe = broker.redis.pipeline(transaction=False)
+                    for key, value in part.late_indexes:
+                        pipe.set(key, value, px=index_ms)
+                    await pipe.execute()
             except redis.RedisError as exc:
                 plan.failed(part, exc, broker.url or self.url, self.router.mark_down)
             else:

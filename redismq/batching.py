@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import redis
 
@@ -15,7 +15,7 @@ from .keys import QueueKeys
 from .message import DEFAULT_MAX_BODY, encode_body, entry_fields, new_message_ids, now_ms
 from .redis_errors import converted
 from .routing import Topic
-from .sending import GUARD_SLACK, OUTAGE_PAUSE, Outgoing, Sent, is_outage
+from .sending import GUARD_SLACK, OUTAGE_PAUSE, Outgoing, Sent, index_entry, is_outage
 from .validation import check_headers
 
 # Messages per call of the `send_batch` script: the server runs nothing else meanwhile.
@@ -25,25 +25,36 @@ Call = tuple[list[str], list[Any]]
 
 
 def prepare_batch(
-    bodies: Iterable[Any], headers: dict[str, str] | None, max_body: int = DEFAULT_MAX_BODY
+    bodies: Iterable[Any],
+    headers: dict[str, str] | None,
+    max_body: int = DEFAULT_MAX_BODY,
+    index_as: tuple[str, str] | None = None,
 ) -> list[Outgoing]:
-    """Check and encode many plain messages (no key, delay or dedup) sharing headers."""
+    """Check and encode many messages (no key, delay or dedup) sharing headers; with
+    `index_as` (group, task), tasks' messages, each indexed by its id."""
     check_headers(headers)
     encoded = [encode_body(body, max_body) for body in bodies]
     created = now_ms()
     return [
-        Outgoing(mid, entry_fields(mid, data, raw, headers=headers, created=created))
+        Outgoing(
+            mid,
+            entry_fields(mid, data, raw, headers=headers, created=created),
+            index_as=index_as,
+        )
         for mid, (data, raw) in zip(new_message_ids(len(encoded)), encoded, strict=True)
     ]
 
 
 class Part(NamedTuple):
     """The messages of a batch that go to one broker (on a Redis Cluster, to one hash tag)
-    in one pipeline: their positions in the batch, and the `send_batch` script's calls."""
+    in one pipeline: their positions in the batch, the `send_batch` script's calls, and the
+    id indexes of tasks' messages written after them (on a Redis Cluster, where an index
+    lives on another slot; elsewhere the calls write them)."""
 
     broker: str
     indexes: list[int]
     calls: list[Call]
+    late_indexes: list[tuple[str, str]]
 
     @property
     def key(self) -> str:
@@ -53,6 +64,8 @@ class Part(NamedTuple):
 
 class Routes(Protocol):
     """What a batch needs of a client's router (sync or async)."""
+
+    namespace: str
 
     def queue_keys(self, topic: str, queue: int) -> QueueKeys: ...
 
@@ -72,7 +85,8 @@ class BatchSend:
     `sent`, None for each message not known stored.
 
     Use: `parts()` to send, `stored` or `failed` for each, `pause()` until it returns None,
-    sleeping that long in between, then `result()`.
+    sleeping that long in between, then `result()`. A part's `late_indexes` are written
+    (each kept `index_ttl_ms`) before it counts as stored.
     """
 
     def __init__(
@@ -83,8 +97,10 @@ class BatchSend:
         *,
         outage: float,
         replica_timeout_ms: int | None,
+        index_ttl_ms: int = 0,
     ) -> None:
         self.topic = topic
+        self.index_ttl_ms = index_ttl_ms
         self.msgs = msgs
         self.routes = routes
         self.wait_ms = -1 if replica_timeout_ms is None else replica_timeout_ms
@@ -162,27 +178,45 @@ class BatchSend:
             self.queues[i] = q
             # only queues on a Redis Cluster broker have a shard (a hash tag)
             groups.setdefault((self.topic.placement[q], self.topic.shards.get(q)), []).append(i)
-        return [Part(broker, part, self._calls(part)) for (broker, _), part in groups.items()]
+        parts = []
+        for (broker, shard), part in groups.items():
+            entries = [self._index(i) for i in part]
+            if shard is None:  # the calls write the indexes
+                parts.append(Part(broker, part, self._calls(part, entries), []))
+            else:  # on a Redis Cluster an index (keyed by the id alone) is on another slot
+                late = [entry for entry in entries if entry is not None]
+                parts.append(Part(broker, part, self._calls(part, []), late))
+        return parts
 
-    def _calls(self, part: list[int]) -> list[Call]:
-        """The `send_batch` calls of a part, at most BATCH_CALL messages each; each call's
-        record is named by its first message."""
+    def _index(self, i: int) -> tuple[str, str] | None:
+        return index_entry(self.routes.namespace, self.topic.name, self.queues[i], self.msgs[i])
+
+    def _calls(self, part: list[int], indexes: list[tuple[str, str] | None]) -> list[Call]:
+        """The `send_batch` calls of a part, at most BATCH_CALL messages each, writing the
+        `indexes` given (one per message, or none); each call's record is named by its
+        first message."""
         calls = []
         stream_of = {q: self._keys(q).stream for q in {self.queues[i] for i in part}}
+        indexed = any(indexes)
         for start in range(0, len(part), BATCH_CALL):
             chunk = part[start : start + BATCH_CALL]
             first = chunk[0]
             keys = [self._keys(self.queues[first]).sent(self.msgs[first].id)]
-            args: list[Any] = [self.guard_ms]
+            args: list[Any] = [self.guard_ms, self.index_ttl_ms if indexed else 0]
             position: dict[str, int] = {}
-            for i in chunk:
+            for n, i in enumerate(chunk, start):
                 stream = stream_of[self.queues[i]]
                 at = position.get(stream)
                 if at is None:
                     keys.append(stream)
                     at = position[stream] = len(keys)
+                args.append(at)
+                if indexed:
+                    index_key, index_value = cast(tuple[str, str], indexes[n])
+                    keys.append(index_key)
+                    args += [len(keys), index_value]
                 fields = self.msgs[i].fields
-                args += [at, len(fields)]
+                args.append(len(fields))
                 for name, value in fields.items():
                     args += [name, value]
             calls.append((keys, args))

@@ -424,6 +424,7 @@ class Client:
         headers: dict[str, str] | None = None,
         durability: str | None = None,
         timeout: float | None = None,
+        index_as: tuple[str, str] | None = None,
     ) -> list[Sent]:
         """Send many messages round-robin in one pipeline per broker; returns where they went.
 
@@ -431,8 +432,9 @@ class Client:
         that cannot be reached goes to the others, else is tried again for up to `timeout`
         seconds (default: the client's `send_timeout`), by the rules of `BatchSend`. In a
         bounded topic each message is sent on its own, by the rules of `send_message`.
+        `index_as` (group, task): tasks' messages, each indexed by its id for `job(id)`.
         """
-        msgs = prepare_batch(bodies, headers, self.max_body)
+        msgs = prepare_batch(bodies, headers, self.max_body, index_as)
         outage = self.send_timeout if timeout is None else check_seconds("timeout", timeout)
         t = self._send_topic(topic, outage)
         replicated = self._replicated(durability or t.durability)
@@ -445,7 +447,10 @@ class Client:
                 raise stopped_at(exc, sent, len(msgs)) from None
             return sent
         wait = self.replica_timeout_ms if replicated else None
-        plan = BatchSend(t, msgs, self.router, outage=outage, replica_timeout_ms=wait)
+        index_ms = self.result_ttl_ms if index_as else 0
+        plan = BatchSend(
+            t, msgs, self.router, outage=outage, replica_timeout_ms=wait, index_ttl_ms=index_ms
+        )
         while True:
             for part in plan.parts():
                 with self.errors():
@@ -455,6 +460,11 @@ class Client:
                         replies = broker.script_on_node(
                             "send_batch", part.key, part.calls, plan.wait_ms
                         )
+                        if part.late_indexes:
+                            pipe = broker.redis.pipeline(transaction=False)
+                            for key, value in part.late_indexes:
+                                pipe.set(key, value, px=index_ms)
+                            pipe.execute()
                 except redis.RedisError as exc:
                     plan.failed(part, exc, broker.url or self.url, self.router.mark_down)
                 else:

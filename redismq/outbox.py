@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine, Table
     from sqlalchemy.engine import URL, Dialect
 
-    from .app import App, Task
+    from .app import App
     from .client import Client
+    from .tasks import Task
 
 DEFAULT_TABLE = "redismq_outbox"
 # The dedup key of a row sent without one of its own: `outbox-<uid>`.

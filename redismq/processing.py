@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from .app import Subscription, Task
+from .app import Subscription
 from .consumer import (
     CANCELLED,
     NO_RESULT,
@@ -40,6 +40,7 @@ from .errors import (
 from .hooks import Hooks
 from .job import mark_running
 from .message import Message
+from .tasks import Task
 
 log = logging.getLogger("redismq.processing")
 FLUSH_EVERY = 0.1

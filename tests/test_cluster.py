@@ -3,6 +3,7 @@ replica each (redismq.cluster_server.LocalCluster), joined from Python."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -422,6 +423,35 @@ def test_task_results_and_an_ordered_group_on_a_cluster(cluster_url):
     assert counts.processed == 31
     assert job.result(timeout=5) == 42
     assert seen == list(range(30))
+    app.client.close()
+
+
+def test_send_many_of_a_task_on_a_cluster_indexes_each_job(cluster_url):
+    """On a Redis Cluster a job's id index lives on its id's own slot, not the queue's: the
+    batch writes the indexes after its calls, and every job is found by its id."""
+    from redismq import App
+    from redismq.workers.worker import Worker
+
+    app = App(Client(cluster_url))
+
+    @app.task(topic="calc")
+    def double(n: int) -> int:
+        return 2 * n
+
+    app.client.create_topic("calc", 6)
+    jobs = double.send_many((n,) for n in range(40))
+
+    async def send_async() -> list[str]:
+        sent = await double.send_many_async((n,) for n in range(40, 60))
+        await app.async_client.aclose()
+        return [j.id for j in sent]
+
+    jobs += [app.job(i) for i in asyncio.run(send_async())]
+    assert len({j.queue for j in jobs}) == 6
+    assert all(app.job(j.id).status() == "queued" for j in jobs)
+    counts = run_for_at_most(Worker(app, concurrency=2, burst=True), 120)
+    assert counts.processed == 60
+    assert [j.result(timeout=5) for j in jobs] == [2 * n for n in range(60)]
     app.client.close()
 
 

@@ -158,8 +158,8 @@ def test_send_batch_stores_each_message_once_and_a_second_run_returns_the_first_
     r: fakeredis.FakeRedis, scripts: Scripts
 ) -> None:
     keys = ["rec", "s1", "s2"]
-    # per message: its stream's position in KEYS, its pairs, the pairs
-    args = [5_000, 2, 1, b"id", b"m1", 3, 2, b"id", b"m2", b"h", b"x", 2, 1, b"id", b"m3"]
+    # no id indexes; per message: its stream's position in KEYS, its pairs, the pairs
+    args = [5_000, 0, 2, 1, b"id", b"m1", 3, 2, b"id", b"m2", b"h", b"x", 2, 1, b"id", b"m3"]
     first = scripts.send_batch(keys=keys, args=args)
     s1, s2 = ([e for e, _ in r.xrange(s)] for s in ("s1", "s2"))
     assert first == [s1[0], s2[0], s1[1]]  # in the order of the messages
@@ -167,6 +167,22 @@ def test_send_batch_stores_each_message_once_and_a_second_run_returns_the_first_
     assert scripts.send_batch(keys=keys, args=args) == first  # made again: nothing stored
     assert (r.xlen("s1"), r.xlen("s2")) == (2, 1)
     assert 0 < r.pttl("rec") <= 5_000
+
+
+def test_send_batch_writes_each_task_s_id_index_with_its_entry_once(
+    r: fakeredis.FakeRedis, scripts: Scripts
+) -> None:
+    keys = ["rec", "s1", "ix1", "ix2"]
+    # per message: its stream's position, its index's position and value, its pairs, the pairs
+    args = [5_000, 60_000, 2, 3, "where1", 1, b"id", b"m1", 2, 4, "where2", 1, b"id", b"m2"]
+    first = scripts.send_batch(keys=keys, args=args)
+    assert first == [e for e, _ in r.xrange("s1")]
+    assert [f for _, f in r.xrange("s1")] == [{b"id": b"m1"}, {b"id": b"m2"}]
+    assert (r.get("ix1"), r.get("ix2")) == (b"where1", b"where2")
+    assert 55_000 < r.pttl("ix1") <= 60_000
+    r.delete("ix1")
+    assert scripts.send_batch(keys=keys, args=args) == first  # made again: nothing stored
+    assert r.xlen("s1") == 2 and not r.exists("ix1")
 
 
 # -- move_due --------------------------------------------------------------------------------
