@@ -23,8 +23,6 @@ from .client import (
     DEFAULT_QUEUES,
     DEFAULT_RETENTION,
     DEFAULT_SEND_TIMEOUT,
-    DURABILITIES,
-    ON_FULL,
     client_settings,
     converted,
     redis_errors,
@@ -39,6 +37,8 @@ from .routing import (
     text,
 )
 from .sending import (
+    DURABILITIES,
+    ON_FULL,
     Attempts,
     Outgoing,
     Sent,
@@ -48,8 +48,10 @@ from .sending import (
     index_entry,
     index_ttl_ms,
     is_outage,
+    is_replicated,
     prepare_message,
     script_sent,
+    send_room,
 )
 from .urls import connect_async, mask_url, no_resend_on_timeout
 from .validation import check_choice, check_seconds, check_topic_name, check_topic_shape
@@ -333,14 +335,10 @@ class AsyncClient:
             return t
 
     def _room(self, on_full: str | None, timeout: float | None) -> float | None:
-        """How long a send waits for room in a full topic (None: it raises at once)."""
-        chosen = check_choice("on_full", on_full or self.on_full, ON_FULL)
-        return None if chosen == "raise" else (self.full_timeout if timeout is None else timeout)
+        return send_room(on_full, timeout, self.on_full, self.full_timeout)
 
     def _replicated(self, durability: str | None) -> bool:
-        return check_choice("durability", durability or self.durability, DURABILITIES) == (
-            "replicated"
-        )
+        return is_replicated(durability, self.durability)
 
     async def _write(
         self,

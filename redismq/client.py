@@ -31,6 +31,8 @@ from .routing import (
     earlier_queues,
 )
 from .sending import (
+    DURABILITIES,
+    ON_FULL,
     Attempts,
     Outgoing,
     Sent,
@@ -40,8 +42,10 @@ from .sending import (
     index_entry,
     index_ttl_ms,
     is_outage,
+    is_replicated,
     prepare_message,
     script_sent,
+    send_room,
 )
 from .urls import DEFAULT_URL, check_url, connect, mask_url, no_resend_on_timeout
 from .validation import (  # noqa: F401 - check_key, check_headers and delay_ms: public here too
@@ -55,8 +59,6 @@ from .validation import (  # noqa: F401 - check_key, check_headers and delay_ms:
 )
 
 log = logging.getLogger("redismq.client")
-DURABILITIES = ("master", "replicated")
-ON_FULL = ("raise", "block")
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -359,14 +361,10 @@ class Client:
             return t
 
     def _room(self, on_full: str | None, timeout: float | None) -> float | None:
-        """How long a send waits for room in a full topic (None: it raises at once)."""
-        chosen = check_choice("on_full", on_full or self.on_full, ON_FULL)
-        return None if chosen == "raise" else (self.full_timeout if timeout is None else timeout)
+        return send_room(on_full, timeout, self.on_full, self.full_timeout)
 
     def _replicated(self, durability: str | None) -> bool:
-        return check_choice("durability", durability or self.durability, DURABILITIES) == (
-            "replicated"
-        )
+        return is_replicated(durability, self.durability)
 
     def _write(
         self, broker: Broker, t: Topic, queue: int, msg: Outgoing, replicated: bool, plan: Attempts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -69,15 +70,42 @@ def stream_entries(reply: Any) -> list[StreamEntry]:
     return cast(list[StreamEntry], reply)
 
 
+class _Noise(threading.local):
+    """Random bytes from os.urandom, read a few thousand at a time per thread: a system call
+    at each send cost more than the rest of the id. A forked child starts afresh (its
+    copy of the parent's bytes would repeat the parent's ids)."""
+
+    def __init__(self) -> None:
+        self.data, self.at = b"", 0
+
+    def hex(self, size: int) -> str:
+        """`size` random bytes not given out before, in hex."""
+        if self.at + size > len(self.data):
+            self.data, self.at = os.urandom(max(NOISE_READ, size)), 0
+        self.at += size
+        return self.data[self.at - size : self.at].hex()
+
+
+NOISE_READ = 4096
+_noise = _Noise()
+
+
+def _forked() -> None:
+    global _noise
+    _noise = _Noise()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def new_message_id() -> str:
     """A globally unique id that sorts by creation time (48-bit ms clock + 80 random bits)."""
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{_noise.hex(10)}"
 
 
 def new_message_ids(n: int) -> list[str]:
-    """`n` ids as `new_message_id` makes them, of one moment (one clock read, one read of
-    randomness)."""
-    stamp, noise = f"{time.time_ns() // 1_000_000:012x}", os.urandom(10 * n).hex()
+    """`n` ids as `new_message_id` makes them, of one moment (one clock read)."""
+    stamp, noise = f"{time.time_ns() // 1_000_000:012x}", _noise.hex(10 * n)
     return [stamp + noise[i : i + 20] for i in range(0, 20 * n, 20)]
 
 

@@ -31,9 +31,26 @@ def host_id() -> str:
     return f"{name}/{namespace[5:-1]}"
 
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def pid() -> int:
+    """This process's id, kept: `os.getpid` is a system call, and a send asks at each send
+    (whether its thread's connection is this process's)."""
+    return _pid
+
+
 def process_id() -> str:
     """This process's name among the workers, consumers and NameServers (`host:pid`)."""
-    return f"{host_id()}:{os.getpid()}"
+    return f"{host_id()}:{_pid}"
 
 
 def _load_prctl() -> Callable[..., int] | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import threading
 import time
 import zlib
@@ -21,7 +20,7 @@ from typing import Any
 import redis
 from redis import Redis  # the name `redis` is also a Broker field
 
-from . import cluster
+from . import cluster, process
 from .errors import BrokerUnavailable, TopicExists, TopicNotFound
 from .health import (  # noqa: F401 - the states and intervals are public here too
     ACTIVE,
@@ -244,10 +243,10 @@ class Broker:
         and give it back each time: the pool checks every connection it lends for unread
         data, a system call. On a Redis Cluster, the cluster client itself.
         """
-        pid, held = getattr(self._held, "client", (0, self.redis))
-        if pid != os.getpid():  # none yet, or the parent's (a forked child must not share it)
+        owner, held = getattr(self._held, "client", (0, self.redis))
+        if owner != process.pid():  # none yet, or the parent's (a forked child must not share it)
             held = self.redis if self.cluster else self.redis.client()
-            self._held.client = (os.getpid(), held)
+            self._held.client = (process.pid(), held)
         return held
 
     def pipeline(self) -> Any:

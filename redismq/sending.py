@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import redis
 
 from .errors import QueueUnavailable, RedisMQError, TopicFull
+from .job import index_value
 from .keys import QueueKeys, job_index
 from .message import (
     DEFAULT_MAX_BODY,
@@ -24,7 +25,7 @@ from .message import (
     now_ms,
 )
 from .routing import DRAINING, Topic, queue_for_key
-from .validation import check_headers, check_key, delay_ms
+from .validation import check_choice, check_headers, check_key, delay_ms
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -90,12 +91,30 @@ def prepare_message(
     return Outgoing(mid, fields, key, dedup_key, due, index_as)
 
 
+DURABILITIES = ("master", "replicated")
+ON_FULL = ("raise", "block")
+
+
+def send_room(
+    on_full: str | None, timeout: float | None, default: str, full_timeout: float
+) -> float | None:
+    """How long a send waits for room in a full topic (None: it raises at once); `default`
+    and `full_timeout` are the client's, checked when it was made."""
+    chosen = default if on_full is None else check_choice("on_full", on_full, ON_FULL)
+    return None if chosen == "raise" else (full_timeout if timeout is None else timeout)
+
+
+def is_replicated(durability: str | None, default: str) -> bool:
+    """Whether a send waits for a replica (`default`: the client's, checked when made)."""
+    if durability is not None:
+        check_choice("durability", durability, DURABILITIES)
+    return (durability or default) == "replicated"
+
+
 def index_entry(namespace: str, topic: str, queue: int, msg: Outgoing) -> tuple[str, str] | None:
     """The id index entry (key, value) a task's message is written with, else None."""
     if msg.index_as is None:
         return None
-    from .job import index_value
-
     due = now_ms() + msg.delay_ms if msg.delay_ms else 0
     return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as, due)
 

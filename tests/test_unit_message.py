@@ -32,6 +32,7 @@ from redismq.message import (
     encode_body,
     entry_fields,
     new_message_id,
+    new_message_ids,
 )
 
 
@@ -495,3 +496,42 @@ class TestMessageId:
         time.sleep(0.002)
         second = new_message_id()
         assert first < second
+
+    def test_a_forked_child_makes_other_ids_than_its_parent(self) -> None:
+        """The random part comes from bytes read ahead; a child must not repeat the ones its
+        parent will use next."""
+        import os
+
+        new_message_id()  # the parent has bytes read ahead
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(write, ",".join(new_message_id()[12:] for _ in range(50)).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        child = set(os.read(read, 1 << 16).decode().split(","))
+        os.close(read)
+        os.waitpid(pid, 0)
+        parent = {new_message_id()[12:] for _ in range(50)}
+        assert len(child) == 50 and not child & parent
+
+    def test_threads_make_distinct_ids(self) -> None:
+        import threading
+
+        made: list[list[str]] = [[] for _ in range(4)]
+
+        def make(into: list[str]) -> None:
+            into += [new_message_id() for _ in range(5_000)]
+
+        threads = [threading.Thread(target=make, args=(m,)) for m in made]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len({mid for m in made for mid in m}) == 20_000
+
+    def test_a_batch_s_ids_are_distinct_from_single_ones(self) -> None:
+        ids = [new_message_id(), *new_message_ids(300), new_message_id()]
+        assert len(set(ids)) == 302 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)

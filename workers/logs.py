@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii
 from typing import Any, AnyStr
 
+from redismq import process
 from redismq.processing import OutcomeLog, outcome_fields, outcome_text
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
@@ -39,15 +40,6 @@ PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 # Time stamps and lines' heads are kept up to this many (a few are in use at a time).
 MAX_KEPT = 64
 _MILLIS = [f"{n:03d}" for n in range(1000)]
-_pid = os.getpid()
-
-
-def _forked() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 class JsonFormatter(logging.Formatter):
@@ -138,7 +130,7 @@ class WorkerHandler(logging.StreamHandler):
         if len(self._heads) >= MAX_KEPT:
             self._heads.clear()
         second, millis, logger = at
-        head = f"{self._stamp(second)},{_MILLIS[millis]} INFO {_pid} {logger}: id="
+        head = f"{self._stamp(second)},{_MILLIS[millis]} INFO {process.pid()} {logger}: id="
         self._heads[at] = head
         return head
 
