@@ -358,11 +358,13 @@ class AsyncClient:
         # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
         local = None if broker.cluster else index
         keys, args = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
+        ttl = index_ttl_ms(self.result_ttl_ms, msg)
+        late = index if index and not local and ttl else None
+        if late:  # before the entry: when this fails, nothing is stored yet
+            await broker.redis.set(*late, px=ttl)
         sent = script_sent(await broker.scripts.send(keys=keys, args=args), msg, t.name, queue)
-        if sent is None:
-            return None
-        if index and not local and sent.id == msg.id:  # a task's: findable by its id (client.job)
-            await broker.redis.set(*index, px=index_ttl_ms(self.result_ttl_ms, msg))
+        if sent is not None and late and sent.id != msg.id:  # a dedup key's: the first's job
+            await broker.redis.delete(late[0])
         return sent
 
     async def _write_replicated(
@@ -443,17 +445,17 @@ class AsyncClient:
             if broker.cluster and replicated:
                 raise no_replicated_sends(broker)
             try:
+                if part.late_indexes:  # before the entries (see BatchSend)
+                    pipe = broker.redis.pipeline(transaction=False)
+                    for key, value in part.late_indexes:
+                        pipe.set(key, value, px=index_ms)
+                    await pipe.execute()
                 if broker.cluster:  # one slot: its calls one by one
                     replies = [
                         await broker.scripts.send_batch(keys=k, args=a) for k, a in part.calls
                     ]
                 else:
                     replies = await broker.script_on_node("send_batch", part.calls, plan.wait_ms)
-                if part.late_indexes:
-                    pipe = broker.redis.pipeline(transaction=False)
-                    for key, value in part.late_indexes:
-                        pipe.set(key, value, px=index_ms)
-                    await pipe.execute()
             except redis.RedisError as exc:
                 plan.failed(part, exc, broker.url or self.url, self.router.mark_down)
             else:

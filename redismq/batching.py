@@ -48,7 +48,7 @@ def prepare_batch(
 class Part(NamedTuple):
     """The messages of a batch that go to one broker (on a Redis Cluster, to one hash tag)
     in one pipeline: their positions in the batch, the `send_batch` script's calls, and the
-    id indexes of tasks' messages written after them (on a Redis Cluster, where an index
+    id indexes of tasks' messages written before them (on a Redis Cluster, where an index
     lives on another slot; elsewhere the calls write them)."""
 
     broker: str
@@ -86,7 +86,8 @@ class BatchSend:
 
     Use: `parts()` to send, `stored` or `failed` for each, `pause()` until it returns None,
     sleeping that long in between, then `result()`. A part's `late_indexes` are written
-    (each kept `index_ttl_ms`) before it counts as stored.
+    (each kept `index_ttl_ms`) before its calls: when that fails, nothing of the part is
+    stored, and it may move to another broker.
     """
 
     def __init__(
@@ -189,6 +190,8 @@ class BatchSend:
         return parts
 
     def _index(self, i: int) -> tuple[str, str] | None:
+        if not self.index_ttl_ms:  # the client keeps no results: no index, as for one send
+            return None
         return index_entry(self.routes.namespace, self.topic.name, self.queues[i], self.msgs[i])
 
     def _calls(self, part: list[int], indexes: list[tuple[str, str] | None]) -> list[Call]:

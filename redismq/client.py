@@ -376,17 +376,21 @@ class Client:
         # On a Redis Cluster the index (keyed by the id alone) lives on another slot.
         local = None if broker.cluster else index
         keys, args = attempt_call(qk, t, msg, plan, local, self.dedup_window_ms, self.result_ttl_ms)
+        ttl = index_ttl_ms(self.result_ttl_ms, msg)
+        late = index if index and not local and ttl else None
+        if late:  # before the entry: when this fails, nothing is stored yet
+            broker.redis.set(*late, px=ttl)
         if replicated:
             reply, acked = broker.script_on_node(
                 "send", keys[0], [(keys, args)], self.replica_timeout_ms
             )
         else:
-            reply, acked = broker.scripts.send(keys=keys, args=args, client=broker.sender()), 1
+            reply, acked = broker.send_call(keys, args), 1
         sent = script_sent(reply, msg, t.name, queue)
         if sent is None:
             return None
-        if index and not local and sent.id == msg.id:
-            broker.redis.set(*index, px=index_ttl_ms(self.result_ttl_ms, msg))
+        if late and sent.id != msg.id:  # a dedup key's: the first send's job
+            broker.redis.delete(late[0])
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
@@ -455,14 +459,14 @@ class Client:
                     broker = self.router.queue_broker(t, plan.queues[part.indexes[0]])
                 try:
                     with no_resend_on_timeout():
-                        replies = broker.script_on_node(
-                            "send_batch", part.key, part.calls, plan.wait_ms
-                        )
-                        if part.late_indexes:
+                        if part.late_indexes:  # before the entries (see BatchSend)
                             pipe = broker.redis.pipeline(transaction=False)
                             for key, value in part.late_indexes:
                                 pipe.set(key, value, px=index_ms)
                             pipe.execute()
+                        replies = broker.script_on_node(
+                            "send_batch", part.key, part.calls, plan.wait_ms
+                        )
                 except redis.RedisError as exc:
                     plan.failed(part, exc, broker.url or self.url, self.router.mark_down)
                 else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .sending import Sent
@@ -12,10 +12,12 @@ class RedisMQError(Exception):
     """Base class of every error redismq raises on purpose.
 
     The error of a `send_many` that failed part-way has `sent`: where each message went, in
-    the order given (None for one not known stored: send those again).
+    the order given (None for one not known stored: send those again); that of a
+    `Task.send_many` also has `jobs`, each run's job (None likewise).
     """
 
     sent: list[Sent | None] | None = None
+    jobs: list[Any] | None = None
 
 
 class InvalidURL(RedisMQError, ValueError):

@@ -249,6 +249,12 @@ class Broker:
             self._held.client = (process.pid(), held)
         return held
 
+    def send_call(self, keys: list[str], args: list[Any]) -> Any:
+        """A call of the `send` script on the calling thread's own connection (`sender`)."""
+        if self.cluster:
+            return self.scripts.send(keys=keys, args=args)
+        return self.scripts.send.on_connection(self.sender(), keys, args)
+
     def pipeline(self) -> Any:
         """A non-transactional pipeline for this broker's keys. On a Redis Cluster Broker of
         one hash tag, a pipeline on the master of that slot, so that keyless commands (TIME,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache, partial
+from functools import cache
 from importlib import resources
 from typing import Any, cast
 
@@ -135,21 +135,27 @@ class SyncScript(Script):
         # Not isinstance: Pipeline derives from a typing Protocol (see cluster.is_cluster).
         if Pipeline in type(client).__mro__:  # loaded before the pipeline runs
             client.scripts.add(self)
-            held = None
-        else:  # a single-connection client's (Broker.sender), else None
-            held = getattr(client, "connection", None)
-        call = client.evalsha if held is None else partial(self._on, held)
         try:
-            return call(self.sha, len(keys), *keys, *args)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             self.sha = client.script_load(self.script)
-            return call(self.sha, len(keys), *keys, *args)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def on_connection(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """A call on the connection of a single-connection client that only the calling
+        thread uses (a send's: `Broker.sender`), without the client's per-command steps
+        (its lock, its observability records, its events): a tenth of a send's time."""
+        connection = cast(Connection, client.connection)
+        try:
+            return self._on(connection, self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.sha = client.script_load(self.script)
+            return self._on(connection, self.sha, len(keys), *keys, *args)
 
     @staticmethod
     def _on(connection: Connection, *command: Any) -> Any:
-        """An EVALSHA on one held connection without the client's per-command steps (its
-        lock, its observability records, its events): a tenth of a send's time. The
-        connection's own retry still sends it again on a new connection when it broke."""
+        """An EVALSHA on one connection; its own retry still sends it again on a new
+        connection when it broke, as the client would."""
 
         def attempt() -> Any:
             connection.send_command("EVALSHA", *command)

@@ -197,15 +197,20 @@ class Task:
 
         They go round-robin over the task's topic in one pipeline per broker, as
         `Client.send_many` (the same outage rules, `timeout` and `durability`); every run's
-        arguments are checked before any is sent. Returns their jobs, in order."""
-        sent = self.app.client.send_many_messages(
-            self.topic,
-            self._bodies(runs),
-            headers=headers,
-            durability=durability,
-            timeout=timeout,
-            index_as=(self.group, self.name),
-        )
+        arguments are checked before any is sent. Returns their jobs, in order; an error
+        part-way has `jobs`, each run's job (None for one not known stored)."""
+        try:
+            sent = self.app.client.send_many_messages(
+                self.topic,
+                self._bodies(runs),
+                headers=headers,
+                durability=durability,
+                timeout=timeout,
+                index_as=(self.group, self.name),
+            )
+        except RedisMQError as exc:
+            exc.jobs = [s and self._job(s) for s in exc.sent] if exc.sent else None
+            raise
         return [self._job(s) for s in sent]
 
     async def send_many_async(
@@ -217,18 +222,26 @@ class Task:
         timeout: float | None = None,
     ) -> list[AsyncJob]:
         """`send_many` for async code (no blocking I/O); the jobs' methods are awaited."""
-        sent = await self.app.async_client.send_many_messages(
-            self.topic,
-            self._bodies(runs),
-            headers=headers,
-            durability=durability,
-            timeout=timeout,
-            index_as=(self.group, self.name),
-        )
+        try:
+            sent = await self.app.async_client.send_many_messages(
+                self.topic,
+                self._bodies(runs),
+                headers=headers,
+                durability=durability,
+                timeout=timeout,
+                index_as=(self.group, self.name),
+            )
+        except RedisMQError as exc:
+            exc.jobs = [s and self._async_job(s) for s in exc.sent] if exc.sent else None
+            raise
         return [self._async_job(s) for s in sent]
 
     def _bodies(self, runs: Iterable[Any]) -> list[dict[str, Any]]:
         """The message bodies of many runs (see `send_many`), all checked."""
+        if isinstance(runs, str | bytes | dict) or not isinstance(runs, Iterable):
+            raise InvalidMessage(
+                f"cannot send {self.name}: runs must be an iterable of runs, not {runs!r}"
+            )
         bodies = []
         for run in runs:
             if isinstance(run, tuple | list):
@@ -283,6 +296,9 @@ class Task:
         """The message body that names this task and its arguments (datetime, date, time,
         UUID and Decimal in their tagged form); raises InvalidMessage for an argument JSON
         cannot carry, or for arguments the task's function could not be called with."""
+        if type(args) not in (tuple, list) or type(kwargs) not in (dict, type(None)):
+            check_call(self.name, self._signature, args, kwargs)  # its error says what is wrong
+            return task_body(self.name, args, kwargs)
         shape = (len(args), tuple(kwargs) if kwargs else ())
         if shape not in self._fitting:
             check_call(self.name, self._signature, args, kwargs)

@@ -455,6 +455,77 @@ def test_send_many_of_a_task_on_a_cluster_indexes_each_job(cluster_url):
     app.client.close()
 
 
+def test_a_batch_whose_index_node_cannot_be_reached_stores_each_task_once(cluster_url, monkeypatch):
+    """On a Redis Cluster a batch's id indexes (on their ids' slots) are written before its
+    entries: when that fails, the part moves to another broker with nothing stored yet
+    (found by a review: written after, the moved part stored the tasks a second time)."""
+    import redis.cluster
+
+    from redismq import App
+    from redismq.server import LocalServer
+
+    real = redis.cluster.ClusterPipeline.execute
+    failed: list[bool] = []
+
+    def execute(self, *args, **kwargs):
+        names = {c.args[0] for c in self._execution_strategy.command_queue}
+        if not failed and names == {"SET"}:
+            failed.append(True)
+            self.reset()
+            raise redis.ConnectionError("the index's node cannot be reached")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.cluster.ClusterPipeline, "execute", execute)
+    with LocalServer() as meta, LocalServer() as other:
+        client = Client(meta.url)
+        add_broker(client, "c", cluster_url)
+        add_broker(client, "b1", other.url)
+        t = client.create_topic("calc", 4)
+        assert set(t.placement) == {"c", "b1"}
+        app = App(client)
+
+        @app.task(topic="calc")
+        def double(n: int) -> int:
+            return 2 * n
+
+        jobs = double.send_many((n,) for n in range(8))
+        assert failed
+        ids = [
+            f[b"id"].decode()
+            for q in range(4)
+            for _, f in client.router.queue_broker(t, q).redis.xrange(
+                client.router.queue_keys("calc", q).stream
+            )
+        ]
+        assert sorted(ids) == sorted(j.id for j in jobs) and len(set(ids)) == 8
+        assert all(app.job(j.id).status() == "queued" for j in jobs)
+        client.close()
+
+
+def test_a_dedup_key_s_second_send_on_a_cluster_leaves_no_index_of_its_own(cluster_url):
+    """A task's index on a Redis Cluster is written before its entry; a send that turns out
+    a duplicate of a dedup key removes the index it wrote, and returns the first job."""
+    from redismq import App
+
+    app = App(Client(cluster_url))
+
+    @app.task(topic="calc")
+    def double(n: int) -> int:
+        return 2 * n
+
+    app.client.create_topic("calc", 3)
+    first = double.send_with_options(args=(1,), dedup_key="once")
+    again = double.send_with_options(args=(1,), dedup_key="once")
+    assert again.id == first.id and app.job(first.id).status() == "queued"
+    indexes = [
+        k
+        for node in app.client.meta.get_primaries()
+        for k in app.client.meta.scan_iter(match="rmq:jobindex:*", target_nodes=node)
+    ]
+    assert indexes == [f"rmq:jobindex:{first.id}".encode()]
+    app.client.close()
+
+
 def test_a_cluster_as_the_meta_store_of_standalone_brokers(cluster_url):
     from redismq.brokers import drain_broker, remove_broker
     from redismq.server import LocalServer

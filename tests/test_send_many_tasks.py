@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from redismq import App, InvalidMessage
+from redismq import App, Client, InvalidMessage, TopicFull
 from redismq.keys import job_index
 from redismq.testing import run_until_idle
 
@@ -81,3 +81,51 @@ def test_send_many_async_gives_jobs_awaited(client):
         return results
 
     assert asyncio.run(send()) == [0, 1, 4, 9, 16, 25]
+
+
+def test_a_client_that_keeps_no_results_sends_clean_entries_without_indexes(url):
+    """result_ttl=0: no id index, as for a single send (found by a review: the batch wrote
+    the index's arguments into the entry, and the script raised after storing it)."""
+    app = App(Client(url, result_ttl=0))
+
+    @app.task(topic="noresults")
+    def add(x, y):
+        return x + y
+
+    app.client.create_topic("noresults", 1)
+    jobs = add.send_many([(1, 2), (3, 4)])
+    stream = app.client.router.queue_keys("noresults", 0).stream
+    entries = [fields for _, fields in app.client.meta.xrange(stream)]
+    assert [set(f) for f in entries] == [{b"id", b"body", b"created"}] * 2
+    assert [f[b"id"].decode() for f in entries] == [j.id for j in jobs]
+    assert not any(app.client.meta.exists(job_index("rmq", j.id)) for j in jobs)
+    app.client.close()
+
+
+def test_bad_runs_are_refused_with_one_clear_error(app):
+    @app.task(topic="calc")
+    def add(n, *, extra=0):
+        return n + extra
+
+    with pytest.raises(InvalidMessage, match="runs must be an iterable"):
+        add.send_many(None)
+    with pytest.raises(InvalidMessage, match="cannot send .*add"):
+        add.send_with_options(args=None)
+    with pytest.raises(InvalidMessage, match="cannot send .*add"):
+        add.send_with_options(args=5)
+    assert add.send_many([]) == []
+
+
+def test_a_batch_that_stops_says_which_jobs_it_stored(app):
+    """Its error's `jobs` gives the stored runs' jobs (None for the rest), as a bounded
+    topic that fills up stops a batch."""
+
+    @app.task(topic="capped")
+    def echo(n):
+        return n
+
+    app.client.create_topic("capped", 1, max_backlog=3)
+    with pytest.raises(TopicFull) as full:
+        echo.send_many((n,) for n in range(5))
+    assert [type(j).__name__ for j in full.value.jobs] == ["Job"] * 3 + ["NoneType"] * 2
+    assert [app.job(j.id).status() for j in full.value.jobs[:3]] == ["queued"] * 3

@@ -15,6 +15,7 @@ from redismq import Client
 from redismq.brokers import add_broker
 from redismq.health import DEFAULT_BROKER
 from redismq.keys import QueueKeys
+from redismq.scripts import SyncScript
 from redismq.server import LocalServer
 from tests.conftest import wait_for
 
@@ -155,3 +156,28 @@ def test_a_send_after_its_connection_was_closed_goes_on_a_new_one_at_once(caplog
         assert client.meta.xlen(QueueKeys("rmq", "mail", 0).stream) == 2
         client.close()
         admin.close()
+
+
+def test_a_users_single_connection_client_is_safe_to_share_between_threads():
+    """Only a send's own connection (one per thread) skips redis-py's per-command steps; a
+    single-connection client given to the Client keeps redis-py's lock (found by a review:
+    four threads calling scripts through one got each other's replies)."""
+    with LocalServer() as srv:
+        shared = redis.Redis.from_url(srv.url, single_connection_client=True)
+        echo = SyncScript(shared, "return ARGV[1]")
+        wrong: list[tuple[str, object]] = []
+
+        def call(n: int) -> None:
+            for i in range(500):
+                want = f"{n}-{i}"
+                got = echo(args=[want])
+                if got != want.encode():
+                    wrong.append((want, got))
+
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert wrong == []
+        shared.close()
