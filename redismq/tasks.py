@@ -130,17 +130,9 @@ class Task:
     ) -> AsyncJob:
         """`send_with_options` for async code (no blocking I/O); the job's methods are
         awaited."""
-        to, wait, extra = self._per_send(delay, eta, topic, time_limit, headers)
+        to, body, send = self._message(args, kwargs, delay, eta, topic, time_limit, headers)
         sent = await self.app.async_client.send_message(
-            to,
-            self.body(args, kwargs),
-            key=key,
-            delay=wait,
-            dedup_key=dedup_key,
-            headers=extra,
-            durability=durability,
-            index_as=(self.group, self.name),
-            timeout=timeout,
+            to, body, key=key, dedup_key=dedup_key, durability=durability, timeout=timeout, **send
         )
         return self._async_job(sent)
 
@@ -170,17 +162,9 @@ class Task:
         the send waits for its broker (default: the client's `send_timeout`) and for room
         in a full topic.
         """
-        to, wait, extra = self._per_send(delay, eta, topic, time_limit, headers)
+        to, body, send = self._message(args, kwargs, delay, eta, topic, time_limit, headers)
         sent = self.app.client.send_message(
-            to,
-            self.body(args, kwargs),
-            key=key,
-            delay=wait,
-            dedup_key=dedup_key,
-            headers=extra,
-            durability=durability,
-            index_as=(self.group, self.name),
-            timeout=timeout,
+            to, body, key=key, dedup_key=dedup_key, durability=durability, timeout=timeout, **send
         )
         return self._job(sent)
 
@@ -199,18 +183,18 @@ class Task:
         `Client.send_many` (the same outage rules, `timeout` and `durability`); every run's
         arguments are checked before any is sent. Returns their jobs, in order; an error
         part-way has `jobs`, each run's job (None for one not known stored)."""
+        bodies = self._bodies(runs)
         try:
             sent = self.app.client.send_many_messages(
                 self.topic,
-                self._bodies(runs),
+                bodies,
                 headers=headers,
                 durability=durability,
                 timeout=timeout,
                 index_as=(self.group, self.name),
             )
         except RedisMQError as exc:
-            exc.jobs = [s and self._job(s) for s in exc.sent] if exc.sent else None
-            raise
+            raise stopped_jobs(exc, self._job) from None
         return [self._job(s) for s in sent]
 
     async def send_many_async(
@@ -222,18 +206,18 @@ class Task:
         timeout: float | None = None,
     ) -> list[AsyncJob]:
         """`send_many` for async code (no blocking I/O); the jobs' methods are awaited."""
+        bodies = self._bodies(runs)
         try:
             sent = await self.app.async_client.send_many_messages(
                 self.topic,
-                self._bodies(runs),
+                bodies,
                 headers=headers,
                 durability=durability,
                 timeout=timeout,
                 index_as=(self.group, self.name),
             )
         except RedisMQError as exc:
-            exc.jobs = [s and self._async_job(s) for s in exc.sent] if exc.sent else None
-            raise
+            raise stopped_jobs(exc, self._async_job) from None
         return [self._async_job(s) for s in sent]
 
     def _bodies(self, runs: Iterable[Any]) -> list[dict[str, Any]]:
@@ -255,15 +239,18 @@ class Task:
                 )
         return bodies
 
-    def _per_send(
+    def _message(
         self,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: dict[str, Any] | None,
         delay: float | timedelta | None,
         eta: datetime | None,
         topic: str | None,
         time_limit: float | None,
         headers: dict[str, str] | None,
-    ) -> tuple[str, float | timedelta | None, dict[str, str] | None]:
-        """The topic, delay and headers of one send with these options (checked)."""
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """The topic, body, and delay, headers and index of one send with these options
+        (checked), as `send_message` takes them."""
         delay = due_in(delay, eta)
         to = self.topic if topic is None else topic
         if to != self.topic and (to, self.group) not in self.app.subscriptions:
@@ -277,7 +264,8 @@ class Task:
             if not time_limit > 0:
                 raise InvalidMessage(f"time_limit must be seconds > 0, not {time_limit!r}")
             headers = {**(headers or {}), TIME_LIMIT_HEADER: repr(float(time_limit))}
-        return to, delay, headers
+        body = self.body(args, kwargs)
+        return to, body, {"delay": delay, "headers": headers, "index_as": (self.group, self.name)}
 
     def _job(self, sent: Sent) -> Job:
         return Job(
@@ -305,6 +293,13 @@ class Task:
             if len(self._fitting) < MAX_SHAPES:
                 self._fitting.add(shape)
         return task_body(self.name, args, kwargs)
+
+
+def stopped_jobs(exc: RedisMQError, job: Callable[[Sent], Any]) -> RedisMQError:
+    """The error of a task's `send_many` that stopped part-way, with `jobs`: each run's job
+    where `exc.sent` knows it stored (None for the rest)."""
+    exc.jobs = [s and job(s) for s in exc.sent] if exc.sent else None
+    return exc
 
 
 def task_body(name: str, args: Any, kwargs: dict[str, Any] | None) -> dict[str, Any]:
