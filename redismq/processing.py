@@ -37,6 +37,7 @@ from .errors import (
     StepLost,
     UnknownTask,
 )
+from .failures import task_frames
 from .hooks import Hooks
 from .job import mark_running
 from .message import Message
@@ -76,8 +77,10 @@ EXITS = (SystemExit, KeyboardInterrupt)
 
 
 def as_failure(exc: BaseException) -> BaseException:
-    """The error a job failed with: a SystemExit or KeyboardInterrupt as a RuntimeError
-    caused by it (its traceback kept), anything else as it is."""
+    """The error a job failed with, its traceback from the task's own frames down
+    (`task_frames`): a SystemExit or KeyboardInterrupt as a RuntimeError caused by it, anything
+    else as it is."""
+    task_frames(exc)
     if not isinstance(exc, EXITS):
         return exc
     failure = RuntimeError(f"the job raised {type(exc).__name__}")

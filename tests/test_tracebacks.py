@@ -152,3 +152,41 @@ def test_a_sync_job_past_its_time_limit_shows_where_it_was_stuck(client, url, pr
     [dead] = client.dead_letters("stuck", "workers")
     assert dead.id == mid and "TimeLimitExceeded" in dead.reason
     assert "in stuck_here" in dead.traceback and "time.sleep(seconds)" in dead.traceback
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_traceback_starts_at_the_task_not_in_redismq(app, kind):
+    """What a user reads starts where their code does: redismq's own frames that called
+    the task (its runner, its handler call) are left out, as the task's are kept."""
+    if kind == "sync":
+
+        @app.task(topic="imports", max_retries=0, name="load")
+        def load(n):
+            nested_failure(n)
+
+    else:
+
+        @app.task(topic="imports", max_retries=0, name="load")
+        async def load(n):
+            nested_failure(n)
+
+    job = load.send(5)
+    run_until_idle(app)
+    with pytest.raises(JobFailed) as caught:
+        job.result(timeout=5)
+    frames = [line for line in caught.value.traceback.splitlines() if line.startswith("  File")]
+    assert "in load" in frames[0] and "in nested_failure" in frames[1], frames
+    assert not [f for f in frames if "/redismq/" in f or "/workers/" in f], frames
+
+
+def test_an_error_raised_in_redismq_alone_keeps_its_frames():
+    """Where every frame is redismq's (a job it gave up on), nothing is left out."""
+    from redismq.failures import task_frames
+
+    ours: dict = {"__name__": "redismq.somewhere"}
+    code = "def give_up():\n    raise RuntimeError('time limit')\n"
+    code += "try:\n    give_up()\nexcept RuntimeError as exc:\n    caught = exc\n"
+    exec(code, ours)  # caught in a frame of redismq's, raised in another
+    caught = ours["caught"]
+    kept = task_frames(caught).__traceback__
+    assert kept is not None and kept.tb_frame.f_globals["__name__"] == "redismq.somewhere"

@@ -22,6 +22,7 @@ from typing import Any
 
 from redismq import BrokerUnavailable, Consumer, Message, Subscription
 from redismq.context import reset_current, set_current
+from redismq.failures import task_frames
 from redismq.hooks import Hooks
 from redismq.processing import (
     EXITS,
@@ -263,7 +264,7 @@ def _outcome(end: asyncio.Task) -> tuple[Any, BaseException | None]:
     if end.cancelled():
         return None, asyncio.CancelledError()
     exc = end.exception()
-    return (None, exc) if exc is not None else (end.result(), None)
+    return (None, task_frames(exc)) if exc is not None else (end.result(), None)
 
 
 class ConcurrentLoop(Loop):
