@@ -45,6 +45,7 @@ from .sending import (
     attempt_call,
     check_keyed,
     choose_queue,
+    forget_indexes_async,
     index_entry,
     index_ttl_ms,
     is_outage,
@@ -362,9 +363,15 @@ class AsyncClient:
         late = index if index and not local and ttl else None
         if late:  # before the entry: when this fails, nothing is stored yet
             await broker.redis.set(*late, px=ttl)
-        sent = script_sent(await broker.scripts.send(keys=keys, args=args), msg, t.name, queue)
-        if sent is not None and late and sent.id != msg.id:  # a dedup key's: the first's job
-            await broker.redis.delete(late[0])
+        try:
+            reply = await broker.scripts.send(keys=keys, args=args)
+        except redis.RedisError:
+            if late:  # the next attempt writes it again where it goes
+                await forget_indexes_async(broker.redis, [late])
+            raise
+        sent = script_sent(reply, msg, t.name, queue)
+        if late and (sent is None or sent.id != msg.id):  # full, or a dedup key's duplicate
+            await forget_indexes_async(broker.redis, [late])
         return sent
 
     async def _write_replicated(
@@ -457,6 +464,7 @@ class AsyncClient:
                 else:
                     replies = await broker.script_on_node("send_batch", part.calls, plan.wait_ms)
             except redis.RedisError as exc:
+                await forget_indexes_async(broker.redis, part.late_indexes)
                 plan.failed(part, exc, broker.url or self.url, self.router.mark_down)
             else:
                 plan.stored(part, replies)

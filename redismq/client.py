@@ -39,6 +39,7 @@ from .sending import (
     attempt_call,
     check_keyed,
     choose_queue,
+    forget_indexes,
     index_entry,
     index_ttl_ms,
     is_outage,
@@ -380,17 +381,22 @@ class Client:
         late = index if index and not local and ttl else None
         if late:  # before the entry: when this fails, nothing is stored yet
             broker.redis.set(*late, px=ttl)
-        if replicated:
-            reply, acked = broker.script_on_node(
-                "send", keys[0], [(keys, args)], self.replica_timeout_ms
-            )
-        else:
-            reply, acked = broker.send_call(keys, args), 1
+        try:
+            if replicated:
+                reply, acked = broker.script_on_node(
+                    "send", keys[0], [(keys, args)], self.replica_timeout_ms
+                )
+            else:
+                reply, acked = broker.send_call(keys, args), 1
+        except redis.RedisError:
+            if late:  # the next attempt writes it again where it goes
+                forget_indexes(broker.redis, [late])
+            raise
         sent = script_sent(reply, msg, t.name, queue)
+        if late and (sent is None or sent.id != msg.id):  # full, or a dedup key's duplicate
+            forget_indexes(broker.redis, [late])
         if sent is None:
             return None
-        if late and sent.id != msg.id:  # a dedup key's: the first send's job
-            broker.redis.delete(late[0])
         if acked < 1:
             raise NotReplicated(sent.id, broker.name, self.replica_timeout_ms)
         return sent
@@ -468,6 +474,7 @@ class Client:
                             "send_batch", part.key, part.calls, plan.wait_ms
                         )
                 except redis.RedisError as exc:
+                    forget_indexes(broker.redis, part.late_indexes)
                     plan.failed(part, exc, broker.url or self.url, self.router.mark_down)
                 else:
                     plan.stored(part, replies)

@@ -6,6 +6,7 @@ Both clients do only the I/O; every decision is made here, so that they cannot d
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -117,6 +118,22 @@ def index_entry(namespace: str, topic: str, queue: int, msg: Outgoing) -> tuple[
         return None
     due = now_ms() + msg.delay_ms if msg.delay_ms else 0
     return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as, due)
+
+
+def forget_indexes(r: Any, indexes: list[tuple[str, str]]) -> None:
+    """Remove the id indexes an attempt wrote before its entries (on a Redis Cluster) when
+    it stored nothing under those ids there: a stale one would send `job(id)` to the wrong
+    queue. Best effort: one that cannot be removed now expires with its TTL."""
+    if indexes:
+        with contextlib.suppress(redis.RedisError):
+            r.delete(*(key for key, _ in indexes))
+
+
+async def forget_indexes_async(r: Any, indexes: list[tuple[str, str]]) -> None:
+    """`forget_indexes` on an asyncio client."""
+    if indexes:
+        with contextlib.suppress(redis.RedisError):
+            await r.delete(*(key for key, _ in indexes))
 
 
 def index_ttl_ms(result_ttl_ms: int, msg: Outgoing) -> int:

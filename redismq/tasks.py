@@ -284,9 +284,11 @@ class Task:
         """The message body that names this task and its arguments (datetime, date, time,
         UUID and Decimal in their tagged form); raises InvalidMessage for an argument JSON
         cannot carry, or for arguments the task's function could not be called with."""
-        if type(args) not in (tuple, list) or type(kwargs) not in (dict, type(None)):
-            check_call(self.name, self._signature, args, kwargs)  # its error says what is wrong
-            return task_body(self.name, args, kwargs)
+        if not isinstance(args, tuple | list) or not isinstance(kwargs, dict | None):
+            raise InvalidMessage(
+                f"cannot send {self.name}: args must be a tuple or list and kwargs a dict, "
+                f"not {args!r} and {kwargs!r}"
+            )
         shape = (len(args), tuple(kwargs) if kwargs else ())
         if shape not in self._fitting:
             check_call(self.name, self._signature, args, kwargs)

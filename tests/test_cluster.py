@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 from apps import sideeffects
 from apps.sentinel_app import TASK, TOPIC
 from conftest import wait_for
@@ -524,6 +525,81 @@ def test_a_dedup_key_s_second_send_on_a_cluster_leaves_no_index_of_its_own(clust
     ]
     assert indexes == [f"rmq:jobindex:{first.id}".encode()]
     app.client.close()
+
+
+def test_a_send_that_leaves_a_cluster_broker_leaves_no_index_behind(cluster_url):
+    """A task's index on a Redis Cluster is written before its entry; an attempt there that
+    stores nothing (a full queue, then another broker's queue) or a send that fails removes
+    it, so that job(id) finds the job where it went (found by a review: the first index,
+    on the broker looked at first, said the other queue)."""
+    from redismq import App, TopicFull
+    from redismq.server import LocalServer
+
+    with LocalServer() as meta, LocalServer() as other:
+        client = Client(meta.url)
+        add_broker(client, "a", cluster_url)  # looked at first by job(id)
+        add_broker(client, "b", other.url)
+        t = client.create_topic("calc", 2, max_backlog=2)  # room for 1 per queue
+        app = App(client)
+
+        @app.task(topic="calc")
+        def double(n: int) -> int:
+            return 2 * n
+
+        first = [double.send(n) for n in range(2)]
+        on_b = t.placement.index("b")
+        client.router.queue_broker(t, on_b).redis.delete(
+            client.router.queue_keys("calc", on_b).stream
+        )
+        moved = double.send(5)  # round-robin to the cluster's full queue, then to b's
+        assert t.placement[moved.queue] == "b"
+        assert app.job(moved.id).queue == moved.queue
+        with pytest.raises(TopicFull):
+            double.send(7)
+        cluster = client.router.broker("a").redis
+        indexes = {
+            k.decode().rsplit(":", 1)[1]
+            for node in cluster.get_primaries()
+            for k in cluster.scan_iter(match="rmq:jobindex:*", target_nodes=node)
+        }
+        assert indexes == {j.id for j in first if t.placement[j.queue] == "a"}
+        client.close()
+
+
+def test_a_batch_part_that_moves_off_a_cluster_broker_leaves_no_index_behind(
+    cluster_url, monkeypatch
+):
+    """A part's indexes written on a Redis Cluster before its calls are removed when the
+    calls fail and the part moves to another broker: job(id) finds where each went."""
+    from redismq import App
+    from redismq.routing import Broker
+    from redismq.server import LocalServer
+
+    real = Broker.script_on_node
+    failed: list[bool] = []
+
+    def script_on_node(self, name, key, calls, wait_ms=-1):
+        if not failed and self.cluster:
+            failed.append(True)
+            raise redis.ConnectionError("the cluster broker cannot be reached")
+        return real(self, name, key, calls, wait_ms)
+
+    monkeypatch.setattr(Broker, "script_on_node", script_on_node)
+    with LocalServer() as meta, LocalServer() as other:
+        client = Client(meta.url)
+        add_broker(client, "a", cluster_url)  # looked at first by job(id)
+        add_broker(client, "b", other.url)
+        t = client.create_topic("calc", 2)
+        app = App(client)
+
+        @app.task(topic="calc")
+        def double(n: int) -> int:
+            return 2 * n
+
+        jobs = double.send_many((n,) for n in range(6))
+        assert failed and {t.placement[j.queue] for j in jobs} == {"b"}
+        assert [app.job(j.id).queue for j in jobs] == [j.queue for j in jobs]
+        client.close()
 
 
 def test_a_cluster_as_the_meta_store_of_standalone_brokers(cluster_url):

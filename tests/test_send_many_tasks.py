@@ -114,6 +114,10 @@ def test_bad_runs_are_refused_with_one_clear_error(app):
     with pytest.raises(InvalidMessage, match="cannot send .*add"):
         add.send_with_options(args=5)
     assert add.send_many([]) == []
+    biggest = app.task(topic="calc", name="biggest")(max)  # no signature Python can tell
+    for args, kwargs in ((None, None), (5, None), ((1,), [("a", 1)])):
+        with pytest.raises(InvalidMessage, match="cannot send biggest: args must be"):
+            biggest.send_with_options(args=args, kwargs=kwargs)
 
 
 def test_a_batch_that_stops_says_which_jobs_it_stored(app):
