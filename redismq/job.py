@@ -89,7 +89,8 @@ def cancel_args(
     due = parse_index(job_id, index)["due"] if index is not None else 0
     wait = max(0, due - now_ms())
     return (
-        [keys.job(job_id), keys.outcome(job_id), keys.cancelled, keys.done(group)],
+        [keys.job(job_id), keys.outcome(job_id), keys.cancelled, keys.done(group)]
+        + [keys.running(group)],
         [job_id, client.result_ttl_ms + wait, max(client.result_ttl_ms, client.done_ttl_ms) + wait],
     )
 
@@ -353,6 +354,7 @@ def describe(job: Job | AsyncJob, raw: dict, done: Any, running: Any, outcome: A
     failed = (error or {}).get("attempt", 0)
     if attempt is None:  # not running now: from the last failure, if any
         attempt = {"queued": 0, "done": failed + 1}.get(status, failed)
+        attempt = max(attempt, int(info.get("attempt", 0)))  # a run a cancel stopped
     stored = json.loads(outcome) if outcome is not None else {}
     return {
         "id": job.id,

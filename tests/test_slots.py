@@ -148,6 +148,7 @@ def test_a_running_async_job_is_cancelled_in_place(client: Client, app: App) -> 
     assert not thread.is_alive()
     assert victim.status() == "cancelled" and other.result(timeout=5) == 1
     assert worker.counts.cancelled == 1 and not worker.replaced
+    assert victim.describe()["attempts"] == 1  # the run it stopped (0 read as never run)
 
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("rid", default=None)
