@@ -165,6 +165,24 @@ def test_a_replayed_dead_job_reads_as_its_new_run_does(client, app):
         second.result(timeout=1)
 
 
+def test_a_replayed_job_stopped_by_a_cancel_reads_no_old_attempt(client, app):
+    """A cancel of a running job keeps the attempt it stopped in the job hash; a job that
+    still ended dead (a task that raised while being stopped) and is replayed starts its
+    count again (found by a review: it read the old attempt while queued)."""
+
+    @app.task(topic="fix", max_retries=0)
+    def charge(n):
+        raise RuntimeError("card declined")
+
+    job = charge.send(1)
+    run_until_idle(client, app, "fix")
+    # what the cancel script leaves of a job it stopped while it ran (attempt 1)
+    client.meta.hset(client.router.queue_keys("fix", job.queue).job(job.id), "attempt", 1)
+    assert job.describe()["attempts"] == 1
+    assert client.replay_dead_letters("fix", "workers") == 1
+    assert job.status() == "queued" and job.describe()["attempts"] == 0
+
+
 def test_replaying_another_groups_dead_letters_leaves_the_tasks_job_alone(client, app):
     """A handler of another group on the task's topic fails and is replayed: the task's
     job keeps its result (done) and, when dead in its own group, stays dead."""

@@ -1,6 +1,7 @@
 -- Put dead letters back for their group (only) with a fresh attempt count; a task's job
 -- dead-lettered by its own group (dead_job, see dead.lua) reads queued again (its dead
--- status and outcome go; its last error stays). Another group's leave the job alone.
+-- status, the attempt a cancel kept and its outcome go; its last error stays). Another
+-- group's leave the job alone.
 -- KEYS[1] dead-letter stream, KEYS[2] group's retry stream, KEYS[3] stats hash,
 -- then for the i-th entry id, KEYS[2 + 2i] its job hash and KEYS[3 + 2i] its outcome list
 -- (named by the message id the caller read in it)
@@ -22,7 +23,7 @@ for i = 1, #ARGV do
     redis.call('XADD', KEYS[2], '*', unpack(out))
     redis.call('XDEL', KEYS[1], ARGV[i])
     if tracked then
-      redis.call('HDEL', KEYS[2 + 2 * i], 'status')
+      redis.call('HDEL', KEYS[2 + 2 * i], 'status', 'attempt')
       redis.call('DEL', KEYS[3 + 2 * i])
     end
     replayed = replayed + 1
