@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from .server import LocalServer, ServerError, _free_port
+from .server import _PORT_ATTEMPTS, LocalServer, ServerError, _AddressInUse, _free_port
 
 SLOTS = 16384
 # Short, so that a killed master's replica takes over within seconds.
@@ -66,6 +66,7 @@ class LocalCluster:
             extra = [*args, "--cluster-port", str(bus)]
             return LocalServer(binary, port=port, persistence=persistence, extra_args=extra)
 
+        self._node = node
         self.masters = [node() for _ in range(masters)]
         self.replicas = [[node() for _ in range(replicas)] for _ in range(masters)]
 
@@ -82,13 +83,25 @@ class LocalCluster:
     def start(self) -> LocalCluster:
         """Start every node, assign slots, join them, and wait until the cluster is ok."""
         try:
-            for node in self.nodes:
-                node.start()
+            for group in (self.masters, *self.replicas):
+                for i, node in enumerate(group):
+                    group[i] = self._started(node)
             self._join()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _started(self, node: LocalServer) -> LocalServer:
+        """The node, started; if another process took its ports since they were chosen
+        (they are fixed: a node restarts on its own), a new node on fresh ones."""
+        for _ in range(_PORT_ATTEMPTS):
+            try:
+                return node.start()
+            except _AddressInUse:
+                del self.bus_ports[node.port]
+                node = self._node()
+        return node.start()
 
     def stop(self) -> None:
         """Stop every node (idempotent)."""

@@ -681,3 +681,21 @@ def test_async_replicated_sends_to_a_cluster_are_refused_and_store_nothing(clust
     streams = [client.router.queue_keys("safe", q).stream for q in range(3)]
     assert [client.meta.xlen(s) for s in streams] == [0, 0, 0]
     client.close()
+
+
+def test_a_cluster_node_whose_port_was_taken_starts_on_fresh_ones():
+    """A node's ports are chosen when the cluster is made (fixed: a node restarts on its
+    own); another process may take one before the start (a CI run failed so)."""
+    import socket
+
+    cluster = LocalCluster(masters=1, replicas=0)
+    taken = cluster.masters[0].port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        with cluster as c:
+            assert c.masters[0].port != taken
+            r = connect(c.url)
+            r.set("k", "v")
+            assert r.get("k") == b"v"
+            r.close()
