@@ -47,6 +47,7 @@ from .sending import (
     choose_queue,
     forget_indexes_async,
     index_entry,
+    index_pipeline,
     index_ttl_ms,
     is_outage,
     is_replicated,
@@ -453,10 +454,7 @@ class AsyncClient:
                 raise no_replicated_sends(broker)
             try:
                 if part.late_indexes:  # before the entries (see BatchSend)
-                    pipe = broker.redis.pipeline(transaction=False)
-                    for key, value in part.late_indexes:
-                        pipe.set(key, value, px=index_ms)
-                    await pipe.execute()
+                    await index_pipeline(broker.redis, part.late_indexes, index_ms).execute()
                 if broker.cluster:  # one slot: its calls one by one
                     replies = [
                         await broker.scripts.send_batch(keys=k, args=a) for k, a in part.calls

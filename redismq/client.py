@@ -41,6 +41,7 @@ from .sending import (
     choose_queue,
     forget_indexes,
     index_entry,
+    index_pipeline,
     index_ttl_ms,
     is_outage,
     is_replicated,
@@ -466,10 +467,7 @@ class Client:
                 try:
                     with no_resend_on_timeout():
                         if part.late_indexes:  # before the entries (see BatchSend)
-                            pipe = broker.redis.pipeline(transaction=False)
-                            for key, value in part.late_indexes:
-                                pipe.set(key, value, px=index_ms)
-                            pipe.execute()
+                            index_pipeline(broker.redis, part.late_indexes, index_ms).execute()
                         replies = broker.script_on_node(
                             "send_batch", part.key, part.calls, plan.wait_ms
                         )

@@ -120,6 +120,15 @@ def index_entry(namespace: str, topic: str, queue: int, msg: Outgoing) -> tuple[
     return job_index(namespace, msg.id), index_value(topic, queue, *msg.index_as, due)
 
 
+def index_pipeline(r: Any, indexes: list[tuple[str, str]], ttl_ms: int) -> Any:
+    """A pipeline (sync or asyncio, as `r` is) that writes id indexes before their entries
+    (on a Redis Cluster, where they live on other slots), each kept `ttl_ms`."""
+    pipe = r.pipeline(transaction=False)
+    for key, value in indexes:
+        pipe.set(key, value, px=ttl_ms)
+    return pipe
+
+
 def forget_indexes(r: Any, indexes: list[tuple[str, str]]) -> None:
     """Remove the id indexes an attempt wrote before its entries (on a Redis Cluster) when
     it stored nothing under those ids there: a stale one would send `job(id)` to the wrong
