@@ -44,7 +44,9 @@ from .bench_report import (
     CONCURRENCY,
     QUEUES,
     Results,
+    bound_of_latency,
     bound_of_processes,
+    bound_of_send,
     print_report,
     report,
     top_commands,
@@ -56,6 +58,7 @@ from .bench_scenarios import (
     bench_latency,
     bench_memory,
     bench_raw,
+    bench_raw_latency,
     bench_send,
     flags_share,
 )
@@ -105,6 +108,10 @@ def run_bench(
         ),
         ("redismq: 1 worker process, again", lambda: bench_drain(res, n, 1, again=True)),
         ("redismq: send_many, --processes 2", lambda: bench_drain(res, n, 2)),
+        (
+            f"raw redis-py: idle-stream latency (the floor), {sends} probes",
+            lambda: bench_raw_latency(res, sends),
+        ),
         (f"redismq: idle-queue latency, {sends} probes", lambda: bench_latency(res, sends)),
         ("redismq: an idle worker, --concurrency 200", lambda: bench_idle(res, idle)),
         *(
@@ -127,6 +134,8 @@ def run_bench(
     best_peer(res)
     flags_share(res)
     bound_of_processes(res, os.cpu_count())
+    bound_of_send(res)
+    bound_of_latency(res)
     res.notes += [
         f"Each scenario runs on a fresh local server. redismq: a topic of {QUEUES} queues, "
         f"worker default --concurrency {CONCURRENCY}, --log-level WARNING; raw redis-py: one "

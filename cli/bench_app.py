@@ -9,16 +9,22 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import cast
 
 import redis
+from redis.typing import KeyT, StreamIdT
 
 from redismq import App
+from redismq.message import StreamEntry
 from redismq.urls import driver_info
 
 TOPIC = "bench"
 LATENCY_TOPIC = "bench-latency"
 # The Redis list where `record_start` and `rq_record_start` push [sent_at, started_at].
 LATENCY_LIST = "bench:latency"
+# Where the bare consumer that measures the floor of idle latency waits.
+RAW_LATENCY_STREAM = "bench:raw-latency"
+RAW_LATENCY_GROUP = "g"
 
 app = App()
 
@@ -50,6 +56,20 @@ def noop() -> None:
 def record_start(sent_at: float) -> None:
     """Records when it started next to when it was sent (time.time() of both)."""
     _record(sent_at)
+
+
+def raw_latency_consumer() -> None:
+    """A bare redis-py consumer, for the floor of idle latency: blocked in XREADGROUP
+    (COUNT 1), it decodes each probe's body, records its start as `record_start` does and
+    acknowledges it. Runs until stopped."""
+    r = redis.Redis.from_url(os.environ["REDISMQ_URL"], driver_info=driver_info())
+    streams: dict[KeyT, StreamIdT] = {RAW_LATENCY_STREAM: ">"}
+    while True:
+        reply = r.xreadgroup(RAW_LATENCY_GROUP, "c", streams, count=1, block=1000)
+        for _, entries in cast(list[tuple[bytes, list[StreamEntry]]], reply):
+            for entry_id, fields in entries:
+                record_start.fn(*json.loads(fields[b"body"])["args"])
+                r.xack(RAW_LATENCY_STREAM, RAW_LATENCY_GROUP, entry_id)
 
 
 def rq_noop() -> None:

@@ -57,6 +57,13 @@ class ServerStats:
         return calls, self.cpu - before.cpu
 
 
+def command_usec(r: redis.Redis, command: str) -> float:
+    """The µs of Redis time one command has taken since the server started (INFO
+    commandstats; a script's includes the commands it ran)."""
+    stats = r.info("commandstats").get(f"cmdstat_{command}")
+    return float(stats["usec"]) if stats else 0.0
+
+
 def per_task(calls: dict[str, int], tasks: int) -> dict[str, float]:
     """Calls per command per task, most frequent first."""
     return {name: round(n / tasks, 4) for name, n in sorted(calls.items(), key=lambda kv: -kv[1])}

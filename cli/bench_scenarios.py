@@ -23,6 +23,7 @@ from .bench_measure import (
     ServerStats,
     Window,
     check_exit,
+    command_usec,
     log_tail,
     per_task,
     rate_of,
@@ -126,7 +127,10 @@ def bench_send(res: Results, n: int) -> None:
         r = redis.Redis.from_url(srv.url)
         r.ping()
         took = {"raw": 0.0, "send": 0.0}
+        server = {"raw": 0.0, "send": 0.0}  # µs of Redis time in the command that writes
         for kind in ("raw", "send", "send", "raw"):
+            command = "xadd" if kind == "raw" else "evalsha"
+            before = command_usec(r, command)
             started = time.perf_counter()
             if kind == "raw":
                 for _ in range(n):
@@ -135,8 +139,11 @@ def bench_send(res: Results, n: int) -> None:
                 for _ in range(n):
                     task.send()
             took[kind] += time.perf_counter() - started
+            server[kind] += command_usec(r, command) - before
         res.put("send_rate", rate_of(2 * n, took["send"]))
         res.put("send_raw_xadd_rate", rate_of(2 * n, took["raw"]))
+        res.put("send_server_us", server["send"] / (2 * n))
+        res.put("raw_xadd_server_us", server["raw"] / (2 * n))
         r.close()
         client.close()
 
@@ -306,6 +313,27 @@ def bench_latency(res: Results, sends: int) -> None:
         client.close()
     res.put("latency_p50_ms", percentile(delays, 50), sends, len(delays))
     res.put("latency_p99_ms", percentile(delays, 99), sends, len(delays))
+
+
+def bench_raw_latency(res: Results, sends: int) -> None:
+    """The floor of idle latency: a bare redis-py consumer blocked in XREADGROUP on an idle
+    stream (`bench_app.raw_latency_consumer`): when do probes start after their XADD?"""
+    from redismq.cli.bench_app import RAW_LATENCY_GROUP, RAW_LATENCY_STREAM
+
+    with LocalServer() as srv:
+        r = redis.Redis.from_url(srv.url)
+        r.xgroup_create(RAW_LATENCY_STREAM, RAW_LATENCY_GROUP, id="$", mkstream=True)
+
+        def send(sent_at: float) -> None:
+            body = json.dumps({"task": "bench.record_start", "args": [sent_at], "kwargs": {}})
+            r.xadd(RAW_LATENCY_STREAM, {"body": body})
+
+        code = "from redismq.cli.bench_app import raw_latency_consumer; raw_latency_consumer()"
+        with worker_process(["-c", code], srv.url) as proc:
+            delays = probe_latency(r, send, sends, proc)
+        r.close()
+    res.put("raw_latency_p50_ms", percentile(delays, 50), sends, len(delays))
+    res.put("raw_latency_p99_ms", percentile(delays, 99), sends, len(delays))
 
 
 def bench_idle(res: Results, seconds: float) -> None:

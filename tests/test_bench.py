@@ -21,7 +21,9 @@ from redismq.cli.bench_report import (
     Results,
     Target,
     _times,
+    bound_of_latency,
     bound_of_processes,
+    bound_of_send,
     print_report,
 )
 from redismq.cli.bench_scenarios import percentile
@@ -37,8 +39,12 @@ FIGURES = {
     "raw_consume_cpu_us",
     "raw_commands_per_msg",
     "raw_server_us_per_msg",
+    "raw_latency_p50_ms",
+    "raw_latency_p99_ms",
     "send_rate",
     "send_raw_xadd_rate",
+    "send_server_us",
+    "raw_xadd_server_us",
     "send_many_rate",
     "worker1_rate",
     "worker1_cpu_us",
@@ -92,6 +98,8 @@ SENT = {
     "rq_fork_cpu_us": 100,
     "latency_p50_ms": 50,
     "latency_p99_ms": 50,
+    "raw_latency_p50_ms": 50,
+    "raw_latency_p99_ms": 50,
     "rq_latency_p50_ms": 50,
     "rq_latency_p99_ms": 50,
     "worker_peak_rss_mb": 2000,
@@ -262,3 +270,53 @@ def test_what_bounds_two_processes() -> None:
     room = results(8.0)
     bound_of_processes(room, 8)  # 8 cores / 23 µs and 125,000 for Redis: 1.7× fits
     assert room.notes == []
+
+
+def test_what_bounds_the_send() -> None:
+    def results(send_rate: float) -> Results:
+        res = Results(1000, False, 100, 10, 1000)
+        for name, value in (
+            ("send_rate", send_rate),
+            ("send_raw_xadd_rate", 8_000.0),  # 125 µs a raw XADD in turns
+            ("send_server_us", 24.0),
+            ("raw_xadd_server_us", 4.0),
+        ):
+            res.put(name, value)
+        return res
+
+    slow = results(5_000.0)  # 200 µs a send
+    bound_of_send(slow)
+    [note] = slow.notes
+    assert "a raw XADD takes 125.0 µs and a send 200.0 µs" in note, note
+    assert "24.0 µs of Redis time against an XADD's 4.0" in note, note
+    assert "at most 0.86× the raw XADD" in note, note  # 125 / (125 + 20)
+    assert "The other 55.0 µs are the client's" in note, note
+    assert "0.9× needs a send under 138.9 µs" in note, note
+    fast = results(7_500.0)  # 0.94×: nothing to explain
+    bound_of_send(fast)
+    assert fast.notes == []
+
+
+def test_what_bounds_idle_latency() -> None:
+    def results(ours: float, huey: float, floor: float) -> Results:
+        res = Results(1000, False, 100, 10, 1000)
+        for name, value in (
+            ("latency_p50_ms", ours),
+            ("huey_latency_p50_ms", huey),
+            ("raw_latency_p50_ms", floor),
+        ):
+            res.put(name, value)
+        return res
+
+    below = results(0.40, 0.50, 0.33)
+    bound_of_latency(below)
+    [note] = below.notes
+    assert "starts a probe 0.33 ms after its XADD (p50); redismq takes 0.40 ms" in note, note
+    assert "0.6× huey's 0.50 ms is 0.30 ms, below that floor by 0.03 ms" in note, note
+    above = results(0.80, 1.00, 0.50)
+    bound_of_latency(above)
+    [note] = above.notes
+    assert "0.6× huey's 1.00 ms is 0.60 ms, 0.10 ms above that floor" in note, note
+    met = results(0.30, 0.60, 0.25)
+    bound_of_latency(met)
+    assert met.notes == []
