@@ -201,11 +201,12 @@ class Fetching(Outcomes):
         self, broker: Broker, streams: list[str], block_ms: int
     ) -> tuple[list[Any], dict[tuple[int, bool, str], str]]:
         """A blocking read of the streams (an entry each at most), with the `woken` script
-        sent behind it in the same pipeline: the reply (RESP2: [[stream, entries], ...])
-        and the verdicts the script gave, by queue, retry stream or not, and entry id. What
-        it did not judge (a Redis Cluster, where the two go apart; an error) `_check` will."""
-        read: dict[Any, Any] = dict.fromkeys(streams, ">")
+        sent behind it in the same round trip, on the thread's own connection: what it
+        read (as `_decode` takes it) and the verdicts the script gave, by queue, retry
+        stream or not, and entry id. What it did not judge (a Redis Cluster, where the two
+        go apart; an error) `_check` will."""
         if broker.cluster:
+            read: dict[Any, Any] = dict.fromkeys(streams, ">")
             reply = broker.redis.xreadgroup(self.group, self.name, read, count=1, block=block_ms)
             return cast(list[Any], reply) or [], {}
         keys: list[str] = list(streams)
@@ -215,20 +216,23 @@ class Fetching(Outcomes):
             keys += side
             sweep = self.marks_running and sweep_due(side[2], now_ms())
             args.append(self.client.result_ttl_ms if sweep else 0)
-        pipe = broker.redis.pipeline(transaction=False)
-        pipe.xreadgroup(self.group, self.name, read, count=1, block=block_ms)
-        pipe.evalsha(broker.scripts.woken.sha, len(keys), *keys, *args)
-        reply, got = pipe.execute(raise_on_error=False)
+        xread = ["XREADGROUP", "GROUP", self.group, self.name, "COUNT", 1, "BLOCK", block_ms]
+        xread += ["STREAMS", *streams, *[">"] * len(streams)]
+        woken = ("EVALSHA", broker.scripts.woken.sha, len(keys), *keys, *args)
+        reply, got = broker.round_trip([xread, woken])
         if isinstance(reply, Exception):
             raise reply
         if isinstance(got, NoScriptError):  # the server lost its scripts: for the next wait
-            broker.scripts.load("woken")
+            broker.scripts.load("woken", broker.sender())
         judged = {}
         for stream, one in zip(streams, got if isinstance(got, list) else (), strict=False):
             if one:
                 q, from_retry = self._by_stream[stream.encode()]
                 judged[(q.index, from_retry, one[0].decode())] = VERDICTS[one[1][0]]
-        return cast(list[Any], reply) or [], judged
+        # the raw reply: {stream: entries} (RESP3) or [[stream, entries], ...] (RESP2), each
+        # entry's fields a flat list: read as the read script's, with no verdicts
+        pairs = reply.items() if isinstance(reply, dict) else reply or ()
+        return [(stream, entries, None, None) for stream, entries in pairs], judged
 
     def _until_look_ms(self) -> int:
         """Milliseconds until the next look for due messages or expired leases is due."""
@@ -253,16 +257,13 @@ class Fetching(Outcomes):
         if self.marks_running:  # swept at most once a minute, throttled by one of the zsets
             swept = self._keys(streams[0]).running(self.group)
             args[3:] = [1, self.client.result_ttl_ms if sweep_due(swept, now_ms()) else 0]
-        if settle is not None and broker in settle.calls:
-            calls = [*settle.calls[broker][0], ("read", keys, args)]
-            replies = broker.scripts.run(calls, raise_on_error=False)
-            if not any(isinstance(r, Exception) for r in replies[:-1]):
-                self._settled(settle, broker, replies[:-1])
-            got = replies[-1]
-            if isinstance(got, Exception):
-                raise got
-        else:
-            got = broker.scripts.read(keys=keys, args=args)
+        calls = [*settle.calls[broker][0]] if settle is not None and broker in settle.calls else []
+        replies = broker.run_scripts([*calls, ("read", keys, args)], raise_on_error=False)
+        if calls and not any(isinstance(r, Exception) for r in replies[:-1]):
+            self._settled(settle, broker, replies[:-1])  # type: ignore[arg-type]
+        got = replies[-1]
+        if isinstance(got, Exception):
+            raise got
         return [
             (streams[position - 1].encode(), entries, verdicts, int(takeovers))
             for position, entries, verdicts, takeovers in got
@@ -373,8 +374,9 @@ class Fetching(Outcomes):
 
     def _decode(self, reply: Sequence[Any]) -> list[Message]:
         """Messages of (stream, entries) pairs (their fields as dicts), or (stream, entries,
-        verdicts, takeovers) of the read script (their fields as field/value lists);
-        undecodable entries are dead-lettered."""
+        verdicts, takeovers) of the read script (their fields as field/value lists; no
+        verdicts or takeovers for a blocking read's); undecodable entries are
+        dead-lettered."""
         messages, bad = [], []
         topic, group = self.topic.name, self.group
         for stream, entries, *checked in reply:
@@ -382,12 +384,12 @@ class Fetching(Outcomes):
             verdicts, takeovers = checked if checked else (None, None)
             for n, (entry_id, fields) in enumerate(entries):
                 try:
-                    if verdicts is None:
-                        msg = decode_entry(topic, q.index, entry_id, fields)
-                    else:
+                    if checked:
                         msg = decode_flat(topic, q.index, entry_id, fields)
+                    else:
+                        msg = decode_entry(topic, q.index, entry_id, fields)
                 except InvalidMessage as exc:
-                    as_dict = fields if verdicts is None else entry_dict(fields)
+                    as_dict = entry_dict(fields) if checked else fields
                     bad.append((q, from_retry, entry_id, as_dict or {}, str(exc)))
                     continue
                 msg.group = group

@@ -13,12 +13,13 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis import Redis  # the name `redis` is also a Broker field
+from redis.connection import Connection
 
 from . import cluster, process
 from .errors import BrokerUnavailable, TopicExists, TopicNotFound
@@ -35,7 +36,7 @@ from .health import (  # noqa: F401 - the states and intervals are public here t
 )
 from .keys import MetaKeys, QueueKeys
 from .route_cache import RouteCache
-from .scripts import Scripts
+from .scripts import Scripts, round_trip
 from .urls import connect
 
 
@@ -254,6 +255,20 @@ class Broker:
         if self.cluster:
             return self.scripts.send(keys=keys, args=args)
         return self.scripts.send.on_connection(self.sender(), keys, args)
+
+    def run_scripts(
+        self, calls: list[tuple[str, list[str], list[Any]]], raise_on_error: bool = True
+    ) -> list[Any]:
+        """`Scripts.run` on the calling thread's own connection (`sender`): for a thread
+        that calls this broker again and again (a fetch thread)."""
+        on = None if self.cluster else self.sender()
+        return self.scripts.run(calls, raise_on_error, on=on)
+
+    def round_trip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Commands in one round trip on the calling thread's own connection (`sender`),
+        each reply in its command's place (an error reply as its exception); not on a Redis
+        Cluster (its commands may go to several nodes)."""
+        return round_trip(cast(Connection, self.sender().connection), commands)
 
     def pipeline(self) -> Any:
         """A non-transactional pipeline for this broker's keys. On a Redis Cluster Broker of

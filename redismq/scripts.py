@@ -12,7 +12,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.commands.core import Script
 from redis.connection import Connection
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import cluster
 
@@ -78,12 +78,17 @@ class Scripts:
             setattr(self, name, script)
 
     def run(
-        self, calls: list[tuple[str, list[str], list[Any]]], raise_on_error: bool = True
+        self,
+        calls: list[tuple[str, list[str], list[Any]]],
+        raise_on_error: bool = True,
+        on: redis.Redis | None = None,
     ) -> list[Any]:
         """Run script calls in one round trip, by SHA; calls the server did not know the
         script of (a restart, SCRIPT FLUSH) are loaded and run again, the others ran once.
         On a Redis Cluster: one pipeline per master. An error reply is raised, or with
-        `raise_on_error=False` returned in its call's place (the other calls did run)."""
+        `raise_on_error=False` returned in its call's place (the other calls did run).
+        `on`: a single-connection client of the same server that only the calling thread
+        uses (`Broker.sender`), whose connection carries them (`round_trip`)."""
         if cluster.is_cluster(self.client):
             replies = cluster.run_scripts(
                 self.client,  # type: ignore[arg-type]
@@ -92,12 +97,12 @@ class Scripts:
                 lambda name, keys, args: getattr(self, name)(keys=keys, args=args),
             )
         else:
-            replies = self._pipeline(calls)
+            replies = self._pipeline(calls, on)
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
                 for name in {calls[i][0] for i in missing}:
-                    self.load(name)
-                again = self._pipeline([calls[i] for i in missing])
+                    self.load(name, on)
+                again = self._pipeline([calls[i] for i in missing], on)
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         for reply in replies if raise_on_error else ():
@@ -105,11 +110,21 @@ class Scripts:
                 raise reply
         return replies
 
-    def load(self, name: str) -> None:
-        """Load a script the server does not know (a restart, SCRIPT FLUSH)."""
-        self.client.script_load(source(name))
+    def load(self, name: str, on: redis.Redis | None = None) -> None:
+        """Load a script the server does not know (a restart, SCRIPT FLUSH), on the
+        connection of `on` where one said so: after a failover, a held connection and the
+        pool's can be on different servers for a while."""
+        (on or self.client).script_load(source(name))
 
-    def _pipeline(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+    def _pipeline(
+        self, calls: list[tuple[str, list[str], list[Any]]], on: redis.Redis | None
+    ) -> list[Any]:
+        if on is not None:
+            commands = [
+                ("EVALSHA", getattr(self, name).sha, len(keys), *keys, *args)
+                for name, keys, args in calls
+            ]
+            return round_trip(cast(Connection, on.connection), commands)
         pipe = cast(redis.Redis, self.client).pipeline(transaction=False)  # run() is sync only
         for name, keys, args in calls:
             pipe.evalsha(getattr(self, name).sha, len(keys), *keys, *args)
@@ -158,7 +173,31 @@ class SyncScript(Script):
         connection when it broke, as the client would."""
 
         def attempt() -> Any:
+            connection.connect()  # see round_trip
             connection.send_command("EVALSHA", *command)
             return connection.read_response()
 
         return connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
+
+
+def round_trip(connection: Connection, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Commands sent together on one connection, and their replies in order, an error
+    reply in its command's place (as a pipeline's with `raise_on_error=False`), without a
+    pipeline's per-command steps. Its own retry sends them again on a new connection when
+    it broke, as a pipeline would."""
+
+    def attempt() -> list[Any]:
+        # A send connects a closed connection again by itself, but to the address it had:
+        # connect() is what asks Sentinel for the master (a held connection is never
+        # handed out by the pool again, which would call it).
+        connection.connect()
+        connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+    return connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())

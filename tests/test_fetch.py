@@ -306,9 +306,9 @@ def test_a_read_is_kept_when_the_settle_that_went_with_it_fails(
     scripts = consumer.queues[0].broker.scripts
     real = scripts.run
 
-    def settles_refused(calls, raise_on_error=True):
+    def settles_refused(calls, raise_on_error=True, on=None):
         """The settle calls fail (as a refused write would), unrun; the others run."""
-        ran = iter(real([c for c in calls if c[0] != "settle"], raise_on_error=False))
+        ran = iter(real([c for c in calls if c[0] != "settle"], raise_on_error=False, on=on))
         replies = [redis.ResponseError("refused") if c[0] == "settle" else next(ran) for c in calls]
         if raise_on_error and any(isinstance(r, Exception) for r in replies):
             raise next(r for r in replies if isinstance(r, Exception))
@@ -360,10 +360,10 @@ def test_a_job_whose_settle_is_on_its_way_is_not_renewed(client: Client, app, mo
     scripts = loop.consumer.queues[0].broker.scripts
     real, seen = scripts.run, []
 
-    def run(calls, raise_on_error=True):
+    def run(calls, raise_on_error=True, on=None):
         if any(c[0] == "settle" for c in calls):
             seen.append([m.id for m in loop.held()])
-        return real(calls, raise_on_error)
+        return real(calls, raise_on_error, on)
 
     monkeypatch.setattr(scripts, "run", run)
     loop.step(0.1, threading.Event())

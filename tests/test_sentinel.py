@@ -167,3 +167,29 @@ def address(client: Client) -> str | None:
     """The master address the NameServer last recorded for broker "s"."""
     [broker] = list_brokers(client)
     return broker.health.get("address") if broker.health.get("up") else None
+
+
+def test_a_threads_own_connection_follows_sentinel_to_the_new_master(servers) -> None:
+    """A send and a blocking read go on the calling thread's own connection (never handed
+    back to the pool). After a failover it must ask Sentinel for the master again: redis-py
+    connects a closed connection again to the address it had, and with the old master back
+    as a replica there, sends and reads kept failing (READONLY) until the send's deadline."""
+    master = servers.start()
+    replica = servers.start(replica_of=master)
+    with Sentinels(master) as sentinels:
+        client = Client(sentinels.url, send_timeout=10)
+        client.create_topic("follow", queues=1)
+        consumer = client.consumer("follow", "g", create=True)
+        client.send_message("follow", b"before")
+        [first] = consumer.receive(count=1, block=1.0)
+        consumer.ack(first)
+
+        master.kill()
+        assert wait_for(lambda: sentinels.master_address() == ("127.0.0.1", replica.port), 20)
+        master.restart()  # at its old address, as a replica of the new master
+        master.client().replicaof("127.0.0.1", replica.port)
+
+        client.send_message("follow", b"after")
+        assert [m.body for m in consumer.receive(count=1, block=5.0)] == [b"after"]
+        assert replica.client().xlen(client.router.queue_keys("follow", 0).stream) >= 1
+        client.close()
