@@ -173,7 +173,8 @@ class SyncScript(Script):
         connection when it broke, as the client would."""
 
         def attempt() -> Any:
-            connection.connect()  # see round_trip
+            if not connection.is_connected:  # see round_trip
+                connection.connect()
             connection.send_command("EVALSHA", *command)
             return connection.read_response()
 
@@ -190,7 +191,8 @@ def round_trip(connection: Connection, commands: Sequence[Sequence[Any]]) -> lis
         # A send connects a closed connection again by itself, but to the address it had:
         # connect() is what asks Sentinel for the master (a held connection is never
         # handed out by the pool again, which would call it).
-        connection.connect()
+        if not connection.is_connected:
+            connection.connect()
         connection.send_packed_command(connection.pack_commands(commands))
         replies: list[Any] = []
         for _ in commands:
