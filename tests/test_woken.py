@@ -135,3 +135,21 @@ def test_a_wake_after_the_server_forgot_its_scripts_is_checked_after(client, app
     assert consumer.receive(count=1, block=0.05) == []
     got, trips = receive_woken(client, consumer, lambda: jobs.append(work.send(2)))
     assert [m.id for m in got] == [jobs[1].id] and check_calls(trips) == []
+
+
+def test_what_a_retry_stream_wakes_with_is_checked_after(client, app, work):
+    """The script looks at the queues' own streams only (a few µs a stream at every wake):
+    an entry of a retry stream, here a cancelled job's, is judged by the check after the
+    read, and settled without a run."""
+    job = work.send(0)
+    stream = client.router.queue_keys("woken", 0).stream
+    [(_, fields)] = client.meta.xrange(stream)
+    assert job.cancel() is True
+    consumer, held = waiting(client)
+    assert held == []  # the queued copy, cancelled, was settled by the read
+    retry = consumer.queues[0].keys.retry_stream("workers")
+    assert client.meta.xpending(retry, "workers")["pending"] == 0
+    got, trips = receive_woken(client, consumer, lambda: client.meta.xadd(retry, fields))
+    assert got == [] and check_calls(trips)  # judged after the read, as cancelled
+    assert client.meta.xpending(retry, "workers")["pending"] == 0  # settled, not run
+    assert work.ran == []
