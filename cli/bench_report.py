@@ -444,14 +444,16 @@ def bound_of_send(res: Results) -> None:
     if raw / send >= SEND_TARGET:
         return
     script, xadd = v["send_server_us"].value, v["raw_xadd_server_us"].value
-    ceiling = raw / (raw + max(script - xadd, 0.0))
+    beyond = max(script - xadd, 0.0)
+    ceiling = raw / (raw + beyond)
     res.notes.append(
         f"What bounds Task.send: in turns a raw XADD takes {raw:.1f} µs and a send "
         f"{send:.1f} µs. Its script (the entry, its id's index, the look for that index "
         f"that makes a retried send a no-op: one atomic step) takes {script:.1f} µs of Redis "
         f"time against an XADD's {xadd:.1f}; that alone keeps a send at most {ceiling:.2f}× "
-        f"the raw XADD at this round trip. The other {send - raw - (script - xadd):.1f} µs "
-        f"are the client's. {SEND_TARGET:g}× needs a send under {raw / SEND_TARGET:.1f} µs."
+        f"the raw XADD at this round trip. The other {send - raw - beyond:.1f} µs are the "
+        f"client's and the wire's (a larger request to send, read and parse). "
+        f"{SEND_TARGET:g}× needs a send under {raw / SEND_TARGET:.1f} µs."
     )
 
 

@@ -262,7 +262,10 @@ class Fetching(Outcomes):
             swept = self._keys(streams[0]).running(self.group)
             args[3:] = [1, self.client.result_ttl_ms if sweep_due(swept, now_ms()) else 0]
         calls = [*settle.calls[broker][0]] if settle is not None and broker in settle.calls else []
-        replies = broker.run_scripts([*calls, ("read", keys, args)], raise_on_error=False)
+        if calls or not broker.cluster:
+            replies = broker.run_scripts([*calls, ("read", keys, args)], raise_on_error=False)
+        else:  # the cluster client's own call: it follows the cluster's changes by itself
+            replies = [broker.scripts.read(keys=keys, args=args)]
         if calls and not any(isinstance(r, Exception) for r in replies[:-1]):
             self._settled(settle, broker, replies[:-1])  # type: ignore[arg-type]
         got = replies[-1]

@@ -169,37 +169,58 @@ class SyncScript(Script):
 
     @staticmethod
     def _on(connection: Connection, *command: Any) -> Any:
-        """An EVALSHA on one connection; its own retry still sends it again on a new
-        connection when it broke, as the client would."""
+        """An EVALSHA on one connection (see `round_trip`); its own retry still sends it
+        again on a new connection when it broke, as the client would."""
 
         def attempt() -> Any:
-            if not connection.is_connected:  # see round_trip
-                connection.connect()
-            connection.send_command("EVALSHA", *command)
-            return connection.read_response()
+            _connected(connection)
+            try:
+                connection.send_command("EVALSHA", *command)
+                return connection.read_response()
+            except ResponseError:
+                raise
+            except BaseException:
+                connection.disconnect()  # see round_trip
+                raise
 
         return connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
 
 
 def round_trip(connection: Connection, commands: Sequence[Sequence[Any]]) -> list[Any]:
-    """Commands sent together on one connection, and their replies in order, an error
-    reply in its command's place (as a pipeline's with `raise_on_error=False`), without a
-    pipeline's per-command steps. Its own retry sends them again on a new connection when
-    it broke, as a pipeline would."""
+    """Commands sent together on one connection that only the calling thread uses, and
+    their replies in order, an error reply in its command's place (as a pipeline's with
+    `raise_on_error=False`), without a pipeline's per-command steps.
+
+    Its own retry sends them again on a new connection when it broke before any reply
+    came, as a pipeline would. After a reply came they are not sent again: what came is
+    returned with the error in place of the rest (a read's entries, once delivered, would
+    not be delivered again). A connection that failed is closed, whatever failed: a held
+    connection is never checked for unread replies by the pool (a Sentinel connection
+    keeps its socket after a timeout), and the next call would read the late one."""
 
     def attempt() -> list[Any]:
-        # A send connects a closed connection again by itself, but to the address it had:
-        # connect() is what asks Sentinel for the master (a held connection is never
-        # handed out by the pool again, which would call it).
-        if not connection.is_connected:
-            connection.connect()
-        connection.send_packed_command(connection.pack_commands(commands))
+        _connected(connection)
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(connection.read_response())
-            except ResponseError as exc:
-                replies.append(exc)
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException as exc:
+            connection.disconnect()
+            if not replies or not isinstance(exc, Exception):
+                raise
+            return replies + [exc] * (len(commands) - len(replies))
         return replies
 
     return connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
+
+
+def _connected(connection: Connection) -> None:
+    """Connect a closed connection. A command sent on one connects it by itself, but to
+    the address it had: connect() is what asks Sentinel for the master, and the pool calls
+    it only when it hands a connection out, which a held one never is again."""
+    if not connection.is_connected:
+        connection.connect()

@@ -290,7 +290,7 @@ def test_what_bounds_the_send() -> None:
     assert "a raw XADD takes 125.0 µs and a send 200.0 µs" in note, note
     assert "24.0 µs of Redis time against an XADD's 4.0" in note, note
     assert "at most 0.86× the raw XADD" in note, note  # 125 / (125 + 20)
-    assert "The other 55.0 µs are the client's" in note, note
+    assert "The other 55.0 µs are the client's and the wire's" in note, note
     assert "0.9× needs a send under 138.9 µs" in note, note
     fast = results(7_500.0)  # 0.94×: nothing to explain
     bound_of_send(fast)

@@ -10,11 +10,14 @@ The NameServer reports the new master.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 from apps import sideeffects
 from apps.sentinel_app import TASK, TOPIC
 from conftest import wait_for
@@ -23,6 +26,8 @@ from sentinels import Sentinels, Servers
 from redismq import Client, RedisMQError
 from redismq.brokers import add_broker, list_brokers
 from redismq.nameserver import NameServer
+from redismq.scripts import SyncScript, round_trip
+from redismq.urls import connect, no_resend_on_timeout
 
 pytestmark = pytest.mark.fault
 
@@ -193,3 +198,34 @@ def test_a_threads_own_connection_follows_sentinel_to_the_new_master(servers) ->
         assert [m.body for m in consumer.receive(count=1, block=5.0)] == [b"after"]
         assert replica.client().xlen(client.router.queue_keys("follow", 0).stream) >= 1
         client.close()
+
+
+def test_a_held_connection_that_timed_out_reads_no_late_reply(servers) -> None:
+    """A send's timeout is raised, not retried (its record makes a late copy a no-op), and
+    a Sentinel connection keeps its socket after a timeout: the late reply stayed unread on
+    the thread's own connection (the pool never checks a held one), and every call after it
+    read the reply of the one before (a send its predecessor's; a fetch thread's reads,
+    settles and waits each other's). A connection that failed is now closed."""
+    master = servers.start()
+    servers.start(replica_of=master)  # Sentinels start once they see a replica
+    with Sentinels(master) as sentinels:
+        held = connect(sentinels.url, socket_timeout=0.3).client()
+        connection = held.connection
+        script = SyncScript(held, "return ARGV[1]")
+        assert script.on_connection(held, [], ["loaded"]) == b"loaded"
+
+        def stalled(call):
+            os.kill(master.pid, signal.SIGSTOP)  # the master stalls past the timeout
+            try:
+                with pytest.raises(redis.TimeoutError), no_resend_on_timeout():
+                    call()
+            finally:
+                time.sleep(0.5)
+                os.kill(master.pid, signal.SIGCONT)
+            time.sleep(0.2)  # the late reply arrives
+
+        stalled(lambda: script.on_connection(held, [], ["late"]))
+        assert script.on_connection(held, [], ["mine"]) == b"mine"
+        stalled(lambda: round_trip(connection, [("ECHO", "late")]))
+        assert round_trip(connection, [("SET", "k", "v"), ("GET", "k")]) == [b"OK", b"v"]
+        held.close()

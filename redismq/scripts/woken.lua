@@ -1,5 +1,5 @@
 -- The verdicts (see _verdicts.lua) of what a blocking XREADGROUP, sent just before this
--- call in the same pipeline, delivered to its consumer. Redis runs this call as soon as
+-- call in the same round trip, delivered to its consumer. Redis runs this call as soon as
 -- the read wakes, so a job is judged, and recorded as running, in the read's own round
 -- trip. Per stream, the entry judged is the consumer's one pending entry there: a stream
 -- where it holds none or several is left out (what the read brought from it is judged
