@@ -444,3 +444,53 @@ def test_a_script_call_takes_none_for_no_keys_or_arguments_as_redis_pys_does(
     script = SyncScript(r, "return #KEYS + #ARGV")
     assert script(keys=None, args=None) == 0
     assert script(keys=["k"], args=[1, 2]) == 3
+
+
+class _Breaks:
+    """A connection whose replies come as given, an exception raised in its turn; counts
+    what was sent and each disconnect."""
+
+    def __init__(self, replies: list[object]) -> None:
+        from redismq.urls import connection_options
+
+        self.replies, self.sent, self.disconnects = list(replies), 0, 0
+        self.retry = connection_options(1.0)["retry"]
+        self.is_connected = True
+
+    def pack_commands(self, commands: object) -> object:
+        return commands
+
+    def send_packed_command(self, packed: object) -> None:
+        self.sent += 1
+
+    def read_response(self) -> object:
+        reply = self.replies.pop(0)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+
+    def disconnect(self) -> None:
+        self.disconnects += 1
+
+
+def test_a_round_trip_broken_after_a_reply_is_not_sent_again() -> None:
+    """A second blocking read would not deliver the entry the first one did: what came is
+    returned, the error in place of the rest, and the connection is closed."""
+    import redis
+
+    from redismq.scripts import round_trip
+
+    broken = redis.ConnectionError("reset")
+    conn = _Breaks([b"first", broken, b"never read"])
+    replies = round_trip(conn, [("A",), ("B",), ("C",)])  # type: ignore[arg-type]
+    assert replies == [b"first", broken, broken]
+    assert conn.sent == 1 and conn.disconnects == 1
+    # broken before any reply: sent again, as a pipeline would be
+    conn = _Breaks([broken, b"a", b"b"])
+    assert round_trip(conn, [("A",), ("B",)]) == [b"a", b"b"]  # type: ignore[arg-type]
+    assert conn.sent == 2
+    # an error reply keeps its place and closes nothing
+    refused = redis.ResponseError("refused")
+    conn = _Breaks([refused, b"b"])
+    assert round_trip(conn, [("A",), ("B",)]) == [refused, b"b"]  # type: ignore[arg-type]
+    assert conn.disconnects == 0
