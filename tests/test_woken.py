@@ -153,3 +153,20 @@ def test_what_a_retry_stream_wakes_with_is_checked_after(client, app, work):
     assert got == [] and check_calls(trips)  # judged after the read, as cancelled
     assert client.meta.xpending(retry, "workers")["pending"] == 0  # settled, not run
     assert work.ran == []
+
+
+def test_a_wait_leaves_the_mark_of_a_job_still_running_as_it_was(client, app, work):
+    """A consumer that holds one entry of a stream (a job still running: an async topic's
+    fetch thread waits while its slots run jobs) and waits for more: the script judges that
+    entry again, and wrote its running mark again with the time of the wait, so that the
+    job's start moved on at every wait (and a taken-over job's attempt in it was lost)."""
+    job = work.send(0)
+    consumer, held = waiting(client)
+    assert [m.id for m in held] == [job.id]
+    key = consumer.queues[0].keys.running("workers")
+    marked = client.meta.zscore(key, job.id)
+    started = job.describe()["started_at"]
+    time.sleep(0.05)
+    assert consumer.receive(count=1, block=0.05) == []  # a wait that woke with nothing
+    assert client.meta.zscore(key, job.id) == marked
+    assert started is not None and job.describe()["started_at"] == started

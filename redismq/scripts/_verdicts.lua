@@ -1,9 +1,12 @@
 -- Which of a queue's messages a group may run: 'd' done already (in the group's done
 -- records), 'c' cancelled (in the queue's cancel marks), '.' to run; with `marks`, the
 -- ones to run are recorded as running (scored by start time and attempt), and with
--- `horizon` > 0 marks older than that many ms are swept. `ids[j]` may be false (an entry
--- without an id: it is left to run, and to fail as undecodable). One character per message.
-local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, marks, horizon)
+-- `horizon` > 0 marks older than that many ms are swept; with `keep`, a mark already there
+-- stays as it is (a job judged again while it runs keeps its start and attempt). `ids[j]`
+-- may be false (an entry without an id: it is left to run, and to fail as undecodable).
+-- One character per message.
+local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, marks, horizon,
+    keep)
   -- looked up in order, the replies read by position (an entry without an id asks for
   -- '', which no record is named: it is not one of them either way)
   local named, done, cancelled = {}, {}, {}
@@ -39,7 +42,7 @@ local function verdicts(done_key, cancel_key, running_key, ids, attempts, n, mar
       end
     end
   end
-  sliced('ZADD', running_key, running)
+  sliced('ZADD', running_key, running, keep and 'NX' or nil)
   if marks and horizon > 0 then
     redis.call('ZREMRANGEBYSCORE', running_key, '-inf', (now - horizon) * 1000)
   end

@@ -22,8 +22,10 @@ for i = 1, n do
     if #found == 1 then
       local id, attempt = id_and_attempt(found[1][2])
       local base = n + 3 * (i - 1)
+      -- a mark already there is kept: the entry can be a job still running (the read
+      -- brought nothing from this stream), judged again at each wait
       out[i] = {entry_id, verdicts(KEYS[base + 1], KEYS[base + 2], KEYS[base + 3], {id},
-        {attempt}, 1, marks, tonumber(ARGV[3 + i]))}
+        {attempt}, 1, marks, tonumber(ARGV[3 + i]), true)}
     end
   end
 end
