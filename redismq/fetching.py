@@ -261,13 +261,13 @@ class Fetching(Outcomes):
         if self.marks_running:  # swept at most once a minute, throttled by one of the zsets
             swept = self._keys(streams[0]).running(self.group)
             args[3:] = [1, self.client.result_ttl_ms if sweep_due(swept, now_ms()) else 0]
-        calls = [*settle.calls[broker][0]] if settle is not None and broker in settle.calls else []
+        calls = settle.calls[broker][0] if settle is not None and broker in settle.calls else []
         if calls or not broker.cluster:
             replies = broker.run_scripts([*calls, ("read", keys, args)], raise_on_error=False)
         else:  # the cluster client's own call: it follows the cluster's changes by itself
             replies = [broker.scripts.read(keys=keys, args=args)]
-        if calls and not any(isinstance(r, Exception) for r in replies[:-1]):
-            self._settled(settle, broker, replies[:-1])  # type: ignore[arg-type]
+        if settle is not None and calls and not any(isinstance(r, Exception) for r in replies[:-1]):
+            self._settled(settle, broker, replies[:-1])
         got = replies[-1]
         if isinstance(got, Exception):
             raise got
