@@ -38,15 +38,13 @@ from rich.text import Text
 
 from redismq import RedisMQError
 
+from .bench_bounds import bound_of_latency, bound_of_processes, bound_of_send
 from .bench_measure import BenchError
 from .bench_peers import best_peer, peer_steps
 from .bench_report import (
     CONCURRENCY,
     QUEUES,
     Results,
-    bound_of_latency,
-    bound_of_processes,
-    bound_of_send,
     print_report,
     report,
     top_commands,

@@ -16,14 +16,12 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from redismq.cli.bench_bounds import bound_of_latency, bound_of_processes, bound_of_send
 from redismq.cli.bench_report import (
     SPECS,
     Results,
     Target,
     _times,
-    bound_of_latency,
-    bound_of_processes,
-    bound_of_send,
     print_report,
 )
 from redismq.cli.bench_scenarios import percentile
