@@ -159,31 +159,16 @@ class SyncScript(Script):
     def on_connection(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """A call on the connection of a single-connection client that only the calling
         thread uses (a send's: `Broker.sender`), without the client's per-command steps
-        (its lock, its observability records, its events): a tenth of a send's time."""
+        (its lock, its observability records, its events): a tenth of a send's time.
+        An error reply is raised; a broken connection is handled as `round_trip` does."""
         connection = cast(Connection, client.connection)
-        try:
-            return self._on(connection, self.sha, len(keys), *keys, *args)
-        except NoScriptError:
+        (reply,) = round_trip(connection, [("EVALSHA", self.sha, len(keys), *keys, *args)])
+        if isinstance(reply, NoScriptError):
             self.sha = client.script_load(self.script)
-            return self._on(connection, self.sha, len(keys), *keys, *args)
-
-    @staticmethod
-    def _on(connection: Connection, *command: Any) -> Any:
-        """An EVALSHA on one connection (see `round_trip`); its own retry still sends it
-        again on a new connection when it broke, as the client would."""
-
-        def attempt() -> Any:
-            _connected(connection)
-            try:
-                connection.send_command("EVALSHA", *command)
-                return connection.read_response()
-            except ResponseError:
-                raise
-            except BaseException:
-                connection.disconnect()  # see round_trip
-                raise
-
-        return connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
+            (reply,) = round_trip(connection, [("EVALSHA", self.sha, len(keys), *keys, *args)])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
 
 def round_trip(connection: Connection, commands: Sequence[Sequence[Any]]) -> list[Any]:
