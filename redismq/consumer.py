@@ -122,6 +122,7 @@ class Consumer(Fetching):
         # Fetched by a blocking read beyond what was asked: handed out by the next receive.
         self._extra: list[Message] = []
         self._waited_empty = False
+        self._read_keys_of: dict[tuple[str, ...], list[str]] = {}  # see Fetching._read_keys
         self._rotation = itertools.cycle(list(self._streams))
         self._claim_every = max(0.05, min(visibility_timeout / 4, 5.0))
         streams = [s for group_streams in self._streams.values() for s in group_streams]

@@ -108,6 +108,7 @@ class Fetching(Outcomes):
     _streams: Mapping[Broker, Collection[str]]  # per broker, in the order of their turns
     _extra: list[Message]
     _waited_empty: bool  # the last read waited and found nothing
+    _read_keys_of: dict[tuple[str, ...], list[str]]
     _rotation: Iterator[Broker]
     _pace: Pace
     _claim_every: float
@@ -279,11 +280,15 @@ class Fetching(Outcomes):
     def _read_keys(self, streams: list[str]) -> list[str]:
         """The read script's keys for these streams: the turn, the streams, and per stream
         its group's done records, its queue's cancel marks, its group's running jobs and
-        the count of their takeovers."""
-        keys = [turn(streams[0], self.group), *streams]
-        for stream in streams:
-            k = self._keys(stream)
-            keys += [*self._verdict_keys(k), k.takeovers(self.group)]
+        the count of their takeovers. Made once per set of streams (a stream's keys are
+        named after it), not at every read."""
+        keys = self._read_keys_of.get(tuple(streams))
+        if keys is None:
+            keys = [turn(streams[0], self.group), *streams]
+            for stream in streams:
+                k = self._keys(stream)
+                keys += [*self._verdict_keys(k), k.takeovers(self.group)]
+            self._read_keys_of[tuple(streams)] = keys
         return keys
 
     def _verdict_keys(self, k: QueueKeys) -> list[str]:
