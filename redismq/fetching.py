@@ -4,6 +4,7 @@ already done or cancelled, and move due delayed messages and retries into view."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -11,7 +12,7 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from . import cluster
 from .errors import InvalidMessage
@@ -228,7 +229,8 @@ class Fetching(Outcomes):
         if isinstance(reply, Exception):
             raise reply
         if isinstance(got, NoScriptError):  # the server lost its scripts: for the next wait
-            broker.scripts.load("woken", broker.sender())
+            with contextlib.suppress(RedisError):  # (then tried again) not the read's
+                broker.scripts.load("woken", broker.sender())
         judged = {}
         for stream, one in zip(looked, got if isinstance(got, list) else (), strict=False):
             if one:

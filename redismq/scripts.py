@@ -100,9 +100,12 @@ class Scripts:
             replies = self._pipeline(calls, on)
             missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
             if missing:
-                for name in {calls[i][0] for i in missing}:
-                    self.load(name, on)
-                again = self._pipeline([calls[i] for i in missing], on)
+                try:
+                    for name in {calls[i][0] for i in missing}:
+                        self.load(name, on)
+                    again = self._pipeline([calls[i] for i in missing], on)
+                except redis.RedisError as exc:  # the replies that came stand (a read's)
+                    again = [exc] * len(missing)
                 for i, reply in zip(missing, again, strict=True):
                     replies[i] = reply
         for reply in replies if raise_on_error else ():
@@ -114,7 +117,10 @@ class Scripts:
         """Load a script the server does not know (a restart, SCRIPT FLUSH), on the
         connection of `on` where one said so: after a failover, a held connection and the
         pool's can be on different servers for a while."""
-        (on or self.client).script_load(source(name))
+        if on is None:
+            self.client.script_load(source(name))
+        else:
+            load_on(cast(Connection, on.connection), source(name))
 
     def _pipeline(
         self, calls: list[tuple[str, list[str], list[Any]]], on: redis.Redis | None
@@ -164,7 +170,7 @@ class SyncScript(Script):
         connection = cast(Connection, client.connection)
         (reply,) = round_trip(connection, [("EVALSHA", self.sha, len(keys), *keys, *args)])
         if isinstance(reply, NoScriptError):
-            self.sha = client.script_load(self.script)
+            self.sha = load_on(connection, self.script)
             (reply,) = round_trip(connection, [("EVALSHA", self.sha, len(keys), *keys, *args)])
         if isinstance(reply, Exception):
             raise reply
@@ -181,13 +187,18 @@ def round_trip(connection: Connection, commands: Sequence[Sequence[Any]]) -> lis
     returned with the error in place of the rest (a read's entries, once delivered, would
     not be delivered again). A connection that failed is closed, whatever failed: a held
     connection is never checked for unread replies by the pool (a Sentinel connection
-    keeps its socket after a timeout), and the next call would read the late one."""
+    keeps its socket after a timeout), and the next call would read the late one.
+
+    No health-check PING goes first: when one fails, redis-py connects again to the address
+    the connection had, without asking Sentinel. A connection that broke while idle fails
+    on its command instead, and is connected again as above."""
 
     def attempt() -> list[Any]:
-        _connected(connection)
         replies: list[Any] = []
         try:
-            connection.send_packed_command(connection.pack_commands(commands))
+            _connected(connection)
+            packed = connection.pack_commands(commands)
+            connection.send_packed_command(packed, check_health=False)
             for _ in commands:
                 try:
                     replies.append(connection.read_response())
@@ -201,6 +212,15 @@ def round_trip(connection: Connection, commands: Sequence[Sequence[Any]]) -> lis
         return replies
 
     return connection.retry.call_with_retry(attempt, lambda _: connection.disconnect())
+
+
+def load_on(connection: Connection, text: str | bytes | memoryview) -> str:
+    """Load a script on a connection that only the calling thread uses, as `round_trip`
+    sends commands there; its SHA."""
+    (sha,) = round_trip(connection, [("SCRIPT", "LOAD", text)])
+    if isinstance(sha, Exception):
+        raise sha
+    return cast(bytes, sha).decode()
 
 
 def _connected(connection: Connection) -> None:

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -26,7 +27,7 @@ from sentinels import Sentinels, Servers
 from redismq import Client, RedisMQError
 from redismq.brokers import add_broker, list_brokers
 from redismq.nameserver import NameServer
-from redismq.scripts import SyncScript, round_trip
+from redismq.scripts import Scripts, SyncScript, round_trip
 from redismq.urls import connect, no_resend_on_timeout
 
 pytestmark = pytest.mark.fault
@@ -229,3 +230,70 @@ def test_a_held_connection_that_timed_out_reads_no_late_reply(servers) -> None:
         stalled(lambda: round_trip(connection, [("ECHO", "late")]))
         assert round_trip(connection, [("SET", "k", "v"), ("GET", "k")]) == [b"OK", b"v"]
         held.close()
+
+
+def stall_on(connection: Any, marker: bytes, server: Any, seconds: float) -> None:
+    """The next request on `connection` that holds `marker` stalls `server` (SIGSTOP) for
+    `seconds` just before it goes: its reply comes late."""
+    send = connection.send_packed_command
+
+    def sending(packed: Any, *args: Any, **kwargs: Any) -> Any:
+        parts = packed if isinstance(packed, list) else [packed]
+        if any(marker in bytes(part) for part in parts):
+            del connection.send_packed_command  # once
+            os.kill(server.pid, signal.SIGSTOP)
+            threading.Timer(seconds, os.kill, (server.pid, signal.SIGCONT)).start()
+        return send(packed, *args, **kwargs)
+
+    connection.send_packed_command = sending
+
+
+def test_a_script_load_that_timed_out_on_a_held_connection_leaves_no_late_reply(servers):
+    """After NOSCRIPT (a restart, a failover) a script is loaded again on the thread's own
+    connection. That load went through redis-py's own call, where a send's timeout is not
+    retried and nothing closed the Sentinel connection: its late reply stayed unread, and
+    every call after it read the one before (a send returned its predecessor's reply)."""
+    master = servers.start()
+    servers.start(replica_of=master)
+    with Sentinels(master) as sentinels:
+        held = connect(sentinels.url, socket_timeout=0.3).client()
+        connection = held.connection
+        script = SyncScript(held, "return ARGV[1]")
+        assert script.on_connection(held, [], ["loaded"]) == b"loaded"
+        for load in (
+            lambda: script.on_connection(held, [], ["one"]),  # a send's own load
+            lambda: Scripts(held).load("woken", held),  # a fetch thread's
+        ):
+            master.client().script_flush()
+            stall_on(connection, b"SCRIPT", master, 0.6)
+            with pytest.raises(redis.TimeoutError), no_resend_on_timeout():
+                load()
+            time.sleep(0.8)  # the late reply arrives
+            assert script.on_connection(held, [], ["two"]) == b"two"
+            assert round_trip(connection, [("ECHO", "three")]) == [b"three"]
+        held.close()
+
+
+def test_a_held_connection_checked_for_health_asks_sentinel_where_the_master_is(servers):
+    """A connection idle for longer than its health-check interval is checked with a PING
+    before its next command; when that PING failed, redis-py connected it again to the
+    address it had, without asking Sentinel: after a failover with the old master back at
+    its address (and not yet made a replica), a send was stored on the old master, whose
+    data the new master's would then replace."""
+    master = servers.start()
+    replica = servers.start(replica_of=master)
+    with Sentinels(master) as sentinels:
+        client = Client(sentinels.url, send_timeout=10)
+        client.create_topic("health", queues=1)
+        client.send_message("health", b"before")
+        broker = client.router.queue_broker(client.topic("health"), 0)
+        connection = broker.sender().connection
+        connection.next_health_check = 0  # due: the next send checks it first
+
+        master.kill()
+        assert wait_for(lambda: sentinels.master_address() == ("127.0.0.1", replica.port), 20)
+        master.restart()  # at its old address, a master until Sentinel turns it
+        client.send_message("health", b"after")
+        stream = client.router.queue_keys("health", 0).stream
+        assert [f[b"body"] for _, f in replica.client().xrange(stream)][-1:] == [b"after"]
+        client.close()

@@ -450,17 +450,23 @@ class _Breaks:
     """A connection whose replies come as given, an exception raised in its turn; counts
     what was sent and each disconnect."""
 
-    def __init__(self, replies: list[object]) -> None:
+    def __init__(self, replies: list[object], connecting: BaseException | None = None) -> None:
         from redismq.urls import connection_options
 
         self.replies, self.sent, self.disconnects = list(replies), 0, 0
         self.retry = connection_options(1.0)["retry"]
+        self.is_connected = connecting is None
+        self.connecting = connecting  # what connect() raises (after its socket opened)
+
+    def connect(self) -> None:
         self.is_connected = True
+        if self.connecting is not None:
+            raise self.connecting
 
     def pack_commands(self, commands: object) -> object:
         return commands
 
-    def send_packed_command(self, packed: object) -> None:
+    def send_packed_command(self, packed: object, check_health: bool = True) -> None:
         self.sent += 1
 
     def read_response(self) -> object:
@@ -494,3 +500,15 @@ def test_a_round_trip_broken_after_a_reply_is_not_sent_again() -> None:
     conn = _Breaks([refused, b"b"])
     assert round_trip(conn, [("A",), ("B",)]) == [refused, b"b"]  # type: ignore[arg-type]
     assert conn.disconnects == 0
+
+
+def test_a_connection_whose_handshake_was_interrupted_is_closed() -> None:
+    """connect() opens the socket, then asks HELLO (and Sentinel's connection keeps its
+    socket after an error): a KeyboardInterrupt in between left it open with the
+    handshake's reply unread, and the next round trip read that reply as its own."""
+    from redismq.scripts import round_trip
+
+    conn = _Breaks([b"never read"], connecting=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        round_trip(conn, [("ECHO", "b")])  # type: ignore[arg-type]
+    assert conn.disconnects == 1 and conn.sent == 0

@@ -12,10 +12,12 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
+from redismq import BrokerUnavailable
 from redismq.consumer import Consumer
 from redismq.processing import BatchRunner
-from redismq.scripts import source
+from redismq.scripts import Scripts, source
 from tests.conftest import round_trips, wait_for
 
 
@@ -170,3 +172,65 @@ def test_a_wait_leaves_the_mark_of_a_job_still_running_as_it_was(client, app, wo
     assert consumer.receive(count=1, block=0.05) == []  # a wait that woke with nothing
     assert client.meta.zscore(key, job.id) == marked
     assert started is not None and job.describe()["started_at"] == started
+
+
+def failing_load(monkeypatch: Any, failing: str) -> None:
+    """Loading the script `failing` fails (a connection reset then); the others load."""
+    load = Scripts.load
+
+    def fails(self: Scripts, name: str, on: Any = None) -> None:
+        if name == failing:
+            raise redis.ConnectionError(f"reset while loading {name} (test)")
+        load(self, name, on)
+
+    monkeypatch.setattr(Scripts, "load", fails)
+
+
+def test_a_wake_whose_script_could_not_be_loaded_again_keeps_what_the_read_brought(
+    client, app, work, monkeypatch
+):
+    """The read delivered an entry and the server no longer knew the `woken` script behind
+    it; loading it again failed: the exception took the read's reply with it, and the entry
+    stayed pending to a consumer that never returned it, until a takeover counted a crash."""
+    consumer, _ = waiting(client)
+    client.meta.script_flush()
+    failing_load(monkeypatch, "woken")
+    jobs: list[Any] = []
+    got: list[Any] = []
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            got.extend(consumer.receive(count=10, block=5))
+        except BrokerUnavailable as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    assert wait_for(lambda: int(client.meta.info("clients")["blocked_clients"]) > 0)
+    jobs.append(work.send(1))
+    thread.join(10)
+    monkeypatch.undo()
+    got += consumer.receive(count=10, block=0.05)
+    assert [m.id for m in got] == [jobs[0].id], errors
+
+
+def test_a_read_whose_settle_could_not_be_loaded_again_keeps_what_it_brought(
+    client, app, work, monkeypatch
+):
+    """A read carries the last batch's settle in its round trip; the server knew the read
+    script but no longer the settle script, and loading it again failed: the exception
+    took the read's reply with it, and the entry it delivered stayed pending to this
+    consumer, which never returned it."""
+    first, second = work.send(1), work.send(2)
+    consumer = client.consumer("woken", "workers", create=True)
+    consumer.marks_running = True
+    [taken] = consumer.receive(count=1, block=None)
+    assert taken.id == first.id
+    client.meta.script_flush()
+    client.meta.script_load(source("read"))
+    failing_load(monkeypatch, "settle")
+    with pytest.raises(BrokerUnavailable):  # the settle failed, and says so
+        consumer.receive(count=1, block=None, settle=consumer.settling([taken]))
+    monkeypatch.undo()
+    assert [m.id for m in consumer.receive(count=1, block=None)] == [second.id]
