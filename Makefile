@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	@# Compiled once: the tests start hundreds of Python processes (workers, the CLI), and
+	@# where PYTHONDONTWRITEBYTECODE is set each would compile the package again.
+	$(PY) -m compileall -q redismq workers cli tests examples >/dev/null
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The full fault soak (tests/fault/soak.py): 100,000 tasks through 2 brokers with Sentinel,
