@@ -229,7 +229,9 @@ class Fetching(Outcomes):
         if isinstance(reply, Exception):
             raise reply
         if isinstance(got, NoScriptError):  # the server lost its scripts: for the next wait
-            with contextlib.suppress(RedisError):  # (then tried again) not the read's
+            # a load that failed must not take the read's reply with it: the next wait
+            # tries again
+            with contextlib.suppress(RedisError):
                 broker.scripts.load("woken", broker.sender())
         judged = {}
         for stream, one in zip(looked, got if isinstance(got, list) else (), strict=False):
