@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from .consumer import _Queue
 
 log = logging.getLogger("redismq.consumer")
+# Sets of streams whose read keys a consumer keeps made: one per broker it reads, but an
+# ordered consumer's set changes with the queues it leases.
+READ_KEY_SETS = 16
 
 MOVE_BATCH = 500
 # How often due delayed messages and retries are looked for when none is known to be due
@@ -288,6 +291,8 @@ class Fetching(Outcomes):
         named after it), not at every read."""
         keys = self._read_keys_of.get(tuple(streams))
         if keys is None:
+            if len(self._read_keys_of) >= READ_KEY_SETS:  # (an ordered consumer's changes)
+                self._read_keys_of.clear()
             keys = [turn(streams[0], self.group), *streams]
             for stream in streams:
                 k = self._keys(stream)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
@@ -189,14 +190,13 @@ def round_trip(connection: Connection, commands: Sequence[Sequence[Any]]) -> lis
     connection is never checked for unread replies by the pool (a Sentinel connection
     keeps its socket after a timeout), and the next call would read the late one.
 
-    No health-check PING goes first: when one fails, redis-py connects again to the address
-    the connection had, without asking Sentinel. A connection that broke while idle fails
-    on its command instead, and is connected again as above."""
+    A connection idle past its health-check interval is checked first (`_checked`)."""
 
     def attempt() -> list[Any]:
         replies: list[Any] = []
         try:
             _connected(connection)
+            _checked(connection)
             packed = connection.pack_commands(commands)
             connection.send_packed_command(packed, check_health=False)
             for _ in commands:
@@ -221,6 +221,18 @@ def load_on(connection: Connection, text: str | bytes | memoryview) -> str:
     if isinstance(sha, Exception):
         raise sha
     return cast(bytes, sha).decode()
+
+
+def _checked(connection: Connection) -> None:
+    """redis-py's health check of a connection idle past its interval, a PING, in a round
+    trip of its own: a broker that hangs is found before anything is written to it (a send
+    then goes elsewhere without leaving a copy to run later). Not redis-py's own check:
+    when its PING fails, it connects again to the address the connection had, without
+    asking Sentinel; here the failure closes the connection, and `_connected` connects it."""
+    if connection.health_check_interval and time.monotonic() > connection.next_health_check:
+        connection.send_packed_command(connection.pack_command("PING"), check_health=False)
+        if connection.read_response() not in (b"PONG", "PONG"):
+            raise redis.ConnectionError("the health check's PING had a wrong reply")
 
 
 def _connected(connection: Connection) -> None:

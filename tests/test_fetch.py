@@ -368,3 +368,21 @@ def test_a_job_whose_settle_is_on_its_way_is_not_renewed(client: Client, app, mo
     monkeypatch.setattr(scripts, "run", run)
     loop.step(0.1, threading.Event())
     assert seen == [[]] and job.status() == "done"
+
+
+def test_the_read_keys_a_consumer_keeps_made_stay_few(client: Client) -> None:
+    """A consumer makes the read script's keys once per set of streams; an ordered one's
+    set changes with the queues it leases, so that a long-lived one with many queues
+    changing hands would keep one list of keys per set it ever read (about 5 KB each)."""
+    from itertools import combinations
+
+    from redismq.fetching import READ_KEY_SETS
+
+    client.create_topic("keysets", queues=8)
+    consumer = client.consumer("keysets", "g", create=True)
+    streams = [q.keys.stream for q in consumer.queues.values()]
+    sets = [list(s) for s in combinations(streams, 4)]  # 70 sets
+    for chosen in sets:
+        keys = consumer._read_keys(chosen)
+        assert keys[1:5] == chosen and consumer._read_keys(chosen) is keys
+    assert len(consumer._read_keys_of) <= READ_KEY_SETS

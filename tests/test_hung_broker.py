@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from redismq import Client
+from redismq import Client, urls
 from redismq.brokers import add_broker
 from redismq.routing import queue_for_key
 from tests.apps import runtime_app
@@ -93,3 +93,35 @@ def test_a_hung_broker_stalls_only_its_own_queues(client, url, db, servers, proc
         assert set(runs.values()) == {1}, runs  # not one long job ran twice
     finally:
         runtime_app.app.connect(None)
+
+
+def test_a_send_after_its_connection_idled_is_not_stored_twice(servers, monkeypatch) -> None:
+    """A thread's connection idle past its health-check interval (30 s) is checked with a
+    PING before its next command: when the broker hangs, that PING times out and the send
+    moves on to another broker with nothing written to the hung one. Without the PING, the
+    send's script was written there, timed out, and moved on; once the broker resumed it
+    ran the script too: the message was stored on both, and its job would run twice."""
+    options = urls.connection_options
+    monkeypatch.setattr(urls, "connection_options", lambda _, *more: options(1.0, *more))
+    meta, b0, b1 = servers.start(), servers.start(), servers.start()
+    client = Client(meta.url, send_timeout=10)
+    add_broker(client, "b0", b0.url)
+    add_broker(client, "b1", b1.url)
+    topic = client.create_topic("idle", queues=4)
+    for _ in range(8):  # every queue's broker has this thread's connection
+        client.send_message("idle", b"warm")
+    hung = {"b0": b0, "b1": b1}[topic.placement[0]]
+    client.router.broker(topic.placement[0]).sender().connection.next_health_check = 0
+    os.kill(hung.pid, signal.SIGSTOP)
+    try:
+        sent = [client.send_message("idle", b"after").id for _ in range(4)]
+    finally:
+        os.kill(hung.pid, signal.SIGCONT)
+    time.sleep(0.5)  # what the hung broker read meanwhile has run
+    stored: Counter[str] = Counter()
+    for server in (b0, b1):
+        for q in range(4):
+            stream = client.router.queue_keys("idle", q).stream
+            stored.update(f[b"id"].decode() for _, f in server.client().xrange(stream))
+    assert [stored[i] for i in sent] == [1, 1, 1, 1]
+    client.close()

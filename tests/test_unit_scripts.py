@@ -457,6 +457,7 @@ class _Breaks:
         self.retry = connection_options(1.0)["retry"]
         self.is_connected = connecting is None
         self.connecting = connecting  # what connect() raises (after its socket opened)
+        self.health_check_interval = 0  # no health check
 
     def connect(self) -> None:
         self.is_connected = True
