@@ -25,6 +25,7 @@ from rich.text import Text
 from redismq import Client
 from redismq.cli.dashboard_data import Gatherer
 from redismq.cli.dashboard_view import render
+from redismq.process import StopEvent
 
 MAX_WORKERS = 12  # worker rows shown live (the rest are counted)
 
@@ -37,7 +38,7 @@ class KeyReader:
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdin
-        self.quit = threading.Event()
+        self.quit = StopEvent()  # also set by the SIGINT handler
         self._stop = threading.Event()
         self._saved: Any = None
         self._thread: threading.Thread | None = None
@@ -81,7 +82,7 @@ class KeyReader:
 
 
 def frames(
-    client: Client, interval: float, stop: threading.Event
+    client: Client, interval: float, stop: StopEvent
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
     """(data, previous) every interval until `stop` is set."""
     gatherer = Gatherer(client)
@@ -98,7 +99,7 @@ def frames(
 
 
 @contextlib.contextmanager
-def _quit_on_sigint(quit_event: threading.Event) -> Iterator[None]:
+def _quit_on_sigint(quit_event: StopEvent) -> Iterator[None]:
     """Ctrl-C ends the dashboard like `q` (at the next refresh, whatever it was doing),
     instead of an exception raised wherever the main thread happens to be."""
     if threading.current_thread() is not threading.main_thread():

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
-import threading
 
 import click
 from rich.text import Text
 
 from redismq import Client
 from redismq.cli.common import err, friendly, url_option
+from redismq.process import StopEvent
 
 table_option = click.option(
     "--table", default="redismq_outbox", show_default=True, help="The outbox table's name."
@@ -102,7 +102,7 @@ def relay(
         keep_sent=keep_sent,
         on_lag=gauges.set if gauges else None,
     )
-    stop = threading.Event()
+    stop = StopEvent()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     err.print(Text(f"outbox relay {runner.id}: {ob.name} -> {client!r}"))

@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import json
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from redis.exceptions import RedisClusterException
 from .brokers import BrokerInfo, list_brokers
 from .cluster import topology
 from .errors import RedisMQError
-from .process import process_id
+from .process import StopEvent, process_id
 from .routing import routes_changed
 from .urls import connect, is_cluster_url, mask_url
 
@@ -77,7 +76,7 @@ class NameServer:
         self.acting = False
         self._conns: dict[str, redis.Redis] = {}
         self._last: dict[str, tuple] = {}
-        self._stop = threading.Event()
+        self._stop = StopEvent()  # set by the command's signal handler
 
     def run(self) -> None:
         """Check brokers every interval while holding the lease."""

@@ -1,13 +1,17 @@
-"""Process helpers shared by the local servers and the worker pool: how long a process
-lives, and what names it."""
+"""Process helpers shared by the local servers, the worker pool and the long-running
+commands: how long a process lives, what names it, and what stops it."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
+import select
 import signal
 import socket
 import sys
+import weakref
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
@@ -77,3 +81,39 @@ def die_with_parent(signum: int = signal.SIGKILL, parent: int | None = None) -> 
     _prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
     if parent is not None and os.getppid() != parent:
         os.kill(os.getpid(), signum)
+
+
+class StopEvent:
+    """A `threading.Event` that is only ever set, and that a signal handler may set.
+
+    Python runs a signal handler in the main thread between two bytecodes, maybe while
+    that thread holds a `threading.Event`'s lock in its `wait` or `set` (a second signal):
+    the handler's `set` would wait for that lock forever. This one takes no lock: `set`
+    writes a byte to a pipe that `wait` polls (every waiter wakes; it stays set). It
+    belongs to the process that made it (a fork's copy shares the pipe).
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        for fd in (self._read, self._write):
+            weakref.finalize(self, os.close, fd)
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            with contextlib.suppress(OSError):  # the pipe is full: set already
+                os.write(self._write, b"x")
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether it is set, once it is or after `timeout` seconds (None: no limit)."""
+        if not self._set:
+            # (a poll object per call: one may not be polled by two threads at once)
+            poll = select.poll()
+            poll.register(self._read, select.POLLIN)
+            poll.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
+        return self._set

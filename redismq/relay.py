@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from .errors import BrokerUnavailable, QueueUnavailable, RedisMQError, TopicNotFound
-from .process import process_id
+from .process import StopEvent, process_id
 from .sending import Outgoing, choose_queue, prepare_message
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ class Relay:
         return topic.placement[queue]
 
     # -- running ----------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: StopEvent | threading.Event) -> None:
         """Relay until `stop` is set: a full batch is followed at once by the next, an
         idle outbox is looked at every `interval`, trouble backs off up to 5 s."""
         while not stop.is_set():

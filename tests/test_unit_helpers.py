@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from datetime import timedelta
 from unittest import mock
 
@@ -205,3 +207,32 @@ def test_a_process_is_named_by_host_and_pid_namespace(monkeypatch, link, expecte
         assert process.host_id.__wrapped__() == expected
     finally:
         process.host_id.cache_clear()
+
+
+# -- StopEvent ---------------------------------------------------------------------------------
+
+
+def test_a_stop_event_not_set_waits_its_timeout() -> None:
+    from redismq.process import StopEvent
+
+    stop = StopEvent()
+    started = time.monotonic()
+    assert stop.wait(0.05) is False
+    assert time.monotonic() - started >= 0.05
+    assert stop.is_set() is False
+
+
+def test_a_stop_event_wakes_every_waiter_and_stays_set() -> None:
+    from redismq.process import StopEvent
+
+    stop = StopEvent()
+    woken: list[bool] = []
+    waiters = [threading.Thread(target=lambda: woken.append(stop.wait())) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    stop.set()
+    stop.set()  # a second signal's handler
+    for t in waiters:
+        t.join(5)
+    assert woken == [True, True, True]
+    assert stop.wait(0) is True and stop.wait(10) is True

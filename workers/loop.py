@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from redismq import Consumer, Message, Subscription
 from redismq.hooks import Hooks
+from redismq.process import StopEvent
 from redismq.processing import BatchRunner, Counts
 from redismq.routing import Broker
 
@@ -54,7 +55,7 @@ class Loop:
         """Messages this loop holds: its running batch and what its consumer kept."""
         return [*self.runner.held(), *self.consumer.kept()]
 
-    def step(self, block: float, stopping: threading.Event) -> None:
+    def step(self, block: float, stopping: StopEvent) -> None:
         """Receive one batch and run it. What the last batch finished is settled in the
         receive's round trip (one call to Redis between one-at-a-time jobs, not two)."""
         settle = self.runner.settling(self.counts)

@@ -24,6 +24,7 @@ from redismq import BrokerUnavailable, Consumer, Message, Subscription
 from redismq.context import reset_current, set_current
 from redismq.failures import task_frames
 from redismq.hooks import Hooks
+from redismq.process import StopEvent
 from redismq.processing import (
     EXITS,
     STARTED,
@@ -276,7 +277,7 @@ class ConcurrentLoop(Loop):
         self.runner: ConcurrentRunner = ConcurrentRunner(consumer, subscription, hooks, slots)
         super().__init__(consumer, subscription, slots, hooks, self.runner)
 
-    def step(self, block: float, stopping: threading.Event) -> None:
+    def step(self, block: float, stopping: StopEvent) -> None:
         """Record what ended, then fill the free slots: receive that many (what ended
         settled in the same round trip) and start them; with none free, wait for one."""
         runner = self.runner

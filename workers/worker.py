@@ -16,7 +16,7 @@ from redismq import App, BrokerUnavailable, Consumer, Subscription
 from redismq.brokers import warn_if_evicting
 from redismq.hooks import Hooks
 from redismq.middleware import middleware_hooks
-from redismq.process import process_id
+from redismq.process import StopEvent, process_id
 from redismq.processing import Counts
 
 from .heartbeat import Heartbeat
@@ -83,7 +83,8 @@ class Worker:
         # Set when a signal asked this process to stop: then it is not started again.
         self.signalled = False
         self.stop_reason = ""  # what a signal handler would log (logged once stopping)
-        self.stopping = threading.Event()
+        # set by the signal handlers (install_signal_handlers)
+        self.stopping = StopEvent()
         self.id = process_id()
         self.visibility_timeout = visibility_timeout
         self.concurrency = concurrency
