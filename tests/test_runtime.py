@@ -419,3 +419,17 @@ def test_a_stop_signal_that_comes_while_the_pool_starts_reaches_every_child(monk
     pool._start_all()
     assert started == [1000, 1001]  # no third one
     assert sorted(signalled) == [(1000, sup.STOP_SIGNAL), (1001, sup.STOP_SIGNAL)]
+
+
+@pytest.mark.parametrize("pool", ["1", "2"], ids=["in-process", "supervised"])
+def test_a_worker_exits_though_a_job_over_its_time_limit_left_a_thread_running(
+    rt, url, db, processes, pool
+):
+    """Python's exit waits for every thread of an executor (asyncio.to_thread's too): the
+    thread a cancelled job left would keep the stopped worker process alive for good."""
+    job = rt.leaves_a_thread.send()
+    worker = start_worker(processes, url, "--processes", pool, "--concurrency", "2")
+    with pytest.raises(Exception, match="TimeLimitExceeded"):
+        job.result(timeout=30)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

@@ -19,7 +19,7 @@ from redismq import RedisMQError
 from redismq.process import die_with_parent
 
 from .loader import load_app
-from .logs import flush_logs, setup_logging
+from .logs import flush_logs, say_at_once, setup_logging
 from .reaper import Reaper
 from .worker import STOP_SIGNAL
 
@@ -34,6 +34,10 @@ RESTART_DELAY_MAX = 10.0
 STABLE_AFTER = 10.0
 # How long a stopping supervisor waits for the brokers to free what its children left.
 REAP_WAIT = 5.0
+# How long a stopped worker process's exit may take before the process ends itself: Python's
+# exit waits for every executor thread (asyncio.to_thread's too), and a job cancelled over
+# its time limit can have left one running that never ends.
+EXIT_WITHIN = 5.0
 
 
 @dataclass(slots=True)
@@ -142,6 +146,7 @@ def run_in_process(options: WorkerOptions) -> int:
 
     code = run_worker(options)
     if code != EXIT_REPLACE:
+        exit_within(EXIT_WITHIN, code)
         return code
     log.warning("restarting this worker process to leave a stuck job behind")
     logging.shutdown()
@@ -151,9 +156,22 @@ def run_in_process(options: WorkerOptions) -> int:
     raise AssertionError("unreachable")
 
 
+def exit_within(seconds: float, code: int) -> None:
+    """End this process with `code` in `seconds` unless its exit, under way, is over by then."""
+
+    def deadline() -> None:
+        time.sleep(seconds)
+        say_at_once(f"exit still waiting for a thread after {seconds:g}s: exiting now")
+        os._exit(code)
+
+    threading.Thread(target=deadline, name="exit-deadline", daemon=True).start()
+
+
 def _child(options: dict[str, Any], parent: int) -> None:
     die_with_parent(signal.SIGTERM, parent)
-    raise SystemExit(run_worker(WorkerOptions(**options), serve_metrics=False))
+    code = run_worker(WorkerOptions(**options), serve_metrics=False)
+    exit_within(EXIT_WITHIN, code)
+    raise SystemExit(code)
 
 
 class Supervisor:

@@ -45,6 +45,14 @@ async def async_forever() -> None:
     await asyncio.sleep(3600)
 
 
+@app.task(topic="rt", name="leaves_a_thread", time_limit=0.5, max_retries=0)
+async def leaves_a_thread() -> None:
+    """Over its time limit while a thread it started still runs (a call without a
+    timeout): the time limit cancels the job, not the thread."""
+    record("leaves-a-thread-start", current_job().id)
+    await asyncio.to_thread(time.sleep, 3600)
+
+
 @app.task(topic="rt", name="slow", max_retries=0)
 def slow(seconds: float, tag: str) -> str:
     record("slow-start", tag)
