@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 from typing import Any
 
@@ -276,18 +275,14 @@ def nameserver(url: str, interval: float, log_level: str) -> None:
     Example: redismq nameserver --url redis://10.0.0.4:6379/0 --interval 1
     """
     from redismq.nameserver import NameServer
+    from redismq.process import stop_on_signals
     from redismq.workers.logs import setup_logging
 
     setup_logging(log_level, "text")
     client = Client(url)
     client.ping()
     ns = NameServer(client, interval=interval)
-
-    def stop(signum: int, frame: Any) -> None:
-        ns.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_on_signals(ns.stopping)
     err.print(
         Text(
             f"nameserver {ns.id}: checking brokers every {interval:g}s, meta {mask_url(client.url)}"

@@ -4,14 +4,13 @@ the outboxes' state (the dashboard draws its table: cli.dashboard_view.outboxes_
 from __future__ import annotations
 
 import json
-import signal
 
 import click
 from rich.text import Text
 
 from redismq import Client
 from redismq.cli.common import err, friendly, url_option
-from redismq.process import StopEvent
+from redismq.process import StopEvent, stop_on_signals
 
 table_option = click.option(
     "--table", default="redismq_outbox", show_default=True, help="The outbox table's name."
@@ -103,8 +102,7 @@ def relay(
         on_lag=gauges.set if gauges else None,
     )
     stop = StopEvent()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop_on_signals(stop)
     err.print(Text(f"outbox relay {runner.id}: {ob.name} -> {client!r}"))
     try:
         runner.run(stop)

@@ -76,11 +76,11 @@ class NameServer:
         self.acting = False
         self._conns: dict[str, redis.Redis] = {}
         self._last: dict[str, tuple] = {}
-        self._stop = StopEvent()  # set by the command's signal handler
+        self.stopping = StopEvent()  # set by the command's signal handlers
 
     def run(self) -> None:
         """Check brokers every interval while holding the lease."""
-        while not self._stop.is_set():
+        while not self.stopping.is_set():
             started = time.monotonic()
             try:
                 self.acting = self.acquire()
@@ -89,11 +89,11 @@ class NameServer:
             except (redis.RedisError, RedisMQError) as exc:
                 self.acting = False
                 log.error("meta Redis unavailable: %s", exc)
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
         self.release()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
 
     def acquire(self) -> bool:
         """Take or keep the lease; True while this NameServer is the acting one."""

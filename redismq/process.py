@@ -13,6 +13,7 @@ import socket
 import sys
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 # The host's own pid namespace (PROC_PID_INIT_INO), as /proc/self/ns/pid names it.
@@ -81,6 +82,30 @@ def die_with_parent(signum: int = signal.SIGKILL, parent: int | None = None) -> 
     _prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
     if parent is not None and os.getppid() != parent:
         os.kill(os.getpid(), signum)
+
+
+def say_at_once(line: str) -> None:
+    """Write a line straight to stderr from a signal handler, if that cannot block: the
+    handler must not wait for the log's lock (the code it interrupted, or a thread blocked
+    on a full pipe, may hold it), nor on a full pipe itself."""
+    with contextlib.suppress(OSError, ValueError):
+        if select.select([], [2], [], 0)[1]:
+            os.write(2, line.encode() + b"\n")
+
+
+def stop_on_signals(stop: StopEvent) -> None:
+    """SIGTERM and SIGINT set `stop`; a second one ends the process at once (exit 1), as
+    a worker's does: the first waits for the main thread, which a call to a hung server
+    can hold for minutes."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            say_at_once("second signal: exiting now")
+            os._exit(1)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
 
 
 class StopEvent:

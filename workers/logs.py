@@ -10,7 +10,6 @@ their parent's stderr, and a pipe keeps such a write whole among the other proce
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import json
 import logging
@@ -237,15 +236,6 @@ class WorkerHandler(logging.StreamHandler):
         self._done.set()
         self.flush()
         super().close()
-
-
-def say_at_once(line: str) -> None:
-    """Write a line straight to stderr from a signal handler, if that cannot block: the
-    handler must not wait for the log's lock (the code it interrupted, or a thread blocked
-    on a full pipe, may hold it), nor on a full pipe itself."""
-    with contextlib.suppress(OSError, ValueError):
-        if select.select([], [2], [], 0)[1]:
-            os.write(2, line.encode() + b"\n")
 
 
 def whole_lines(text: str, most: int) -> Iterator[str]:

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from redismq import RedisMQError
-from redismq.process import die_with_parent
+from redismq.process import die_with_parent, say_at_once
 
 from .loader import load_app
-from .logs import flush_logs, say_at_once, setup_logging
+from .logs import flush_logs, setup_logging
 from .reaper import Reaper
 from .worker import STOP_SIGNAL
 

@@ -16,7 +16,7 @@ from redismq import App, BrokerUnavailable, Consumer, Subscription
 from redismq.brokers import warn_if_evicting
 from redismq.hooks import Hooks
 from redismq.middleware import middleware_hooks
-from redismq.process import StopEvent, process_id
+from redismq.process import StopEvent, process_id, say_at_once
 from redismq.processing import Counts
 
 from .heartbeat import Heartbeat
@@ -24,7 +24,6 @@ from .housekeeping import Component, Housekeeper, PerBroker, safely
 from .janitor import Janitor
 from .leases import LeaseBalancer, LeaseKeeper
 from .limits import Canceller, Watchdog
-from .logs import say_at_once
 from .loop import Loop
 from .routes import RouteWatcher
 from .scheduler import Scheduler
