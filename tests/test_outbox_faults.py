@@ -123,3 +123,29 @@ def test_a_relay_killed_mid_batch_loses_nothing_and_sends_nothing_twice(
     exactly_once(app, rows)
     # the relays that followed sent again what a killed one had sent but not marked
     assert deduplicated(app.client) > 0
+
+
+def test_a_worker_whose_outbox_table_is_locked_still_stops(postgres, durable_redis, processes):
+    """A migration holds the outbox table: the relay's queries wait with no end in sight.
+    The worker's stop waits for the relay thread a while, then leaves it (and the final
+    lag report, which would wait too) instead of hanging until SIGKILL."""
+    db = postgres.new_database()
+    ob = Outbox(App(durable_redis.url), db)
+    ob.create_table()
+    with ob.engine.connect() as holder:
+        holder.exec_driver_sql(f"LOCK TABLE {ob.table.name} IN ACCESS EXCLUSIVE MODE")
+        worker = processes.start(
+            "worker", "tests.apps.outbox_app:app", "--url", durable_redis.url, "--processes", "1",
+            "--outbox", db, "--log-level", "WARNING",
+        )  # fmt: skip
+
+        def relay_waits() -> bool:  # one of its queries waits for the lock
+            waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            with ob.engine.connect() as conn:
+                return conn.exec_driver_sql(waiting).scalar() > 0
+
+        assert wait_for(relay_waits, timeout=30)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(40) == 0
+        holder.rollback()
+    ob.close()

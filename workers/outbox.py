@@ -45,6 +45,11 @@ class LagGauges:
         self.oldest.labels(self.name).set(lag.oldest_age())
 
 
+# How long a worker's stop waits for its relay's thread (a batch under way ends first); a
+# relay held longer by its database (a lock, a partition) is left to the process's exit.
+RELAY_JOIN = 10.0
+
+
 class OutboxRelay(Component):
     """Relays an outbox on a thread of its own; `tick()` starts it (again, should it have
     died) and `stop()` ends it."""
@@ -74,8 +79,12 @@ class OutboxRelay(Component):
 
     def stop(self) -> None:
         self._stop.set()
-        if self._relay_thread is not None:
-            self._relay_thread.join(10)
+        thread = self._relay_thread
+        if thread is not None:
+            thread.join(RELAY_JOIN)
+            if thread.is_alive():  # its last report and clean-up would wait as long
+                log.warning("the outbox relay still waits for its database: left behind")
+                return
         self.relay.maintain(force=True)
         self.relay.close()
         self.outbox.close()
