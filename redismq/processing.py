@@ -545,24 +545,34 @@ class BatchRunner:
         current = self.running
         if current is None or self.abandoned or (running is not None and running is not current):
             return None
-        running = current
         self.abandoned = True
         rest = list(self._batch[self._pos + 1 :])
-        self._flush(counts)
+        try:
+            self._flush(counts)
+            self._give_up(current, counts, cancelled)
+            self._hand_back(rest)
+            counts.released += len(rest)
+        except BrokerUnavailable as exc:
+            # Given up all the same (the process is to be replaced): what could not be
+            # settled stays pending and is taken over once its lease lapses.
+            log.error(
+                "%s: job %s and the rest of its batch are left to lapse", exc, current.message.id
+            )
+        self._batch = ()
+        return current
+
+    def _give_up(self, running: Running, counts: Counts, cancelled: bool) -> None:
+        """Settle an abandoned job: as cancelled, or failed with TimeLimitExceeded."""
         took = time.monotonic() - running.started
         if cancelled:
             self._cancelled(running.message, running.task, counts, took)
-        else:
-            task = self.subscription.find_task(running.task)
-            exc = TimeLimitExceeded(f"job exceeded its time limit of {running.time_limit}s")
-            stack = running.stack()
-            if stack:  # its traceback: where the job was when its time was up
-                exc.add_note(f"The job's thread was here:\n{stack.rstrip()}")
-            self.fail(running.message, exc, task, counts, took)
-        self._hand_back(rest)
-        counts.released += len(rest)
-        self._batch = ()
-        return running
+            return
+        task = self.subscription.find_task(running.task)
+        exc = TimeLimitExceeded(f"job exceeded its time limit of {running.time_limit}s")
+        stack = running.stack()
+        if stack:  # its traceback: where the job was when its time was up
+            exc.add_note(f"The job's thread was here:\n{stack.rstrip()}")
+        self.fail(running.message, exc, task, counts, took)
 
     def _hand_back(self, messages: Sequence[Message]) -> None:
         """Release unstarted messages; their jobs no longer read running."""

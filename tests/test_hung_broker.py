@@ -7,15 +7,17 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
-from redismq import Client, urls
+from redismq import App, Client, urls
 from redismq.brokers import add_broker
 from redismq.routing import queue_for_key
+from redismq.workers.worker import Worker
 from tests.apps import runtime_app
 from tests.conftest import wait_for
 from tests.sentinels import Servers
@@ -102,7 +104,7 @@ def test_a_send_after_its_connection_idled_is_not_stored_twice(servers, monkeypa
     send's script was written there, timed out, and moved on; once the broker resumed it
     ran the script too: the message was stored on both, and its job would run twice."""
     options = urls.connection_options
-    monkeypatch.setattr(urls, "connection_options", lambda _, *more: options(1.0, *more))
+    monkeypatch.setattr(urls, "connection_options", lambda _, *more: options(0.25, *more))
     meta, b0, b1 = servers.start(), servers.start(), servers.start()
     client = Client(meta.url, send_timeout=10)
     add_broker(client, "b0", b0.url)
@@ -125,3 +127,42 @@ def test_a_send_after_its_connection_idled_is_not_stored_twice(servers, monkeypa
             stored.update(f[b"id"].decode() for _, f in server.client().xrange(stream))
     assert [stored[i] for i in sent] == [1, 1, 1, 1]
     client.close()
+
+
+def test_a_worker_is_replaced_though_its_broker_hung_as_a_job_overran(servers, monkeypatch):
+    """The watchdog gives up a sync job past its time limit, fails it and asks for a fresh
+    process. When that failure could not be written (the broker hung at that moment), the
+    runner stayed marked abandoned but the process was never replaced: its fetch thread
+    then dropped every batch it read unrun, and nothing restarted it."""
+    options = urls.connection_options
+    monkeypatch.setattr(urls, "connection_options", lambda _, *more: options(0.25, *more))
+    meta, broker = servers.start(), servers.start()
+    client = Client(meta.url)
+    add_broker(client, "b", broker.url)
+    client.create_topic("overrun", queues=1)
+    app = App(client)
+    started, release = threading.Event(), threading.Event()
+
+    @app.task(topic="overrun", name="overrun", time_limit=0.5)
+    def overrun() -> None:
+        started.set()
+        release.wait(30)
+
+    overrun.send()
+    worker = Worker(app, concurrency=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert started.wait(15)
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            time.sleep(10)  # the watchdog gives it up at 0.5 s; its failure times out
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert wait_for(lambda: worker.replaced, timeout=10), "the process is to be replaced"
+        assert worker.stopping.is_set()
+    finally:
+        release.set()
+        worker.stop()
+        thread.join(15)
+        client.close()
