@@ -221,8 +221,9 @@ class OrderedConsumer(Consumer):
                 self._keep_extra()
             return self._drop_done(messages)
 
-    def _excess(self, messages: list[Message]) -> None:
-        """Keep what a read brought beyond the count for the next receive, in order."""
+    def keep(self, messages: Sequence[Message]) -> None:
+        """Keep messages delivered to this consumer and not finished for the next receive,
+        ahead of anything newer of their queues (not after what a read brings first)."""
         with self._lock:
             self._backlog[:0] = messages
             self._track(messages)

@@ -52,6 +52,28 @@ def test_new_holder_takes_what_the_old_one_left_pending_first(client):
     assert seqs == [0, 1, 2, 3, 4]
 
 
+def test_what_a_batch_kept_runs_again_before_anything_newer_of_its_queue(client):
+    """A runner whose broker was lost mid-batch keeps what did not finish (`keep`) for
+    the next receive: an ordered consumer used to read newer messages of the queue first
+    and serve the kept, older ones after them."""
+    client.create_topic("orders", queues=1)
+    consumer = client.consumer("orders", "ledger", ordered=True, visibility_timeout=2)
+    consumer.rebalance()
+    for i in range(6):
+        client.send("orders", {"seq": i}, key="k")
+    got = consumer.receive(count=3, block=0.2)
+    assert [m.body["seq"] for m in got] == [0, 1, 2]
+    consumer.ack_many(got[:1])
+    consumer.keep(got[1:])  # 0 ran; the broker was lost before 1 and 2 did
+    seqs: list[int] = []
+    while len(seqs) < 5:
+        batch = consumer.receive(count=2, block=0.2)
+        consumer.ack_many(batch)
+        seqs += [m.body["seq"] for m in batch]
+    assert seqs == [1, 2, 3, 4, 5]
+    consumer.close()
+
+
 def test_failing_message_holds_its_queue_until_it_succeeds(client):
     app = App(client)
     order = []
