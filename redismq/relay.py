@@ -243,6 +243,7 @@ class Relay:
         with batch.lock:
             batch.sent.append((row.id, message.id))
             batch.result.sent += 1
+            self._logged.discard(row.id)
         return True
 
     def close(self) -> None:

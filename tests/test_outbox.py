@@ -549,3 +549,24 @@ def test_a_full_batch_of_rows_that_cannot_go_does_not_hold_the_rows_after_it(tmp
     assert sum(sent) == 1 and [m["body"]["n"] for m in queued(client)] == [100]
     ob.close()
     client.close()
+
+
+def test_a_refused_row_that_went_later_is_no_longer_remembered(tmp_path, url):
+    """The relay remembers a refused row's id to say why once, not at every pass; it kept
+    the id after the row went, one more for every row ever refused, for the relay's life."""
+    client = Client(url, auto_create_topics=False)
+    ob = Outbox(client, f"sqlite:///{tmp_path}/app.db")
+    ob.create_table()
+    with ob.engine.begin() as conn:
+        for n in range(3):
+            ob.send_message(conn, "later", {"n": n})
+    relay = Relay(ob)
+    refused = relay.relay_once()
+    assert (refused.sent, refused.failed) == (0, 3)
+    assert len(relay._logged) == 3  # each refusal said once
+    client.create_topic("later", queues=1)
+    assert relay.relay_once().sent == 3
+    assert relay._logged == set()
+    relay.close()
+    ob.close()
+    client.close()
