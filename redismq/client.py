@@ -481,8 +481,8 @@ class Client:
                 return plan.result()
             time.sleep(pause)
 
-    def trim(self, topic: str) -> tuple[int, int]:
-        """Trim every queue of a topic by its retention; returns (trimmed, dropped).
+    def trim(self, topic: str, queues: Iterable[int] | None = None) -> tuple[int, int]:
+        """Trim a topic's queues (default: all) by its retention; returns (trimmed, dropped).
 
         Never removes an entry some group has not acknowledged, nor, on a queue where a
         group registered for the topic has no group yet, any entry at all, unless the topic
@@ -492,8 +492,9 @@ class Client:
         limit = min(t.retention, t.hard_cap) if t.hard_cap > 0 else t.retention
         trimmed = dropped = 0
         with self.errors():
-            for broker, queues in batch_by_broker(t, list(range(t.queues))).items():
-                keys = [self.router.queue_keys(topic, q) for q in queues]
+            chosen = range(t.queues) if queues is None else queues
+            for broker, indexes in batch_by_broker(t, list(chosen)).items():
+                keys = [self.router.queue_keys(topic, q) for q in indexes]
                 pipe = self.router.broker(broker).redis.pipeline(transaction=False)
                 for k in keys:
                     pipe.xlen(k.stream)

@@ -35,6 +35,9 @@ MOVE_BATCH = 500
 # sooner; bounds how late a message sent with a delay by another process becomes visible.
 MOVE_TICK_MS = 250
 MULTI_BROKER_BLOCK_MS = 100
+# How often the queues a consumer reads are trimmed by their topic's retention (by one of
+# the consumers of a client that read the same streams for the same group: see `Pace`).
+TRIM_EVERY = 10.0
 # The read script's verdict of an entry (a byte of its reply).
 VERDICTS = {ord("."): "", ord("d"): "done", ord("c"): "cancelled"}
 
@@ -52,6 +55,7 @@ class Pace:
     def __init__(self) -> None:
         self.next_move = 0.0
         self.next_claim = 0.0
+        self.next_trim = time.monotonic() + TRIM_EVERY  # nothing was consumed yet
         # Expired entries seen by the last look, with when they were first seen expired.
         self.suspects: dict[tuple[str, bytes, int], float] = {}
         self._watcher: int | None = None  # the thread whose blocking read wakes for looks
@@ -87,6 +91,15 @@ class Pace:
             if now < self.next_claim:
                 return False
             self.next_claim = now + every
+            return True
+
+    def take_trim(self, now: float) -> bool:
+        """Whether trimming the streams by their topic's retention is due; if so the
+        caller trims."""
+        with self._lock:
+            if now < self.next_trim:
+                return False
+            self.next_trim = now + TRIM_EVERY
             return True
 
 
@@ -140,8 +153,7 @@ class Fetching(Outcomes):
         """
         with self.errors():
             now = time.monotonic()
-            if self._pace.take_move(now):
-                self._move_due()
+            self._look_due(now)
             messages, self._extra = self._extra[:count], self._extra[count:]
             try:
                 if len(messages) < count and self._pace.take_claim(now, self._claim_every):
@@ -154,6 +166,14 @@ class Fetching(Outcomes):
             except BaseException:
                 self.keep(messages)
                 raise
+
+    def _look_due(self, now: float) -> None:
+        """Move due delayed messages and retries into view, and trim the queues by the
+        topic's retention, when each is due: whoever consumes a topic keeps it trimmed."""
+        if self._pace.take_move(now):
+            self._move_due()
+        if self._pace.take_trim(now):
+            self.client.trim(self.topic.name, self.queues)
 
     def keep(self, messages: Sequence[Message]) -> None:
         """Keep messages delivered to this consumer and not finished, for the next receive

@@ -213,8 +213,7 @@ class OrderedConsumer(Consumer):
             time.sleep(min(block or 0.0, 0.2))
             return []
         with self.errors():
-            if self._pace.take_move(time.monotonic()):
-                self._move_due()
+            self._look_due(time.monotonic())
             messages = self._read(count, self._block_ms(block), None)
             with self._lock:
                 self._track(messages)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from redismq import fetching
 from redismq.keys import QueueKeys
 
 
@@ -63,3 +66,23 @@ def test_hard_cap_counts_as_dropped_only_entries_some_group_had_not_acknowledged
     slow.ack_many(slow.receive(count=100, block=0.2))
     assert client.trim("capped2") == (5, 0)  # every group had them: nothing dropped
     assert topic_status(client, "capped2")["dropped"] == 10
+
+
+def test_a_plain_consumer_keeps_its_topic_trimmed(client, monkeypatch):
+    """Only `redismq worker` trimmed (a component of its own): a topic consumed with
+    `client.consumer()` grew without bound, past its retention, whatever was acknowledged."""
+    monkeypatch.setattr(fetching, "TRIM_EVERY", 0.05)
+    client.create_topic("events", queues=2, retention=5)
+    ids = client.send_many("events", [{"n": n} for n in range(40)])
+    consumer = client.consumer("events", "mail")
+    got: list[str] = []
+    while len(got) < 40:
+        batch = consumer.receive(count=10, block=0.2)
+        consumer.ack_many(batch)
+        got += [m.id for m in batch]
+    time.sleep(0.1)
+    assert consumer.receive(count=10, block=0.1) == []
+    assert sorted(got) == sorted(ids)
+    lengths = [client.meta.xlen(QueueKeys("rmq", "events", q).stream) for q in range(2)]
+    assert lengths == [5, 5]
+    consumer.close()

@@ -1,5 +1,5 @@
 """One worker process: fetch-and-run threads per subscription, plus the housekeeping
-components (lease keeper, time-limit watchdog, trimmer, heartbeat, scheduler)."""
+components (lease keeper, time-limit watchdog, heartbeat, scheduler)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ from .loop import Loop
 from .routes import RouteWatcher
 from .scheduler import Scheduler
 from .slots import ConcurrentLoop, runs_async
-from .trimmer import Trimmer
 
 log = logging.getLogger("redismq.worker")
 RECONNECT_MAX = 5.0
@@ -118,7 +117,6 @@ class Worker:
                 PerBroker(self.loops, lambda loops: Watchdog(loops, self._replace)),
                 PerBroker(self.loops, lambda loops: Canceller(loops, self._replace)),
                 RouteWatcher(self),
-                Trimmer(self.client, {s.topic for s in subs}),
                 Janitor(self.client, subs),
                 heartbeat,
                 *([Scheduler(self.client, periodics)] if periodics else []),
