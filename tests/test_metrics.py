@@ -316,6 +316,11 @@ def test_a_killed_child_keeps_its_counts_and_leaves_nothing_in_flight(ma, url, p
     assert wait_for(lambda: value(scrape(port), "redismq_jobs_in_flight", **hang) == 0, 20)
     assert [j.result(timeout=30) for j in [ma.ok.send(i) for i in range(10)]] == list(range(10))
     assert wait_for(lambda: value(scrape(port), "redismq_jobs_processed_total", **LABELS) == 20)
+    # Its counts were folded into the pool's archive: a pool that replaces children (time
+    # limits, cancels, crashes) does not pile up a value file per process it ever ran.
+    [values] = tmp_path.glob("redismq-metrics-*")
+    assert not [f.name for f in values.iterdir() if f.stem.endswith(f"_{victim}")]
+    assert (values / "counter_archive.db").exists()
     assert job.result(timeout=30) is None
     assert worker.poll() is None
     worker.send_signal(signal.SIGTERM)

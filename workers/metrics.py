@@ -13,6 +13,7 @@ before its first import, and the spawned children inherit it.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -321,24 +322,46 @@ class MultiProcessExporter:
         self.dir = tempfile.mkdtemp(prefix="redismq-metrics-")
         self._previous = os.environ.get(MULTIPROC_ENV)
         os.environ[MULTIPROC_ENV] = self.dir
+        # A scrape never reads the files while a dead child's counts are being folded
+        # (it would count them twice, or not at all: a counter that goes back).
+        self._lock = threading.Lock()
         try:
-            from prometheus_client import CollectorRegistry, multiprocess
+            from prometheus_client import CollectorRegistry
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.dir)
+            registry.register(_PoolCollector(self.dir, self._lock))
             self.server = MetricsServer(host, port, registry)
         except BaseException:
             self._remove_dir()
             raise
 
     def process_dead(self, pid: int) -> None:
-        """Drop a dead child's live gauges (in flight, lag); its counters keep counting."""
+        """Drop a dead child's live gauges (in flight, lag) and fold its counts into the
+        pool's archive: they keep counting, and the directory holds the files of the live
+        children and one archive, not a set per child the pool ever ran."""
         from prometheus_client import multiprocess
 
         try:
             multiprocess.mark_process_dead(pid, self.dir)
+            with self._lock:
+                for kind in ("counter", "histogram"):
+                    self._fold(os.path.join(self.dir, f"{kind}_{pid}.db"), kind)
         except OSError as exc:
             log.warning("cannot clear the metrics of dead process %d: %s", pid, exc)
+
+    def _fold(self, path: str, kind: str) -> None:
+        """Add a dead child's values of one kind to the archive's, then remove its file."""
+        from prometheus_client.mmap_dict import MmapedDict
+
+        if not os.path.exists(path):
+            return
+        archive = MmapedDict(os.path.join(self.dir, f"{kind}_archive.db"))
+        try:
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(path):
+                archive.write_value(key, archive.read_value(key)[0] + value, timestamp)
+        finally:
+            archive.close()
+        os.remove(path)
 
     def close(self) -> None:
         self.server.close()
@@ -350,3 +373,19 @@ class MultiProcessExporter:
         else:
             os.environ[MULTIPROC_ENV] = self._previous
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class _PoolCollector:
+    """The sum of the pool's value files (prometheus-client's multiprocess collector),
+    read under the lock the folding of a dead child's counts holds."""
+
+    def __init__(self, path: str, lock: threading.Lock) -> None:
+        self.path = path
+        self.lock = lock
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        with self.lock:
+            files = glob.glob(os.path.join(self.path, "*.db"))
+            return list(MultiProcessCollector.merge(files, accumulate=True))
