@@ -155,6 +155,7 @@ class Fetching(Outcomes):
             now = time.monotonic()
             self._look_due(now)
             messages, self._extra = self._extra[:count], self._extra[count:]
+            messages = self._still_held(messages)
             try:
                 if len(messages) < count and self._pace.take_claim(now, self._claim_every):
                     messages += self._claim(count - len(messages))
@@ -166,6 +167,13 @@ class Fetching(Outcomes):
             except BaseException:
                 self.keep(messages)
                 raise
+
+    def _still_held(self, kept: list[Message]) -> list[Message]:
+        """Of messages kept for this receive, those no other consumer took over meanwhile
+        (a lost one is another's: served here, it would run in two places at once)."""
+        if not self._lost:
+            return kept
+        return [m for m in kept if not self.is_lost(m)]
 
     def _look_due(self, now: float) -> None:
         """Move due delayed messages and retries into view, and trim the queues by the

@@ -119,6 +119,7 @@ class OrderedConsumer(Consumer):
                     self._fetched.pop(q, None)
             self.leased = held
             self._retiring = retiring
+            self._owned_again(backlog)  # taken over by this consumer: its own again
             self._backlog += backlog
             self._track(backlog)
             self._set_streams()
@@ -207,8 +208,11 @@ class OrderedConsumer(Consumer):
             self._give_back()
             backlog, self._backlog = self._backlog[:count], self._backlog[count:]
             streams = self._streams
-        if backlog:
-            return self._drop_done(backlog)
+        held = self._still_held(backlog)
+        if len(held) < len(backlog):  # the others are no longer fetched by this consumer
+            self._untrack(m for m in backlog if self.is_lost(m))
+        if held:
+            return self._drop_done(held)
         if not streams:
             time.sleep(min(block or 0.0, 0.2))
             return []

@@ -386,3 +386,33 @@ def test_the_read_keys_a_consumer_keeps_made_stay_few(client: Client) -> None:
         keys = consumer._read_keys(chosen)
         assert keys[1:5] == chosen and consumer._read_keys(chosen) is keys
     assert len(consumer._read_keys_of) <= READ_KEY_SETS
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_a_kept_message_taken_over_meanwhile_is_not_run_here_again(
+    client: Client, ordered: bool
+) -> None:
+    """A runner whose broker was lost mid-batch keeps what did not finish for the next
+    receive. When that outage outlasted the lease and another consumer took the message
+    over (the lease keeper learns it: `lease_lost`), the next receive served it all the
+    same, as if received again: the job ran here and there at once."""
+    client.create_topic("kept", queues=1)
+    client.send("kept", {"n": 1})
+    mine = client.consumer("kept", "g", name="a", visibility_timeout=0.3, ordered=ordered)
+    other = client.consumer("kept", "g", name="b", visibility_timeout=0.3, ordered=ordered)
+    if ordered:
+        mine.rebalance()
+    [msg] = mine.receive(count=1, block=1)
+    mine.keep([msg])  # the broker was lost before it ran
+    if ordered:  # its queue lease lapsed and went to the other
+        time.sleep(0.5)
+        other.rebalance()
+    taken: list = []
+    deadline = time.monotonic() + 15
+    while not taken and time.monotonic() < deadline:
+        taken += other.receive(count=1, block=0.2)
+    assert [m.id for m in taken] == [msg.id]
+    mine.lease_lost(mine.renew([msg]))  # what the lease keeper learns, and tells
+    assert mine.is_lost(msg)
+    assert mine.receive(count=1, block=0.2) == []
+    assert mine.is_lost(msg)
