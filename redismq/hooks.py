@@ -36,7 +36,8 @@ class Hooks:
         result: Any = None,
     ) -> None:
         """A handler finished: outcome is done, retry, dead or cancelled (or lost: its
-        failure was not recorded because another consumer had taken the message over);
+        failure was not recorded, because another consumer had taken the message over or
+        its broker could not be reached: it runs again, here or there);
         `exc` is what it raised (None when done), `result` what it returned."""
 
     def after_settle(self, completed: int, duplicates: int) -> None:

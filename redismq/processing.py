@@ -7,13 +7,14 @@ together (one script call per queue), failures are retried or dead-lettered one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -37,7 +38,7 @@ from .errors import (
     StepLost,
     UnknownTask,
 )
-from .failures import task_frames
+from .handlers import EXITS, TimeLimitExceeded, as_failure, call_handler
 from .hooks import Hooks
 from .job import mark_running
 from .message import Message
@@ -65,65 +66,6 @@ class Counts:
     def add(self, other: Counts) -> None:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-class TimeLimitExceeded(Exception):
-    """A job ran longer than its task's time limit."""
-
-
-# What a job raises to end a program, not itself (sys.exit, argparse on bad input): it fails
-# the job instead of ending the thread or event loop that runs the others.
-EXITS = (SystemExit, KeyboardInterrupt)
-
-
-def as_failure(exc: BaseException) -> BaseException:
-    """The error a job failed with, its traceback from the task's own frames down
-    (`task_frames`): a SystemExit or KeyboardInterrupt as a RuntimeError caused by it, anything
-    else as it is."""
-    task_frames(exc)
-    if not isinstance(exc, EXITS):
-        return exc
-    failure = RuntimeError(f"the job raised {type(exc).__name__}")
-    failure.__cause__ = exc
-    return failure
-
-
-def call_handler(
-    fn: Callable[..., Any], args: tuple, kwargs: dict, running: Running | None = None
-) -> Any:
-    """Call a handler; a coroutine function runs on this thread's loop, cancelled at the
-    time limit (a sync handler's limit is enforced by the worker, which replaces it).
-
-    `running`, if given, receives the asyncio task so that another thread can cancel it.
-    """
-    result = fn(*args, **kwargs)
-    if result is None or not asyncio.iscoroutine(result):  # None spares an ABC isinstance
-        return result
-    limit = running.time_limit if running is not None else None
-    loop = _loop()
-    task = loop.create_task(limited(result, limit))
-    if running is not None:
-        running.loop, running.aio_task = loop, task
-    return loop.run_until_complete(task)
-
-
-async def limited(coro: Any, limit: float | None) -> Any:
-    """Await a job's coroutine, cancelled at its time limit (TimeLimitExceeded)."""
-    try:
-        return await asyncio.wait_for(coro, limit)
-    except TimeoutError:
-        raise TimeLimitExceeded(f"async job exceeded its time limit of {limit}s") from None
-
-
-_local = threading.local()
-
-
-def _loop() -> asyncio.AbstractEventLoop:
-    """This thread's event loop for async handlers, made on first use."""
-    loop = getattr(_local, "loop", None)
-    if loop is None or loop.is_closed():
-        loop = _local.loop = asyncio.new_event_loop()
-    return loop
 
 
 @dataclass(slots=True)
@@ -445,19 +387,21 @@ class BatchRunner:
         """Retry a failed message (after the delay of a `Retry` it raised, else a backoff),
         or dead-letter it once its retries are spent or when its options say not to retry."""
         opts = self.subscription.options_for(task)
-        self._flush(counts)
+        name = task.name if task else None
         limit = opts.max_retries if opts.retries(exc) else msg.attempt
-        outcome = self.consumer.retry(
-            msg,
-            exc,
-            delay=retry_delay(exc),
-            max_retries=limit,
-            backoff=opts.backoff,
-            track=task is not None,
-        )
+        with self._outcome_written(msg, name, took, exc):
+            self._flush(counts)
+            outcome = self.consumer.retry(
+                msg,
+                exc,
+                delay=retry_delay(exc),
+                max_retries=limit,
+                backoff=opts.backoff,
+                track=task is not None,
+            )
         if outcome == "lost":
             counts.lost += 1
-            self._after(msg, task.name if task else None, "lost", took, describe(exc), exc=exc)
+            self._after(msg, name, "lost", took, describe(exc), exc=exc)
             return outcome
         if task is not None and outcome != "hold":  # no longer running: retrying or dead
             mark_running(self.consumer, (), [msg])
@@ -467,8 +411,21 @@ class BatchRunner:
         else:
             counts.retried += 1
         reported = "retry" if outcome == "hold" else outcome
-        self._after(msg, task.name if task else None, reported, took, describe(exc), exc=exc)
+        self._after(msg, name, reported, took, describe(exc), exc=exc)
         return outcome
+
+    @contextlib.contextmanager
+    def _outcome_written(
+        self, msg: Message, task: str | None, took: float, exc: BaseException | None = None
+    ) -> Iterator[None]:
+        """Where a run's outcome is written: when its broker cannot be reached, the hooks
+        hear that the run ended, as lost (the message is kept and runs again, or is taken
+        over: either way a run of its own for them)."""
+        try:
+            yield
+        except BrokerUnavailable:
+            self._after(msg, task, "lost", took, describe(exc) if exc else None, exc=exc)
+            raise
 
     def _after(
         self,
@@ -506,8 +463,9 @@ class BatchRunner:
             hook.after_settle(settled.completed, settled.duplicates)
 
     def _cancelled(self, msg: Message, task: str | None, counts: Counts, took: float) -> None:
-        self._flush(counts)
-        lost = bool(self.consumer.settle_many([msg], [CANCELLED]).lost)
+        with self._outcome_written(msg, task, took):
+            self._flush(counts)
+            lost = bool(self.consumer.settle_many([msg], [CANCELLED]).lost)
         if lost:
             counts.lost += 1
         else:

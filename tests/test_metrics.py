@@ -341,3 +341,44 @@ def test_a_taken_port_is_one_clear_error(ma, url, processes, tmp_path, pool):
     assert f"error: cannot serve metrics on 127.0.0.1:{port}" in output
     assert "Traceback" not in output
     assert list(tmp_path.glob("redismq-metrics-*")) == []
+
+
+def test_a_failure_that_could_not_be_recorded_leaves_nothing_in_flight(url, metrics, registry):
+    """A run that failed while its broker could not take the retry (here: writes paused
+    past the socket timeout) is kept for the next receive; when its lease lapsed meanwhile
+    and another consumer took it over, this one lets it go. Its hooks were never told the
+    run ended: one job in flight for the life of the process. Real server."""
+    from redismq import App, BrokerUnavailable, Client, urls
+
+    options = urls.connection_options
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(urls, "connection_options", lambda _, *more: options(0.25, *more))
+        client = Client(url)
+    app = App(client)
+    admin = client.meta
+
+    @app.consumer("unrecorded", group="g")
+    def handle(msg):
+        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        raise RuntimeError("boom")
+
+    client.create_topic("unrecorded", queues=1)
+    client.send("unrecorded", 1)
+    mine = client.consumer("unrecorded", "g", name="a", visibility_timeout=0.5)
+    other = client.consumer("unrecorded", "g", name="b", visibility_timeout=0.5)
+    runner = BatchRunner(mine, app.subscriptions[("unrecorded", "g")], [metrics])
+    with pytest.raises(BrokerUnavailable):
+        runner.run(mine.receive(count=1, block=1))
+    admin.execute_command("CLIENT", "UNPAUSE")
+    taken: list = []
+    deadline = time.monotonic() + 15
+    while not taken and time.monotonic() < deadline:
+        taken += other.receive(count=1, block=0.2)
+    assert len(taken) == 1
+    lost = mine.renew(mine.kept())  # what the lease keeper learns, and tells
+    assert lost == mine.kept() != []
+    mine.lease_lost(lost)
+    assert mine.receive(count=1, block=0.2) == []  # another's now: not run here again
+    labels = {"task": "unrecorded/g", "topic": "unrecorded", "group": "g"}
+    assert sample(registry, "redismq_jobs_in_flight", **labels) == 0
+    client.close()

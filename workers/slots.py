@@ -23,19 +23,10 @@ from typing import Any
 from redismq import BrokerUnavailable, Consumer, Message, Subscription
 from redismq.context import reset_current, set_current
 from redismq.failures import task_frames
+from redismq.handlers import EXITS, TimeLimitExceeded, as_failure, limited
 from redismq.hooks import Hooks
 from redismq.process import StopEvent
-from redismq.processing import (
-    EXITS,
-    STARTED,
-    BatchRunner,
-    Call,
-    Counts,
-    Running,
-    TimeLimitExceeded,
-    as_failure,
-    limited,
-)
+from redismq.processing import STARTED, BatchRunner, Call, Counts, Running
 
 from .loop import Loop
 
