@@ -32,45 +32,48 @@ def test_queues_are_shared_evenly_and_taken_over_when_a_consumer_leaves(client):
     assert b.leased == {0, 1, 2, 3}
 
 
-def test_new_holder_takes_what_the_old_one_left_pending_first(client):
+def _holder(client, sends: int = 0):
+    """An ordered consumer of a one-queue topic holding its queue, after `sends` keyed
+    sends (seq 0, 1, …)."""
     client.create_topic("orders", queues=1)
-    first = client.consumer("orders", "ledger", ordered=True, visibility_timeout=2)
-    first.rebalance()
-    for i in range(5):
+    holder = client.consumer("orders", "ledger", ordered=True, visibility_timeout=2)
+    holder.rebalance()
+    for i in range(sends):
         client.send("orders", {"seq": i}, key="k")
+    return holder
+
+
+def _seqs(consumer, total: int, count: int) -> list[int]:
+    """The seqs of `total` messages received `count` at a time, each batch acknowledged."""
+    seqs: list[int] = []
+    while len(seqs) < total:
+        batch = consumer.receive(count=count, block=0.2)
+        consumer.ack_many(batch)
+        seqs += [m.body["seq"] for m in batch]
+    return seqs
+
+
+def test_new_holder_takes_what_the_old_one_left_pending_first(client):
+    first = _holder(client, sends=5)
     got = first.receive(count=2, block=0.2)
     assert [m.body["seq"] for m in got] == [0, 1]
     first.release(got)  # stopping before starting them: 0 and 1 stay pending
     first.close()
     second = client.consumer("orders", "ledger", ordered=True, visibility_timeout=2)
     second.rebalance()
-    seqs = []
-    while len(seqs) < 5:
-        batch = second.receive(count=10, block=0.2)
-        second.ack_many(batch)
-        seqs += [m.body["seq"] for m in batch]
-    assert seqs == [0, 1, 2, 3, 4]
+    assert _seqs(second, 5, count=10) == [0, 1, 2, 3, 4]
 
 
 def test_what_a_batch_kept_runs_again_before_anything_newer_of_its_queue(client):
     """A runner whose broker was lost mid-batch keeps what did not finish (`keep`) for
     the next receive: an ordered consumer used to read newer messages of the queue first
     and serve the kept, older ones after them."""
-    client.create_topic("orders", queues=1)
-    consumer = client.consumer("orders", "ledger", ordered=True, visibility_timeout=2)
-    consumer.rebalance()
-    for i in range(6):
-        client.send("orders", {"seq": i}, key="k")
+    consumer = _holder(client, sends=6)
     got = consumer.receive(count=3, block=0.2)
     assert [m.body["seq"] for m in got] == [0, 1, 2]
     consumer.ack_many(got[:1])
     consumer.keep(got[1:])  # 0 ran; the broker was lost before 1 and 2 did
-    seqs: list[int] = []
-    while len(seqs) < 5:
-        batch = consumer.receive(count=2, block=0.2)
-        consumer.ack_many(batch)
-        seqs += [m.body["seq"] for m in batch]
-    assert seqs == [1, 2, 3, 4, 5]
+    assert _seqs(consumer, 5, count=2) == [1, 2, 3, 4, 5]
     consumer.close()
 
 
