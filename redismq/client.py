@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -27,7 +28,6 @@ from .routing import (
     Router,
     Topic,
     TopicSettings,
-    batch_by_broker,
     earlier_queues,
 )
 from .sending import (
@@ -121,6 +121,8 @@ class Client:
         self.result_ttl_ms = int(result_ttl * 1000)
         self.done_ttl_ms = int(done_ttl * 1000)
         self.meta = connection if connection is not None else connect(self.url)
+        # Consumers made by `consumer()` and not closed yet: `close()` closes them.
+        self.open_consumers: weakref.WeakSet[Consumer] = weakref.WeakSet()
         self.router = Router(self.meta, self.namespace)
         self._announced: set[str] = set()  # topics this client created by sending to them
         # Whether creating a topic by sending to it is logged (testing's eager clients,
@@ -140,7 +142,13 @@ class Client:
             self.meta.ping()
 
     def close(self) -> None:
-        """Close every connection of this client."""
+        """Close the consumers made by this client and not closed yet (each leaves its
+        group where it holds nothing), then every connection of this client."""
+        for consumer in list(self.open_consumers):
+            try:
+                consumer.close()
+            except (RedisMQError, redis.RedisError) as exc:  # a broker away, a group deleted
+                log.warning("cannot close consumer %s: %s", consumer, exc)
         self.router.close()
         self.meta.close()
 
@@ -488,25 +496,9 @@ class Client:
         group registered for the topic has no group yet, any entry at all, unless the topic
         has a hard cap (then what it dropped is counted in status).
         """
-        t = self.topic(topic, create=False)
-        limit = min(t.retention, t.hard_cap) if t.hard_cap > 0 else t.retention
-        trimmed = dropped = 0
-        with self.errors():
-            chosen = range(t.queues) if queues is None else queues
-            for broker, indexes in batch_by_broker(t, list(chosen)).items():
-                keys = [self.router.queue_keys(topic, q) for q in indexes]
-                pipe = self.router.broker(broker).redis.pipeline(transaction=False)
-                for k in keys:
-                    pipe.xlen(k.stream)
-                # Only a stream longer than its retention can have anything to trim.
-                calls = [
-                    ("trim", [k.stream, k.counters], [t.retention, t.hard_cap, *t.groups])
-                    for k, length in zip(keys, pipe.execute(), strict=True)
-                    if length > limit
-                ]
-                for a, b in self.router.broker(broker).scripts.run(calls) if calls else ():
-                    trimmed, dropped = trimmed + a, dropped + b
-        return trimmed, dropped
+        from .retention import trim
+
+        return trim(self, topic, queues)
 
     # -- consuming -------------------------------------------------------------------
     def consumer(
@@ -532,7 +524,7 @@ class Client:
         from .ordered import OrderedConsumer
 
         t = self.topic(topic, create=create)
-        return (OrderedConsumer if ordered else Consumer)(
+        consumer = (OrderedConsumer if ordered else Consumer)(
             self,
             t,
             group,
@@ -542,6 +534,8 @@ class Client:
             name=name,
             queues=queues,
         )
+        self.open_consumers.add(consumer)
+        return consumer
 
     # -- lifecycle -------------------------------------------------------------------
     def groups(self, topic: str) -> list[dict[str, Any]]:

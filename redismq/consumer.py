@@ -10,7 +10,7 @@ import os
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .errors import InvalidMessage
 from .fetching import Fetching, pace_for
@@ -180,12 +180,20 @@ class Consumer(Fetching):
             pipe.set(q.keys.takeovers(self.group), int.from_bytes(os.urandom(6), "big"))
         pipe.execute()
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Leave the group: remove this consumer from every stream where it holds nothing.
 
         (A consumer that still holds messages stays, so that they can be taken over.)
-        Messages fetched and not yet handed out are handed back first.
+        Messages fetched and not yet handed out are handed back first. `Client.close()`
+        closes the consumers not closed yet; so does leaving a `with` block.
         """
+        self.client.open_consumers.discard(self)
         with self.errors():
             kept, self._extra = self._extra, []
             self.release(kept)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 from click.testing import CliRunner
 
 from redismq import Client
@@ -100,3 +101,31 @@ def test_sending_to_a_missing_topic_creates_it_and_says_so_once(client, caplog):
     said = [r for r in caplog.records if "did not exist" in r.getMessage()]
     assert len(said) == 1 and "'typo'" in said[0].getMessage()
     assert "typo" in client.topics()
+
+
+def test_a_consumer_leaves_its_group_when_its_client_closes_or_its_block_ends(url: str):
+    """A consumer that was never closed stayed in its group for good: one more name on
+    every stream for each process that consumed and exited (only a worker's janitor
+    prunes them, and only where a worker runs). Closing the client closes them now, as
+    leaving a `with` block does; one that still holds a message stays (to be taken over)."""
+    client = Client(url)
+    client.create_topic("leaving", queues=1)
+    client.send_many("leaving", [1, 2, 3])
+    stream = client.router.queue_keys("leaving", 0).stream
+    server = redis.Redis.from_url(url)
+
+    def names() -> list[str]:
+        return sorted(c["name"].decode() for c in server.xinfo_consumers(stream, "g"))
+
+    with client.consumer("leaving", "g", name="block") as consumer:
+        consumer.ack_many(consumer.receive(count=1, block=1))
+        assert names() == ["block"]
+    assert names() == []
+    done = client.consumer("leaving", "g", name="done")
+    done.ack_many(done.receive(count=1, block=1))
+    holding = client.consumer("leaving", "g", name="holding")
+    assert len(holding.receive(count=1, block=1)) == 1  # not acknowledged: held
+    assert names() == ["done", "holding"]
+    client.close()
+    assert names() == ["holding"]
+    server.close()
