@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 
 import pytest
@@ -433,3 +434,22 @@ def test_a_worker_exits_though_a_job_over_its_time_limit_left_a_thread_running(
         job.result(timeout=30)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(30) == 0
+
+
+@pytest.mark.parametrize("pool", ["1", "2"], ids=["in-process", "supervised"])
+def test_a_worker_exits_though_nobody_reads_its_log(rt, url, db, processes, pool):
+    """A worker whose log output nobody reads (a full pipe: its writes block) still exits
+    once stopped: its last flush of the log waited for the pipe, for good, before the exit
+    deadline was armed."""
+    jobs = [rt.sync_job.send(n) for n in range(3000)]  # a done line each: past 64 KiB
+    worker = start_worker(
+        processes, url, "--processes", pool, "--log-level", "INFO", "--grace", "2"
+    )
+    assert jobs[0].result(timeout=30) == 0
+    time.sleep(3)  # the lines that fill the pipe, and the worker's writes that wait on it
+    worker.send_signal(signal.SIGTERM)
+    try:
+        code = worker.wait(30)
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0

@@ -30,6 +30,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 # emits, when it is flushed (at exit, on stop) and once this many are waiting.
 FLUSH_EVERY = 0.1
 MAX_PENDING = 1000
+# How long a worker's last flush of its log waits for a reader that does not read.
+FLUSH_TIMEOUT = 5.0
 # The text lines' ends after the message id, by (task, attempt, duration), are kept up to
 # this many (fast jobs repeat a few durations; writing a float is a third of a line's cost).
 MAX_ENDS = 4096
@@ -297,7 +299,14 @@ def _follow_forks() -> None:
     os.register_at_fork(before=before, after_in_parent=in_parent, after_in_child=in_child)
 
 
-def flush_logs() -> None:
-    """Write every line still queued (before the process exits)."""
+def flush_logs(timeout: float = FLUSH_TIMEOUT) -> None:
+    """Write every line still queued (before the process exits), waiting at most `timeout`
+    seconds: a log nobody reads (a full pipe) would hold the flush, and the exit, for good."""
+    thread = threading.Thread(target=_flush_handlers, name="log-flush", daemon=True)
+    thread.start()
+    thread.join(timeout)
+
+
+def _flush_handlers() -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
