@@ -156,7 +156,7 @@ class Metrics(Hooks):
     def before_process(self, msg: Message, task: str | None) -> None:
         try:
             key = (msg.topic, msg.group, msg.id)
-            if key not in self._running:  # a redelivery after a broken settle counts once
+            if key not in self._running:  # started again without an end: in flight once
                 series = self._running[key] = self.series(msg, task)
                 series.in_flight.inc()
         except Exception:
