@@ -96,7 +96,7 @@ def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
     Example: redismq worker myproject.tasks:app --url redis://127.0.0.1:6379/0 --processes 2
     """
     from redismq.workers.loader import AppNotFound, load_app
-    from redismq.workers.supervisor import Supervisor, WorkerOptions, run_in_process
+    from redismq.workers.supervisor import WorkerOptions, run_in_process, run_pool
 
     os.environ["REDISMQ_URL"] = url
     opts = WorkerOptions(app=app_spec, **options)
@@ -114,12 +114,7 @@ def worker(app_spec: str, url: str, processes: int, **options: Any) -> None:
         from redismq.outbox import Outbox
 
         Outbox(app, opts.outbox)  # a bad URL is one line now, not in every process
-    if processes == 1:
-        sys.exit(run_in_process(opts))
-    from redismq.workers.logs import setup_logging
-
-    setup_logging(opts.log_level, opts.log_format)
-    sys.exit(Supervisor(opts, processes).run())
+    sys.exit(run_in_process(opts) if processes == 1 else run_pool(opts, processes))
 
 
 @main.command()

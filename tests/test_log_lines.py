@@ -297,6 +297,35 @@ def test_a_reader_gone_loses_the_lines_but_never_fails_a_job(monkeypatch):
             stream.close()
 
 
+def test_a_thread_that_logs_never_waits_for_the_stream():
+    """A record is written by the handler's writing thread, never by the thread that logs:
+    with stderr a full pipe nobody reads, the write waits for good, and a supervisor's main
+    thread waited there in its stop line instead of stopping its children."""
+    gate = threading.Event()
+
+    class Stalled(io.StringIO):
+        def write(self, text: str) -> int:
+            gate.wait(10)
+            return super().write(text)
+
+    handler = WorkerHandler("text")
+    handler.setStream(Stalled())
+    logger = logging.getLogger("redismq.test.stalled")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logging_thread = threading.Thread(target=logger.warning, args=("stopping",))
+        logging_thread.start()
+        logging_thread.join(5)
+        assert not logging_thread.is_alive()
+        gate.set()
+        assert wait_for(lambda: "stopping" in handler.stream.getvalue(), timeout=5)
+    finally:
+        gate.set()
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def test_a_job_that_forks_gives_its_child_none_of_the_workers_lines(client, url, processes):
     """A job that forks (multiprocessing's default on Linux) gave its child the worker's
     queued done lines: the child's first log line wrote them again, so finished jobs had

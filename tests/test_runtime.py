@@ -87,6 +87,26 @@ def test_sync_job_over_its_time_limit_is_stopped_and_one_process_keeps_serving(
     assert worker.wait(30) == 0
 
 
+def test_one_process_restarts_in_place_though_nobody_reads_its_log(rt, client, url, db, processes):
+    """`--processes 1` leaves a stuck job behind by exec'ing itself; with its log a full pipe,
+    the flush before the exec waited for good (the worker served nothing more)."""
+    stuck = rt.forever.send()
+    unread, log = os.pipe()
+    try:
+        worker = start_worker(processes, url, "--processes", "1", "--concurrency", "2", stdout=log)
+        assert wait_for(lambda: rows(db, "forever-start"), timeout=20)
+        fill_pipe(log)
+        with pytest.raises(Exception, match="TimeLimitExceeded"):
+            stuck.result(timeout=20)
+        failed_at = time.time()
+        assert wait_for(lambda: restarted_since(client, failed_at), timeout=30)
+        assert rt.sync_job.send(7).result(timeout=30) == 14
+        assert worker.poll() is None
+    finally:
+        os.close(unread)
+        os.close(log)
+
+
 def test_supervisor_replaces_the_process_of_a_stuck_job(rt, url, db, processes):
     stuck = rt.forever.send()
     worker = start_worker(processes, url, "--processes", "2", "--concurrency", "2")
@@ -436,18 +456,39 @@ def test_a_worker_exits_though_a_job_over_its_time_limit_left_a_thread_running(
     assert worker.wait(30) == 0
 
 
-def test_a_worker_exits_though_nobody_reads_its_log(rt, url, db, processes):
-    """A worker whose log output nobody reads (a full pipe: its writes block) still exits
-    once stopped: its last flush of the log waited for the pipe, for good, before the exit
-    deadline was armed. (In-process only: a supervisor that logs into the full pipe while
-    it stops waits there itself; see the note of this change.)"""
+@pytest.mark.parametrize("pool", ["1", "2"], ids=["in-process", "supervised"])
+def test_a_worker_exits_though_nobody_reads_its_log(rt, url, db, processes, pool):
+    """A worker whose log output nobody reads (a full pipe: every write blocks) still exits
+    once stopped, and so does its supervisor, which writes its own stop lines into the same
+    pipe."""
     jobs = [rt.sync_job.send(n) for n in range(3000)]  # a done line each: past 64 KiB
-    worker = start_worker(processes, url, "--processes", "1", "--log-level", "INFO", "--grace", "2")
-    assert jobs[0].result(timeout=30) == 0
-    time.sleep(3)  # the lines that fill the pipe, and the worker's writes that wait on it
-    worker.send_signal(signal.SIGTERM)
+    unread, log = os.pipe()
     try:
-        code = worker.wait(30)
-    except subprocess.TimeoutExpired:
-        code = None
+        worker = start_worker(
+            processes, url, "--processes", pool, "--log-level", "INFO", "--grace", "2", stdout=log
+        )
+        assert jobs[0].result(timeout=30) == 0
+        time.sleep(3)  # the lines that fill the pipe, and the worker's writes that wait on it
+        fill_pipe(log)
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(40)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        os.close(unread)
+        os.close(log)
     assert code == 0
+
+
+def fill_pipe(fd: int) -> None:
+    """Fill the pipe `fd` writes to up to its last byte: any write to it then blocks."""
+    # A file description of its own: O_NONBLOCK on `fd`'s would be the worker's too.
+    extra = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        for size in (4096, 1):
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(extra, b"." * size)
+    finally:
+        os.close(extra)

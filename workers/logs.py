@@ -10,12 +10,14 @@ their parent's stderr, and a pipe keeps such a write whole among the other proce
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
 import math
 import os
 import select
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -72,9 +74,14 @@ def _json_value(value: Any) -> str:
 
 
 class WorkerHandler(logging.StreamHandler):
-    """A stream handler (stderr) that also takes done lines without a record (`done`), written
-    together in order with the records: before each record it emits, every `FLUSH_EVERY`
-    seconds, and on `flush` (at exit and when the worker stops)."""
+    """A stream handler (stderr) that also takes done lines without a record (`done`).
+
+    Lines and records are queued in order and written by one thread: a record at once, the
+    lines every `FLUSH_EVERY` seconds, and all on `flush` (at exit and when the worker
+    stops). A thread that logs never writes: a full pipe (a log nobody reads) would hold it
+    there for good, and the one that writes must not be the lease keeper, nor the main
+    thread that stops the process.
+    """
 
     def __init__(self, fmt: str = "text") -> None:
         super().__init__()
@@ -89,6 +96,7 @@ class WorkerHandler(logging.StreamHandler):
         self._flusher: threading.Thread | None = None
         self._starting = threading.Lock()
         self._done = threading.Event()
+        self._wake = threading.Event()  # a record waits: write now
 
     # -- lines without a record ----------------------------------------------------------
     def done(self, logger: str, message_id: str, task: str, attempt: int, took: float) -> None:
@@ -167,7 +175,9 @@ class WorkerHandler(logging.StreamHandler):
             self._flusher.start()
 
     def _flush_often(self) -> None:
-        while not self._done.wait(FLUSH_EVERY):
+        while not self._done.is_set():
+            self._wake.wait(FLUSH_EVERY)
+            self._wake.clear()
             if self._pending:
                 self.flush()
 
@@ -175,14 +185,8 @@ class WorkerHandler(logging.StreamHandler):
         """Write the queued lines (the caller holds the handler's lock)."""
         if not self._pending:
             return
-        pending, lines = self._pending, []
-        for _ in range(len(pending)):
-            try:
-                lines.append(pending.popleft())
-            except IndexError:  # taken by a signal handler's record on this thread
-                break
-        if not lines:
-            return
+        pending = self._pending
+        lines = [pending.popleft() for _ in range(len(pending))]
         try:
             for chunk in whole_lines("".join(lines), PIPE_BUF):
                 self.stream.write(chunk)
@@ -192,30 +196,24 @@ class WorkerHandler(logging.StreamHandler):
 
     # -- the StreamHandler's part ---------------------------------------------------------
     def handle(self, record: logging.LogRecord) -> bool:
-        """Write a record now, or, while another thread writes (a full pipe can keep it
-        there), queue it behind the lines for the writing thread: no thread waits for
-        another's write to log (the lease keeper's errors among them)."""
+        """Queue a record behind the lines for the writing thread (without the handler's
+        lock, which the writing thread holds while a full pipe keeps it waiting)."""
         passed = self.filter(record)
         if isinstance(passed, logging.LogRecord):  # Python 3.12+: a filter may replace it
             record = passed
         if not passed:
             return False
-        if self.lock.acquire(blocking=False):  # type: ignore[union-attr]
-            try:
-                self.emit(record)
-            finally:
-                self.lock.release()  # type: ignore[union-attr]
-            return True
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             self._pending.append(self.format(record) + self.terminator)
         except Exception:
             self.handleError(record)
-        self._start_flusher()
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._write_pending()  # the lines queued before this record come first
-        super().emit(record)
+        self._wake.set()
+        if self._flusher is None:
+            self._start_flusher()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -233,9 +231,11 @@ class WorkerHandler(logging.StreamHandler):
         self._flusher = None
         self._starting = threading.Lock()
         self._done = threading.Event()
+        self._wake = threading.Event()
 
     def close(self) -> None:
         self._done.set()
+        self._wake.set()
         self.flush()
         super().close()
 
@@ -300,8 +300,9 @@ def _follow_forks() -> None:
 
 
 def flush_logs(timeout: float = FLUSH_TIMEOUT) -> None:
-    """Write every line still queued (before the process exits), waiting at most `timeout`
-    seconds: a log nobody reads (a full pipe) would hold the flush, and the exit, for good."""
+    """Write every line still queued, and what stdout and stderr hold (before the process
+    exits or execs), waiting at most `timeout` seconds: a log nobody reads (a full pipe)
+    would hold the flush, and the exit, for good."""
     thread = threading.Thread(target=_flush_handlers, name="log-flush", daemon=True)
     thread.start()
     thread.join(timeout)
@@ -310,3 +311,6 @@ def flush_logs(timeout: float = FLUSH_TIMEOUT) -> None:
 def _flush_handlers() -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # closed, or a reader gone
+            stream.flush()

@@ -149,11 +149,19 @@ def run_in_process(options: WorkerOptions) -> int:
         exit_within(EXIT_WITHIN, code)
         return code
     log.warning("restarting this worker process to leave a stuck job behind")
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_logs()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     raise AssertionError("unreachable")
+
+
+def run_pool(options: WorkerOptions, processes: int) -> int:
+    """`--processes N`: run N worker processes, replacing any that dies, until stopped;
+    returns the exit code."""
+    setup_logging(options.log_level, options.log_format)
+    code = Supervisor(options, processes).run()
+    flush_logs()
+    exit_within(EXIT_WITHIN, code)
+    return code
 
 
 def exit_within(seconds: float, code: int) -> None:
