@@ -20,6 +20,7 @@ from .job import sweep_due
 from .keys import QueueKeys, turn
 from .message import Message, decode_entry, decode_flat, entry_dict, now_ms
 from .outcomes import CANCELLED, NO_RESULT, Outcomes, Settling, grouped
+from .retention import retire_idle_consumers
 from .routing import Broker, Topic
 
 if TYPE_CHECKING:
@@ -35,9 +36,11 @@ MOVE_BATCH = 500
 # sooner; bounds how late a message sent with a delay by another process becomes visible.
 MOVE_TICK_MS = 250
 MULTI_BROKER_BLOCK_MS = 100
-# How often the queues a consumer reads are trimmed by their topic's retention (by one of
-# the consumers of a client that read the same streams for the same group: see `Pace`).
+# How often the queues a consumer reads are trimmed by their topic's retention, and their
+# idle consumers retired (by one of the consumers of a client that read the same streams
+# for the same group: see `Pace`).
 TRIM_EVERY = 10.0
+RETIRE_EVERY = 60.0
 # The read script's verdict of an entry (a byte of its reply).
 VERDICTS = {ord("."): "", ord("d"): "done", ord("c"): "cancelled"}
 
@@ -55,7 +58,8 @@ class Pace:
     def __init__(self) -> None:
         self.next_move = 0.0
         self.next_claim = 0.0
-        self.next_trim = time.monotonic() + TRIM_EVERY  # nothing was consumed yet
+        self._born = time.monotonic()
+        self._next: dict[str, float] = {}  # of the looks made every so often, by name
         # Expired entries seen by the last look, with when they were first seen expired.
         self.suspects: dict[tuple[str, bytes, int], float] = {}
         self._watcher: int | None = None  # the thread whose blocking read wakes for looks
@@ -93,13 +97,13 @@ class Pace:
             self.next_claim = now + every
             return True
 
-    def take_trim(self, now: float) -> bool:
-        """Whether trimming the streams by their topic's retention is due; if so the
-        caller trims."""
+    def take_every(self, look: str, now: float, every: float) -> bool:
+        """Whether `look`, made every `every` seconds (the first one interval after this
+        pace began: nothing was consumed before), is due; if so the caller makes it."""
         with self._lock:
-            if now < self.next_trim:
+            if now < self._next.get(look, self._born + every):
                 return False
-            self.next_trim = now + TRIM_EVERY
+            self._next[look] = now + every
             return True
 
 
@@ -176,12 +180,15 @@ class Fetching(Outcomes):
         return [m for m in kept if not self.is_lost(m)]
 
     def _look_due(self, now: float) -> None:
-        """Move due delayed messages and retries into view, and trim the queues by the
-        topic's retention, when each is due: whoever consumes a topic keeps it trimmed."""
+        """Move due delayed messages and retries into view, trim the queues by the topic's
+        retention and retire their idle consumers, when each is due: whoever consumes a
+        topic keeps it tidy."""
         if self._pace.take_move(now):
             self._move_due()
-        if self._pace.take_trim(now):
+        if self._pace.take_every("trim", now, TRIM_EVERY):
             self.client.trim(self.topic.name, self.queues)
+        if self._pace.take_every("retire", now, RETIRE_EVERY):
+            retire_idle_consumers(self.client, self.topic.name, self.group, self.queues)
 
     def keep(self, messages: Sequence[Message]) -> None:
         """Keep messages delivered to this consumer and not finished, for the next receive

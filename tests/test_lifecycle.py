@@ -4,14 +4,16 @@ what status shows about groups nobody consumes and topics nobody reads."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
 from click.testing import CliRunner
 
-from redismq import Client
+from redismq import Client, fetching, retention
 from redismq.cli.main import main
 from redismq.lifecycle import InUse
+from tests.conftest import wait_for
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -128,4 +130,35 @@ def test_a_consumer_leaves_its_group_when_its_client_closes_or_its_block_ends(ur
     assert names() == ["done", "holding"]
     client.close()
     assert names() == ["holding"]
+    server.close()
+
+
+def test_a_consumer_never_closed_leaves_its_group_once_idle_by_the_others_reads(
+    url: str, monkeypatch
+):
+    """A process killed (or careless) left its consumers in their groups for good: only a
+    worker's janitor pruned them, and only where a worker ran. A consumer's reads retire
+    the consumers of its queues that hold nothing and did not read for `CONSUMER_IDLE`;
+    one that holds a message stays (deleting it would drop the message)."""
+    monkeypatch.setattr(retention, "CONSUMER_IDLE", 0.5)
+    monkeypatch.setattr(fetching, "RETIRE_EVERY", 0.2)
+    gone, reader = Client(url), Client(url)  # `gone`: a process that exited, closing nothing
+    gone.create_topic("idle", queues=1)
+    gone.send_many("idle", [1, 2])
+    stream = gone.router.queue_keys("idle", 0).stream
+    server = redis.Redis.from_url(url)
+
+    def names() -> list[str]:
+        return sorted(c["name"].decode() for c in server.xinfo_consumers(stream, "g"))
+
+    done = gone.consumer("idle", "g", name="done")
+    done.ack_many(done.receive(count=1, block=1))
+    holding = gone.consumer("idle", "g", name="holding")
+    assert len(holding.receive(count=1, block=1)) == 1  # not acknowledged: held
+    live = reader.consumer("idle", "g", name="live")
+    assert live.receive(count=1, block=0.01) == [] and names() == ["done", "holding", "live"]
+    time.sleep(0.6)  # `done` and `holding` idle past CONSUMER_IDLE; `live` reads on
+    assert wait_for(lambda: not live.receive(count=1, block=0.05) and "done" not in names())
+    assert names() == ["holding", "live"]
+    reader.close()
     server.close()

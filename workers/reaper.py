@@ -7,79 +7,18 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
 
 from redismq import Client, Subscription
 from redismq.keys import QueueKeys
 from redismq.process import host_id
-from redismq.routing import Broker
+from redismq.retention import Retired, retire_consumers
+from redismq.routing import text
 
 log = logging.getLogger("redismq.supervisor")
 # The idle time given to the entries of a dead consumer: past any visibility timeout, so
 # that the next XAUTOCLAIM of any live consumer of the group takes them.
 FREED_IDLE_MS = 24 * 3600 * 1000
-
-
-@dataclass(slots=True)
-class Retired:
-    """What retiring consumers did: entries made claimable, consumers deleted."""
-
-    expired: int = 0
-    deleted: int = 0
-
-    def add(self, other: Retired) -> None:
-        self.expired += other.expired
-        self.deleted += other.deleted
-
-
-def text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def consumer_info(row: dict[Any, Any]) -> tuple[str, int, int]:
-    """(name, pending, idle ms) of a row of XINFO CONSUMERS."""
-    return text(row["name"]), row["pending"], row["idle"]
-
-
-def group_streams(client: Client, topic: str, group: str) -> dict[Broker, list[str]]:
-    """The streams a group reads on a topic (each queue's stream and the group's retry
-    stream), by broker."""
-    t = client.topic(topic)
-    streams: dict[Broker, list[str]] = defaultdict(list)
-    for q in range(t.queues):
-        k = client.router.queue_keys(topic, q)
-        streams[client.router.queue_broker(t, q)] += [k.stream, k.retry_stream(group)]
-    return streams
-
-
-def retire_consumers(
-    client: Client,
-    topic: str,
-    group: str,
-    gone: Callable[[str, int, int], bool],
-    idle_ms: int = 0,
-) -> Retired:
-    """Retire the consumers of `group` on `topic` for which `gone(name, pending, idle_ms)`
-    is true: with `idle_ms`, the entries they hold become claimable at once; each one
-    leaves the group on a stream where it holds nothing (atomically checked)."""
-    retired = Retired()
-    for broker, streams in group_streams(client, topic, group).items():
-        pipe = broker.redis.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xinfo_consumers(stream, group)
-        calls = []
-        for stream, reply in zip(streams, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(reply, Exception):  # no such stream or group (yet)
-                continue
-            for name, pending, idle in map(consumer_info, reply):
-                if gone(name, pending, idle):
-                    calls.append(("retire_consumer", [stream], [group, name, idle_ms]))
-        if calls:
-            for expired, deleted in broker.scripts.run(calls):
-                retired.add(Retired(expired, deleted))
-    return retired
 
 
 class Reaper:
