@@ -371,3 +371,13 @@ def test_a_record_never_waits_for_another_threads_write():
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def test_a_record_after_the_handler_closed_is_still_written():
+    """At exit (`logging.shutdown` closed the handler) its writing thread is gone: a record
+    logged later (an atexit hook's) is written by its own thread, not queued for nobody."""
+    handler = WorkerHandler("text")
+    handler.setStream(io.StringIO())
+    handler.close()
+    handler.handle(logging.makeLogRecord({"msg": "late", "levelname": "ERROR"}))
+    assert "late" in handler.stream.getvalue()

@@ -211,6 +211,9 @@ class WorkerHandler(logging.StreamHandler):
             self._pending.append(self.format(record) + self.terminator)
         except Exception:
             self.handleError(record)
+        if self._done.is_set():  # closed (at exit): no thread writes for it any more
+            self.flush()
+            return
         self._wake.set()
         if self._flusher is None:
             self._start_flusher()
