@@ -272,6 +272,7 @@ def nameserver(url: str, interval: float, log_level: str) -> None:
     from redismq.nameserver import NameServer
     from redismq.process import stop_on_signals
     from redismq.workers.logs import setup_logging
+    from redismq.workers.supervisor import ending
 
     setup_logging(log_level, "text")
     client = Client(url)
@@ -284,6 +285,7 @@ def nameserver(url: str, interval: float, log_level: str) -> None:
         )
     )
     ns.run()
+    ending(0)
 
 
 @main.command()

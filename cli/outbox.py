@@ -82,6 +82,7 @@ def relay(
     from redismq.relay import Relay
     from redismq.workers.logs import setup_logging
     from redismq.workers.outbox import LagGauges
+    from redismq.workers.supervisor import ending
 
     setup_logging(log_level, "text")
     client = Client(url)
@@ -112,6 +113,7 @@ def relay(
         ob.close()
         if server is not None:
             server.close()
+    ending(0)
 
 
 @outbox.command("sql")

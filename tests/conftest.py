@@ -99,6 +99,19 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, every: floa
     return bool(predicate())
 
 
+def fill_pipe(fd: int) -> None:
+    """Fill the pipe `fd` writes to up to its last byte: any write to it then blocks."""
+    # A file description of its own: O_NONBLOCK on `fd`'s would be the writer's too.
+    extra = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        for size in (4096, 1):
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(extra, b"." * size)
+    finally:
+        os.close(extra)
+
+
 class Processes:
     """Starts `redismq` commands as real processes and stops every one at the end."""
 

@@ -14,7 +14,7 @@ from apps import sideeffects
 from apps.sentinel_app import TASK, TOPIC
 from conftest import wait_for
 
-from redismq import Client, InvalidURL, NotReplicated, RedisMQError
+from redismq import Client, InvalidURL, NotReplicated, RedisMQError, fetching, retention
 from redismq.brokers import add_broker
 from redismq.cluster import master_of_tag, slot_of, topology
 from redismq.cluster_server import LocalCluster
@@ -600,6 +600,31 @@ def test_a_batch_part_that_moves_off_a_cluster_broker_leaves_no_index_behind(
         assert failed and {t.placement[j.queue] for j in jobs} == {"b"}
         assert [app.job(j.id).queue for j in jobs] == [j.queue for j in jobs]
         client.close()
+
+
+def test_a_consumers_reads_retire_the_idle_consumers_of_its_queues_on_every_master(
+    cluster_url, monkeypatch
+):
+    monkeypatch.setattr(retention, "CONSUMER_IDLE", 0.0)
+    monkeypatch.setattr(fetching, "RETIRE_EVERY", 0.0)
+    gone, reader = Client(cluster_url), Client(cluster_url)  # `gone` closes nothing
+    gone.create_topic("quiet", 6)
+    gone.send_many("quiet", list(range(6)))
+    left = gone.consumer("quiet", "g", name="left")
+    assert len(drain(left, 6)) == 6
+    streams = [gone.router.queue_keys("quiet", q).stream for q in range(6)]
+
+    def names() -> set[str]:
+        return {
+            c["name"].decode() for s in streams for c in local_node(gone, s).xinfo_consumers(s, "g")
+        }
+
+    assert names() == {"left"}
+    live = reader.consumer("quiet", "g", name="live")
+    assert live.receive(count=1, block=0.05) == []
+    assert "left" not in names()
+    reader.close()
+    gone.close()
 
 
 def test_a_cluster_as_the_meta_store_of_standalone_brokers(cluster_url):

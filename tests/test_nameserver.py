@@ -4,6 +4,7 @@ acting NameServer at a time (lease) with takeover, and the `redismq nameserver` 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import wait_for
+from conftest import fill_pipe, wait_for
 from sentinels import Servers
 
 from redismq import Client
@@ -200,6 +201,30 @@ def test_nameserver_command_checks_brokers_until_a_signal(client, url, servers, 
     output = proc.stdout.read()
     assert "Traceback" not in output and "s3cret" not in output, output
     assert client.meta.get(client.router.keys.nameserver_lease) is None  # given up
+
+
+def test_nameserver_command_stops_though_nobody_reads_its_log(client, url, servers, processes):
+    """With its log a full pipe and a line waiting for it (a broker went down), the stopped
+    nameserver waited at its exit for that write, for good."""
+    master = servers.start()
+    add_broker(client, "b", master.url)
+    unread, log = os.pipe()
+    try:
+        proc = processes.start("nameserver", "--url", url, "--interval", "0.2", stdout=log)
+        assert wait_for(lambda: stored_health(client, "b").get("up") is True, timeout=15)
+        fill_pipe(log)
+        master.kill()
+        assert wait_for(lambda: stored_health(client, "b").get("up") is False, timeout=15)
+        time.sleep(0.5)  # its "broker changed" line, waiting on the pipe
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        os.close(unread)
+        os.close(log)
+    assert code == 0
 
 
 def test_nameserver_command_with_an_unreachable_meta_is_one_error(processes):

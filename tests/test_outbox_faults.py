@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
 
 import pytest
-from conftest import wait_for
+from conftest import fill_pipe, wait_for
 from test_outbox import deduplicated, queued
 
 from redismq import App
@@ -48,10 +49,10 @@ def setup(durable_redis, db_url):
     app.client.close()
 
 
-def start_relay(processes, ob: Outbox, url: str, *args: str):
+def start_relay(processes, ob: Outbox, url: str, *args: str, **kwargs):
     return processes.start(
         "outbox", "relay", ob.db_url.render_as_string(hide_password=False), "--url", url,
-        "--interval", "0.05", "--log-level", "WARNING", *args,
+        "--interval", "0.05", "--log-level", "WARNING", *args, **kwargs,
     )  # fmt: skip
 
 
@@ -98,6 +99,33 @@ def test_sends_ride_out_a_redis_restart_and_a_5s_outage(setup, durable_redis, pr
     assert wait_for(lambda: ob.lag().waiting == 0, timeout=60), ob.lag()
     exactly_once(app, written)
     assert relay.poll() is None, "the relay gave up while Redis was away"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_relay_stops_though_nobody_reads_its_log(setup, durable_redis, processes):
+    """With its log a full pipe and a line waiting for it (Redis went away), the stopped
+    relay waited at its exit for that write, for good."""
+    app, ob = setup
+    with ob.engine.begin() as conn:
+        ob.send_message(conn, TOPIC, {"n": 0})
+    unread, log = os.pipe()
+    try:
+        relay = start_relay(processes, ob, durable_redis.url, stdout=log)
+        assert wait_for(lambda: len(queued(app.client)) == 1, timeout=30)
+        fill_pipe(log)
+        durable_redis.kill()
+        with ob.engine.begin() as conn:
+            ob.send_message(conn, TOPIC, {"n": 1})
+        time.sleep(3.0)  # its lines about Redis being away, waiting on the pipe
+        relay.send_signal(signal.SIGTERM)
+        try:
+            code = relay.wait(30)
+        except subprocess.TimeoutExpired:
+            code = None
+    finally:
+        os.close(unread)
+        os.close(log)
+    assert code == 0
 
 
 def test_a_relay_killed_mid_batch_loses_nothing_and_sends_nothing_twice(

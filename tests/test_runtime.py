@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.apps import runtime_app
-from tests.conftest import wait_for
+from tests.conftest import fill_pipe, wait_for
 
 
 @pytest.fixture
@@ -479,16 +479,3 @@ def test_a_worker_exits_though_nobody_reads_its_log(rt, url, db, processes, pool
         os.close(unread)
         os.close(log)
     assert code == 0
-
-
-def fill_pipe(fd: int) -> None:
-    """Fill the pipe `fd` writes to up to its last byte: any write to it then blocks."""
-    # A file description of its own: O_NONBLOCK on `fd`'s would be the worker's too.
-    extra = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK)
-    try:
-        for size in (4096, 1):
-            with contextlib.suppress(BlockingIOError):
-                while True:
-                    os.write(extra, b"." * size)
-    finally:
-        os.close(extra)

@@ -158,7 +158,13 @@ def run_pool(options: WorkerOptions, processes: int) -> int:
     """`--processes N`: run N worker processes, replacing any that dies, until stopped;
     returns the exit code."""
     setup_logging(options.log_level, options.log_format)
-    code = Supervisor(options, processes).run()
+    return ending(Supervisor(options, processes).run())
+
+
+def ending(code: int) -> int:
+    """Make this process ready to exit with `code` (returned): what its log still queues
+    written, waiting at most `FLUSH_TIMEOUT`, and an exit deadline armed. (A log nobody
+    reads would hold the flush at exit, and so the exit, for good.)"""
     flush_logs()
     exit_within(EXIT_WITHIN, code)
     return code
