@@ -99,6 +99,26 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, every: floa
     return bool(predicate())
 
 
+@contextlib.contextmanager
+def unread_pipe() -> Iterator[int]:
+    """The write end of a pipe nobody reads (both ends closed at the end)."""
+    unread, log = os.pipe()
+    try:
+        yield log
+    finally:
+        os.close(unread)
+        os.close(log)
+
+
+def code_after_sigterm(proc: subprocess.Popen, timeout: float) -> int | None:
+    """The exit code of `proc` after a SIGTERM, None if it did not exit within `timeout`."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def fill_pipe(fd: int) -> None:
     """Fill the pipe `fd` writes to up to its last byte: any write to it then blocks."""
     # A file description of its own: O_NONBLOCK on `fd`'s would be the writer's too.

@@ -4,7 +4,6 @@ acting NameServer at a time (lease) with takeover, and the `redismq nameserver` 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -13,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import fill_pipe, wait_for
+from conftest import code_after_sigterm, fill_pipe, unread_pipe, wait_for
 from sentinels import Servers
 
 from redismq import Client
@@ -208,22 +207,14 @@ def test_nameserver_command_stops_though_nobody_reads_its_log(client, url, serve
     nameserver waited at its exit for that write, for good."""
     master = servers.start()
     add_broker(client, "b", master.url)
-    unread, log = os.pipe()
-    try:
+    with unread_pipe() as log:
         proc = processes.start("nameserver", "--url", url, "--interval", "0.2", stdout=log)
         assert wait_for(lambda: stored_health(client, "b").get("up") is True, timeout=15)
         fill_pipe(log)
         master.kill()
         assert wait_for(lambda: stored_health(client, "b").get("up") is False, timeout=15)
         time.sleep(0.5)  # its "broker changed" line, waiting on the pipe
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(20)
-        except subprocess.TimeoutExpired:
-            code = None
-    finally:
-        os.close(unread)
-        os.close(log)
+        code = code_after_sigterm(proc, 20)
     assert code == 0
 
 

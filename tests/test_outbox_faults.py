@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
 
 import pytest
-from conftest import fill_pipe, wait_for
+from conftest import code_after_sigterm, fill_pipe, unread_pipe, wait_for
 from test_outbox import deduplicated, queued
 
 from redismq import App
@@ -108,8 +107,7 @@ def test_a_relay_stops_though_nobody_reads_its_log(setup, durable_redis, process
     app, ob = setup
     with ob.engine.begin() as conn:
         ob.send_message(conn, TOPIC, {"n": 0})
-    unread, log = os.pipe()
-    try:
+    with unread_pipe() as log:
         relay = start_relay(processes, ob, durable_redis.url, stdout=log)
         assert wait_for(lambda: len(queued(app.client)) == 1, timeout=30)
         fill_pipe(log)
@@ -117,14 +115,7 @@ def test_a_relay_stops_though_nobody_reads_its_log(setup, durable_redis, process
         with ob.engine.begin() as conn:
             ob.send_message(conn, TOPIC, {"n": 1})
         time.sleep(3.0)  # its lines about Redis being away, waiting on the pipe
-        relay.send_signal(signal.SIGTERM)
-        try:
-            code = relay.wait(30)
-        except subprocess.TimeoutExpired:
-            code = None
-    finally:
-        os.close(unread)
-        os.close(log)
+        code = code_after_sigterm(relay, 30)
     assert code == 0
 
 

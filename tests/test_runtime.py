@@ -6,13 +6,12 @@ import contextlib
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 
 import pytest
 
 from tests.apps import runtime_app
-from tests.conftest import fill_pipe, wait_for
+from tests.conftest import code_after_sigterm, fill_pipe, unread_pipe, wait_for
 
 
 @pytest.fixture
@@ -91,8 +90,7 @@ def test_one_process_restarts_in_place_though_nobody_reads_its_log(rt, client, u
     """`--processes 1` leaves a stuck job behind by exec'ing itself; with its log a full pipe,
     the flush before the exec waited for good (the worker served nothing more)."""
     stuck = rt.forever.send()
-    unread, log = os.pipe()
-    try:
+    with unread_pipe() as log:
         worker = start_worker(processes, url, "--processes", "1", "--concurrency", "2", stdout=log)
         assert wait_for(lambda: rows(db, "forever-start"), timeout=20)
         fill_pipe(log)
@@ -102,9 +100,6 @@ def test_one_process_restarts_in_place_though_nobody_reads_its_log(rt, client, u
         assert wait_for(lambda: restarted_since(client, failed_at), timeout=30)
         assert rt.sync_job.send(7).result(timeout=30) == 14
         assert worker.poll() is None
-    finally:
-        os.close(unread)
-        os.close(log)
 
 
 def test_supervisor_replaces_the_process_of_a_stuck_job(rt, url, db, processes):
@@ -462,20 +457,12 @@ def test_a_worker_exits_though_nobody_reads_its_log(rt, url, db, processes, pool
     once stopped, and so does its supervisor, which writes its own stop lines into the same
     pipe."""
     jobs = [rt.sync_job.send(n) for n in range(3000)]  # a done line each: past 64 KiB
-    unread, log = os.pipe()
-    try:
+    with unread_pipe() as log:
         worker = start_worker(
             processes, url, "--processes", pool, "--log-level", "INFO", "--grace", "2", stdout=log
         )
         assert jobs[0].result(timeout=30) == 0
         time.sleep(3)  # the lines that fill the pipe, and the worker's writes that wait on it
         fill_pipe(log)
-        worker.send_signal(signal.SIGTERM)
-        try:
-            code = worker.wait(40)
-        except subprocess.TimeoutExpired:
-            code = None
-    finally:
-        os.close(unread)
-        os.close(log)
+        code = code_after_sigterm(worker, 40)
     assert code == 0
